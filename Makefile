@@ -1,0 +1,41 @@
+# The two commands: `make demo` and `make test`. Both create .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Ray's temp folder must stay outside the virtualenv (workers die otherwise).
+export RAY_TMPDIR ?= /tmp/raymask-ray
+export RAY_USAGE_STATS_ENABLED := 0
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: install demo test test-unit lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	@mkdir -p $(RAY_TMPDIR)
+	$(BIN)/raymask demo
+
+test: $(STAMP)
+	@mkdir -p $(RAY_TMPDIR)
+	$(BIN)/python -m pytest -q
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not integration"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(STAMP)
+	@mkdir -p $(RAY_TMPDIR)
+	$(BIN)/python -m raymask.loadtest.bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info demo-out

@@ -1,0 +1,88 @@
+"""File source: reads a file (or stdin) in large chunks that end on record boundaries."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from raymask.errors import InputError
+from raymask.kernels.codecs.formats import Format, format_for
+
+__all__ = ["Chunk", "FileSource", "open_input"]
+
+
+@dataclass
+class Chunk:
+    data: np.ndarray  # uint8, whole records only
+    base_line: int  # line number of data[0]
+    nbytes: int
+
+
+def open_input(path: str) -> BinaryIO:
+    if path == "-":
+        return sys.stdin.buffer
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder, not a file")
+    try:
+        return open(p, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        raise InputError(f"{p}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read ({exc.strerror or type(exc).__name__})") from None
+
+
+class FileSource:
+    """Chunks of about `chunk_bytes` from a file; for CSV the header line is read first."""
+
+    def __init__(self, path: str, fmt_name: str, *, delimiter: str = ",", chunk_bytes: int = 4 << 20) -> None:
+        self.path = path
+        self.chunk_bytes = chunk_bytes
+        self._f = open_input(path)
+        self.bytes_total = Path(path).stat().st_size if path != "-" else 0
+        self._line = 1
+        self._pending = b""
+        if fmt_name == "csv":
+            header = self._f.readline()
+            if not header.strip():
+                raise InputError(f"{path}: CSV input has no header line")
+            self._line = 2
+            try:
+                self.format: Format = format_for("csv", header_line=header, delimiter=delimiter)
+            except (UnicodeDecodeError, StopIteration):
+                raise InputError(f"{path}:1: CSV header is not valid UTF-8 text") from None
+        else:
+            self.format = format_for(fmt_name)
+
+    def chunks(self) -> Iterator[Chunk]:
+        fmt = self.format
+        while True:
+            block = self._f.read(self.chunk_bytes)
+            buf = self._pending + block
+            if not block:
+                if buf:
+                    self._pending = b""
+                    yield self._emit(buf)
+                return
+            data = np.frombuffer(buf, np.uint8)
+            cut = fmt.boundary(data)
+            if cut <= 0:
+                self._pending = buf
+                continue
+            self._pending = buf[cut:]
+            yield self._emit(buf[:cut])
+
+    def _emit(self, buf: bytes) -> Chunk:
+        data = np.frombuffer(buf, np.uint8)
+        base = self._line
+        self._line += int(np.count_nonzero(data == 10))
+        return Chunk(data, base, len(buf))
+
+    def close(self) -> None:
+        if self._f is not sys.stdin.buffer:
+            self._f.close()

@@ -1,0 +1,129 @@
+"""MaskWorker: applies the compiled policy to whole columns of a routed batch, per role view.
+
+`MaskCore` is the plain logic, driven without Ray in unit tests; `MaskWorker` is the Ray actor
+that wraps it (one per shard). For each field a technique changes, the worker extracts the
+field's values as an Arrow column, runs the technique's kernel once, writes the results in the
+wire format, and splices them into the raw records. A record with any per-value error is not
+emitted; it comes back as (row, field, code) for the dead letters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from raymask.actors.router import batch_to_scan
+from raymask.kernels.codecs.formats import Format
+from raymask.kernels.codecs.spans import K_MISSING, K_NULL
+from raymask.policy.compile import StreamPlan, compile_stream
+from raymask.policy.keys import Keyring
+from raymask.policy.registry import REGISTRY, error_message
+from raymask.policy.schema import Policy
+
+__all__ = ["MaskOutput", "MaskCore", "MaskWorker"]
+
+
+@dataclass
+class MaskOutput:
+    """One view of one routed batch: masked records by input row, and the rows that failed."""
+
+    policy_version: int
+    role: str
+    rows: np.ndarray  # input row of each entry of `records`
+    records: pa.Array  # large_binary, one masked record (with newline) per emitted row
+    dead_rows: np.ndarray  # input rows not emitted
+    dead_reasons: list[str] = field(default_factory=list)
+    dead_fields: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # field -> values the technique changed
+
+
+class MaskCore:
+    """Masks routed batches with one compiled stream policy."""
+
+    def __init__(self, policy: Policy | dict, stream: str, keyring: Keyring, fmt: Format) -> None:
+        pol = policy if isinstance(policy, Policy) else Policy.model_validate(policy)
+        self.plan: StreamPlan = compile_stream(pol, stream)
+        keyring.require(self.plan.key_ids())
+        self.keyring = keyring
+        self.fmt = fmt
+
+    def process(self, batch: pa.RecordBatch, role: str | None = None) -> MaskOutput:
+        plan, fmt = self.plan, self.fmt
+        view = plan.view(role)
+        nf = len(plan.paths)
+        data, sc = batch_to_scan(batch, nf)
+        n = batch.num_rows
+        rows = batch.column("row").to_numpy()
+        err_code = np.zeros(n, np.int16)
+        err_op = np.full(n, -1, np.int32)
+        edited: list[int] = []
+        edits: list[np.ndarray] = []
+        reps: list[tuple[np.ndarray, np.ndarray]] = []
+        counts: dict[str, int] = {}
+        ops = view.changing
+        for oi, op in enumerate(ops):
+            tech = REGISTRY[op.technique]
+            kinds = sc.vkind[:, op.index]
+            values = fmt.extract(data, sc, op.index)
+            applied = tech.apply(values, kinds, op.spec, self.keyring)  # type: ignore[misc]
+            first = (applied.err != 0) & (err_code == 0)
+            err_code[first] = applied.err[first]
+            err_op[first] = oi
+            edit = (kinds != K_MISSING) & (kinds != K_NULL) & (applied.err == 0)
+            counts[op.path] = int(edit.sum())
+            edited.append(op.index)
+            edits.append(edit)
+            reps.append(fmt.write_values(applied.values, applied.raw))
+        emit = err_code == 0
+        edit_m = np.stack(edits, axis=1) if edits else np.zeros((n, 0), np.bool_)
+        out = fmt.emit(data, sc, plan.tree, plan.unknown_fields == "drop", plan.named, emit, edited, edit_m, reps)
+        keep = np.flatnonzero(emit)
+        dead = np.flatnonzero(~emit)
+        reasons, fields = [], []
+        for r in dead:  # error path only
+            op = ops[int(err_op[r])]
+            reasons.append(f"field {op.path}: {error_message(op.technique, int(err_code[r]))}")
+            fields.append(op.path)
+        return MaskOutput(
+            policy_version=plan.version,
+            role=view.role,
+            rows=rows[keep],
+            records=out.take(pa.array(keep)),
+            dead_rows=rows[dead],
+            dead_reasons=reasons,
+            dead_fields=fields,
+            counts=counts,
+        )
+
+
+def _make_actor():  # Ray is imported only where actors are made, never by the pure core
+    import ray
+
+    @ray.remote(num_cpus=0.5, max_restarts=0)
+    class MaskWorker:
+        """Ray actor around MaskCore; batches arrive and leave as Arrow through the object store."""
+
+        def __init__(self, policy: dict, stream: str, keyring: Keyring, fmt: Format) -> None:
+            self.core = MaskCore(policy, stream, keyring, fmt)
+
+        def process(self, batch: pa.RecordBatch, role: str | None = None) -> MaskOutput:
+            return self.core.process(batch, role)
+
+        def warm(self) -> bool:
+            return True
+
+    return MaskWorker
+
+
+class _Lazy:
+    _cls = None
+
+    def __getattr__(self, name: str):
+        if _Lazy._cls is None:
+            _Lazy._cls = _make_actor()
+        return getattr(_Lazy._cls, name)
+
+
+MaskWorker = _Lazy()

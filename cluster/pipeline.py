@@ -1,0 +1,242 @@
+"""The file pipeline: source -> KeyRouter -> MaskWorker actors -> sink, with dead letters.
+
+`run_pipeline` drives any set of workers with a `process(batch, role)` method: Ray actors in
+production (`mask_file`), plain `MaskCore` objects in unit tests. Backpressure: at most
+`max_in_flight` chunks are out at once; the reader waits for the oldest before reading more, so
+memory stays bounded when workers fall behind. Output keeps the input order (per-key order
+follows), and records in = records out + dead letters is checked at the end of every run.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pyarrow as pa
+
+from raymask.actors.router import DeadLetter, Routed, RouterCore
+from raymask.actors.sinks.deadletters import DEFAULT_KEY_ID, DeadLetterWriter
+from raymask.actors.sources.files import FileSource
+from raymask.actors.worker import MaskCore, MaskOutput
+from raymask.errors import InputError, PipelineError
+from raymask.policy.compile import StreamPlan, compile_stream
+from raymask.policy.keys import Keyring
+from raymask.policy.loader import load_policy
+from raymask.policy.schema import Policy
+
+__all__ = ["RunSummary", "mask_file", "run_pipeline", "default_dead_letter_path"]
+
+
+@dataclass
+class RunSummary:
+    stream: str
+    role: str
+    policy_version: int
+    workers: int
+    records_in: int = 0
+    records_out: int = 0
+    dead_letters: int = 0
+    bytes_in: int = 0
+    seconds: float = 0.0
+    techniques: dict[str, str] = field(default_factory=dict)  # field -> technique in this view
+    changed: Counter = field(default_factory=Counter)  # field -> values changed
+    dead_reasons: Counter = field(default_factory=Counter)  # reason -> count
+    output: str = ""
+    dead_letter_file: str | None = None
+
+    @property
+    def records_per_second(self) -> float:
+        return self.records_in / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def balanced(self) -> bool:
+        return self.records_in == self.records_out + self.dead_letters
+
+
+def default_dead_letter_path(output: str) -> str:
+    return "raymask.deadletters.ndjson" if output == "-" else f"{output}.deadletters.ndjson"
+
+
+ProgressFn = Callable[[int, int, int], None]  # (records so far, bytes so far, bytes total)
+
+
+def _collect(
+    routed: Routed, data: np.ndarray, outputs: Sequence[MaskOutput], summary: RunSummary
+) -> tuple[pa.Array, list[DeadLetter]]:
+    rows = [o.rows for o in outputs]
+    recs = [o.records for o in outputs]
+    dead = list(routed.dead)
+    for o in outputs:
+        for r, reason, fld in zip(o.dead_rows, o.dead_reasons, o.dead_fields, strict=True):
+            s, e = int(routed.starts[r]), int(routed.ends[r])
+            dead.append(DeadLetter(int(routed.lines[r]), reason, bytes(data[s:e]), fld))
+        for k, v in o.counts.items():
+            summary.changed[k] += v
+        if o.policy_version != summary.policy_version:
+            raise PipelineError("a worker answered with another policy version")
+    if not recs:
+        return pa.array([], pa.large_binary()), dead
+    allrows = np.concatenate(rows)
+    allrecs = pa.concat_arrays(recs)
+    order = np.argsort(allrows, kind="stable")
+    return allrecs.take(pa.array(order)), sorted(dead, key=lambda d: d.line)
+
+
+def _write_records(out: IO[bytes], records: pa.Array) -> None:
+    if len(records) == 0:
+        return
+    bufs = records.buffers()
+    offs = np.frombuffer(bufs[1], np.int64)[records.offset : records.offset + len(records) + 1]
+    out.write(memoryview(bufs[2])[int(offs[0]) : int(offs[-1])])
+
+
+def run_pipeline(
+    plan: StreamPlan,
+    source: FileSource,
+    workers: Sequence[Any],
+    submit: Callable[[Any, pa.RecordBatch, str | None], Any],
+    fetch: Callable[[list[Any]], list[MaskOutput]],
+    out: IO[bytes],
+    dead_writer: DeadLetterWriter,
+    role: str | None,
+    summary: RunSummary,
+    *,
+    max_in_flight: int = 2,
+    progress: ProgressFn | None = None,
+) -> RunSummary:
+    """Stream `source` through `workers`; `submit` starts one batch, `fetch` waits for a chunk's."""
+    router = RouterCore(plan, source.format, len(workers))
+    out.write(source.format.header(plan.tree, plan.unknown_fields == "drop", plan.named))
+    pending: deque[tuple[Routed, np.ndarray, list[Any]]] = deque()
+    t0 = time.perf_counter()
+
+    def drain_one() -> None:
+        routed, data, futures = pending.popleft()
+        outputs = fetch(futures)
+        records, dead = _collect(routed, data, outputs, summary)
+        _write_records(out, records)
+        dead_writer.write(dead)
+        summary.records_in += routed.records
+        summary.records_out += len(records)
+        summary.dead_letters += len(dead)
+        for d in dead:
+            summary.dead_reasons[d.reason] += 1
+        if progress:
+            progress(summary.records_in, summary.bytes_in, source.bytes_total)
+
+    for chunk in source.chunks():
+        routed = router.route(chunk.data, chunk.base_line)
+        futures = [submit(w, b, role) for w, b in zip(workers, routed.shards, strict=True) if b is not None]
+        pending.append((routed, chunk.data, futures))
+        summary.bytes_in += chunk.nbytes
+        while len(pending) > max_in_flight:
+            drain_one()
+    while pending:
+        drain_one()
+    summary.seconds = time.perf_counter() - t0
+    if not summary.balanced:
+        raise PipelineError(
+            f"records in ({summary.records_in}) != out ({summary.records_out}) + dead ({summary.dead_letters})"
+        )
+    return summary
+
+
+def _load(policy: str | Path | Policy) -> tuple[Policy, str]:
+    if isinstance(policy, Policy):
+        return policy, "<policy>"
+    return load_policy(policy), Path(policy).name
+
+
+def mask_file(
+    policy: str | Path | Policy,
+    stream: str,
+    input: str | Path,
+    output: str | Path,
+    *,
+    role: str | None = None,
+    workers: int = 2,
+    address: str | None = None,
+    keyring: Keyring | None = None,
+    dead_letters: str | Path | None = None,
+    dead_letter_key: str = DEFAULT_KEY_ID,
+    chunk_bytes: int = 4 << 20,
+    progress: ProgressFn | None = None,
+    local: bool = False,
+) -> RunSummary:
+    """Mask a file (NDJSON or CSV; '-' for stdin/stdout) on Ray and return the run's summary.
+
+    Starts an embedded local Ray unless `address` / RAY_ADDRESS names a cluster, or Ray is already
+    initialised in this process. `local=True` runs the workers in-process without Ray (for tests
+    and tiny inputs). Raises PolicyError, KeyringError or InputError before any data moves.
+    """
+    pol, source_name = _load(policy)
+    plan = compile_stream(pol, stream, source_name)
+    ring = keyring if keyring is not None else Keyring.from_env()
+    ring.require(plan.key_ids())
+    dl_key = ring.get(dead_letter_key)
+    if workers < 1:
+        raise InputError("workers must be >= 1")
+    out_name = str(output)
+    src = FileSource(str(input), plan.format, delimiter=plan.delimiter, chunk_bytes=chunk_bytes)
+    view = plan.view(role)
+    summary = RunSummary(
+        stream=stream,
+        role=view.role,
+        policy_version=plan.version,
+        workers=workers,
+        techniques={op.path: op.technique for op in view.ops},
+        output=out_name,
+    )
+    dl_path = str(dead_letters) if dead_letters else default_dead_letter_path(out_name)
+    writer = DeadLetterWriter(dl_path, stream, dl_key)
+    try:
+        out_f: IO[bytes] = sys.stdout.buffer if out_name == "-" else open(out_name, "wb")  # noqa: SIM115
+    except OSError as exc:
+        src.close()
+        raise InputError(f"{out_name}: cannot write ({exc.strerror or type(exc).__name__})") from None
+    started = False
+    try:
+        if local:
+            cores = [MaskCore(pol, stream, ring, src.format) for _ in range(workers)]
+            run_pipeline(
+                plan, src, cores, lambda w, b, r: w.process(b, r), lambda fs: list(fs), out_f, writer,
+                role, summary, progress=progress,
+            )  # fmt: skip
+        else:
+            import ray
+
+            from raymask.actors.worker import MaskWorker
+            from raymask.cluster.runtime import ensure_ray
+
+            started = ensure_ray(address)
+            actors = [MaskWorker.remote(pol.model_dump(), stream, ring, src.format) for _ in range(workers)]
+            try:
+                ray.get([a.warm.remote() for a in actors])
+                run_pipeline(
+                    plan, src, actors, lambda w, b, r: w.process.remote(b, r), ray.get, out_f, writer,
+                    role, summary, progress=progress,
+                )  # fmt: skip
+            except ray.exceptions.RayActorError:
+                raise PipelineError("a mask worker died; see the Ray logs") from None
+            finally:
+                for a in actors:
+                    ray.kill(a)
+    finally:
+        src.close()
+        writer.close()
+        if out_f is not sys.stdout.buffer:
+            out_f.close()
+        else:
+            out_f.flush()
+        if started:
+            import ray
+
+            ray.shutdown()
+    summary.dead_letter_file = dl_path if summary.dead_letters else None
+    return summary

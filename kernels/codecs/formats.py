@@ -1,0 +1,134 @@
+"""One interface over the wire formats: split, scan, extract, write values, emit records."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from raymask.kernels.codecs import csv as csv_codec
+from raymask.kernels.codecs import ndjson
+from raymask.kernels.codecs.paths import PathTree
+from raymask.kernels.codecs.spans import Scan, splice
+
+__all__ = ["Format", "NdjsonFormat", "CsvFormat", "format_for"]
+
+
+class Format:
+    """A wire format. Subclasses are plain data plus kernel calls; no per-record Python."""
+
+    name = ""
+    errors: dict[int, str] = {}
+
+    def boundary(self, data: np.ndarray) -> int:
+        """Position after the last complete record in `data` (-1 if none)."""
+        nl = np.flatnonzero(data == 10)
+        return int(nl[-1]) + 1 if len(nl) else -1
+
+    def split(self, data: np.ndarray, base_line: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def scan(self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray, tree: PathTree) -> Scan:
+        raise NotImplementedError
+
+    def extract(self, data: np.ndarray, sc: Scan, leaf: int) -> pa.Array:
+        raise NotImplementedError
+
+    def write_values(self, values: pa.Array, raw: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def emit(
+        self, data: np.ndarray, sc: Scan, tree: PathTree, drop_unknown: bool, named: int,
+        emit: np.ndarray, edited: list[int], edit: np.ndarray, reps: list[tuple[np.ndarray, np.ndarray]],
+    ) -> pa.Array:  # fmt: skip
+        raise NotImplementedError
+
+    def header(self, tree: PathTree, drop_unknown: bool, named: int) -> bytes:
+        return b""
+
+
+class NdjsonFormat(Format):
+    name = "ndjson"
+    errors = ndjson.ERRORS
+
+    def split(self, data, base_line):
+        return ndjson.split_records(data, base_line)
+
+    def scan(self, data, starts, ends, tree):
+        return ndjson.scan(data, starts, ends, tree)
+
+    def extract(self, data, sc, leaf):
+        return ndjson.extract(data, sc.vstart[:, leaf], sc.vend[:, leaf], sc.vkind[:, leaf])
+
+    def write_values(self, values, raw):
+        return ndjson.quote(values, raw)
+
+    def emit(self, data, sc, tree, drop_unknown, named, emit, edited, edit, reps):
+        if drop_unknown:
+            return ndjson.build_objects(data, sc, tree, emit, edited, edit, reps)
+        return splice(data, sc, emit, edited, edit, reps)
+
+
+class CsvFormat(Format):
+    name = "csv"
+    errors = csv_codec.ERRORS
+
+    def __init__(self, header: list[str], header_line: bytes, delimiter: str = ",") -> None:
+        self.columns = header
+        self.header_line = header_line
+        self.delimiter = delimiter
+
+    def boundary(self, data):
+        return csv_codec.record_boundary(data)
+
+    def split(self, data, base_line):
+        return csv_codec.split_records(data, base_line)
+
+    def scan(self, data, starts, ends, tree):
+        return csv_codec.scan(data, starts, ends, self.columns, tree.paths, self.delimiter)
+
+    def extract(self, data, sc, leaf):
+        return csv_codec.extract(data, sc.vstart[:, leaf], sc.vend[:, leaf], sc.vkind[:, leaf])
+
+    def write_values(self, values, raw):
+        return csv_codec.quote(values, self.delimiter)
+
+    def _kept_columns(self, tree: PathTree, named: int) -> list[int]:
+        pos = {p: i for i, p in enumerate(tree.paths[:named])}
+        return [pos[c] for c in self.columns if c in pos]
+
+    def emit(self, data, sc, tree, drop_unknown, named, emit, edited, edit, reps):
+        if not drop_unknown:
+            return splice(data, sc, emit, edited, edit, reps)
+        cols = self._kept_columns(tree, named)
+        n = len(sc.starts)
+        full_edit = np.zeros((n, len(cols)), np.bool_)
+        full_reps: list[tuple[np.ndarray, np.ndarray]] = []
+        where = {f: k for k, f in enumerate(edited)}
+        for j, c in enumerate(cols):
+            if c in where:
+                full_edit[:, j] = edit[:, where[c]]
+                full_reps.append(reps[where[c]])
+            else:
+                full_reps.append((np.zeros(n + 1, np.int64), np.zeros(0, np.uint8)))
+        return csv_codec.select_columns(data, sc, cols, emit, full_edit, full_reps, self.delimiter)
+
+    def header(self, tree, drop_unknown, named):
+        if not drop_unknown:
+            return self.header_line
+        cols = self._kept_columns(tree, named)
+        names = [tree.paths[c] for c in cols]
+        vals = pa.array(names, pa.large_string())
+        off, data = csv_codec.quote(vals, self.delimiter)
+        parts = [bytes(data[off[i] : off[i + 1]]) for i in range(len(names))]
+        return self.delimiter.encode().join(parts) + b"\n"
+
+
+def format_for(name: str, *, header_line: bytes | None = None, delimiter: str = ",") -> Format:
+    if name == "ndjson":
+        return NdjsonFormat()
+    if name == "csv":
+        if header_line is None:
+            raise ValueError("CSV needs its header line")
+        line = header_line if header_line.endswith(b"\n") else header_line + b"\n"
+        return CsvFormat(csv_codec.parse_header(line, delimiter), line.replace(b"\r\n", b"\n"), delimiter)
+    raise ValueError(f"format {name} is not supported")

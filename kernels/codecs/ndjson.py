@@ -1,0 +1,752 @@
+"""NDJSON codec: validate, locate the policy's fields, extract them, splice masked values back.
+
+A record stays as its raw bytes from decode to encode. One Numba pass per batch validates every
+record against RFC 8259 (grammar, string escapes, UTF-8) and records, for each policy field, the
+byte span and the JSON kind of its value. Extraction turns those spans into Arrow columns; the
+encoder splices the masked values into the original bytes, so every field the policy does not
+touch leaves byte-identical. No Python object is made per record.
+
+Field names are compared after unescaping, so ``"em\\u0061il"`` is the field ``email``. A policy
+field that occurs twice in one object is an error for that record (a consumer that takes the
+last duplicate would otherwise see a clear value).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from numba import njit
+
+from raymask.kernels._arrow import string_array, string_buffers
+from raymask.kernels.codecs.paths import PathTree
+from raymask.kernels.codecs.spans import (
+    K_ARRAY,
+    K_FALSE,
+    K_MISSING,
+    K_NULL,
+    K_NUMBER,
+    K_OBJECT,
+    K_STRING,
+    K_TRUE,
+    KIND_NAMES,
+    Scan,
+    pack_replacements,
+    splice,
+)
+
+__all__ = [
+    "KIND_NAMES",
+    "ERRORS",
+    "Scan",
+    "split_records",
+    "scan",
+    "extract",
+    "quote",
+    "splice",
+    "build_objects",
+]
+
+
+E_SYNTAX, E_NOT_OBJECT, E_UTF8, E_DUP, E_DEPTH = 1, 2, 3, 4, 5
+ERRORS = {
+    E_SYNTAX: "invalid JSON",
+    E_NOT_OBJECT: "record is not a JSON object",
+    E_UTF8: "invalid UTF-8",
+    E_DUP: "field occurs twice",
+    E_DEPTH: "nesting deeper than 512 levels",
+}
+MAX_DEPTH = 512
+
+# scanner states
+_S_VALUE, _S_KEY_OR_CLOSE, _S_KEY, _S_COLON, _S_COMMA_OR_CLOSE, _S_VALUE_OR_CLOSE = range(6)
+
+
+@njit(cache=True)
+def _split(data, base_line):
+    """Records are the non-blank lines; returns (starts, ends, line numbers)."""
+    n = data.shape[0]
+    cnt = 0
+    for p in range(n):
+        if data[p] == 10:
+            cnt += 1
+    cap = cnt + 1
+    starts = np.empty(cap, np.int64)
+    ends = np.empty(cap, np.int64)
+    lines = np.empty(cap, np.int64)
+    r = 0
+    s = 0
+    line = base_line
+    while s < n:
+        e = s
+        while e < n and data[e] != 10:
+            e += 1
+        blank = True
+        for q in range(s, e):
+            c = data[q]
+            if c != 32 and c != 9 and c != 13:
+                blank = False
+                break
+        if not blank:
+            starts[r] = s
+            ends[r] = e
+            lines[r] = line
+            r += 1
+        line += 1
+        s = e + 1
+    return starts[:r], ends[:r], lines[:r]
+
+
+def split_records(data: np.ndarray, base_line: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split a buffer of whole lines into records: (starts, ends, 1-based line numbers).
+
+    Blank lines are not records; a trailing newline does not start one.
+    """
+    return _split(data, base_line)
+
+
+@njit(cache=True)
+def _scan_string(data, p, end):
+    """data[p] is '"'; returns the position after the closing quote, -1 (syntax) or -3 (UTF-8)."""
+    q = p + 1
+    while q < end:
+        c = data[q]
+        if c == 34:
+            return q + 1
+        if c == 92:
+            if q + 1 >= end:
+                return -1
+            x = data[q + 1]
+            if x == 34 or x == 92 or x == 47 or x == 98 or x == 102 or x == 110 or x == 114 or x == 116:
+                q += 2
+            elif x == 117:
+                if q + 6 > end:
+                    return -1
+                for j in range(q + 2, q + 6):
+                    h = data[j]
+                    if not ((48 <= h <= 57) or (65 <= h <= 70) or (97 <= h <= 102)):
+                        return -1
+                q += 6
+            else:
+                return -1
+        elif c < 32:
+            return -1
+        elif c < 128:
+            q += 1
+        else:
+            if 0xC2 <= c <= 0xDF:
+                need = 1
+                lo = 0x80
+                hi = 0xBF
+            elif 0xE0 <= c <= 0xEF:
+                need = 2
+                lo = 0xA0 if c == 0xE0 else 0x80
+                hi = 0x9F if c == 0xED else 0xBF
+            elif 0xF0 <= c <= 0xF4:
+                need = 3
+                lo = 0x90 if c == 0xF0 else 0x80
+                hi = 0x8F if c == 0xF4 else 0xBF
+            else:
+                return -3
+            if q + need >= end:
+                return -3
+            c1 = data[q + 1]
+            if c1 < lo or c1 > hi:
+                return -3
+            for j in range(q + 2, q + 1 + need):
+                if (data[j] & 0xC0) != 0x80:
+                    return -3
+            q += 1 + need
+    return -1
+
+
+@njit(cache=True)
+def _scan_number(data, p, end):
+    q = p
+    if data[q] == 45:
+        q += 1
+    if q >= end:
+        return -1
+    c = data[q]
+    if c == 48:
+        q += 1
+    elif 49 <= c <= 57:
+        while q < end and 48 <= data[q] <= 57:
+            q += 1
+    else:
+        return -1
+    if q < end and data[q] == 46:
+        q += 1
+        if q >= end or not (48 <= data[q] <= 57):
+            return -1
+        while q < end and 48 <= data[q] <= 57:
+            q += 1
+    if q < end and (data[q] == 101 or data[q] == 69):
+        q += 1
+        if q < end and (data[q] == 43 or data[q] == 45):
+            q += 1
+        if q >= end or not (48 <= data[q] <= 57):
+            return -1
+        while q < end and 48 <= data[q] <= 57:
+            q += 1
+    return q
+
+
+@njit(cache=True)
+def _hexval(h):
+    if h <= 57:
+        return h - 48
+    if h <= 70:
+        return h - 55
+    return h - 87
+
+
+@njit(cache=True)
+def _put_cp(out, o, cp):
+    if cp < 0x80:
+        out[o] = cp
+        return o + 1
+    if cp < 0x800:
+        out[o] = 0xC0 | (cp >> 6)
+        out[o + 1] = 0x80 | (cp & 0x3F)
+        return o + 2
+    if cp < 0x10000:
+        out[o] = 0xE0 | (cp >> 12)
+        out[o + 1] = 0x80 | ((cp >> 6) & 0x3F)
+        out[o + 2] = 0x80 | (cp & 0x3F)
+        return o + 3
+    out[o] = 0xF0 | (cp >> 18)
+    out[o + 1] = 0x80 | ((cp >> 12) & 0x3F)
+    out[o + 2] = 0x80 | ((cp >> 6) & 0x3F)
+    out[o + 3] = 0x80 | (cp & 0x3F)
+    return o + 4
+
+
+@njit(cache=True)
+def _unescape(data, s, e, out, o):
+    """Decode the JSON string body data[s:e] (already validated) into out[o:]; returns the end.
+
+    A lone UTF-16 surrogate becomes U+FFFD so the result is always valid UTF-8.
+    """
+    q = s
+    while q < e:
+        c = data[q]
+        if c != 92:
+            out[o] = c
+            o += 1
+            q += 1
+            continue
+        x = data[q + 1]
+        if x == 117:
+            cp = (_hexval(data[q + 2]) << 12) | (_hexval(data[q + 3]) << 8) | (_hexval(data[q + 4]) << 4) | _hexval(data[q + 5])
+            q += 6
+            if 0xD800 <= cp <= 0xDBFF:
+                if q + 6 <= e and data[q] == 92 and data[q + 1] == 117:
+                    lo = (_hexval(data[q + 2]) << 12) | (_hexval(data[q + 3]) << 8) | (_hexval(data[q + 4]) << 4) | _hexval(data[q + 5])
+                    if 0xDC00 <= lo <= 0xDFFF:
+                        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
+                        q += 6
+                    else:
+                        cp = 0xFFFD
+                else:
+                    cp = 0xFFFD
+            elif 0xDC00 <= cp <= 0xDFFF:
+                cp = 0xFFFD
+            o = _put_cp(out, o, cp)
+        else:
+            if x == 98:
+                out[o] = 8
+            elif x == 102:
+                out[o] = 12
+            elif x == 110:
+                out[o] = 10
+            elif x == 114:
+                out[o] = 13
+            elif x == 116:
+                out[o] = 9
+            else:
+                out[o] = x
+            o += 1
+            q += 2
+    return o
+
+
+@njit(cache=True)
+def _match_key(data, s, e, parent, ch_start, ch_count, children, key_start, key_len, keybytes, keybuf):
+    """Child of `parent` whose name equals the JSON key body data[s:e], or -1."""
+    has_escape = False
+    for q in range(s, e):
+        if data[q] == 92:
+            has_escape = True
+            break
+    if has_escape:
+        if e - s > keybuf.shape[0]:
+            return -1
+        kl = _unescape(data, s, e, keybuf, 0)
+        src = keybuf
+        ks = 0
+    else:
+        kl = e - s
+        src = data
+        ks = s
+    for ci in range(ch_start[parent], ch_start[parent] + ch_count[parent]):
+        c = children[ci]
+        if key_len[c] != kl:
+            continue
+        same = True
+        for j in range(kl):
+            if keybytes[key_start[c] + j] != src[ks + j]:
+                same = False
+                break
+        if same:
+            return c
+    return -1
+
+
+@njit(cache=True)
+def _scan(data, starts, ends, ch_start, ch_count, children, key_start, key_len, keybytes, node_leaf, nleaves, max_key):
+    n = starts.shape[0]
+    vstart = np.zeros((n, nleaves), np.int64)
+    vend = np.zeros((n, nleaves), np.int64)
+    vkind = np.zeros((n, nleaves), np.int8)
+    err = np.zeros(n, np.int8)
+    errpos = np.zeros(n, np.int64)
+    errleaf = np.full(n, -1, np.int64)
+    st_type = np.zeros(MAX_DEPTH, np.int8)
+    st_node = np.zeros(MAX_DEPTH, np.int64)
+    keybuf = np.empty(max(max_key, 1) * 4 + 8, np.uint8)
+    for r in range(n):
+        p = starts[r]
+        end = ends[r]
+        depth = 0
+        state = _S_VALUE
+        pending = 0  # node of the next value; the record itself is node 0
+        leaf_open = -1
+        leaf_depth = -1
+        top_done = False
+        code = 0
+        while True:
+            while p < end:
+                c = data[p]
+                if c == 32 or c == 9 or c == 13 or c == 10:
+                    p += 1
+                else:
+                    break
+            if p >= end:
+                if not top_done:
+                    code = E_SYNTAX
+                break
+            if top_done:
+                code = E_SYNTAX
+                break
+            c = data[p]
+            value_done = False
+            if state == _S_VALUE or state == _S_VALUE_OR_CLOSE:
+                if state == _S_VALUE_OR_CLOSE and c == 93:
+                    depth -= 1
+                    if leaf_open >= 0 and leaf_depth == depth:
+                        vend[r, leaf_open] = p + 1
+                        leaf_open = -1
+                    p += 1
+                    value_done = True
+                else:
+                    lf = -1
+                    if pending >= 0 and leaf_open < 0:
+                        lf = node_leaf[pending]
+                        if lf >= 0 and vkind[r, lf] != 0:
+                            code = E_DUP
+                            errleaf[r] = lf
+                            break
+                    if depth == 0 and c != 123:
+                        code = E_NOT_OBJECT
+                        break
+                    if c == 123 or c == 91:
+                        if depth >= MAX_DEPTH:
+                            code = E_DEPTH
+                            break
+                        if lf >= 0:
+                            vstart[r, lf] = p
+                            vkind[r, lf] = K_OBJECT if c == 123 else K_ARRAY
+                            leaf_open = lf
+                            leaf_depth = depth
+                        st_type[depth] = 1 if c == 123 else 2
+                        if c == 123 and pending >= 0 and lf < 0 and leaf_open < 0:
+                            st_node[depth] = pending
+                        else:
+                            st_node[depth] = -1
+                        depth += 1
+                        p += 1
+                        if c == 123:
+                            state = _S_KEY_OR_CLOSE
+                        else:
+                            state = _S_VALUE_OR_CLOSE
+                            pending = -1
+                    else:
+                        if c == 34:
+                            q = _scan_string(data, p, end)
+                            kind = K_STRING
+                        elif c == 45 or (48 <= c <= 57):
+                            q = _scan_number(data, p, end)
+                            kind = K_NUMBER
+                        elif c == 116:
+                            q = p + 4 if (p + 4 <= end and data[p + 1] == 114 and data[p + 2] == 117 and data[p + 3] == 101) else -1
+                            kind = K_TRUE
+                        elif c == 102:
+                            q = p + 5 if (p + 5 <= end and data[p + 1] == 97 and data[p + 2] == 108 and data[p + 3] == 115 and data[p + 4] == 101) else -1
+                            kind = K_FALSE
+                        elif c == 110:
+                            q = p + 4 if (p + 4 <= end and data[p + 1] == 117 and data[p + 2] == 108 and data[p + 3] == 108) else -1
+                            kind = K_NULL
+                        else:
+                            q = -1
+                            kind = 0
+                        if q < 0:
+                            code = E_UTF8 if q == -3 else E_SYNTAX
+                            break
+                        if lf >= 0:
+                            vstart[r, lf] = p
+                            vend[r, lf] = q
+                            vkind[r, lf] = kind
+                        p = q
+                        value_done = True
+            elif state == _S_KEY_OR_CLOSE or state == _S_KEY:
+                if c == 125 and state == _S_KEY_OR_CLOSE:
+                    depth -= 1
+                    if leaf_open >= 0 and leaf_depth == depth:
+                        vend[r, leaf_open] = p + 1
+                        leaf_open = -1
+                    p += 1
+                    value_done = True
+                elif c == 34:
+                    q = _scan_string(data, p, end)
+                    if q < 0:
+                        code = E_UTF8 if q == -3 else E_SYNTAX
+                        break
+                    parent = st_node[depth - 1]
+                    if parent >= 0:
+                        pending = _match_key(data, p + 1, q - 1, parent, ch_start, ch_count, children, key_start, key_len, keybytes, keybuf)
+                    else:
+                        pending = -1
+                    p = q
+                    state = _S_COLON
+                else:
+                    code = E_SYNTAX
+                    break
+            elif state == _S_COLON:
+                if c != 58:
+                    code = E_SYNTAX
+                    break
+                p += 1
+                state = _S_VALUE
+            else:  # _S_COMMA_OR_CLOSE
+                t = st_type[depth - 1]
+                if c == 44:
+                    p += 1
+                    if t == 1:
+                        state = _S_KEY
+                    else:
+                        state = _S_VALUE
+                        pending = -1
+                elif (c == 125 and t == 1) or (c == 93 and t == 2):
+                    depth -= 1
+                    if leaf_open >= 0 and leaf_depth == depth:
+                        vend[r, leaf_open] = p + 1
+                        leaf_open = -1
+                    p += 1
+                    value_done = True
+                else:
+                    code = E_SYNTAX
+                    break
+            if value_done:
+                if depth == 0:
+                    top_done = True
+                else:
+                    state = _S_COMMA_OR_CLOSE
+        if code != 0:
+            err[r] = code
+            errpos[r] = p - starts[r]
+            for j in range(nleaves):
+                vkind[r, j] = 0
+    return vstart, vend, vkind, err, errpos, errleaf
+
+
+def scan(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, tree: PathTree) -> Scan:
+    """Validate each record data[starts[i]:ends[i]] and locate the tree's fields in it."""
+    vs, ve, vk, err, pos, lf = _scan(
+        data, starts, ends, tree.ch_start, tree.ch_count, tree.children, tree.key_start,
+        tree.key_len, tree.keybytes, tree.leaf, len(tree.paths), tree.max_key_len,
+    )  # fmt: skip
+    return Scan(starts, ends, vs, ve, vk, err, pos, lf)
+
+
+@njit(cache=True)
+def _extract(data, vstart, vend, vkind):
+    n = vstart.shape[0]
+    total = 0
+    for i in range(n):
+        if vkind[i] != K_MISSING and vkind[i] != K_NULL:
+            total += vend[i] - vstart[i]
+    out = np.empty(total + 1, np.uint8)
+    off = np.zeros(n + 1, np.int64)
+    valid = np.zeros(n, np.bool_)
+    o = 0
+    for i in range(n):
+        k = vkind[i]
+        if k == K_STRING:
+            o = _unescape(data, vstart[i] + 1, vend[i] - 1, out, o)
+            valid[i] = True
+        elif k != K_MISSING and k != K_NULL:
+            for q in range(vstart[i], vend[i]):
+                out[o] = data[q]
+                o += 1
+            valid[i] = True
+        off[i + 1] = o
+    return off, out[:o].copy(), valid
+
+
+def extract(data: np.ndarray, vstart: np.ndarray, vend: np.ndarray, vkind: np.ndarray) -> pa.Array:
+    """One field's values as a large_string array: strings unescaped, numbers, booleans,
+    objects and arrays as their JSON text, null where the value is null or missing."""
+    off, out, valid = _extract(data, np.ascontiguousarray(vstart), np.ascontiguousarray(vend), np.ascontiguousarray(vkind))
+    return string_array(off, out, valid)
+
+
+@njit(cache=True)
+def _quote(offsets, data, valid, raw):
+    n = offsets.shape[0] - 1
+    cap = 0
+    for i in range(n):
+        cap += 6 * (offsets[i + 1] - offsets[i]) + 4
+    out = np.empty(cap + 1, np.uint8)
+    off = np.zeros(n + 1, np.int64)
+    hexd = np.array([48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 97, 98, 99, 100, 101, 102], np.uint8)
+    o = 0
+    for i in range(n):
+        if not valid[i]:
+            out[o] = 110
+            out[o + 1] = 117
+            out[o + 2] = 108
+            out[o + 3] = 108
+            o += 4
+        elif raw[i]:
+            for q in range(offsets[i], offsets[i + 1]):
+                out[o] = data[q]
+                o += 1
+        else:
+            out[o] = 34
+            o += 1
+            for q in range(offsets[i], offsets[i + 1]):
+                c = data[q]
+                if c == 34 or c == 92:
+                    out[o] = 92
+                    out[o + 1] = c
+                    o += 2
+                elif c < 32:
+                    out[o] = 92
+                    if c == 10:
+                        out[o + 1] = 110
+                        o += 2
+                    elif c == 13:
+                        out[o + 1] = 114
+                        o += 2
+                    elif c == 9:
+                        out[o + 1] = 116
+                        o += 2
+                    else:
+                        out[o + 1] = 117
+                        out[o + 2] = 48
+                        out[o + 3] = 48
+                        out[o + 4] = hexd[c >> 4]
+                        out[o + 5] = hexd[c & 15]
+                        o += 6
+                else:
+                    out[o] = c
+                    o += 1
+            out[o] = 34
+            o += 1
+        off[i + 1] = o
+    return off, out[:o].copy()
+
+
+def quote(values: pa.Array, raw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """JSON text of each value: a quoted, escaped string, or the value itself where `raw` is set
+    (numbers, booleans, literals), or ``null``. Returns (offsets, data)."""
+    b = string_buffers(values)
+    if raw is None:
+        raw = np.zeros(len(b), np.bool_)
+    off, out = _quote(b.offsets, b.data, b.valid, raw)
+    return off - 0, out
+
+
+@njit(cache=True)
+def _build(data, emit, vstart, vend, vkind, edit, rep_off, rep_data, rep_col, prog_op, prog_node, prog_lo, prog_hi, keys_off, keys_data, node_leaf):
+    n = vstart.shape[0]
+    total = 0
+    for i in range(n):
+        if emit[i]:
+            total += keys_off[-1] + 4 * prog_op.shape[0] + 2
+            for f in range(vstart.shape[1]):
+                if edit[i, f]:
+                    c = rep_col[f]
+                    total += rep_off[c, i + 1] - rep_off[c, i]
+                elif vkind[i, f] != K_MISSING:
+                    total += vend[i, f] - vstart[i, f]
+    out = np.empty(max(total, 1), np.uint8)
+    off = np.zeros(n + 1, np.int64)
+    first = np.zeros(MAX_DEPTH, np.bool_)
+    o = 0
+    for i in range(n):
+        if not emit[i]:
+            off[i + 1] = o
+            continue
+        d = 0
+        first[0] = True
+        out[o] = 123
+        o += 1
+        k = 0
+        while k < prog_op.shape[0]:
+            op = prog_op[k]
+            node = prog_node[k]
+            present = False
+            for f in range(prog_lo[k], prog_hi[k]):
+                if vkind[i, f] != K_MISSING:
+                    present = True
+                    break
+            if op == 1:  # open an inner object
+                if not present:
+                    # nothing below is present: skip to the matching close
+                    depth = 1
+                    k += 1
+                    while depth > 0:
+                        if prog_op[k] == 1:
+                            depth += 1
+                        elif prog_op[k] == 3:
+                            depth -= 1
+                        k += 1
+                    continue
+                if not first[d]:
+                    out[o] = 44
+                    o += 1
+                first[d] = False
+                for q in range(keys_off[node], keys_off[node + 1]):
+                    out[o] = keys_data[q]
+                    o += 1
+                out[o] = 123
+                o += 1
+                d += 1
+                first[d] = True
+            elif op == 2:  # a leaf
+                if present:
+                    f = node_leaf[node]
+                    if not first[d]:
+                        out[o] = 44
+                        o += 1
+                    first[d] = False
+                    for q in range(keys_off[node], keys_off[node + 1]):
+                        out[o] = keys_data[q]
+                        o += 1
+                    if edit[i, f]:
+                        c = rep_col[f]
+                        for q in range(rep_off[c, i], rep_off[c, i + 1]):
+                            out[o] = rep_data[q]
+                            o += 1
+                    else:
+                        for q in range(vstart[i, f], vend[i, f]):
+                            out[o] = data[q]
+                            o += 1
+            else:  # close
+                out[o] = 125
+                o += 1
+                d -= 1
+            k += 1
+        out[o] = 125
+        out[o + 1] = 10
+        o += 2
+        off[i + 1] = o
+    return off, out[:o]
+
+
+def build_objects(
+    data: np.ndarray,
+    sc: Scan,
+    tree: PathTree,
+    emit: np.ndarray,
+    edited: list[int],
+    edit: np.ndarray,
+    reps: list[tuple[np.ndarray, np.ndarray]],
+) -> pa.Array:
+    """New records holding only the tree's fields (``unknown_fields: drop``), in policy order.
+
+    Values are the replacement where `edit` is set, else the original bytes. Inner objects with
+    no present field are left out.
+    """
+    n = len(sc.starts)
+    nleaves = len(tree.paths)
+    # preorder program: 1 open inner node, 2 leaf, 3 close; lo/hi = the leaves below
+    ops: list[int] = []
+    nodes: list[int] = []
+    los: list[int] = []
+    his: list[int] = []
+    leaves_below: dict[int, list[int]] = {}
+
+    def collect(node: int) -> list[int]:
+        if tree.leaf[node] >= 0:
+            res = [int(tree.leaf[node])]
+        else:
+            res = []
+            for ci in range(tree.ch_start[node], tree.ch_start[node] + tree.ch_count[node]):
+                res += collect(int(tree.children[ci]))
+        leaves_below[node] = res
+        return res
+
+    collect(0)
+    # leaves are addressed through a preorder permutation so each subtree is a contiguous range
+    perm: list[int] = []
+
+    def emit_prog(node: int) -> None:
+        if tree.leaf[node] >= 0:
+            perm.append(int(tree.leaf[node]))
+            ops.append(2)
+            nodes.append(node)
+            los.append(len(perm) - 1)
+            his.append(len(perm))
+            return
+        start = len(ops)
+        ops.append(1)
+        nodes.append(node)
+        los.append(len(perm))
+        his.append(0)
+        for ci in range(tree.ch_start[node], tree.ch_start[node] + tree.ch_count[node]):
+            emit_prog(int(tree.children[ci]))
+        his[start] = len(perm)
+        ops.append(3)
+        nodes.append(node)
+        los.append(0)
+        his.append(0)
+
+    for ci in range(tree.ch_start[0], tree.ch_start[0] + tree.ch_count[0]):
+        emit_prog(int(tree.children[ci]))
+    p = np.array(perm, dtype=np.int64)
+    inv_leaf = np.full(len(tree.leaf), -1, np.int64)
+    for idx, leaf in enumerate(perm):
+        inv_leaf[np.flatnonzero(tree.leaf == leaf)[0]] = idx
+    vs = np.ascontiguousarray(sc.vstart[:, p])
+    ve = np.ascontiguousarray(sc.vend[:, p])
+    vk = np.ascontiguousarray(sc.vkind[:, p])
+    full_edit = np.zeros((n, nleaves), np.bool_)
+    rep_col = np.zeros(nleaves, np.int64)
+    for k, f in enumerate(edited):
+        full_edit[:, f] = edit[:, k]
+        rep_col[f] = k
+    full_edit = np.ascontiguousarray(full_edit[:, p])
+    rep_col = rep_col[p]
+    rep_off, rep_data = pack_replacements(reps, n)
+    keys = list(tree.json_key)
+    keys_off = np.zeros(len(keys) + 1, np.int64)
+    keys_off[1:] = np.cumsum([len(k) for k in keys])
+    keys_data = np.frombuffer(b"".join(keys) or b"\0", dtype=np.uint8)
+    off, out = _build(
+        data, emit, vs, ve, vk, full_edit, rep_off, rep_data, rep_col,
+        np.array(ops, np.int64), np.array(nodes, np.int64), np.array(los, np.int64),
+        np.array(his, np.int64), keys_off, keys_data, inv_leaf,
+    )  # fmt: skip
+    return string_array(off, out, None, binary=True)

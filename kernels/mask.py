@@ -1,0 +1,227 @@
+"""Partial masks and redaction as Numba kernels over Arrow string buffers.
+
+`mask` keeps the first m and last n *maskable* code points of a value and replaces every other
+maskable code point with a mask character. What is maskable depends on the mode:
+
+- ``all``: every code point (the generic mask);
+- ``digits``: ASCII digits only, separators kept (payment cards, phone numbers);
+- ``alnum``: ASCII letters and digits, separators kept (IBAN);
+- ``email``: the code points of the local part (before the last ``@``); the domain is kept.
+
+Positions count code points, never bytes, so a multi-byte UTF-8 character is never split.
+Safety rule: when a value has no more maskable code points than m + n, all of them are masked,
+so a short value is never shown whole.
+
+A value a preset cannot handle (a card rule on 5 digits, an email rule on a string without ``@``)
+gets a per-value error code and no output; the caller sends that record to the dead letters.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from numba import njit
+
+from raymask.kernels._arrow import string_array, string_buffers
+
+__all__ = ["MODES", "PRESETS", "ERRORS", "mask", "redact"]
+
+MODE_ALL, MODE_DIGITS, MODE_ALNUM, MODE_EMAIL = 0, 1, 2, 3
+MODES = {"all": MODE_ALL, "digits": MODE_DIGITS, "alnum": MODE_ALNUM, "email": MODE_EMAIL}
+
+# check codes: what shape a preset insists on
+CHECK_NONE, CHECK_EMAIL, CHECK_CARD, CHECK_PHONE, CHECK_IBAN = 0, 1, 2, 3, 4
+
+ERRORS = {
+    1: "not an email address (expected local@domain)",
+    2: "not a payment card number (expected 12-19 digits, spaces or dashes)",
+    3: "not a phone number (expected 4-20 digits, spaces, dashes, dots, brackets, leading +)",
+    4: "not an IBAN (expected 2 letters, then 13-32 letters or digits, spaces allowed)",
+}
+
+# preset name -> (mode, keep_first, keep_last, check)
+PRESETS: dict[str, tuple[int, int, int, int]] = {
+    "email": (MODE_EMAIL, 1, 0, CHECK_EMAIL),
+    "card": (MODE_DIGITS, 0, 4, CHECK_CARD),
+    "phone": (MODE_DIGITS, 0, 2, CHECK_PHONE),
+    "iban": (MODE_ALNUM, 2, 4, CHECK_IBAN),
+}
+
+
+@njit(cache=True, inline="always")
+def _is_digit(c):
+    return 48 <= c <= 57
+
+
+@njit(cache=True, inline="always")
+def _is_alpha(c):
+    return (65 <= c <= 90) or (97 <= c <= 122)
+
+
+@njit(cache=True)
+def _check(data, s, e, check):
+    """0 when data[s:e] has the shape `check` asks for, else the error code."""
+    if check == CHECK_EMAIL:
+        at = -1
+        for p in range(s, e):
+            if data[p] == 64:
+                at = p
+        if at <= s or at >= e - 1:
+            return 1
+        return 0
+    if check == CHECK_CARD:
+        nd = 0
+        for p in range(s, e):
+            c = data[p]
+            if _is_digit(c):
+                nd += 1
+            elif c != 32 and c != 45:
+                return 2
+        return 0 if 12 <= nd <= 19 else 2
+    if check == CHECK_PHONE:
+        nd = 0
+        for p in range(s, e):
+            c = data[p]
+            if _is_digit(c):
+                nd += 1
+            elif c == 43:
+                if p != s:
+                    return 3
+            elif c != 32 and c != 45 and c != 46 and c != 40 and c != 41:
+                return 3
+        return 0 if 4 <= nd <= 20 else 3
+    if check == CHECK_IBAN:
+        na = 0
+        for p in range(s, e):
+            c = data[p]
+            if _is_alpha(c) or _is_digit(c):
+                if na < 2 and not _is_alpha(c):
+                    return 4
+                na += 1
+            elif c != 32:
+                return 4
+        return 0 if 15 <= na <= 34 else 4
+    return 0
+
+
+@njit(cache=True)
+def _mask_kernel(offsets, data, valid, mode, keep_first, keep_last, mchar, check):
+    n = offsets.shape[0] - 1
+    err = np.zeros(n, dtype=np.int8)
+    base = offsets[0]
+    cap = (offsets[n] - base) * max(1, mchar.shape[0]) + 1
+    out = np.empty(cap, dtype=np.uint8)
+    out_off = np.zeros(n + 1, dtype=np.int64)
+    o = 0
+    for i in range(n):
+        out_off[i] = o
+        if not valid[i]:
+            continue
+        s = offsets[i]
+        e = offsets[i + 1]
+        if check != 0:
+            code = _check(data, s, e, check)
+            if code != 0:
+                err[i] = code
+                continue
+        # the maskable region ends at the last '@' for emails
+        region_end = e
+        if mode == MODE_EMAIL:
+            for p in range(s, e):
+                if data[p] == 64:
+                    region_end = p
+        # count maskable code points
+        m = 0
+        for p in range(s, region_end):
+            c = data[p]
+            if (c & 0xC0) == 0x80:
+                continue
+            if mode == MODE_DIGITS:
+                if _is_digit(c):
+                    m += 1
+            elif mode == MODE_ALNUM:
+                if _is_digit(c) or _is_alpha(c):
+                    m += 1
+            else:
+                m += 1
+        kf = keep_first
+        kl = keep_last
+        if m <= kf + kl:
+            kf = 0
+            kl = 0
+        idx = 0  # index of the current maskable code point
+        p = s
+        while p < e:
+            c = data[p]
+            # length of this code point
+            ln = 1
+            if c >= 0xF0:
+                ln = 4
+            elif c >= 0xE0:
+                ln = 3
+            elif c >= 0xC0:
+                ln = 2
+            if p + ln > e:
+                ln = e - p
+            maskable = False
+            if p < region_end:
+                if mode == MODE_DIGITS:
+                    maskable = _is_digit(c)
+                elif mode == MODE_ALNUM:
+                    maskable = _is_digit(c) or _is_alpha(c)
+                else:
+                    maskable = True
+            if maskable:
+                if idx < kf or idx >= m - kl:
+                    for j in range(ln):
+                        out[o] = data[p + j]
+                        o += 1
+                else:
+                    for j in range(mchar.shape[0]):
+                        out[o] = mchar[j]
+                        o += 1
+                idx += 1
+            else:
+                for j in range(ln):
+                    out[o] = data[p + j]
+                    o += 1
+            p += ln
+    out_off[n] = o
+    return out_off, out[:o].copy(), err
+
+
+def mask(
+    values: pa.Array | pa.ChunkedArray,
+    *,
+    keep_first: int = 0,
+    keep_last: int = 0,
+    char: str = "*",
+    mode: str = "all",
+    preset: str | None = None,
+) -> tuple[pa.Array, np.ndarray]:
+    """Partial mask of every value; returns (masked array, per-value error codes, 0 = ok).
+
+    A `preset` (email, card, phone, iban) fixes mode, kept counts and shape check; values with
+    an error code are null in the result and must not be emitted.
+    """
+    check = CHECK_NONE
+    m = MODES[mode]
+    if preset is not None:
+        m, keep_first, keep_last, check = PRESETS[preset]
+    b = string_buffers(values)
+    mchar = np.frombuffer(char.encode("utf-8"), dtype=np.uint8)
+    off, data, err = _mask_kernel(b.offsets, b.data, b.valid, m, keep_first, keep_last, mchar, check)
+    ok = b.valid & (err == 0)
+    return string_array(off, data, ok, like=values.type), err
+
+
+def redact(values: pa.Array | pa.ChunkedArray, replacement: str | None) -> pa.Array:
+    """Every non-null value becomes `replacement` (or null when it is None); nulls stay null."""
+    n = len(values)
+    valid = np.asarray(values.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
+    if replacement is None:
+        return pa.nulls(n, type=values.type)
+    rep = np.frombuffer(replacement.encode("utf-8"), dtype=np.uint8)
+    w = len(rep)
+    data = np.tile(rep, n) if n else np.zeros(0, np.uint8)
+    return string_array(np.arange(n + 1, dtype=np.int64) * w, data, valid, like=values.type)

@@ -1,0 +1,115 @@
+"""Compile a stream's policy into a plan: the field paths to locate and, per role, the ops to run.
+
+Refuses, with located messages, what this version cannot run yet (a technique or format that
+the schema accepts but no kernel implements), so a policy never half-applies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from raymask.errors import PolicyError
+from raymask.kernels.codecs.paths import PathTree, build_tree
+from raymask.policy.registry import REGISTRY
+from raymask.policy.schema import Policy, Stream
+
+__all__ = ["FieldOp", "ViewPlan", "StreamPlan", "compile_stream", "BUILT_FORMATS", "DEFAULT_ROLE"]
+
+BUILT_FORMATS = ("ndjson", "csv")
+DEFAULT_ROLE = "default"
+
+
+@dataclass(frozen=True)
+class FieldOp:
+    index: int  # leaf index in StreamPlan.paths
+    path: str
+    technique: str
+    spec: object
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    role: str
+    ops: tuple[FieldOp, ...]  # every named field, keep included, in policy order
+
+    @property
+    def changing(self) -> tuple[FieldOp, ...]:
+        return tuple(op for op in self.ops if op.technique != "keep")
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    stream: str
+    version: int
+    format: str
+    key_path: str
+    key_index: int
+    paths: tuple[str, ...]  # the policy's fields, then the key if it is not one of them
+    named: int  # how many of `paths` the policy names (the key may be extra)
+    unknown_fields: str
+    delimiter: str
+    tree: PathTree = field(repr=False)
+    views: dict[str, ViewPlan] = field(repr=False)
+
+    def view(self, role: str | None) -> ViewPlan:
+        """The role's view; a role the policy does not name gets the default (strictest) one."""
+        return self.views.get(role or DEFAULT_ROLE, self.views[DEFAULT_ROLE])
+
+    def key_ids(self) -> set[str]:
+        ids = set()
+        for v in self.views.values():
+            for op in v.ops:
+                k = getattr(op.spec, "key", None)
+                if isinstance(k, str):
+                    ids.add(k)
+        return ids
+
+
+def compile_stream(policy: Policy, stream: str, source: str = "<policy>") -> StreamPlan:
+    """Plan for `stream`; PolicyError lists every part this version cannot run."""
+    if stream not in policy.streams:
+        known = ", ".join(sorted(policy.streams))
+        raise PolicyError([f"{source}: no stream '{stream}' (streams: {known})"])
+    s: Stream = policy.streams[stream]
+    problems = []
+    where = f"{source}: streams.{stream}"
+    if s.format not in BUILT_FORMATS:
+        problems.append(f"{where}.format: {s.format} is not supported yet (supported: {', '.join(BUILT_FORMATS)})")
+    if s.unknown_fields == "detect":
+        problems.append(f"{where}.unknown_fields: detect is not supported yet (use keep or drop)")
+    paths = list(s.fields)
+    if s.key not in s.fields:
+        paths.append(s.key)
+    index = {p: i for i, p in enumerate(paths)}
+
+    def ops_for(overrides: dict[str, object], label: str) -> tuple[FieldOp, ...]:
+        ops = []
+        for path, spec in s.fields.items():
+            spec = overrides.get(path, spec)
+            tech = spec.technique  # type: ignore[attr-defined]
+            if not getattr(spec, "built", True) or tech not in REGISTRY:
+                problems.append(
+                    f"{where}.{label}.{path}: technique {tech} is not supported yet "
+                    f"(supported: {', '.join(REGISTRY)})"
+                )
+            ops.append(FieldOp(index[path], path, tech, spec))
+        return tuple(ops)
+
+    views = {DEFAULT_ROLE: ViewPlan(DEFAULT_ROLE, ops_for({}, "fields"))}
+    for role, overrides in s.views.items():
+        views[role] = ViewPlan(role, ops_for(overrides, f"views.{role}"))
+    if problems:
+        raise PolicyError(sorted(set(problems)))
+    return StreamPlan(
+        stream=stream,
+        version=policy.version,
+        format=s.format,
+        key_path=s.key,
+        key_index=index[s.key],
+        paths=tuple(paths),
+        named=len(s.fields),
+        unknown_fields=s.unknown_fields,
+        delimiter=s.delimiter,
+        tree=build_tree(paths),
+        views=views,
+    )

@@ -1,0 +1,121 @@
+"""Techniques by name: each is its pydantic spec plus an `apply` that runs its kernel.
+
+`apply(values, kinds, spec, keyring)` takes one field's values of a batch (a large_string array,
+null where the value is null or missing) and their JSON kinds, and returns an `Applied`: the new
+values, which of them are raw literals rather than strings (numbers, booleans), and an error code
+per value (0 = ok). Codecs then write the new values in their own syntax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raymask.kernels import mask as mask_kernel
+from raymask.kernels import tokenize as tok_kernel
+from raymask.kernels.codecs.spans import (
+    K_ARRAY,
+    K_FALSE,
+    K_NUMBER,
+    K_OBJECT,
+    K_STRING,
+    K_TRUE,
+    KIND_NAMES,
+)
+from raymask.policy.keys import Keyring
+from raymask.policy.schema import Keep, Mask, Redact, Tokenize
+
+__all__ = ["Applied", "Technique", "REGISTRY", "kind_error_code", "error_message"]
+
+KIND_ERROR_BASE = 100  # error code 100 + kind: the technique does not take values of that kind
+
+
+@dataclass
+class Applied:
+    values: pa.Array  # new value per row; null = JSON null / empty CSV cell
+    raw: np.ndarray | None  # bool per row: value is a literal (number, boolean), not a string
+    err: np.ndarray  # int16 per row, 0 = ok
+
+
+@dataclass(frozen=True)
+class Technique:
+    name: str
+    spec: type
+    apply: Callable[[pa.Array, np.ndarray, object, Keyring], Applied] | None
+    errors: dict[int, str]
+    accepts: tuple[int, ...]  # value kinds the technique takes
+
+
+def kind_error_code(kind: int) -> int:
+    return KIND_ERROR_BASE + kind
+
+
+def _kind_check(kinds: np.ndarray, accepts: tuple[int, ...]) -> np.ndarray:
+    present = (kinds != 0) & (kinds != 5)
+    bad = present & ~np.isin(kinds, np.array(accepts, dtype=kinds.dtype))
+    err = np.zeros(len(kinds), np.int16)
+    err[bad] = KIND_ERROR_BASE + kinds[bad]
+    return err
+
+
+def _apply_redact(values: pa.Array, kinds: np.ndarray, spec: Redact, keyring: Keyring) -> Applied:
+    n = len(values)
+    if spec.replacement is None:
+        return Applied(pa.nulls(n, pa.large_string()), None, np.zeros(n, np.int16))
+    num = spec.number_replacement
+    num_text = repr(num) if isinstance(num, float) else str(num)
+    dictionary = pa.array([spec.replacement, num_text, "false"], pa.large_string())
+    idx = np.zeros(n, np.int8)
+    idx[kinds == K_NUMBER] = 1
+    idx[(kinds == K_TRUE) | (kinds == K_FALSE)] = 2
+    present = (kinds == K_STRING) | (kinds == K_NUMBER) | (kinds == K_TRUE) | (kinds == K_FALSE)
+    indices = pa.array(idx, pa.int8(), mask=~present)
+    out = pa.DictionaryArray.from_arrays(indices, dictionary).cast(pa.large_string())
+    raw = idx > 0
+    return Applied(out, raw, np.zeros(n, np.int16))
+
+
+def _apply_mask(values: pa.Array, kinds: np.ndarray, spec: Mask, keyring: Keyring) -> Applied:
+    err = _kind_check(kinds, (K_STRING, K_NUMBER))
+    vals = values
+    if err.any():
+        vals = pc.if_else(pa.array(err == 0), values, pa.scalar(None, values.type))
+    out, kerr = mask_kernel.mask(
+        vals, keep_first=spec.keep_first, keep_last=spec.keep_last, char=spec.char, mode=spec.mode,
+        preset=spec.preset,
+    )  # fmt: skip
+    err = np.where(err != 0, err, kerr.astype(np.int16))
+    return Applied(out, None, err)
+
+
+def _apply_tokenize(values: pa.Array, kinds: np.ndarray, spec: Tokenize, keyring: Keyring) -> Applied:
+    err = _kind_check(kinds, (K_STRING, K_NUMBER))
+    vals = values
+    if err.any():
+        vals = pc.if_else(pa.array(err == 0), values, pa.scalar(None, values.type))
+    key = keyring.resolve(spec.key)
+    prefix = spec.prefix + (f"v{key.version}_" if spec.version_tag else "")
+    out = tok_kernel.tokenize(vals, key.material, encoding=spec.encoding, length=spec.length, prefix=prefix)
+    return Applied(out, None, err)
+
+
+_ALL_KINDS = (K_STRING, K_NUMBER, K_TRUE, K_FALSE, K_OBJECT, K_ARRAY)
+
+REGISTRY: dict[str, Technique] = {
+    "keep": Technique("keep", Keep, None, {}, _ALL_KINDS),
+    "redact": Technique("redact", Redact, _apply_redact, {}, _ALL_KINDS),
+    "mask": Technique("mask", Mask, _apply_mask, dict(mask_kernel.ERRORS), (K_STRING, K_NUMBER)),
+    "tokenize": Technique("tokenize", Tokenize, _apply_tokenize, {}, (K_STRING, K_NUMBER)),
+}
+
+
+def error_message(technique: str, code: int) -> str:
+    """Text for an error code of `technique`; never contains the value."""
+    if code >= KIND_ERROR_BASE:
+        return f"{technique} takes a string or number, got {KIND_NAMES[code - KIND_ERROR_BASE]}"
+    t = REGISTRY.get(technique)
+    return (t.errors.get(code) if t else None) or f"{technique} failed (code {code})"

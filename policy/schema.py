@@ -1,0 +1,236 @@
+"""The policy file, as pydantic models. Validated once, at the edge; the inside trusts it.
+
+```yaml
+version: 3                      # the policy's version; every output batch carries it
+streams:
+  payments:                     # stream name
+    format: ndjson              # ndjson | csv (xml, protobuf: accepted, not built yet)
+    key: account.id             # sharding key, and the DP subject unless a field says otherwise
+    unknown_fields: keep        # fields the policy does not name: keep | drop | detect (later)
+    fields:                     # the default view: the strictest, what an unnamed role sees
+      account.id:     {technique: tokenize, key: tok, encoding: base32, length: 16}
+      card.number:    {technique: mask, preset: card}
+      customer.name:  redact    # shorthand for {technique: redact}
+    views:                      # per role: overrides of the default view
+      ops:
+        customer.email: keep
+```
+A field is addressed by path: nested JSON keys joined by dots (`a.b.c`), or a CSV column name.
+Keys never appear here: `key:` names a key id in the keyring.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "TECHNIQUES",
+    "BUILT_TECHNIQUES",
+    "Policy",
+    "Stream",
+    "FieldSpec",
+    "Keep",
+    "Redact",
+    "Mask",
+    "Tokenize",
+]
+
+TECHNIQUES = (
+    "keep",
+    "redact",
+    "mask",
+    "tokenize",
+    "fpe",
+    "encrypt",
+    "generalize",
+    "date_shift",
+    "noise",
+    "randomized_response",
+    "detect",
+)
+
+_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+_KEY_ID = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
+_HEXISH = re.compile(r"^[0-9a-fA-F]{24,}$")
+
+
+def _key_id(v: str) -> str:
+    if _HEXISH.match(v) or (len(v) >= 32 and any(c.isdigit() for c in v) and any(c.isupper() for c in v)):
+        raise ValueError("looks like key material; name a key id from the keyring instead")
+    return v
+
+
+KeyId = Annotated[
+    str,
+    Field(pattern=_KEY_ID, description="Id of a key in the keyring (never the key itself)."),
+]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    built: ClassVar[bool] = True
+
+
+class Keep(_Spec):
+    """The value passes unchanged."""
+
+    technique: Literal["keep"]
+
+
+class Redact(_Spec):
+    """Every value is replaced by a constant of its own JSON type; nulls stay null."""
+
+    technique: Literal["redact"]
+    replacement: str | None = Field(
+        "[REDACTED]", description="Constant for string values; null replaces every value by null."
+    )
+    number_replacement: int | float = Field(0, description="Constant for numeric values.")
+
+
+class Mask(_Spec):
+    """Partial mask: keep the first/last code points, replace the rest with a mask character."""
+
+    technique: Literal["mask"]
+    preset: Literal["email", "card", "phone", "iban"] | None = Field(
+        None,
+        description="email: first character + domain; card: last 4 digits, separators kept; "
+        "phone: last 2 digits; iban: country code + last 4.",
+    )
+    keep_first: int = Field(0, ge=0, le=64, description="Code points kept at the start.")
+    keep_last: int = Field(0, ge=0, le=64, description="Code points kept at the end.")
+    char: str = Field("*", description="The mask character (one code point).")
+    mode: Literal["all", "digits", "alnum"] = Field(
+        "all", description="Which code points are masked: all, ASCII digits, or letters and digits."
+    )
+
+    @field_validator("char")
+    @classmethod
+    def _one_code_point(cls, v: str) -> str:
+        if len(v) != 1:
+            raise ValueError("must be exactly one character")
+        return v
+
+    @model_validator(mode="after")
+    def _preset_fixes_counts(self) -> Mask:
+        if self.preset and (self.keep_first or self.keep_last or self.mode != "all"):
+            raise ValueError(
+                f"preset {self.preset} fixes keep_first, keep_last and mode; drop them or drop the preset"
+            )
+        return self
+
+
+_TOKEN_CHARS = {"hex": 64, "base32": 52, "base64url": 43}
+
+
+class Tokenize(_Spec):
+    """Keyed HMAC-SHA-256 token: same key version, same value, same token, in every stream."""
+
+    technique: Literal["tokenize"]
+    key: Annotated[KeyId, BeforeValidator(lambda v: _key_id(v) if isinstance(v, str) else v)]
+    encoding: Literal["hex", "base32", "base64url"] = "base32"
+    length: int | None = Field(None, ge=8, description="Characters kept of the encoded digest.")
+    prefix: str = Field("", pattern=r"^[A-Za-z0-9_:.-]{0,16}$", description="Text put before the token.")
+    version_tag: bool = Field(False, description="Put the key version (v1_) before the token.")
+
+    @model_validator(mode="after")
+    def _length_fits(self) -> Tokenize:
+        top = _TOKEN_CHARS[self.encoding]
+        if self.length is not None and self.length > top:
+            raise ValueError(f"length must be <= {top} for encoding {self.encoding}")
+        return self
+
+
+class _NotBuilt(_Spec):
+    """A technique the schema knows but this version cannot run yet (refused at compile time)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    built: ClassVar[bool] = False
+
+
+class Fpe(_NotBuilt):
+    technique: Literal["fpe"]
+
+
+class Encrypt(_NotBuilt):
+    technique: Literal["encrypt"]
+
+
+class Generalize(_NotBuilt):
+    technique: Literal["generalize"]
+
+
+class DateShift(_NotBuilt):
+    technique: Literal["date_shift"]
+
+
+class Noise(_NotBuilt):
+    technique: Literal["noise"]
+
+
+class RandomizedResponse(_NotBuilt):
+    technique: Literal["randomized_response"]
+
+
+class Detect(_NotBuilt):
+    technique: Literal["detect"]
+
+
+def _shorthand(v: Any) -> Any:
+    return {"technique": v} if isinstance(v, str) else v
+
+
+FieldSpec = Annotated[
+    Union[Keep, Redact, Mask, Tokenize, Fpe, Encrypt, Generalize, DateShift, Noise, RandomizedResponse, Detect],  # noqa: UP007
+    Field(discriminator="technique"),
+    BeforeValidator(_shorthand),
+]
+
+FieldPath = Annotated[str, Field(pattern=r"^[^.\s][^\s]*$", max_length=256)]
+Name = Annotated[str, Field(pattern=_NAME)]
+
+
+class Stream(BaseModel):
+    """One stream of records: its format, sharding key and per-field techniques."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal["ndjson", "csv", "xml", "protobuf"] = Field(description="Wire format of records.")
+    key: FieldPath = Field(description="Path of the sharding key (device, account or user id).")
+    unknown_fields: Literal["keep", "drop", "detect"] = Field(
+        "keep", description="What happens to fields the policy does not name."
+    )
+    delimiter: str = Field(",", min_length=1, max_length=1, description="CSV delimiter.")
+    fields: dict[FieldPath, FieldSpec] = Field(description="The default (strictest) view.")
+    views: dict[Name, dict[FieldPath, FieldSpec]] = Field(
+        default_factory=dict, description="Per role: overrides of the default view."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Stream:
+        paths = sorted(self.fields)
+        for a, b in zip(paths, paths[1:], strict=False):
+            if b.startswith(a + "."):
+                raise ValueError(f"fields {a} and {b} overlap: a field cannot contain another")
+        for p in self.fields:
+            if self.key.startswith(p + ".") or p.startswith(self.key + "."):
+                raise ValueError(f"key {self.key} overlaps field {p}")
+        for role, overrides in self.views.items():
+            for p in overrides:
+                if p not in self.fields:
+                    raise ValueError(
+                        f"view {role} names field {p}, which is not under fields; add it there first"
+                    )
+        return self
+
+
+class Policy(BaseModel):
+    """A versioned set of stream policies."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int = Field(ge=1, description="Policy version; output batches carry it.")
+    description: str = ""
+    streams: dict[Name, Stream] = Field(min_length=1)

@@ -1,0 +1,1 @@
+"""raymask: mask sensitive data in machine-to-machine streams, on Ray."""

@@ -30,7 +30,7 @@ from raymask.policy.keys import Keyring
 from raymask.policy.loader import load_policy
 from raymask.policy.schema import Policy
 
-__all__ = ["RunSummary", "mask_file", "run_pipeline", "default_dead_letter_path"]
+__all__ = ["Job", "RunSummary", "prepare", "run_job", "mask_file", "replay_dead_letters", "run_pipeline", "default_dead_letter_path"]
 
 
 @dataclass
@@ -153,6 +153,54 @@ def _load(policy: str | Path | Policy) -> tuple[Policy, str]:
     return load_policy(policy), Path(policy).name
 
 
+@dataclass
+class Job:
+    """A checked masking job: policy compiled, keys present, input open. Nothing has moved yet."""
+
+    policy: Policy
+    plan: StreamPlan
+    keyring: Keyring
+    source: FileSource
+    dead_letter_key: str
+
+
+def prepare(
+    policy: str | Path | Policy,
+    stream: str,
+    input: str | Path,
+    *,
+    keyring: Keyring | None = None,
+    dead_letter_key: str = DEFAULT_KEY_ID,
+    chunk_bytes: int = 4 << 20,
+) -> Job:
+    """Check everything that can fail before data moves; PolicyError, KeyringError or InputError."""
+    pol, source_name = _load(policy)
+    plan = compile_stream(pol, stream, source_name)
+    ring = keyring if keyring is not None else Keyring.from_env()
+    ring.require(plan.key_ids())
+    ring.get(dead_letter_key)
+    src = FileSource(str(input), plan.format, delimiter=plan.delimiter, chunk_bytes=chunk_bytes)
+    return Job(pol, plan, ring, src, dead_letter_key)
+
+
+def run_job(
+    job: Job,
+    output: str | Path,
+    *,
+    role: str | None = None,
+    workers: int = 2,
+    address: str | None = None,
+    dead_letters: str | Path | None = None,
+    progress: ProgressFn | None = None,
+    local: bool = False,
+) -> RunSummary:
+    """Run a prepared job (see `mask_file`)."""
+    if workers < 1:
+        raise InputError("workers must be >= 1")
+    return _run(job.policy, job.plan, job.source, str(output), role, workers, address, job.keyring,
+                dead_letters, job.dead_letter_key, progress, local)  # fmt: skip
+
+
 def mask_file(
     policy: str | Path | Policy,
     stream: str,
@@ -174,16 +222,61 @@ def mask_file(
     Starts an embedded local Ray unless `address` / RAY_ADDRESS names a cluster, or Ray is already
     initialised in this process. `local=True` runs the workers in-process without Ray (for tests
     and tiny inputs). Raises PolicyError, KeyringError or InputError before any data moves.
+    Dead letters go to `dead_letters` (default: OUTPUT.deadletters.ndjson).
     """
+    job = prepare(policy, stream, input, keyring=keyring, dead_letter_key=dead_letter_key, chunk_bytes=chunk_bytes)
+    return run_job(job, output, role=role, workers=workers, address=address, dead_letters=dead_letters,
+                   progress=progress, local=local)  # fmt: skip
+
+
+def replay_dead_letters(
+    file: str | Path,
+    policy: str | Path | Policy,
+    stream: str,
+    output: str | Path,
+    *,
+    role: str | None = None,
+    workers: int = 1,
+    address: str | None = None,
+    keyring: Keyring | None = None,
+    dead_letters: str | Path | None = None,
+    dead_letter_key: str = DEFAULT_KEY_ID,
+    local: bool = False,
+) -> RunSummary:
+    """Send the records of a dead-letter file through `policy` again.
+
+    Records are decrypted in memory only. Those that fail again go to a new dead-letter file
+    (default: OUTPUT.deadletters.ndjson), with line numbers counted within the replay.
+    """
+    from raymask.actors.sinks.deadletters import read_dead_letters
+
     pol, source_name = _load(policy)
     plan = compile_stream(pol, stream, source_name)
     ring = keyring if keyring is not None else Keyring.from_env()
     ring.require(plan.key_ids())
-    dl_key = ring.get(dead_letter_key)
-    if workers < 1:
-        raise InputError("workers must be >= 1")
-    out_name = str(output)
-    src = FileSource(str(input), plan.format, delimiter=plan.delimiter, chunk_bytes=chunk_bytes)
+    ring.get(dead_letter_key)
+    entries = [d for d in read_dead_letters(file, ring) if d.stream == stream]
+    header = b""
+    if plan.format == "csv":
+        names = {d.csv_header for d in entries if d.csv_header}
+        if len(names) > 1:
+            raise InputError(f"{file}: entries come from CSV inputs with different headers")
+        if not names and entries:
+            raise InputError(f"{file}: CSV entries carry no header; cannot replay")
+        header = (names.pop() + "\n").encode() if names else b""
+    body = header + b"".join(d.raw.rstrip(b"\r\n") + b"\n" for d in entries)
+    if plan.format == "csv" and not entries:
+        return RunSummary(stream, plan.view(role).role, plan.version, workers, output=str(output))
+    src = FileSource.from_bytes(body, plan.format, delimiter=plan.delimiter, name=str(file))
+    return _run(pol, plan, src, str(output), role, workers, address, ring, dead_letters, dead_letter_key, None, local)
+
+
+def _run(
+    pol: Policy, plan: StreamPlan, src: FileSource, out_name: str, role: str | None, workers: int,
+    address: str | None, ring: Keyring, dead_letters: str | Path | None, dead_letter_key: str,
+    progress: ProgressFn | None, local: bool,
+) -> RunSummary:  # fmt: skip
+    stream = plan.stream
     view = plan.view(role)
     summary = RunSummary(
         stream=stream,
@@ -194,7 +287,7 @@ def mask_file(
         output=out_name,
     )
     dl_path = str(dead_letters) if dead_letters else default_dead_letter_path(out_name)
-    writer = DeadLetterWriter(dl_path, stream, dl_key)
+    writer = DeadLetterWriter(dl_path, stream, ring.get(dead_letter_key), src.header_line)
     try:
         out_f: IO[bytes] = sys.stdout.buffer if out_name == "-" else open(out_name, "wb")  # noqa: SIM115
     except OSError as exc:

@@ -145,6 +145,13 @@ def _octets(rng: np.random.Generator, n: int) -> pa.Array:
     return pc.cast(pa.array(rng.integers(1, 255, n)), pa.string())
 
 
+def _expiry(rng: np.random.Generator, n: int) -> pa.Array:
+    month = rng.integers(1, 13, n)
+    mm = np.stack([month // 10, month % 10], axis=1).astype(np.uint8)
+    yy = rng.integers(27, 32, n)
+    return _join(_num(mm), "/", _num(np.stack([yy // 10, yy % 10], axis=1).astype(np.uint8)))
+
+
 def _ipv4(rng: np.random.Generator, n: int) -> pa.Array:
     return _join(_octets(rng, n), ".", _octets(rng, n), ".", _octets(rng, n), ".", _octets(rng, n))
 
@@ -251,7 +258,7 @@ def _payments(rng: np.random.Generator, n: int) -> list[_Col]:
         _Col("customer.email", email),
         _Col("customer.phone", phone),
         _Col("card.number", card),
-        _Col("card.expiry", _join(_num(rng.integers(0, 2, (n, 1)).astype(np.uint8)), _num(_digits(rng, n, 1)), "/2", _num(rng.integers(7, 10, (n, 1)).astype(np.uint8)))),
+        _Col("card.expiry", _expiry(rng, n)),
         _Col("amount", amount, False),
         _Col("currency", _pick(rng, n, _CURRENCIES)),
         _Col("merchant.name", _pick(rng, n, _MERCHANTS)),

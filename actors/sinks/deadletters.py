@@ -49,8 +49,9 @@ def _aad(stream: str, line: int) -> bytes:
 class DeadLetterWriter:
     """Appends encrypted dead letters to a file; counts them."""
 
-    def __init__(self, path: str | Path, stream: str, key: Key) -> None:
+    def __init__(self, path: str | Path, stream: str, key: Key, csv_header: bytes | None = None) -> None:
         self.path = Path(path)
+        self.csv_header = csv_header.decode("utf-8", "replace").rstrip("\r\n") if csv_header else None
         self.stream = stream
         self.key = key
         self._aead = _aead_key(key)
@@ -74,6 +75,8 @@ class DeadLetterWriter:
                 "nonce": base64.b64encode(nonce).decode(),
                 "ciphertext": base64.b64encode(ct).decode(),
             }
+            if self.csv_header is not None:  # column names only, so a replay can parse the record
+                entry["csv_header"] = self.csv_header
             self._f.write(json.dumps(entry) + "\n")
             self.count += 1
 
@@ -92,6 +95,7 @@ class OpenedDeadLetter:
     reason: str
     field: str | None
     raw: bytes
+    csv_header: str | None = None
 
 
 def read_dead_letters(path: str | Path, keyring: Keyring) -> Iterator[OpenedDeadLetter]:
@@ -117,4 +121,4 @@ def read_dead_letters(path: str | Path, keyring: Keyring) -> Iterator[OpenedDead
                 raise InputError(f"{p}:{i}: not a dead-letter entry") from None
             except InvalidTag:
                 raise InputError(f"{p}:{i}: entry does not decrypt (wrong key, or the entry was altered)") from None
-            yield OpenedDeadLetter(e["stream"], int(e["line"]), e["reason"], e.get("field"), raw)
+            yield OpenedDeadLetter(e["stream"], int(e["line"]), e["reason"], e.get("field"), raw, e.get("csv_header"))

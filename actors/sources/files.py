@@ -40,15 +40,19 @@ def open_input(path: str) -> BinaryIO:
 class FileSource:
     """Chunks of about `chunk_bytes` from a file; for CSV the header line is read first."""
 
-    def __init__(self, path: str, fmt_name: str, *, delimiter: str = ",", chunk_bytes: int = 4 << 20) -> None:
+    def __init__(
+        self, path: str, fmt_name: str, *, delimiter: str = ",", chunk_bytes: int = 4 << 20,
+        stream: BinaryIO | None = None,
+    ) -> None:  # fmt: skip
         self.path = path
         self.chunk_bytes = chunk_bytes
-        self._f = open_input(path)
-        self.bytes_total = Path(path).stat().st_size if path != "-" else 0
+        self._f = stream if stream is not None else open_input(path)
+        self.bytes_total = Path(path).stat().st_size if (stream is None and path != "-") else 0
         self._line = 1
         self._pending = b""
         if fmt_name == "csv":
             header = self._f.readline()
+            self.header_line: bytes | None = header
             if not header.strip():
                 raise InputError(f"{path}: CSV input has no header line")
             self._line = 2
@@ -57,6 +61,7 @@ class FileSource:
             except (UnicodeDecodeError, StopIteration):
                 raise InputError(f"{path}:1: CSV header is not valid UTF-8 text") from None
         else:
+            self.header_line = None
             self.format = format_for(fmt_name)
 
     def chunks(self) -> Iterator[Chunk]:
@@ -82,6 +87,13 @@ class FileSource:
         base = self._line
         self._line += int(np.count_nonzero(data == 10))
         return Chunk(data, base, len(buf))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, fmt_name: str, *, delimiter: str = ",", name: str = "<memory>") -> FileSource:
+        """A source over bytes in memory (replays: decrypted records never touch the disk)."""
+        import io
+
+        return cls(name, fmt_name, delimiter=delimiter, stream=io.BytesIO(data))
 
     def close(self) -> None:
         if self._f is not sys.stdin.buffer:

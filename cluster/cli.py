@@ -1,0 +1,381 @@
+"""The `raymask` command line.
+
+Errors are one line on stderr and exit 2 (usage, policy, keys, input) or 1 (pipeline);
+`--debug` shows the traceback. No message ever carries a data value.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from raymask.errors import InputError, RaymaskError
+
+app = typer.Typer(
+    name="raymask",
+    help="Mask sensitive data in machine-to-machine streams, on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+policy_app = typer.Typer(help="Check, explain and describe policy files.", no_args_is_help=True)
+dead_app = typer.Typer(help="Read and replay dead letters.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create key files.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+app.add_typer(dead_app, name="dead-letters")
+app.add_typer(keys_app, name="keys")
+
+err = Console(stderr=True, highlight=False)
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
+    _state["debug"] = debug
+
+
+def _keyring(keys: Path | None):
+    from raymask.policy.keys import Keyring
+
+    return Keyring.from_file(keys) if keys else Keyring.from_env()
+
+
+KeysOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--keys", help="Key file (default: RAYMASK_KEYRING and RAYMASK_KEY_* variables)."),
+]
+
+
+# ---------------------------------------------------------------- policy
+
+
+@policy_app.command("validate")
+def policy_validate(files: Annotated[list[Path], typer.Argument(help="Policy files.")]) -> None:
+    """Check policy files; print each problem as FILE:LINE: path: what is wrong."""
+    from raymask.errors import PolicyError
+    from raymask.policy.compile import compile_stream
+    from raymask.policy.loader import load_policy
+
+    failed = False
+    for f in files:
+        try:
+            pol = load_policy(f)
+            problems: list[str] = []
+            for s in pol.streams:
+                try:
+                    compile_stream(pol, s, f.name)
+                except PolicyError as exc:
+                    problems += exc.problems
+            if problems:
+                raise PolicyError(problems)
+        except PolicyError as exc:
+            failed = True
+            for p in exc.problems:
+                print(p, file=sys.stderr)
+            continue
+        print(f"{f}: ok (version {pol.version}, streams: {', '.join(pol.streams)})")
+    if failed:
+        raise typer.Exit(2)
+
+
+_SAMPLES = {
+    "email": "jane.doe@example.com",
+    "card": "4111 1111 1111 1111",
+    "phone": "+49 151 2345678",
+    "iban": "DE89 3704 0044 0532 0130 00",
+}
+
+
+def _describe(spec) -> tuple[str, str]:
+    """(parameters, example) for one field spec, without any key."""
+    import pyarrow as pa
+
+    from raymask.kernels.mask import mask
+
+    t = spec.technique
+    params = ", ".join(
+        f"{k}={v}" for k, v in spec.model_dump(exclude_defaults=True).items() if k != "technique"
+    )
+    if t == "keep":
+        return params, "unchanged"
+    if t == "redact":
+        return params, "null" if spec.replacement is None else f"{spec.replacement} (numbers: {spec.number_replacement})"
+    if t == "mask":
+        sample = _SAMPLES.get(spec.preset or "", "Sample Value 12345")
+        out, _ = mask(
+            pa.array([sample]), keep_first=spec.keep_first, keep_last=spec.keep_last, char=spec.char,
+            mode=spec.mode, preset=spec.preset,
+        )  # fmt: skip
+        return params, f"{sample} -> {out[0].as_py()}"
+    if t == "tokenize":
+        width = spec.length or {"hex": 64, "base32": 52, "base64url": 43}[spec.encoding]
+        tag = "v<N>_" if spec.version_tag else ""
+        return params, f"{spec.prefix}{tag}<{width} {spec.encoding} chars, keyed by '{spec.key}'>"
+    return params, "(not supported yet)"
+
+
+@policy_app.command("explain")
+def policy_explain(
+    file: Path,
+    stream: Annotated[str, typer.Option("--stream", "-s", help="Stream name.")],
+    role: Annotated[Optional[str], typer.Option("--role", "-r", help="Role (default view if not named).")] = None,  # noqa: UP045
+) -> None:
+    """Show, per field, what a role sees."""
+    from raymask.policy.compile import DEFAULT_ROLE
+    from raymask.policy.loader import load_policy
+
+    pol = load_policy(file)
+    if stream not in pol.streams:
+        raise InputError(f"{file.name}: no stream '{stream}' (streams: {', '.join(pol.streams)})")
+    s = pol.streams[stream]
+    overrides = s.views.get(role or "", {})
+    shown = role if role in s.views else DEFAULT_ROLE
+    out = Console(highlight=False)
+    title = f"{stream} as seen by role '{role or DEFAULT_ROLE}'"
+    if role and role not in s.views:
+        title += " (not named in the policy: the default view)"
+    table = Table(title=title)
+    for col in ("field", "technique", "parameters", "example"):
+        table.add_column(col)
+    for path, spec in s.fields.items():
+        eff = overrides.get(path, spec)
+        params, example = _describe(eff)
+        mark = " *" if path in overrides else ""
+        table.add_row(path, eff.technique + mark, params, example)
+    unk = {"keep": "passed unchanged", "drop": "removed", "detect": "scanned for PII (not supported yet)"}
+    out.print(table)
+    out.print(f"key: {s.key}   format: {s.format}   fields not named: {unk[s.unknown_fields]}")
+    if shown != DEFAULT_ROLE:
+        out.print("* overridden for this role")
+
+
+@policy_app.command("schema")
+def policy_schema() -> None:
+    """Print the policy JSON Schema (for editors)."""
+    from raymask.policy.schema import Policy
+
+    print(json.dumps(Policy.model_json_schema(), indent=2))
+
+
+# ---------------------------------------------------------------- generate
+
+
+@app.command()
+def generate(
+    profile: Annotated[str, typer.Option("--profile", "-p", help="payments | iot | logs")],
+    n: Annotated[int, typer.Option("-n", help="Number of records.", min=0)] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same bytes.")] = 0,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="ndjson | csv")] = "ndjson",
+    output: Annotated[str, typer.Option("-o", "--output", help="File, or - for stdout.")] = "-",
+) -> None:
+    """Generate realistic M2M traffic with PII."""
+    from raymask.loadtest.traffic import PROFILES, generate_bytes
+
+    if profile not in PROFILES:
+        raise InputError(f"unknown profile '{profile}' (profiles: {', '.join(PROFILES)})")
+    if fmt not in ("ndjson", "csv"):
+        raise InputError(f"unknown format '{fmt}' (formats: ndjson, csv)")
+    data = generate_bytes(profile, n, seed, fmt)
+    if output == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        try:
+            Path(output).write_bytes(data)
+        except OSError as exc:
+            raise InputError(f"{output}: cannot write ({exc.strerror})") from None
+        err.print(f"wrote {n:,} {profile} records ({len(data) / 1e6:.1f} MB) to {output}")
+
+
+# ---------------------------------------------------------------- mask
+
+
+def progress_bar(console: Console, label: str) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[records]:>12,} records"),
+        TextColumn("{task.fields[rate]:>10,.0f} rec/s"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def print_summary(console: Console, s) -> None:
+    table = Table(title=f"raymask: stream {s.stream}, role {s.role}, policy v{s.policy_version}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("records in", f"{s.records_in:,}")
+    table.add_row("records out", f"{s.records_out:,}")
+    table.add_row("dead letters", f"{s.dead_letters:,}")
+    table.add_row("in = out + dead", "yes" if s.balanced else "NO")
+    table.add_row("workers", str(s.workers))
+    table.add_row("wall time", f"{s.seconds:.2f} s")
+    table.add_row("throughput", f"{s.records_per_second:,.0f} records/s ({s.bytes_in / max(s.seconds, 1e-9) / 1e6:.1f} MB/s)")
+    console.print(table)
+    fields = Table(title="per field", show_lines=False)
+    fields.add_column("field")
+    fields.add_column("technique")
+    fields.add_column("values changed", justify="right")
+    for path, tech in s.techniques.items():
+        fields.add_row(path, tech, f"{s.changed.get(path, 0):,}" if tech != "keep" else "-")
+    console.print(fields)
+    if s.dead_letters:
+        console.print(f"dead letters (encrypted) in {s.dead_letter_file}:")
+        for reason, count in s.dead_reasons.most_common(5):
+            console.print(f"  {count:>8,}  {reason}", markup=False)
+
+
+@app.command()
+def mask(
+    input: Annotated[str, typer.Argument(help="Input file (NDJSON or CSV), or - for stdin.")],
+    policy: Annotated[Path, typer.Option("--policy", "-P", help="Policy file.")],
+    stream: Annotated[str, typer.Option("--stream", "-s", help="Stream name in the policy.")],
+    output: Annotated[str, typer.Option("-o", "--output", help="Output file, or - for stdout.")],
+    role: Annotated[Optional[str], typer.Option("--role", "-r", help="Role whose view to write.")] = None,  # noqa: UP045
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="MaskWorker actors.")] = 2,
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray).")] = None,  # noqa: UP045
+    keys: KeysOpt = None,
+    dead_letters: Annotated[Optional[Path], typer.Option("--dead-letters", help="Dead-letter file (default: OUTPUT.deadletters.ndjson).")] = None,  # noqa: UP045
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+) -> None:
+    """Mask a file on Ray: shard by key across workers, write the role's view."""
+    from raymask.cluster.pipeline import prepare, run_job
+
+    job = prepare(policy, stream, input, keyring=_keyring(keys))
+    opts = {"role": role, "workers": workers, "address": address, "dead_letters": dead_letters}
+    if quiet:
+        run_job(job, output, **opts)
+        return
+    console = err
+    with progress_bar(console, "masking") as prog:
+        task = prog.add_task(f"masking {stream}", total=None, records=0, rate=0.0)
+        t0 = time.perf_counter()
+
+        def update(records: int, nbytes: int, total: int) -> None:
+            rate = records / max(time.perf_counter() - t0, 1e-9)
+            prog.update(task, completed=nbytes, total=total or None, records=records, rate=rate)
+
+        summary = run_job(job, output, progress=update, **opts)
+        prog.update(task, completed=summary.bytes_in, total=summary.bytes_in or 1)
+    print_summary(console, summary)
+
+
+# ---------------------------------------------------------------- dead letters
+
+
+@dead_app.command("show")
+def dead_show(
+    file: Path,
+    keys: KeysOpt = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Entries to show (0 = all).")] = 20,
+) -> None:
+    """Decrypt and print dead letters (line, reason, original record)."""
+    from raymask.actors.sinks.deadletters import read_dead_letters
+
+    ring = _keyring(keys)
+    out = Console(highlight=False)
+    shown = 0
+    for d in read_dead_letters(file, ring):
+        if limit and shown >= limit:
+            break
+        out.print(f"line {d.line}: {d.reason}", markup=False)
+        out.print("  " + d.raw.decode("utf-8", "replace"), markup=False)
+        shown += 1
+
+
+@dead_app.command("replay")
+def dead_replay(
+    file: Path,
+    policy: Annotated[Path, typer.Option("--policy", "-P")],
+    stream: Annotated[str, typer.Option("--stream", "-s")],
+    output: Annotated[str, typer.Option("-o", "--output")],
+    role: Annotated[Optional[str], typer.Option("--role", "-r")] = None,  # noqa: UP045
+    keys: KeysOpt = None,
+    dead_letters: Annotated[Optional[Path], typer.Option("--dead-letters", help="Where records that fail again go.")] = None,  # noqa: UP045
+) -> None:
+    """Send dead letters through the policy again (after fixing the policy or the data)."""
+    from raymask.cluster.pipeline import replay_dead_letters
+
+    ring = _keyring(keys)
+    summary = replay_dead_letters(file, policy, stream, output, role=role, keyring=ring, dead_letters=dead_letters)
+    print_summary(err, summary)
+
+
+# ---------------------------------------------------------------- keys
+
+
+@keys_app.command("init")
+def keys_init(
+    file: Path,
+    ids: Annotated[list[str], typer.Option("--id", help="Key ids to create.")] = ["tok", "deadletter"],  # noqa: B006
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a key file with a new random 32-byte key per id (mode 0600)."""
+    from raymask.policy.keys import generate_key_file
+
+    if file.exists() and not force:
+        raise InputError(f"{file}: exists; use --force to replace it (old tokens would no longer match)")
+    generate_key_file(file, ids)
+    err.print(f"wrote {len(set(ids))} keys to {file} (keep it out of version control)")
+
+
+# ---------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    n: Annotated[int, typer.Option("-n", help="Records per profile.")] = 100_000,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1)] = 2,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where generated and masked files go.")] = Path("demo-out"),
+) -> None:
+    """Generate traffic for each profile, mask it on a local Ray, and show before and after."""
+    from raymask.cluster.demo import run_demo
+
+    run_demo(n=n, workers=workers, out_dir=out_dir)
+
+
+def main() -> None:
+    """Console entry point: one-line errors, exit 2 for usage/config, 1 for pipeline failures."""
+    debug = "--debug" in sys.argv
+    try:
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
+    except RaymaskError as exc:
+        if debug:
+            raise
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and anything unexpected
+        import click
+
+        if isinstance(exc, click.exceptions.UsageError):
+            exc.show()
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if debug:
+            raise
+        # the message of an unexpected error may carry data: print only its type
+        err.print(f"internal error ({type(exc).__name__}); rerun with --debug for the traceback")
+        sys.exit(1)

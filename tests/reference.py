@@ -1,0 +1,144 @@
+"""Plain-Python reference implementations of the techniques, used as oracles for the pipeline.
+
+Deliberately simple and slow: one value at a time, stdlib only.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hmac
+import io
+import json
+import re
+from typing import Any
+
+from raymask.policy.keys import Keyring
+
+ABSENT = object()
+
+
+def get_path(rec: dict, path: str, csv_mode: bool = False) -> Any:
+    if csv_mode:
+        return rec.get(path, ABSENT)
+    cur: Any = rec
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return ABSENT
+        cur = cur[part]
+    return cur
+
+
+def drop_path(rec: dict, path: str, csv_mode: bool = False) -> None:
+    if csv_mode:
+        rec.pop(path, None)
+        return
+    parts = path.split(".")
+    cur = rec
+    for part in parts[:-1]:
+        if not isinstance(cur, dict) or part not in cur:
+            return
+        cur = cur[part]
+    if isinstance(cur, dict):
+        cur.pop(parts[-1], None)
+
+
+def _text(v: Any) -> str:
+    # numbers are masked/tokenized as the text they were written with; json.loads loses that for
+    # floats like 12.50, so the generator writes shortest-repr floats (repr round-trips)
+    if isinstance(v, bool):
+        raise TypeError
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def ref_mask(value: str, spec) -> str | None:
+    """None when the preset refuses the value."""
+    preset = spec.preset
+    if preset == "card":
+        if not re.fullmatch(r"[0-9 \-]*", value) or not 12 <= sum(c.isdigit() for c in value) <= 19:
+            return None
+        return _keep(value, lambda c: c.isascii() and c.isdigit(), 0, 4, spec.char)
+    if preset == "phone":
+        if not re.fullmatch(r"\+?[0-9 \-.()]*", value) or not 4 <= sum(c.isdigit() for c in value) <= 20:
+            return None
+        return _keep(value, lambda c: c.isascii() and c.isdigit(), 0, 2, spec.char)
+    if preset == "iban":
+        compact = value.replace(" ", "")
+        if not re.fullmatch(r"[A-Za-z]{2}[A-Za-z0-9]{13,32}", compact) or not re.fullmatch(r"[A-Za-z0-9 ]*", value):
+            return None
+        return _keep(value, lambda c: c.isascii() and c.isalnum(), 2, 4, spec.char)
+    if preset == "email":
+        at = value.rfind("@")
+        if at <= 0 or at == len(value) - 1:
+            return None
+        return _keep(value[:at], lambda c: True, 1, 0, spec.char) + value[at:]
+    pred = {
+        "all": lambda c: True,
+        "digits": lambda c: c.isascii() and c.isdigit(),
+        "alnum": lambda c: c.isascii() and c.isalnum(),
+    }[spec.mode]
+    return _keep(value, pred, spec.keep_first, spec.keep_last, spec.char)
+
+
+def _keep(value: str, maskable, first: int, last: int, char: str) -> str:
+    m = sum(1 for c in value if maskable(c))
+    if m <= first + last:
+        first = last = 0
+    out, i = [], 0
+    for c in value:
+        if maskable(c):
+            out.append(c if (i < first or i >= m - last) else char)
+            i += 1
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def ref_token(value: str, spec, ring: Keyring) -> str:
+    key = ring.resolve(spec.key)
+    d = hmac.new(key.material, value.encode(), "sha256").digest()
+    if spec.encoding == "hex":
+        enc = d.hex()
+    elif spec.encoding == "base32":
+        enc = base64.b32encode(d).decode().rstrip("=").lower()
+    else:
+        enc = base64.urlsafe_b64encode(d).decode().rstrip("=")
+    if spec.length:
+        enc = enc[: spec.length]
+    return spec.prefix + (f"v{key.version}_" if spec.version_tag else "") + enc
+
+
+def ref_apply(value: Any, spec, ring: Keyring, csv_mode: bool = False) -> Any:
+    """Expected output value; ValueError when the record must go to the dead letters."""
+    t = spec.technique
+    if value is ABSENT or value is None or t == "keep":
+        return value
+    if csv_mode and value == "":
+        return value  # empty cell = null
+    if t == "redact":
+        if spec.replacement is None:
+            return None
+        if csv_mode or isinstance(value, str):
+            return spec.replacement
+        if isinstance(value, bool):
+            return False
+        if isinstance(value, (int, float)):
+            return spec.number_replacement
+        return None
+    if isinstance(value, (dict, list, bool)):
+        raise ValueError("kind")
+    text = _text(value)
+    if t == "mask":
+        out = ref_mask(text, spec)
+        if out is None:
+            raise ValueError("shape")
+        return out
+    if t == "tokenize":
+        return ref_token(text, spec, ring)
+    raise AssertionError(t)
+
+
+def read_records(data: bytes, fmt: str) -> list[dict]:
+    if fmt == "csv":
+        return list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
+    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]

@@ -41,7 +41,9 @@ class Routed:
     shards: list[pa.RecordBatch | None]  # one sub-batch per worker (None when empty)
     dead: list[DeadLetter]
     records: int
-    starts: np.ndarray  # record spans in the chunk, by row, for turning worker errors into dead letters
+    starts: (
+        np.ndarray
+    )  # record spans in the chunk, by row, for turning worker errors into dead letters
     ends: np.ndarray
     lines: np.ndarray
 
@@ -73,7 +75,9 @@ class RouterCore:
             k = int(kk[r])
             what = "missing" if k in (0, 5) else f"a {KIND_NAMES[k]}, not a string or number"
             reason = f"key field {plan.key_path}: {what}"
-            dead.append(DeadLetter(int(lines[r]), reason, bytes(data[starts[r] : ends[r]]), plan.key_path))
+            dead.append(
+                DeadLetter(int(lines[r]), reason, bytes(data[starts[r] : ends[r]]), plan.key_path)
+            )
         ok = ~bad & ~bad_key
         keys = fmt.extract(data, sc, plan.key_index)
         worker = shard(keys, self.workers)
@@ -91,7 +95,9 @@ def _batch(data: np.ndarray, sc: Scan, lines: np.ndarray) -> pa.RecordBatch:
     offsets = np.empty(n + 1, np.int64)
     offsets[:n] = sc.starts
     offsets[n] = sc.ends[-1] if n else 0
-    raw = string_array(offsets - 0, data, None, binary=True) if n else pa.array([], pa.large_binary())
+    raw = (
+        string_array(offsets - 0, data, None, binary=True) if n else pa.array([], pa.large_binary())
+    )
     cols: dict[str, pa.Array] = {
         "raw": raw,
         "len": pa.array(sc.ends - sc.starts),

@@ -78,7 +78,17 @@ class MaskCore:
             reps.append(fmt.write_values(applied.values, applied.raw))
         emit = err_code == 0
         edit_m = np.stack(edits, axis=1) if edits else np.zeros((n, 0), np.bool_)
-        out = fmt.emit(data, sc, plan.tree, plan.unknown_fields == "drop", plan.named, emit, edited, edit_m, reps)
+        out = fmt.emit(
+            data,
+            sc,
+            plan.tree,
+            plan.unknown_fields == "drop",
+            plan.named,
+            emit,
+            edited,
+            edit_m,
+            reps,
+        )
         keep = np.flatnonzero(emit)
         dead = np.flatnonzero(~emit)
         reasons, fields = [], []

@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -38,7 +38,9 @@ _state = {"debug": False}
 
 
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
     _state["debug"] = debug
 
 
@@ -49,7 +51,7 @@ def _keyring(keys: Path | None):
 
 
 KeysOpt = Annotated[
-    Optional[Path],  # noqa: UP045
+    Path | None,
     typer.Option("--keys", help="Key file (default: RAYMASK_KEYRING and RAYMASK_KEY_* variables)."),
 ]
 
@@ -107,7 +109,12 @@ def _describe(spec) -> tuple[str, str]:
     if t == "keep":
         return params, "unchanged"
     if t == "redact":
-        return params, "null" if spec.replacement is None else f"{spec.replacement} (numbers: {spec.number_replacement})"
+        return (
+            params,
+            "null"
+            if spec.replacement is None
+            else f"{spec.replacement} (numbers: {spec.number_replacement})",
+        )
     if t == "mask":
         sample = _SAMPLES.get(spec.preset or "", "Sample Value 12345")
         out, _ = mask(
@@ -126,7 +133,9 @@ def _describe(spec) -> tuple[str, str]:
 def policy_explain(
     file: Path,
     stream: Annotated[str, typer.Option("--stream", "-s", help="Stream name.")],
-    role: Annotated[Optional[str], typer.Option("--role", "-r", help="Role (default view if not named).")] = None,  # noqa: UP045
+    role: Annotated[
+        str | None, typer.Option("--role", "-r", help="Role (default view if not named).")
+    ] = None,
 ) -> None:
     """Show, per field, what a role sees."""
     from raymask.policy.compile import DEFAULT_ROLE
@@ -150,7 +159,11 @@ def policy_explain(
         params, example = _describe(eff)
         mark = " *" if path in overrides else ""
         table.add_row(path, eff.technique + mark, params, example)
-    unk = {"keep": "passed unchanged", "drop": "removed", "detect": "scanned for PII (not supported yet)"}
+    unk = {
+        "keep": "passed unchanged",
+        "drop": "removed",
+        "detect": "scanned for PII (not supported yet)",
+    }
     out.print(table)
     out.print(f"key: {s.key}   format: {s.format}   fields not named: {unk[s.unknown_fields]}")
     if shown != DEFAULT_ROLE:
@@ -211,7 +224,10 @@ def progress_bar(console: Console, label: str) -> Progress:
 
 
 def print_summary(console: Console, s) -> None:
-    table = Table(title=f"raymask: stream {s.stream}, role {s.role}, policy v{s.policy_version}", show_header=False)
+    table = Table(
+        title=f"raymask: stream {s.stream}, role {s.role}, policy v{s.policy_version}",
+        show_header=False,
+    )
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_row("records in", f"{s.records_in:,}")
@@ -220,7 +236,10 @@ def print_summary(console: Console, s) -> None:
     table.add_row("in = out + dead", "yes" if s.balanced else "NO")
     table.add_row("workers", str(s.workers))
     table.add_row("wall time", f"{s.seconds:.2f} s")
-    table.add_row("throughput", f"{s.records_per_second:,.0f} records/s ({s.bytes_in / max(s.seconds, 1e-9) / 1e6:.1f} MB/s)")
+    table.add_row(
+        "throughput",
+        f"{s.records_per_second:,.0f} records/s ({s.bytes_in / max(s.seconds, 1e-9) / 1e6:.1f} MB/s)",
+    )
     console.print(table)
     fields = Table(title="per field", show_lines=False)
     fields.add_column("field")
@@ -241,12 +260,26 @@ def mask(
     policy: Annotated[Path, typer.Option("--policy", "-P", help="Policy file.")],
     stream: Annotated[str, typer.Option("--stream", "-s", help="Stream name in the policy.")],
     output: Annotated[str, typer.Option("-o", "--output", help="Output file, or - for stdout.")],
-    role: Annotated[Optional[str], typer.Option("--role", "-r", help="Role whose view to write.")] = None,  # noqa: UP045
+    role: Annotated[
+        str | None, typer.Option("--role", "-r", help="Role whose view to write.")
+    ] = None,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="MaskWorker actors.")] = 2,
-    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray).")] = None,  # noqa: UP045
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)."
+        ),
+    ] = None,
     keys: KeysOpt = None,
-    dead_letters: Annotated[Optional[Path], typer.Option("--dead-letters", help="Dead-letter file (default: OUTPUT.deadletters.ndjson).")] = None,  # noqa: UP045
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+    dead_letters: Annotated[
+        Path | None,
+        typer.Option(
+            "--dead-letters", help="Dead-letter file (default: OUTPUT.deadletters.ndjson)."
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")
+    ] = False,
 ) -> None:
     """Mask a file on Ray: shard by key across workers, write the role's view."""
     from raymask.cluster.pipeline import prepare, run_job
@@ -299,15 +332,19 @@ def dead_replay(
     policy: Annotated[Path, typer.Option("--policy", "-P")],
     stream: Annotated[str, typer.Option("--stream", "-s")],
     output: Annotated[str, typer.Option("-o", "--output")],
-    role: Annotated[Optional[str], typer.Option("--role", "-r")] = None,  # noqa: UP045
+    role: Annotated[str | None, typer.Option("--role", "-r")] = None,
     keys: KeysOpt = None,
-    dead_letters: Annotated[Optional[Path], typer.Option("--dead-letters", help="Where records that fail again go.")] = None,  # noqa: UP045
+    dead_letters: Annotated[
+        Path | None, typer.Option("--dead-letters", help="Where records that fail again go.")
+    ] = None,
 ) -> None:
     """Send dead letters through the policy again (after fixing the policy or the data)."""
     from raymask.cluster.pipeline import replay_dead_letters
 
     ring = _keyring(keys)
-    summary = replay_dead_letters(file, policy, stream, output, role=role, keyring=ring, dead_letters=dead_letters)
+    summary = replay_dead_letters(
+        file, policy, stream, output, role=role, keyring=ring, dead_letters=dead_letters
+    )
     print_summary(err, summary)
 
 
@@ -317,14 +354,20 @@ def dead_replay(
 @keys_app.command("init")
 def keys_init(
     file: Path,
-    ids: Annotated[list[str], typer.Option("--id", help="Key ids to create.")] = ["tok", "deadletter"],  # noqa: B006
+    ids: Annotated[
+        list[str] | None, typer.Option("--id", help="Key ids to create (default: tok, deadletter).")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a key file with a new random 32-byte key per id (mode 0600)."""
     from raymask.policy.keys import generate_key_file
 
+    if ids is None:
+        ids = ["tok", "deadletter"]
     if file.exists() and not force:
-        raise InputError(f"{file}: exists; use --force to replace it (old tokens would no longer match)")
+        raise InputError(
+            f"{file}: exists; use --force to replace it (old tokens would no longer match)"
+        )
     generate_key_file(file, ids)
     err.print(f"wrote {len(set(ids))} keys to {file} (keep it out of version control)")
 
@@ -336,7 +379,9 @@ def keys_init(
 def demo(
     n: Annotated[int, typer.Option("-n", help="Records per profile.")] = 100_000,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1)] = 2,
-    out_dir: Annotated[Path, typer.Option("--out", help="Where generated and masked files go.")] = Path("demo-out"),
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Where generated and masked files go.")
+    ] = Path("demo-out"),
 ) -> None:
     """Generate traffic for each profile, mask it on a local Ray, and show before and after."""
     from raymask.cluster.demo import run_demo

@@ -77,13 +77,15 @@ def _flat(rec: dict, path: str, fmt: str):
     return rec.get(path, "(absent)") if fmt == "csv" else _get(rec, path)
 
 
-def _side_by_side(console: Console, before: Path, after: Path, fmt: str, fields: dict[str, str], title: str) -> None:
+def _side_by_side(
+    console: Console, before: Path, after: Path, fmt: str, fields: dict[str, str], title: str
+) -> None:
     b = _records(before, fmt, 1)
     a = _records(after, fmt, 1)
     table = Table(title=title, show_lines=True)
     table.add_column("field")
     table.add_column("technique")
-    for i in range(len(b)):
+    for _ in b:
         table.add_column("before", overflow="fold")
         table.add_column("after", overflow="fold", style="green")
     for path, tech in fields.items():
@@ -113,7 +115,9 @@ def run_demo(n: int = 100_000, workers: int = 2, out_dir: Path = Path("demo-out"
     )
     if not DEMO_KEYS.exists():
         generate_key_file(DEMO_KEYS, ["tok", "deadletter"])
-        console.print(f"created a demo key file {DEMO_KEYS} (random keys; the folder is git-ignored)")
+        console.print(
+            f"created a demo key file {DEMO_KEYS} (random keys; the folder is git-ignored)"
+        )
     else:
         console.print(f"using the demo key file {DEMO_KEYS}")
     ring = Keyring.from_file(DEMO_KEYS)
@@ -144,24 +148,46 @@ def run_demo(n: int = 100_000, workers: int = 2, out_dir: Path = Path("demo-out"
                     )
                 src.write_bytes(data)
                 generated.add((profile, fmt))
-                console.print(f"generated {n:,} records, {len(data) / 1e6:.1f} MB -> {src} ({time.perf_counter() - t0:.1f} s)")
+                console.print(
+                    f"generated {n:,} records, {len(data) / 1e6:.1f} MB -> {src} ({time.perf_counter() - t0:.1f} s)"
+                )
             dst = out_dir / f"{profile}.{role or 'default'}.masked.{fmt}"
             policy = pol_dir / pol_file
             with progress_bar(console, "masking") as prog:
                 task = prog.add_task(f"masking {stream}", total=None, records=0, rate=0.0)
                 t1 = time.perf_counter()
 
-                def update(records: int, nbytes: int, total: int, task=task, prog=prog, t1=t1) -> None:
+                def update(
+                    records: int, nbytes: int, total: int, task=task, prog=prog, t1=t1
+                ) -> None:
                     rate = records / max(time.perf_counter() - t1, 1e-9)
-                    prog.update(task, completed=nbytes, total=total or None, records=records, rate=rate)
+                    prog.update(
+                        task, completed=nbytes, total=total or None, records=records, rate=rate
+                    )
 
-                summary = mask_file(policy, stream, src, dst, role=role, workers=workers, keyring=ring, progress=update)
+                summary = mask_file(
+                    policy,
+                    stream,
+                    src,
+                    dst,
+                    role=role,
+                    workers=workers,
+                    keyring=ring,
+                    progress=update,
+                )
                 prog.update(task, completed=summary.bytes_in, total=summary.bytes_in or 1)
             pol = load_policy(policy)
             s = pol.streams[stream]
             overrides = s.views.get(role or "", {})
             fields = {p: overrides.get(p, spec).technique for p, spec in s.fields.items()}
-            _side_by_side(console, src, dst, fmt, fields, f"{stream}: the first record before and after ({dst})")
+            _side_by_side(
+                console,
+                src,
+                dst,
+                fmt,
+                fields,
+                f"{stream}: the first record before and after ({dst})",
+            )
             print_summary(console, summary)
             totals["in"] += summary.records_in
             totals["out"] += summary.records_out
@@ -177,9 +203,13 @@ def run_demo(n: int = 100_000, workers: int = 2, out_dir: Path = Path("demo-out"
         f"(in = out + dead: {'yes' if totals['in'] == totals['out'] + totals['dead'] else 'NO'}); "
         f"demo took {time.perf_counter() - t_start:.0f} s."
     )
-    console.print(f"outputs are in {out_dir}/. Read the dead letters (decrypted with the demo key):")
+    console.print(
+        f"outputs are in {out_dir}/. Read the dead letters (decrypted with the demo key):"
+    )
     console.print(
         f"  .venv/bin/raymask dead-letters show {out_dir}/payments.default.masked.ndjson.deadletters.ndjson "
         f"--keys {DEMO_KEYS}"
     )
-    console.print("Try a policy: .venv/bin/raymask policy explain examples/policies/payments.yaml -s payments -r ops")
+    console.print(
+        "Try a policy: .venv/bin/raymask policy explain examples/policies/payments.yaml -s payments -r ops"
+    )

@@ -30,7 +30,16 @@ from raymask.policy.keys import Keyring
 from raymask.policy.loader import load_policy
 from raymask.policy.schema import Policy
 
-__all__ = ["Job", "RunSummary", "prepare", "run_job", "mask_file", "replay_dead_letters", "run_pipeline", "default_dead_letter_path"]
+__all__ = [
+    "Job",
+    "RunSummary",
+    "prepare",
+    "run_job",
+    "mask_file",
+    "replay_dead_letters",
+    "run_pipeline",
+    "default_dead_letter_path",
+]
 
 
 @dataclass
@@ -132,7 +141,9 @@ def run_pipeline(
 
     for chunk in source.chunks():
         routed = router.route(chunk.data, chunk.base_line)
-        futures = [submit(w, b, role) for w, b in zip(workers, routed.shards, strict=True) if b is not None]
+        futures = [
+            submit(w, b, role) for w, b in zip(workers, routed.shards, strict=True) if b is not None
+        ]
         pending.append((routed, chunk.data, futures))
         summary.bytes_in += chunk.nbytes
         while len(pending) > max_in_flight:
@@ -224,7 +235,14 @@ def mask_file(
     and tiny inputs). Raises PolicyError, KeyringError or InputError before any data moves.
     Dead letters go to `dead_letters` (default: OUTPUT.deadletters.ndjson).
     """
-    job = prepare(policy, stream, input, keyring=keyring, dead_letter_key=dead_letter_key, chunk_bytes=chunk_bytes)
+    job = prepare(
+        policy,
+        stream,
+        input,
+        keyring=keyring,
+        dead_letter_key=dead_letter_key,
+        chunk_bytes=chunk_bytes,
+    )
     return run_job(job, output, role=role, workers=workers, address=address, dead_letters=dead_letters,
                    progress=progress, local=local)  # fmt: skip
 
@@ -268,7 +286,20 @@ def replay_dead_letters(
     if plan.format == "csv" and not entries:
         return RunSummary(stream, plan.view(role).role, plan.version, workers, output=str(output))
     src = FileSource.from_bytes(body, plan.format, delimiter=plan.delimiter, name=str(file))
-    return _run(pol, plan, src, str(output), role, workers, address, ring, dead_letters, dead_letter_key, None, local)
+    return _run(
+        pol,
+        plan,
+        src,
+        str(output),
+        role,
+        workers,
+        address,
+        ring,
+        dead_letters,
+        dead_letter_key,
+        None,
+        local,
+    )
 
 
 def _run(
@@ -292,7 +323,9 @@ def _run(
         out_f: IO[bytes] = sys.stdout.buffer if out_name == "-" else open(out_name, "wb")  # noqa: SIM115
     except OSError as exc:
         src.close()
-        raise InputError(f"{out_name}: cannot write ({exc.strerror or type(exc).__name__})") from None
+        raise InputError(
+            f"{out_name}: cannot write ({exc.strerror or type(exc).__name__})"
+        ) from None
     started = False
     try:
         if local:
@@ -308,7 +341,10 @@ def _run(
             from raymask.cluster.runtime import ensure_ray
 
             started = ensure_ray(address)
-            actors = [MaskWorker.remote(pol.model_dump(), stream, ring, src.format) for _ in range(workers)]
+            actors = [
+                MaskWorker.remote(pol.model_dump(), stream, ring, src.format)
+                for _ in range(workers)
+            ]
             try:
                 ray.get([a.warm.remote() for a in actors])
                 run_pipeline(

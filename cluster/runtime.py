@@ -32,7 +32,11 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> bo
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    kwargs: dict = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
+    kwargs: dict = {
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "log_to_driver": True,
+    }
     if address:
         ray.init(address=address, **kwargs)
     else:

@@ -210,7 +210,9 @@ def mask(
         m, keep_first, keep_last, check = PRESETS[preset]
     b = string_buffers(values)
     mchar = np.frombuffer(char.encode("utf-8"), dtype=np.uint8)
-    off, data, err = _mask_kernel(b.offsets, b.data, b.valid, m, keep_first, keep_last, mchar, check)
+    off, data, err = _mask_kernel(
+        b.offsets, b.data, b.valid, m, keep_first, keep_last, mchar, check
+    )
     ok = b.valid & (err == 0)
     return string_array(off, data, ok, like=values.type), err
 

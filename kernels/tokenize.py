@@ -34,7 +34,16 @@ _K = np.array(
     dtype=np.int64,
 )  # fmt: skip
 _H0 = np.array(
-    [0x6A09E667, 0xBB67AE85, 0x3C6EF372, 0xA54FF53A, 0x510E527F, 0x9B05688C, 0x1F83D9AB, 0x5BE0CD19],
+    [
+        0x6A09E667,
+        0xBB67AE85,
+        0x3C6EF372,
+        0xA54FF53A,
+        0x510E527F,
+        0x9B05688C,
+        0x1F83D9AB,
+        0x5BE0CD19,
+    ],
     dtype=np.int64,
 )
 _M = 0xFFFFFFFF
@@ -50,7 +59,12 @@ def _compress(state, buf, pos, w, k):
     """One SHA-256 compression of the 64 bytes buf[pos:pos+64] into state (8 words)."""
     for t in range(16):
         j = pos + 4 * t
-        w[t] = (np.int64(buf[j]) << 24) | (np.int64(buf[j + 1]) << 16) | (np.int64(buf[j + 2]) << 8) | np.int64(buf[j + 3])
+        w[t] = (
+            (np.int64(buf[j]) << 24)
+            | (np.int64(buf[j + 1]) << 16)
+            | (np.int64(buf[j + 2]) << 8)
+            | np.int64(buf[j + 3])
+        )
     for t in range(16, 64):
         x = w[t - 15]
         y = w[t - 2]
@@ -211,7 +225,9 @@ def encode_digests(digests: np.ndarray, encoding: str, length: int | None = None
     elif encoding == "base64url":
         enc = _radix_encode(digests, 6, _B64URL, 43)
     else:
-        raise ValueError(f"unknown token encoding {encoding!r}; expected one of {sorted(ENCODINGS)}")
+        raise ValueError(
+            f"unknown token encoding {encoding!r}; expected one of {sorted(ENCODINGS)}"
+        )
     return enc if length is None else enc[:, :length]
 
 

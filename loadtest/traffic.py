@@ -37,7 +37,14 @@ _LAST = [
     ("Silva", "silva"), ("Novák", "novak"), ("O'Neil", "oneil"), ("Jensen", "jensen"), ("Patel", "patel"),
 ]  # fmt: skip
 _DOMAINS = ["example.com", "mail.example.org", "corp.example.net", "iot.example.io", "bank.example"]
-_MERCHANTS = ["Café Lumière", "Fresh Market", "Metro Transit", "Book Nook", "Fuel & Go", "Pixel Store"]
+_MERCHANTS = [
+    "Café Lumière",
+    "Fresh Market",
+    "Metro Transit",
+    "Book Nook",
+    "Fuel & Go",
+    "Pixel Store",
+]
 _CURRENCIES = ["EUR", "USD", "GBP", "CHF", "SEK"]
 _SERVICES = ["auth", "billing", "gateway", "telemetry", "search"]
 _LEVELS = ["INFO", "INFO", "INFO", "WARN", "ERROR", "DEBUG"]
@@ -51,8 +58,10 @@ _HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
 def _strings(mat: np.ndarray) -> pa.Array:
     """(n, w) uint8 ASCII matrix -> string array of width w."""
     n, w = mat.shape
-    offsets = pa.py_buffer((np.arange(n + 1, dtype=np.int32) * w))
-    return pa.Array.from_buffers(pa.string(), n, [None, offsets, pa.py_buffer(np.ascontiguousarray(mat))])
+    offsets = pa.py_buffer(np.arange(n + 1, dtype=np.int32) * w)
+    return pa.Array.from_buffers(
+        pa.string(), n, [None, offsets, pa.py_buffer(np.ascontiguousarray(mat))]
+    )
 
 
 def _digits(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
@@ -63,7 +72,9 @@ def _num(d: np.ndarray) -> pa.Array:
     return _strings(d + 48)
 
 
-def _pick(rng: np.random.Generator, n: int, choices: list[str], p: np.ndarray | None = None) -> pa.Array:
+def _pick(
+    rng: np.random.Generator, n: int, choices: list[str], p: np.ndarray | None = None
+) -> pa.Array:
     idx = rng.choice(len(choices), size=n, p=p)
     return pa.array(choices).take(pa.array(idx))
 
@@ -75,7 +86,7 @@ def _join(*parts: pa.Array | str) -> pa.Array:
 def _luhn_check(d: np.ndarray) -> np.ndarray:
     """Check digit for payload digits d (n, k) so that payload + check is Luhn-valid."""
     k = d.shape[1]
-    dbl = ((k - 1 - np.arange(k)) % 2 == 0)  # rightmost payload digit is doubled
+    dbl = (k - 1 - np.arange(k)) % 2 == 0  # rightmost payload digit is doubled
     x = d.astype(np.int64)
     x[:, dbl] *= 2
     x[x > 9] -= 9
@@ -112,7 +123,9 @@ def _cards(rng: np.random.Generator, n: int) -> pa.Array:
     d[:, 1] = np.where(brand == 0, d[:, 1], brand)  # 51-55 for Mastercard
     d[:, 15] = _luhn_check(d[:, :15])
     plain = _num(d)
-    spaced = _join(_num(d[:, 0:4]), " ", _num(d[:, 4:8]), " ", _num(d[:, 8:12]), " ", _num(d[:, 12:16]))
+    spaced = _join(
+        _num(d[:, 0:4]), " ", _num(d[:, 4:8]), " ", _num(d[:, 8:12]), " ", _num(d[:, 12:16])
+    )
     return pc.if_else(pa.array(rng.random(n) < 0.5), spaced, plain)
 
 
@@ -137,7 +150,14 @@ def _ibans(rng: np.random.Generator, n: int) -> pa.Array:
 
 def _phones(rng: np.random.Generator, n: int) -> pa.Array:
     de = _join("+49 15", _num(_digits(rng, n, 1)), " ", _num(_digits(rng, n, 7)))
-    us = _join("+1 (", _num(_digits(rng, n, 3)), ") ", _num(_digits(rng, n, 3)), "-", _num(_digits(rng, n, 4)))
+    us = _join(
+        "+1 (",
+        _num(_digits(rng, n, 3)),
+        ") ",
+        _num(_digits(rng, n, 3)),
+        "-",
+        _num(_digits(rng, n, 4)),
+    )
     return pc.if_else(pa.array(rng.random(n) < 0.6), de, us)
 
 
@@ -186,7 +206,9 @@ def _people(rng: np.random.Generator, n: int) -> tuple[pa.Array, pa.Array]:
     return _join(first, " ", last), email
 
 
-def _keys(rng: np.random.Generator, n: int, cardinality: int, prefix: str, width: int) -> tuple[pa.Array, np.ndarray]:
+def _keys(
+    rng: np.random.Generator, n: int, cardinality: int, prefix: str, width: int
+) -> tuple[pa.Array, np.ndarray]:
     ranks = np.arange(1, cardinality + 1, dtype=np.float64)
     p = ranks**-1.1
     p /= p.sum()
@@ -322,7 +344,11 @@ def _logs(rng: np.random.Generator, n: int) -> list[_Col]:
         _Col("user.email", email),
         _Col("client_ip", ip),
         _Col("request.path", _pick(rng, n, _PATHS)),
-        _Col("request.status", pc.cast(pa.array(rng.choice([200, 200, 200, 201, 401, 403, 500], n)), pa.string()), False),
+        _Col(
+            "request.status",
+            pc.cast(pa.array(rng.choice([200, 200, 200, 201, 401, 403, 500], n)), pa.string()),
+            False,
+        ),
         _Col("message", msg),
     ]
 
@@ -370,11 +396,15 @@ def _csv(cols: list[_Col]) -> bytes:
 
     import pyarrow.csv as pcsv
 
-    table = pa.table({c.path: c.values if c.string else pc.cast(c.values, pa.float64()) for c in cols})
+    table = pa.table(
+        {c.path: c.values if c.string else pc.cast(c.values, pa.float64()) for c in cols}
+    )
     # integers stay integers: cast back where the text has no decimal point
     for c in cols:
         if not c.string and not pc.any(pc.match_substring(c.values, ".")).as_py():
-            table = table.set_column(table.schema.get_field_index(c.path), c.path, pc.cast(c.values, pa.int64()))
+            table = table.set_column(
+                table.schema.get_field_index(c.path), c.path, pc.cast(c.values, pa.int64())
+            )
     sink = io.BytesIO()
     pcsv.write_csv(table, sink, write_options=pcsv.WriteOptions(quoting_style="needed"))
     return sink.getvalue()

@@ -5,4 +5,12 @@ from raymask.policy.keys import Key, Keyring
 from raymask.policy.loader import load_policy, parse_policy
 from raymask.policy.schema import Policy
 
-__all__ = ["Policy", "StreamPlan", "Key", "Keyring", "compile_stream", "load_policy", "parse_policy"]
+__all__ = [
+    "Policy",
+    "StreamPlan",
+    "Key",
+    "Keyring",
+    "compile_stream",
+    "load_policy",
+    "parse_policy",
+]

@@ -74,7 +74,9 @@ def compile_stream(policy: Policy, stream: str, source: str = "<policy>") -> Str
     problems = []
     where = f"{source}: streams.{stream}"
     if s.format not in BUILT_FORMATS:
-        problems.append(f"{where}.format: {s.format} is not supported yet (supported: {', '.join(BUILT_FORMATS)})")
+        problems.append(
+            f"{where}.format: {s.format} is not supported yet (supported: {', '.join(BUILT_FORMATS)})"
+        )
     if s.unknown_fields == "detect":
         problems.append(f"{where}.unknown_fields: detect is not supported yet (use keep or drop)")
     paths = list(s.fields)

@@ -54,7 +54,9 @@ def _decode_material(text: str, where: str) -> bytes:
         else:
             raise ValueError
     except ValueError:
-        raise KeyringError(f"{where}: key material must be written as base64:... or hex:...") from None
+        raise KeyringError(
+            f"{where}: key material must be written as base64:... or hex:..."
+        ) from None
     if len(raw) < 16:
         raise KeyringError(f"{where}: key is shorter than 16 bytes")
     return raw
@@ -155,7 +157,11 @@ def generate_key_file(path: str | Path, key_ids: Iterable[str]) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "keys": [
-            {"id": k, "version": 1, "material": "base64:" + base64.b64encode(secrets.token_bytes(32)).decode()}
+            {
+                "id": k,
+                "version": 1,
+                "material": "base64:" + base64.b64encode(secrets.token_bytes(32)).decode(),
+            }
             for k in sorted(set(key_ids))
         ]
     }

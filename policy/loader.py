@@ -40,7 +40,9 @@ def _compose(text: str, name: str) -> tuple[Any, dict[tuple[str, ...], int]]:
                 key = str(loader.construct_object(k))
                 kp = path + (key,)
                 if key in out:
-                    problems.append(f"{name}:{k.start_mark.line + 1}: {'.'.join(kp)}: duplicate key")
+                    problems.append(
+                        f"{name}:{k.start_mark.line + 1}: {'.'.join(kp)}: duplicate key"
+                    )
                 lines[kp] = k.start_mark.line + 1
                 out[key] = build(v, kp)
             return out

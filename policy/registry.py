@@ -92,14 +92,18 @@ def _apply_mask(values: pa.Array, kinds: np.ndarray, spec: Mask, keyring: Keyrin
     return Applied(out, None, err)
 
 
-def _apply_tokenize(values: pa.Array, kinds: np.ndarray, spec: Tokenize, keyring: Keyring) -> Applied:
+def _apply_tokenize(
+    values: pa.Array, kinds: np.ndarray, spec: Tokenize, keyring: Keyring
+) -> Applied:
     err = _kind_check(kinds, (K_STRING, K_NUMBER))
     vals = values
     if err.any():
         vals = pc.if_else(pa.array(err == 0), values, pa.scalar(None, values.type))
     key = keyring.resolve(spec.key)
     prefix = spec.prefix + (f"v{key.version}_" if spec.version_tag else "")
-    out = tok_kernel.tokenize(vals, key.material, encoding=spec.encoding, length=spec.length, prefix=prefix)
+    out = tok_kernel.tokenize(
+        vals, key.material, encoding=spec.encoding, length=spec.length, prefix=prefix
+    )
     return Applied(out, None, err)
 
 

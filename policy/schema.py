@@ -22,13 +22,12 @@ Keys never appear here: `key:` names a key id in the keyring.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "TECHNIQUES",
-    "BUILT_TECHNIQUES",
     "Policy",
     "Stream",
     "FieldSpec",
@@ -58,7 +57,9 @@ _HEXISH = re.compile(r"^[0-9a-fA-F]{24,}$")
 
 
 def _key_id(v: str) -> str:
-    if _HEXISH.match(v) or (len(v) >= 32 and any(c.isdigit() for c in v) and any(c.isupper() for c in v)):
+    if _HEXISH.match(v) or (
+        len(v) >= 32 and any(c.isdigit() for c in v) and any(c.isupper() for c in v)
+    ):
         raise ValueError("looks like key material; name a key id from the keyring instead")
     return v
 
@@ -132,7 +133,9 @@ class Tokenize(_Spec):
     key: Annotated[KeyId, BeforeValidator(lambda v: _key_id(v) if isinstance(v, str) else v)]
     encoding: Literal["hex", "base32", "base64url"] = "base32"
     length: int | None = Field(None, ge=8, description="Characters kept of the encoded digest.")
-    prefix: str = Field("", pattern=r"^[A-Za-z0-9_:.-]{0,16}$", description="Text put before the token.")
+    prefix: str = Field(
+        "", pattern=r"^[A-Za-z0-9_:.-]{0,16}$", description="Text put before the token."
+    )
     version_tag: bool = Field(False, description="Put the key version (v1_) before the token.")
 
     @model_validator(mode="after")
@@ -183,7 +186,7 @@ def _shorthand(v: Any) -> Any:
 
 
 FieldSpec = Annotated[
-    Union[Keep, Redact, Mask, Tokenize, Fpe, Encrypt, Generalize, DateShift, Noise, RandomizedResponse, Detect],  # noqa: UP007
+    Keep | Redact | Mask | Tokenize | Fpe | Encrypt | Generalize | DateShift | Noise | RandomizedResponse | Detect,  # noqa: UP007
     Field(discriminator="technique"),
     BeforeValidator(_shorthand),
 ]
@@ -197,7 +200,9 @@ class Stream(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format: Literal["ndjson", "csv", "xml", "protobuf"] = Field(description="Wire format of records.")
+    format: Literal["ndjson", "csv", "xml", "protobuf"] = Field(
+        description="Wire format of records."
+    )
     key: FieldPath = Field(description="Path of the sharding key (device, account or user id).")
     unknown_fields: Literal["keep", "drop", "detect"] = Field(
         "keep", description="What happens to fields the policy does not name."

@@ -36,7 +36,9 @@ def ray_session():
     from raymask.cluster.runtime import ray_temp_dir
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_temp_dir(), logging_level="ERROR")
+        ray.init(
+            num_cpus=2, include_dashboard=False, _temp_dir=ray_temp_dir(), logging_level="ERROR"
+        )
     yield ray
     ray.shutdown()
 

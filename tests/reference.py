@@ -59,12 +59,17 @@ def ref_mask(value: str, spec) -> str | None:
             return None
         return _keep(value, lambda c: c.isascii() and c.isdigit(), 0, 4, spec.char)
     if preset == "phone":
-        if not re.fullmatch(r"\+?[0-9 \-.()]*", value) or not 4 <= sum(c.isdigit() for c in value) <= 20:
+        if (
+            not re.fullmatch(r"\+?[0-9 \-.()]*", value)
+            or not 4 <= sum(c.isdigit() for c in value) <= 20
+        ):
             return None
         return _keep(value, lambda c: c.isascii() and c.isdigit(), 0, 2, spec.char)
     if preset == "iban":
         compact = value.replace(" ", "")
-        if not re.fullmatch(r"[A-Za-z]{2}[A-Za-z0-9]{13,32}", compact) or not re.fullmatch(r"[A-Za-z0-9 ]*", value):
+        if not re.fullmatch(r"[A-Za-z]{2}[A-Za-z0-9]{13,32}", compact) or not re.fullmatch(
+            r"[A-Za-z0-9 ]*", value
+        ):
             return None
         return _keep(value, lambda c: c.isascii() and c.isalnum(), 2, 4, spec.char)
     if preset == "email":

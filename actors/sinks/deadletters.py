@@ -49,9 +49,13 @@ def _aad(stream: str, line: int) -> bytes:
 class DeadLetterWriter:
     """Appends encrypted dead letters to a file; counts them."""
 
-    def __init__(self, path: str | Path, stream: str, key: Key, csv_header: bytes | None = None) -> None:
+    def __init__(
+        self, path: str | Path, stream: str, key: Key, csv_header: bytes | None = None
+    ) -> None:
         self.path = Path(path)
-        self.csv_header = csv_header.decode("utf-8", "replace").rstrip("\r\n") if csv_header else None
+        self.csv_header = (
+            csv_header.decode("utf-8", "replace").rstrip("\r\n") if csv_header else None
+        )
         self.stream = stream
         self.key = key
         self._aead = _aead_key(key)
@@ -113,12 +117,18 @@ def read_dead_letters(path: str | Path, keyring: Keyring) -> Iterator[OpenedDead
                 e = json.loads(text)
                 key = keyring.get(e["key"], int(e["key_version"]))
                 raw = _aead_key(key).decrypt(
-                    base64.b64decode(e["nonce"]), base64.b64decode(e["ciphertext"]), _aad(e["stream"], int(e["line"]))
+                    base64.b64decode(e["nonce"]),
+                    base64.b64decode(e["ciphertext"]),
+                    _aad(e["stream"], int(e["line"])),
                 )
             except KeyringError:
                 raise
             except (ValueError, KeyError, TypeError):
                 raise InputError(f"{p}:{i}: not a dead-letter entry") from None
             except InvalidTag:
-                raise InputError(f"{p}:{i}: entry does not decrypt (wrong key, or the entry was altered)") from None
-            yield OpenedDeadLetter(e["stream"], int(e["line"]), e["reason"], e.get("field"), raw, e.get("csv_header"))
+                raise InputError(
+                    f"{p}:{i}: entry does not decrypt (wrong key, or the entry was altered)"
+                ) from None
+            yield OpenedDeadLetter(
+                e["stream"], int(e["line"]), e["reason"], e.get("field"), raw, e.get("csv_header")
+            )

@@ -89,7 +89,9 @@ class FileSource:
         return Chunk(data, base, len(buf))
 
     @classmethod
-    def from_bytes(cls, data: bytes, fmt_name: str, *, delimiter: str = ",", name: str = "<memory>") -> FileSource:
+    def from_bytes(
+        cls, data: bytes, fmt_name: str, *, delimiter: str = ",", name: str = "<memory>"
+    ) -> FileSource:
         """A source over bytes in memory (replays: decrypted records never touch the disk)."""
         import io
 

@@ -61,7 +61,9 @@ def _split(data, base_line, quote_char):
     return starts[:r], ends[:r], lines[:r]
 
 
-def split_records(data: np.ndarray, base_line: int = 1, quote_char: str = '"') -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_records(
+    data: np.ndarray, base_line: int = 1, quote_char: str = '"'
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Records of a buffer that ends on a record boundary: (starts, ends, line of each start).
 
     A newline inside a quoted cell does not end a record; CRLF endings are accepted.
@@ -247,10 +249,16 @@ def _extract(data, vstart, vend, vkind, quote_char):
     return off, out[:o].copy(), valid
 
 
-def extract(data: np.ndarray, vstart: np.ndarray, vend: np.ndarray, vkind: np.ndarray, quote_char: str = '"') -> pa.Array:
+def extract(
+    data: np.ndarray, vstart: np.ndarray, vend: np.ndarray, vkind: np.ndarray, quote_char: str = '"'
+) -> pa.Array:
     """One column's cells as a large_string array, unquoted; empty unquoted cells are null."""
     off, out, valid = _extract(
-        data, np.ascontiguousarray(vstart), np.ascontiguousarray(vend), np.ascontiguousarray(vkind), ord(quote_char)
+        data,
+        np.ascontiguousarray(vstart),
+        np.ascontiguousarray(vend),
+        np.ascontiguousarray(vkind),
+        ord(quote_char),
     )
     return string_array(off, out, valid)
 
@@ -290,7 +298,9 @@ def _quote(offsets, data, valid, delim, quote_char):
     return off, out[:o].copy()
 
 
-def quote(values: pa.Array, delimiter: str = ",", quote_char: str = '"') -> tuple[np.ndarray, np.ndarray]:
+def quote(
+    values: pa.Array, delimiter: str = ",", quote_char: str = '"'
+) -> tuple[np.ndarray, np.ndarray]:
     """CSV text of each value, quoted only when needed; null is the empty cell."""
     b = string_buffers(values)
     return _quote(b.offsets, b.data, b.valid, ord(delimiter), ord(quote_char))

@@ -33,7 +33,9 @@ class Format:
     def extract(self, data: np.ndarray, sc: Scan, leaf: int) -> pa.Array:
         raise NotImplementedError
 
-    def write_values(self, values: pa.Array, raw: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def write_values(
+        self, values: pa.Array, raw: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     def emit(
@@ -130,5 +132,7 @@ def format_for(name: str, *, header_line: bytes | None = None, delimiter: str = 
         if header_line is None:
             raise ValueError("CSV needs its header line")
         line = header_line if header_line.endswith(b"\n") else header_line + b"\n"
-        return CsvFormat(csv_codec.parse_header(line, delimiter), line.replace(b"\r\n", b"\n"), delimiter)
+        return CsvFormat(
+            csv_codec.parse_header(line, delimiter), line.replace(b"\r\n", b"\n"), delimiter
+        )
     raise ValueError(f"format {name} is not supported")

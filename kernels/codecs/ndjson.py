@@ -96,7 +96,9 @@ def _split(data, base_line):
     return starts[:r], ends[:r], lines[:r]
 
 
-def split_records(data: np.ndarray, base_line: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_records(
+    data: np.ndarray, base_line: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Split a buffer of whole lines into records: (starts, ends, 1-based line numbers).
 
     Blank lines are not records; a trailing newline does not start one.
@@ -116,7 +118,16 @@ def _scan_string(data, p, end):
             if q + 1 >= end:
                 return -1
             x = data[q + 1]
-            if x == 34 or x == 92 or x == 47 or x == 98 or x == 102 or x == 110 or x == 114 or x == 116:
+            if (
+                x == 34
+                or x == 92
+                or x == 47
+                or x == 98
+                or x == 102
+                or x == 110
+                or x == 114
+                or x == 116
+            ):
                 q += 2
             elif x == 117:
                 if q + 6 > end:
@@ -237,11 +248,21 @@ def _unescape(data, s, e, out, o):
             continue
         x = data[q + 1]
         if x == 117:
-            cp = (_hexval(data[q + 2]) << 12) | (_hexval(data[q + 3]) << 8) | (_hexval(data[q + 4]) << 4) | _hexval(data[q + 5])
+            cp = (
+                (_hexval(data[q + 2]) << 12)
+                | (_hexval(data[q + 3]) << 8)
+                | (_hexval(data[q + 4]) << 4)
+                | _hexval(data[q + 5])
+            )
             q += 6
             if 0xD800 <= cp <= 0xDBFF:
                 if q + 6 <= e and data[q] == 92 and data[q + 1] == 117:
-                    lo = (_hexval(data[q + 2]) << 12) | (_hexval(data[q + 3]) << 8) | (_hexval(data[q + 4]) << 4) | _hexval(data[q + 5])
+                    lo = (
+                        (_hexval(data[q + 2]) << 12)
+                        | (_hexval(data[q + 3]) << 8)
+                        | (_hexval(data[q + 4]) << 4)
+                        | _hexval(data[q + 5])
+                    )
                     if 0xDC00 <= lo <= 0xDFFF:
                         cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
                         q += 6
@@ -271,7 +292,9 @@ def _unescape(data, s, e, out, o):
 
 
 @njit(cache=True)
-def _match_key(data, s, e, parent, ch_start, ch_count, children, key_start, key_len, keybytes, keybuf):
+def _match_key(
+    data, s, e, parent, ch_start, ch_count, children, key_start, key_len, keybytes, keybuf
+):
     """Child of `parent` whose name equals the JSON key body data[s:e], or -1."""
     has_escape = False
     for q in range(s, e):
@@ -303,7 +326,20 @@ def _match_key(data, s, e, parent, ch_start, ch_count, children, key_start, key_
 
 
 @njit(cache=True)
-def _scan(data, starts, ends, ch_start, ch_count, children, key_start, key_len, keybytes, node_leaf, nleaves, max_key):
+def _scan(
+    data,
+    starts,
+    ends,
+    ch_start,
+    ch_count,
+    children,
+    key_start,
+    key_len,
+    keybytes,
+    node_leaf,
+    nleaves,
+    max_key,
+):
     n = starts.shape[0]
     vstart = np.zeros((n, nleaves), np.int64)
     vend = np.zeros((n, nleaves), np.int64)
@@ -388,13 +424,41 @@ def _scan(data, starts, ends, ch_start, ch_count, children, key_start, key_len, 
                             q = _scan_number(data, p, end)
                             kind = K_NUMBER
                         elif c == 116:
-                            q = p + 4 if (p + 4 <= end and data[p + 1] == 114 and data[p + 2] == 117 and data[p + 3] == 101) else -1
+                            q = (
+                                p + 4
+                                if (
+                                    p + 4 <= end
+                                    and data[p + 1] == 114
+                                    and data[p + 2] == 117
+                                    and data[p + 3] == 101
+                                )
+                                else -1
+                            )
                             kind = K_TRUE
                         elif c == 102:
-                            q = p + 5 if (p + 5 <= end and data[p + 1] == 97 and data[p + 2] == 108 and data[p + 3] == 115 and data[p + 4] == 101) else -1
+                            q = (
+                                p + 5
+                                if (
+                                    p + 5 <= end
+                                    and data[p + 1] == 97
+                                    and data[p + 2] == 108
+                                    and data[p + 3] == 115
+                                    and data[p + 4] == 101
+                                )
+                                else -1
+                            )
                             kind = K_FALSE
                         elif c == 110:
-                            q = p + 4 if (p + 4 <= end and data[p + 1] == 117 and data[p + 2] == 108 and data[p + 3] == 108) else -1
+                            q = (
+                                p + 4
+                                if (
+                                    p + 4 <= end
+                                    and data[p + 1] == 117
+                                    and data[p + 2] == 108
+                                    and data[p + 3] == 108
+                                )
+                                else -1
+                            )
                             kind = K_NULL
                         else:
                             q = -1
@@ -423,7 +487,19 @@ def _scan(data, starts, ends, ch_start, ch_count, children, key_start, key_len, 
                         break
                     parent = st_node[depth - 1]
                     if parent >= 0:
-                        pending = _match_key(data, p + 1, q - 1, parent, ch_start, ch_count, children, key_start, key_len, keybytes, keybuf)
+                        pending = _match_key(
+                            data,
+                            p + 1,
+                            q - 1,
+                            parent,
+                            ch_start,
+                            ch_count,
+                            children,
+                            key_start,
+                            key_len,
+                            keybytes,
+                            keybuf,
+                        )
                     else:
                         pending = -1
                     p = q
@@ -506,7 +582,9 @@ def _extract(data, vstart, vend, vkind):
 def extract(data: np.ndarray, vstart: np.ndarray, vend: np.ndarray, vkind: np.ndarray) -> pa.Array:
     """One field's values as a large_string array: strings unescaped, numbers, booleans,
     objects and arrays as their JSON text, null where the value is null or missing."""
-    off, out, valid = _extract(data, np.ascontiguousarray(vstart), np.ascontiguousarray(vend), np.ascontiguousarray(vkind))
+    off, out, valid = _extract(
+        data, np.ascontiguousarray(vstart), np.ascontiguousarray(vend), np.ascontiguousarray(vkind)
+    )
     return string_array(off, out, valid)
 
 
@@ -578,7 +656,24 @@ def quote(values: pa.Array, raw: np.ndarray | None = None) -> tuple[np.ndarray, 
 
 
 @njit(cache=True)
-def _build(data, emit, vstart, vend, vkind, edit, rep_off, rep_data, rep_col, prog_op, prog_node, prog_lo, prog_hi, keys_off, keys_data, node_leaf):
+def _build(
+    data,
+    emit,
+    vstart,
+    vend,
+    vkind,
+    edit,
+    rep_off,
+    rep_data,
+    rep_col,
+    prog_op,
+    prog_node,
+    prog_lo,
+    prog_hi,
+    keys_off,
+    keys_data,
+    node_leaf,
+):
     n = vstart.shape[0]
     total = 0
     for i in range(n):

@@ -77,7 +77,8 @@ def build_tree(paths: list[str] | tuple[str, ...]) -> PathTree:
         pos += len(e)
     keybytes = np.frombuffer(b"".join(enc), dtype=np.uint8).copy() if pos else np.zeros(1, np.uint8)
     json_key = tuple(
-        (json.dumps(n, ensure_ascii=False) + ":").encode("utf-8") if i else b"" for i, n in enumerate(names)
+        (json.dumps(n, ensure_ascii=False) + ":").encode("utf-8") if i else b""
+        for i, n in enumerate(names)
     )
     return PathTree(
         paths=tuple(paths),

@@ -82,7 +82,9 @@ def _splice(data, starts, ends, emit, vstart, vend, edit, rep_off, rep_data, nre
     return off, out[:o]
 
 
-def pack_replacements(reps: list[tuple[np.ndarray, np.ndarray]], n: int) -> tuple[np.ndarray, np.ndarray]:
+def pack_replacements(
+    reps: list[tuple[np.ndarray, np.ndarray]], n: int
+) -> tuple[np.ndarray, np.ndarray]:
     rep_off = np.zeros((max(len(reps), 1), n + 1), np.int64)
     chunks = []
     base = 0
@@ -118,5 +120,3 @@ def splice(
     rep_off, rep_data = pack_replacements(reps, n)
     off, out = _splice(data, sc.starts, sc.ends, emit, vs, ve, ed, rep_off, rep_data, len(cols))
     return string_array(off, out, None, binary=True)
-
-

@@ -21,10 +21,14 @@ from tests.conftest import EXAMPLES, REPO
 RAYMASK = [sys.executable, "-m", "raymask.cli"]
 
 
-def run(args: list[str], env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run(
+    args: list[str], env: dict | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     e = {k: v for k, v in os.environ.items() if not k.startswith("RAYMASK_KEY")}
     e.update(env or {})
-    return subprocess.run(RAYMASK + args, capture_output=True, text=True, env=e, cwd=cwd or REPO, timeout=300)
+    return subprocess.run(
+        RAYMASK + args, capture_output=True, text=True, env=e, cwd=cwd or REPO, timeout=300
+    )
 
 
 @pytest.fixture()
@@ -44,7 +48,18 @@ def test_invalid_policy_exits_2_with_a_located_message_and_no_traceback(tmp_path
 def test_missing_key_is_a_startup_error_naming_the_key(tmp_path):
     src = tmp_path / "in.ndjson"
     src.write_bytes(generate_bytes("logs", 10))
-    r = run(["mask", str(src), "-P", str(EXAMPLES / "logs.yaml"), "-s", "applogs", "-o", str(tmp_path / "o")])
+    r = run(
+        [
+            "mask",
+            str(src),
+            "-P",
+            str(EXAMPLES / "logs.yaml"),
+            "-s",
+            "applogs",
+            "-o",
+            str(tmp_path / "o"),
+        ]
+    )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "error: key 'tok' is not in the keyring (set RAYMASK_KEYRING to a key file that has it, or RAYMASK_KEY_TOK)"
@@ -74,7 +89,21 @@ def test_schema_is_json_schema():
 def test_generate_is_deterministic_and_fast(tmp_path):
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
     for p in (a, b):
-        r = run(["generate", "--profile", "iot", "-n", "2000", "--seed", "9", "--format", "csv", "-o", str(p)])
+        r = run(
+            [
+                "generate",
+                "--profile",
+                "iot",
+                "-n",
+                "2000",
+                "--seed",
+                "9",
+                "--format",
+                "csv",
+                "-o",
+                str(p),
+            ]
+        )
         assert r.returncode == 0, r.stderr
     assert a.read_bytes() == b.read_bytes()
     assert len(a.read_bytes().splitlines()) == 2001
@@ -91,8 +120,12 @@ CASES = [
 
 @pytest.mark.integration
 @pytest.mark.parametrize("workers", [1, 2])
-@pytest.mark.parametrize(("profile", "pol_file", "stream", "fmt", "role"), CASES, ids=[c[2] for c in CASES])
-def test_cli_masks_generated_traffic_on_ray(ray_session, tmp_path, keyfile, workers, profile, pol_file, stream, fmt, role):
+@pytest.mark.parametrize(
+    ("profile", "pol_file", "stream", "fmt", "role"), CASES, ids=[c[2] for c in CASES]
+)
+def test_cli_masks_generated_traffic_on_ray(
+    ray_session, tmp_path, keyfile, workers, profile, pol_file, stream, fmt, role
+):
     from raymask.policy.keys import Keyring
 
     inp = generate_bytes(profile, 20_000, seed=21, fmt=fmt)

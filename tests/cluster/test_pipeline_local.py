@@ -26,7 +26,9 @@ CASES = [
 ]
 
 
-def check_output(inp: bytes, out: bytes, policy, stream: str, role: str | None, ring, dead_lines: set[int]) -> None:
+def check_output(
+    inp: bytes, out: bytes, policy, stream: str, role: str | None, ring, dead_lines: set[int]
+) -> None:
     """Every masked field exactly as the reference says; every other field equal in value and type;
     per-key order kept; one output record per input record not in the dead letters."""
     s = policy.streams[stream]
@@ -73,7 +75,9 @@ def _leaves(d) -> list:
 
 @pytest.mark.parametrize(("profile", "pol_file", "stream", "fmt"), CASES, ids=[c[2] for c in CASES])
 @pytest.mark.parametrize("role", [None, "ops"])
-def test_masks_each_profile_exactly_as_the_reference(tmp_path, keyring, profile, pol_file, stream, fmt, role):
+def test_masks_each_profile_exactly_as_the_reference(
+    tmp_path, keyring, profile, pol_file, stream, fmt, role
+):
     inp = generate_bytes(profile, 3000, seed=11, fmt=fmt)
     src = tmp_path / f"in.{fmt}"
     src.write_bytes(inp)
@@ -99,7 +103,9 @@ def test_bad_records_go_to_dead_letters_with_reasons_and_the_rest_is_masked(tmp_
     src = tmp_path / "in.ndjson"
     src.write_text("\n".join(lines) + "\n")
     dst = tmp_path / "out.ndjson"
-    s = mask_file(EXAMPLES / "payments.yaml", "payments", src, dst, keyring=keyring, local=True, workers=2)
+    s = mask_file(
+        EXAMPLES / "payments.yaml", "payments", src, dst, keyring=keyring, local=True, workers=2
+    )
     assert (s.records_in, s.records_out, s.dead_letters) == (200, 196, 4)
     dead = list(read_dead_letters(s.dead_letter_file, keyring))
     assert [d.line for d in dead] == [5, 10, 15, 20]
@@ -109,7 +115,9 @@ def test_bad_records_go_to_dead_letters_with_reasons_and_the_rest_is_masked(tmp_
     assert dead[3].reason == "field customer.email: mask takes a string or number, got object"
     assert dead[2].raw.decode() == lines[14]
     policy = load_policy(EXAMPLES / "payments.yaml")
-    check_output(src.read_bytes(), dst.read_bytes(), policy, "payments", None, keyring, {5, 10, 15, 20, 26})
+    check_output(
+        src.read_bytes(), dst.read_bytes(), policy, "payments", None, keyring, {5, 10, 15, 20, 26}
+    )
 
 
 def test_dead_letters_are_encrypted_and_replay_after_a_fix(tmp_path, keyring):
@@ -120,17 +128,33 @@ def test_dead_letters_are_encrypted_and_replay_after_a_fix(tmp_path, keyring):
     lines[3] = json.dumps(rec)
     src = tmp_path / "in.ndjson"
     src.write_text("\n".join(lines) + "\n")
-    s = mask_file(EXAMPLES / "payments.yaml", "payments", src, tmp_path / "out.ndjson", keyring=keyring, local=True)
+    s = mask_file(
+        EXAMPLES / "payments.yaml",
+        "payments",
+        src,
+        tmp_path / "out.ndjson",
+        keyring=keyring,
+        local=True,
+    )
     assert s.dead_letters == 1
     raw = open(s.dead_letter_file, encoding="utf-8").read()
     assert canary not in raw and "CANARY" not in raw
     # the fix: a policy that redacts card numbers instead of masking them
-    fixed = (EXAMPLES / "payments.yaml").read_text().replace(
-        "card.number:    {technique: mask, preset: card}", "card.number:    redact"
+    fixed = (
+        (EXAMPLES / "payments.yaml")
+        .read_text()
+        .replace("card.number:    {technique: mask, preset: card}", "card.number:    redact")
     )
     pol = tmp_path / "fixed.yaml"
     pol.write_text(fixed)
-    r = replay_dead_letters(s.dead_letter_file, pol, "payments", tmp_path / "replayed.ndjson", keyring=keyring, local=True)
+    r = replay_dead_letters(
+        s.dead_letter_file,
+        pol,
+        "payments",
+        tmp_path / "replayed.ndjson",
+        keyring=keyring,
+        local=True,
+    )
     assert (r.records_in, r.records_out, r.dead_letters) == (1, 1, 0)
     out = json.loads((tmp_path / "replayed.ndjson").read_text())
     assert out["card"]["number"] == "[REDACTED]"
@@ -142,7 +166,9 @@ def test_untouched_bytes_stay_identical(tmp_path, keyring):
     src = tmp_path / "in.ndjson"
     src.write_text(line + "\n")
     dst = tmp_path / "out.ndjson"
-    mask_file(EXAMPLES / "payments.yaml", "payments", src, dst, keyring=keyring, local=True, workers=1)
+    mask_file(
+        EXAMPLES / "payments.yaml", "payments", src, dst, keyring=keyring, local=True, workers=1
+    )
     out = dst.read_text()
     assert out.startswith('{ "note" : "[REDACTED]" ,"amount":12.50, "account" : {"id":"acc_')
     assert out.endswith('"}, "extra": [1, 2.0e3, {"k": null}] }\n')

@@ -41,7 +41,10 @@ def test_missing_key_names_the_id_and_how_to_provide_it():
 
 @pytest.mark.parametrize(
     ("material", "message"),
-    [("plain-text-key-material", "must be written as base64"), ("base64:" + base64.b64encode(b"short").decode(), "shorter than 16 bytes")],
+    [
+        ("plain-text-key-material", "must be written as base64"),
+        ("base64:" + base64.b64encode(b"short").decode(), "shorter than 16 bytes"),
+    ],
 )
 def test_malformed_material_is_refused_without_echoing_it(tmp_path, material, message):
     p = tmp_path / "k.json"

@@ -56,33 +56,72 @@ def _sub(old: str, new: str) -> str:
 
 BAD = [
     # a bound on a mask parameter, located on the field's line
-    (_sub("preset: card", "keep_last: 99"), "p.yaml:9: streams.payments.fields.card.number.keep_last: must be <= 64"),
+    (
+        _sub("preset: card", "keep_last: 99"),
+        "p.yaml:9: streams.payments.fields.card.number.keep_last: must be <= 64",
+    ),
     # unknown technique names the valid ones
-    (_sub("technique: redact", "technique: scramble"), "p.yaml:11: streams.payments.fields.customer.name: unknown technique; expected one of: keep, redact, mask"),
+    (
+        _sub("technique: redact", "technique: scramble"),
+        "p.yaml:11: streams.payments.fields.customer.name: unknown technique; expected one of: keep, redact, mask",
+    ),
     # token longer than the encoded digest
-    (_sub("length: 16", "length: 60"), "p.yaml:8: streams.payments.fields.account.id: length must be <= 52 for encoding base32"),
+    (
+        _sub("length: 16", "length: 60"),
+        "p.yaml:8: streams.payments.fields.account.id: length must be <= 52 for encoding base32",
+    ),
     # key material pasted where a key id belongs
-    (_sub("key: tok,", "key: 00112233445566778899aabbccddeeff,"), "p.yaml:8: streams.payments.fields.account.id.key: looks like key material"),
+    (
+        _sub("key: tok,", "key: 00112233445566778899aabbccddeeff,"),
+        "p.yaml:8: streams.payments.fields.account.id.key: looks like key material",
+    ),
     # a view may only override fields the stream names
-    (_sub("customer.email: keep", "customer.phone: keep"), "view ops names field customer.phone, which is not under fields"),
+    (
+        _sub("customer.email: keep", "customer.phone: keep"),
+        "view ops names field customer.phone, which is not under fields",
+    ),
     # unknown format
-    (_sub("format: ndjson", "format: parquet"), "p.yaml:4: streams.payments.format: must be one of 'ndjson', 'csv', 'xml' or 'protobuf'"),
+    (
+        _sub("format: ndjson", "format: parquet"),
+        "p.yaml:4: streams.payments.format: must be one of 'ndjson', 'csv', 'xml' or 'protobuf'",
+    ),
     # typo in a parameter name
-    (_sub("preset: card", "preset: card, keep_lst: 2"), "p.yaml:9: streams.payments.fields.card.number.keep_lst: unknown setting"),
+    (
+        _sub("preset: card", "preset: card, keep_lst: 2"),
+        "p.yaml:9: streams.payments.fields.card.number.keep_lst: unknown setting",
+    ),
     # version must be positive
     (_sub("version: 3", "version: 0"), "p.yaml:1: version: must be >= 1"),
     # a field may not contain another
-    (_sub("      amount:         {technique: keep}\n", "      amount: keep\n      customer: redact\n"), "fields customer and customer.email overlap"),
+    (
+        _sub(
+            "      amount:         {technique: keep}\n",
+            "      amount: keep\n      customer: redact\n",
+        ),
+        "fields customer and customer.email overlap",
+    ),
     # mask character is one code point
-    (_sub("preset: card", "char: '**'"), "p.yaml:9: streams.payments.fields.card.number.char: must be exactly one character"),
+    (
+        _sub("preset: card", "char: '**'"),
+        "p.yaml:9: streams.payments.fields.card.number.char: must be exactly one character",
+    ),
     # the sharding key is required
     (_sub("    key: account.id\n", ""), "p.yaml:3: streams.payments.key: required"),
     # duplicate YAML keys are refused, not silently merged
-    (_sub("      ops:\n", "      ops:\n        customer.email: redact\n"), "p.yaml:16: streams.payments.views.ops.customer.email: duplicate key"),
+    (
+        _sub("      ops:\n", "      ops:\n        customer.email: redact\n"),
+        "p.yaml:16: streams.payments.views.ops.customer.email: duplicate key",
+    ),
     # a preset fixes the kept counts
-    (_sub("preset: card", "preset: card, keep_last: 6"), "preset card fixes keep_first, keep_last and mode"),
+    (
+        _sub("preset: card", "preset: card, keep_last: 6"),
+        "preset card fixes keep_first, keep_last and mode",
+    ),
     # unknown_fields choices
-    (_sub("unknown_fields: keep", "unknown_fields: hide"), "p.yaml:6: streams.payments.unknown_fields: must be one of 'keep', 'drop' or 'detect'"),
+    (
+        _sub("unknown_fields: keep", "unknown_fields: hide"),
+        "p.yaml:6: streams.payments.unknown_fields: must be one of 'keep', 'drop' or 'detect'",
+    ),
     # unknown top-level setting
     (GOOD + "owner: me\n", "p.yaml:16: owner: unknown setting"),
     # broken YAML says where
@@ -90,7 +129,10 @@ BAD = [
     # a policy is a mapping
     ("- 1\n- 2\n", "p.yaml:1: a policy is a mapping"),
     # key id with characters a key id cannot have
-    (_sub("key: tok,", "key: 'tok/../x',"), "p.yaml:8: streams.payments.fields.account.id.key: has characters that are not allowed here"),
+    (
+        _sub("key: tok,", "key: 'tok/../x',"),
+        "p.yaml:8: streams.payments.fields.account.id.key: has characters that are not allowed here",
+    ),
 ]
 
 
@@ -111,10 +153,22 @@ def test_messages_never_quote_values():
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
-        ("technique: redact", "technique: fpe", "streams.payments.fields.customer.name: technique fpe is not supported yet"),
+        (
+            "technique: redact",
+            "technique: fpe",
+            "streams.payments.fields.customer.name: technique fpe is not supported yet",
+        ),
         ("format: ndjson", "format: xml", "streams.payments.format: xml is not supported yet"),
-        ("unknown_fields: keep", "unknown_fields: detect", "unknown_fields: detect is not supported yet"),
-        ("customer.email: keep", "customer.email: {technique: noise, epsilon: 1}", "views.ops.customer.email: technique noise is not supported yet"),
+        (
+            "unknown_fields: keep",
+            "unknown_fields: detect",
+            "unknown_fields: detect is not supported yet",
+        ),
+        (
+            "customer.email: keep",
+            "customer.email: {technique: noise, epsilon: 1}",
+            "views.ops.customer.email: technique noise is not supported yet",
+        ),
     ],
 )
 def test_techniques_not_built_are_accepted_by_schema_and_refused_at_compile(old, new, message):

@@ -35,7 +35,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	@mkdir -p $(RAY_TMPDIR)
-	$(BIN)/python -m raymask.loadtest.bench
+	$(BIN)/python -m raymask.loadtest.bench --ray
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info demo-out

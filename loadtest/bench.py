@@ -1,0 +1,235 @@
+"""Benchmarks: each raymask path beside a baseline, in the same process, on the same data.
+
+    python -m raymask.loadtest.bench [--records N] [--ray]
+
+Prints a markdown table (paste it into docs/benchmarks.md with the command and the machine).
+Ratios matter more than absolute figures: these machines are shared and noisy. Each figure is the
+best of `--repeat` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from raymask.kernels import mask as mask_kernel
+from raymask.kernels import tokenize as tok_kernel
+from raymask.kernels.codecs import ndjson
+from raymask.kernels.codecs.paths import build_tree
+from raymask.loadtest.traffic import generate_bytes
+from raymask.policy.keys import Key, Keyring
+
+KEY = b"k" * 32
+
+
+def best(fn: Callable[[], object], repeat: int) -> float:
+    fn()  # warm up (JIT compile, caches)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def _ref_card(v: str) -> str:
+    digits = sum(c.isdigit() for c in v)
+    out, i = [], 0
+    for c in v:
+        if c.isdigit():
+            out.append(c if i >= digits - 4 else "*")
+            i += 1
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _baseline_mask_line(line: str) -> str:
+    """What a straightforward Python masker does per record: parse, change, serialise."""
+    rec = json.loads(line)
+    acc = rec["account"]
+    acc["id"] = hmac.new(KEY, acc["id"].encode(), "sha256").hexdigest()[:16]
+    rec["card"]["number"] = _ref_card(rec["card"]["number"])
+    cust = rec["customer"]
+    e = cust["email"]
+    at = e.rfind("@")
+    cust["email"] = e[0] + "*" * (at - 1) + e[at:]
+    cust["name"] = "[REDACTED]"
+    rec["note"] = "[REDACTED]"
+    return json.dumps(rec, ensure_ascii=False)
+
+
+BENCH_POLICY = """
+version: 1
+streams:
+  payments:
+    format: ndjson
+    key: account.id
+    fields:
+      account.id:     {technique: tokenize, key: tok, encoding: hex, length: 16}
+      card.number:    {technique: mask, preset: card}
+      customer.email: {technique: mask, preset: email}
+      customer.name:  redact
+      note:           redact
+"""
+
+
+def run(records: int, repeat: int, with_ray: bool) -> list[tuple[str, str, str, str]]:
+    rows: list[tuple[str, str, str, str]] = []
+    data = generate_bytes("payments", records, seed=1)
+    lines = data.decode().splitlines()
+    buf = np.frombuffer(data, np.uint8)
+    mb = len(data) / 1e6
+
+    # 1. tokenize
+    ids = pa.array([json.loads(x)["account"]["id"] for x in lines[: min(records, 200_000)]])
+    py_ids = ids.to_pylist()
+    t_k = best(lambda: tok_kernel.tokenize(ids, KEY, encoding="hex"), repeat)
+    t_b = best(lambda: [hmac.new(KEY, v.encode(), "sha256").hexdigest() for v in py_ids], repeat)
+    rows.append(
+        (
+            "tokenize (HMAC-SHA-256, hex)",
+            f"{len(ids) / t_k:,.0f} values/s",
+            f"stdlib hmac loop {len(ids) / t_b:,.0f} values/s",
+            f"{t_b / t_k:.1f}x",
+        )
+    )
+
+    # 2. card mask
+    cards = pa.array([json.loads(x)["card"]["number"] for x in lines[: min(records, 200_000)]])
+    py_cards = cards.to_pylist()
+    t_k = best(lambda: mask_kernel.mask(cards, preset="card"), repeat)
+    t_b = best(lambda: [_ref_card(v) for v in py_cards], repeat)
+    rows.append(
+        (
+            "mask preset=card",
+            f"{len(cards) / t_k:,.0f} values/s",
+            f"Python loop {len(cards) / t_b:,.0f} values/s",
+            f"{t_b / t_k:.1f}x",
+        )
+    )
+
+    # 3. NDJSON decode: validate every record, extract 3 fields
+    tree = build_tree(["account.id", "card.number", "customer.email"])
+
+    def ours() -> None:
+        s, e, _ = ndjson.split_records(buf)
+        sc = ndjson.scan(buf, s, e, tree)
+        for f in range(3):
+            ndjson.extract(buf, sc.vstart[:, f], sc.vend[:, f], sc.vkind[:, f])
+
+    def py_json() -> None:
+        for x in lines:
+            r = json.loads(x)
+            (r["account"]["id"], r["card"]["number"], r["customer"]["email"])
+
+    def arrow_json() -> None:
+        import pyarrow.json as pj
+
+        pj.read_json(pa.BufferReader(data))
+
+    t_k = best(ours, repeat)
+    t_b = best(py_json, repeat)
+    t_a = best(arrow_json, repeat)
+    rows.append(
+        (
+            "NDJSON validate + extract 3 fields",
+            f"{mb / t_k:,.0f} MB/s",
+            f"json.loads per line {mb / t_b:,.0f} MB/s",
+            f"{t_b / t_k:.1f}x",
+        )
+    )
+    rows.append(
+        (
+            "(same)",
+            f"{mb / t_k:,.0f} MB/s",
+            f"pyarrow.json.read_json (all fields) {mb / t_a:,.0f} MB/s",
+            f"{t_a / t_k:.1f}x",
+        )
+    )
+
+    # 4. end to end, file to file
+    from raymask.cluster.pipeline import mask_file
+    from raymask.policy.loader import parse_policy
+
+    ring = Keyring([Key("tok", 1, KEY), Key("deadletter", 1, b"d" * 32)])
+    pol = parse_policy(BENCH_POLICY)
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "in.ndjson"
+        src.write_bytes(data)
+        dst = Path(d) / "out.ndjson"
+
+        def baseline() -> None:
+            with (
+                open(src, encoding="utf-8") as f,
+                open(Path(d) / "base.ndjson", "w", encoding="utf-8") as o,
+            ):
+                for line in f:
+                    o.write(_baseline_mask_line(line) + "\n")
+
+        t_b = best(baseline, repeat)
+        t_l = best(
+            lambda: mask_file(pol, "payments", src, dst, keyring=ring, workers=1, local=True),
+            repeat,
+        )
+        rows.append(
+            (
+                "end to end, 1 in-process worker",
+                f"{records / t_l:,.0f} records/s ({mb / t_l:.0f} MB/s)",
+                f"Python json.loads/dumps per record {records / t_b:,.0f} records/s",
+                f"{t_b / t_l:.1f}x",
+            )
+        )
+        if with_ray:
+            import ray
+
+            from raymask.cluster.runtime import ensure_ray
+
+            ensure_ray()
+            for w in (1, 2):
+                t_r = best(
+                    lambda w=w: mask_file(pol, "payments", src, dst, keyring=ring, workers=w),
+                    repeat,
+                )
+                rows.append(
+                    (
+                        f"end to end on local Ray, {w} worker(s)",
+                        f"{records / t_r:,.0f} records/s ({mb / t_r:.0f} MB/s)",
+                        f"Python json.loads/dumps per record {records / t_b:,.0f} records/s",
+                        f"{t_b / t_r:.1f}x",
+                    )
+                )
+            ray.shutdown()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--records", type=int, default=200_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--ray", action="store_true", help="also run end to end on a local Ray")
+    args = ap.parse_args()
+    rows = run(args.records, args.repeat, args.ray)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"{args.records:,} payments records; best of {args.repeat}")  # fmt: skip
+    print()
+    print("| path | raymask | baseline, same run | ratio |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -186,7 +186,17 @@ def _shorthand(v: Any) -> Any:
 
 
 FieldSpec = Annotated[
-    Keep | Redact | Mask | Tokenize | Fpe | Encrypt | Generalize | DateShift | Noise | RandomizedResponse | Detect,  # noqa: UP007
+    Keep
+    | Redact
+    | Mask
+    | Tokenize
+    | Fpe
+    | Encrypt
+    | Generalize
+    | DateShift
+    | Noise
+    | RandomizedResponse
+    | Detect,  # noqa: UP007
     Field(discriminator="technique"),
     BeforeValidator(_shorthand),
 ]

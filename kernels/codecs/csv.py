@@ -307,13 +307,13 @@ def quote(
 
 
 @njit(cache=True)
-def _select(data, emit, vstart, vend, vkind, edit, rep_off, rep_data, delim):
+def _select(data, emit, vstart, vend, vkind, edit, rep_off, rep_data, delim, quote_char):
     n = vstart.shape[0]
     k = vstart.shape[1]
     total = 0
     for i in range(n):
         if emit[i]:
-            total += k + 1
+            total += k + 3
             for f in range(k):
                 if edit[i, f]:
                     total += rep_off[f, i + 1] - rep_off[f, i]
@@ -324,6 +324,7 @@ def _select(data, emit, vstart, vend, vkind, edit, rep_off, rep_data, delim):
     o = 0
     for i in range(n):
         if emit[i]:
+            start = o
             for f in range(k):
                 if f > 0:
                     out[o] = delim
@@ -336,6 +337,10 @@ def _select(data, emit, vstart, vend, vkind, edit, rep_off, rep_data, delim):
                     for q in range(vstart[i, f], vend[i, f]):
                         out[o] = data[q]
                         o += 1
+            if o == start:  # a lone null cell must not become a blank line (no record)
+                out[o] = quote_char
+                out[o + 1] = quote_char
+                o += 2
             out[o] = 10
             o += 1
         off[i + 1] = o
@@ -350,6 +355,7 @@ def select_columns(
     edit: np.ndarray,
     reps: list[tuple[np.ndarray, np.ndarray]],
     delimiter: str = ",",
+    quote_char: str = '"',
 ) -> pa.Array:
     """Records holding only the policy columns `columns` (``unknown_fields: drop``).
 
@@ -361,6 +367,6 @@ def select_columns(
     rep_off, rep_data = pack_replacements(reps, len(sc.starts))
     off, out = _select(
         data, emit, np.ascontiguousarray(sc.vstart[:, cols]), np.ascontiguousarray(sc.vend[:, cols]),
-        np.ascontiguousarray(sc.vkind[:, cols]), np.ascontiguousarray(edit), rep_off, rep_data, ord(delimiter),
+        np.ascontiguousarray(sc.vkind[:, cols]), np.ascontiguousarray(edit), rep_off, rep_data, ord(delimiter), ord(quote_char),
     )  # fmt: skip
     return string_array(off, out, None, binary=True)

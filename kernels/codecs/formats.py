@@ -100,7 +100,7 @@ class CsvFormat(Format):
 
     def emit(self, data, sc, tree, drop_unknown, named, emit, edited, edit, reps):
         if not drop_unknown:
-            return splice(data, sc, emit, edited, edit, reps)
+            return splice(data, sc, emit, edited, edit, reps, empty_as=b'""')
         cols = self._kept_columns(tree, named)
         n = len(sc.starts)
         full_edit = np.zeros((n, len(cols)), np.bool_)

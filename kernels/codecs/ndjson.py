@@ -234,12 +234,16 @@ def _put_cp(out, o, cp):
 
 @njit(cache=True)
 def _unescape(data, s, e, out, o):
-    """Decode the JSON string body data[s:e] (already validated) into out[o:]; returns the end.
+    """Decode the JSON string body data[s:e] (already validated) into out[o:]; returns the end,
+    or -1 when the decoded text would not fit in `out` (a key longer than every policy key).
 
     A lone UTF-16 surrogate becomes U+FFFD so the result is always valid UTF-8.
     """
+    limit = out.shape[0]
     q = s
     while q < e:
+        if o + 4 > limit:
+            return -1
         c = data[q]
         if c != 92:
             out[o] = c
@@ -302,9 +306,11 @@ def _match_key(
             has_escape = True
             break
     if has_escape:
-        if e - s > keybuf.shape[0]:
-            return -1
+        # decoded keys are never longer than their escaped form; one longer than every policy
+        # key cannot match, and _unescape stops as soon as it knows that
         kl = _unescape(data, s, e, keybuf, 0)
+        if kl < 0:
+            return -1
         src = keybuf
         ks = 0
     else:

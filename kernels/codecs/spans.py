@@ -36,12 +36,12 @@ class Scan:
 
 
 @njit(cache=True)
-def _splice(data, starts, ends, emit, vstart, vend, edit, rep_off, rep_data, nrep_fields):
+def _splice(data, starts, ends, emit, vstart, vend, edit, rep_off, rep_data, nrep_fields, empty_as):
     n = starts.shape[0]
     total = 0
     for i in range(n):
         if emit[i]:
-            total += ends[i] - starts[i] + 1
+            total += ends[i] - starts[i] + 1 + empty_as.shape[0]
             for f in range(nrep_fields):
                 if edit[i, f]:
                     total += rep_off[f, i + 1] - rep_off[f, i] - (vend[i, f] - vstart[i, f])
@@ -76,6 +76,10 @@ def _splice(data, starts, ends, emit, vstart, vend, edit, rep_off, rep_data, nre
         for q in range(p, ends[i]):
             out[o] = data[q]
             o += 1
+        if o == off[i]:  # an empty record would read back as a blank line, i.e. no record
+            for q in range(empty_as.shape[0]):
+                out[o] = empty_as[q]
+                o += 1
         out[o] = 10
         o += 1
         off[i + 1] = o
@@ -105,6 +109,7 @@ def splice(
     edited: list[int],
     edit: np.ndarray,
     reps: list[tuple[np.ndarray, np.ndarray]],
+    empty_as: bytes = b"",
 ) -> pa.Array:
     """Records with the values of fields `edited` replaced by `reps` where `edit` is set.
 
@@ -118,5 +123,8 @@ def splice(
     ve = np.ascontiguousarray(sc.vend[:, cols]) if len(cols) else np.zeros((n, 1), np.int64)
     ed = np.ascontiguousarray(edit) if len(cols) else np.zeros((n, 1), np.bool_)
     rep_off, rep_data = pack_replacements(reps, n)
-    off, out = _splice(data, sc.starts, sc.ends, emit, vs, ve, ed, rep_off, rep_data, len(cols))
+    empty = np.frombuffer(empty_as, np.uint8) if empty_as else np.zeros(0, np.uint8)
+    off, out = _splice(
+        data, sc.starts, sc.ends, emit, vs, ve, ed, rep_off, rep_data, len(cols), empty
+    )
     return string_array(off, out, None, binary=True)

@@ -77,7 +77,14 @@ def test_matches_rfc4231_vectors(key, data, expected_hex):
 
 # code point ranges by UTF-8 width; surrogates (U+D800-U+DFFF) are not scalar values
 _RANGES = np.array(
-    [[0x20, 0x7F], [0x00, 0x20], [0x80, 0x800], [0x800, 0xD800], [0xE000, 0x10000], [0x10000, 0x110000]]
+    [
+        [0x20, 0x7F],
+        [0x00, 0x20],
+        [0x80, 0x800],
+        [0x800, 0xD800],
+        [0xE000, 0x10000],
+        [0x10000, 0x110000],
+    ]
 )
 _RANGE_P = np.array([0.45, 0.05, 0.15, 0.15, 0.1, 0.1])
 
@@ -118,10 +125,23 @@ def test_matches_stdlib_hmac_on_random_inputs(random_values, key_len):
     key = bytes(np.random.default_rng(key_len).integers(0, 256, key_len, dtype=np.uint8))
     encoded = [v.encode("utf-8") for v in random_values]
     assert len(random_values) >= 100_000
-    assert max(len(b) for b in encoded) <= 300 and any(len(b) != len(v) for b, v in zip(encoded, random_values, strict=True))
+    assert max(len(b) for b in encoded) <= 300 and any(
+        len(b) != len(v) for b, v in zip(encoded, random_values, strict=True)
+    )
     digests = tk.hmac_sha256(pa.array(random_values, pa.string()), key)
-    expected = np.frombuffer(b"".join(hmac.new(key, b, "sha256").digest() for b in encoded), np.uint8)
+    expected = np.frombuffer(
+        b"".join(hmac.new(key, b, "sha256").digest() for b in encoded), np.uint8
+    )
     np.testing.assert_array_equal(digests, expected.reshape(-1, 32))
+
+
+def test_empty_key_matches_stdlib():
+    # HMAC allows an empty key (an all-zero key block)
+    values = ["", "a", "x" * 64, "Zoë"]
+    got = tk.hmac_sha256(pa.array(values), b"")
+    assert [row.tobytes() for row in got] == [
+        hmac.new(b"", v.encode(), "sha256").digest() for v in values
+    ]
 
 
 # --- nulls, array types, empties -------------------------------------------------------------
@@ -153,7 +173,12 @@ def test_all_null_array_stays_all_null():
         (lambda v: pa.array(v, pa.string()), pa.string()),
         (lambda v: pa.array(v, pa.large_string()), pa.large_string()),
         # several chunks are combined; the result is one array of the chunked array's type
-        (lambda v: pa.chunked_array([pa.array(v[:2], pa.string()), pa.array(v[2:], pa.string())]), pa.string()),
+        (
+            lambda v: pa.chunked_array(
+                [pa.array(v[:2], pa.string()), pa.array(v[2:], pa.string())]
+            ),
+            pa.string(),
+        ),
         (lambda v: pa.chunked_array([pa.array(v, pa.large_string())]), pa.large_string()),
         # a sliced array starts its offsets mid-buffer
         (lambda v: pa.array(["pad", "pad2"] + v, pa.string()).slice(2), pa.string()),
@@ -229,7 +254,9 @@ def test_encode_digests_rejects_unknown_encoding():
 def test_tokenize_is_prefix_plus_truncated_encoding(encoding, prefix, length):
     values = ["alice@example.com", "bob", "", "Zoë Łukasz 😀", None]
     for typ in (pa.string(), pa.large_string()):
-        tok = tk.tokenize(pa.array(values, typ), KEY, encoding=encoding, length=length, prefix=prefix)
+        tok = tk.tokenize(
+            pa.array(values, typ), KEY, encoding=encoding, length=length, prefix=prefix
+        )
         assert tok.type == typ
         expected = [
             None if v is None else prefix + ORACLES[encoding](_hm(v))[:length] for v in values
@@ -259,4 +286,11 @@ def test_different_keys_give_different_tokens():
     # a key and the same key zero-padded to the block size are the same HMAC key (RFC 2104);
     # that is HMAC's definition, not the kernel's: the stdlib agrees
     padded = tk.tokenize(values, b"key-one" + b"\0" * 57, encoding="hex").to_pylist()
-    assert padded == a == [hmac.new(b"key-one" + b"\0" * 57, v.encode(), "sha256").hexdigest() for v in values.to_pylist()]
+    assert (
+        padded
+        == a
+        == [
+            hmac.new(b"key-one" + b"\0" * 57, v.encode(), "sha256").hexdigest()
+            for v in values.to_pylist()
+        ]
+    )

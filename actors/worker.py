@@ -66,7 +66,7 @@ class MaskCore:
         for oi, op in enumerate(ops):
             tech = REGISTRY[op.technique]
             kinds = sc.vkind[:, op.index]
-            values = fmt.extract(data, sc, op.index)
+            values = fmt.extract(data, sc, op.index) if tech.needs_values else pa.nulls(n, pa.large_string())
             applied = tech.apply(values, kinds, op.spec, self.keyring)  # type: ignore[misc]
             first = (applied.err != 0) & (err_code == 0)
             err_code[first] = applied.err[first]
@@ -100,7 +100,7 @@ class MaskCore:
             policy_version=plan.version,
             role=view.role,
             rows=rows[keep],
-            records=out.take(pa.array(keep)),
+            records=out if len(keep) == n else out.take(pa.array(keep)),
             dead_rows=rows[dead],
             dead_reasons=reasons,
             dead_fields=fields,

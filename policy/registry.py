@@ -48,6 +48,7 @@ class Technique:
     apply: Callable[[pa.Array, np.ndarray, object, Keyring], Applied] | None
     errors: dict[int, str]
     accepts: tuple[int, ...]  # value kinds the technique takes
+    needs_values: bool = True  # False: works from the kinds alone (no extraction)
 
 
 def kind_error_code(kind: int) -> int:
@@ -111,7 +112,7 @@ _ALL_KINDS = (K_STRING, K_NUMBER, K_TRUE, K_FALSE, K_OBJECT, K_ARRAY)
 
 REGISTRY: dict[str, Technique] = {
     "keep": Technique("keep", Keep, None, {}, _ALL_KINDS),
-    "redact": Technique("redact", Redact, _apply_redact, {}, _ALL_KINDS),
+    "redact": Technique("redact", Redact, _apply_redact, {}, _ALL_KINDS, needs_values=False),
     "mask": Technique("mask", Mask, _apply_mask, dict(mask_kernel.ERRORS), (K_STRING, K_NUMBER)),
     "tokenize": Technique("tokenize", Tokenize, _apply_tokenize, {}, (K_STRING, K_NUMBER)),
 }

@@ -234,16 +234,12 @@ def _put_cp(out, o, cp):
 
 @njit(cache=True)
 def _unescape(data, s, e, out, o):
-    """Decode the JSON string body data[s:e] (already validated) into out[o:]; returns the end,
-    or -1 when the decoded text would not fit in `out` (a key longer than every policy key).
+    """Decode the JSON string body data[s:e] (already validated) into out[o:]; returns the end.
 
     A lone UTF-16 surrogate becomes U+FFFD so the result is always valid UTF-8.
     """
-    limit = out.shape[0]
     q = s
     while q < e:
-        if o + 4 > limit:
-            return -1
         c = data[q]
         if c != 92:
             out[o] = c
@@ -306,11 +302,20 @@ def _match_key(
             has_escape = True
             break
     if has_escape:
-        # decoded keys are never longer than their escaped form; one longer than every policy
-        # key cannot match, and _unescape stops as soon as it knows that
-        kl = _unescape(data, s, e, keybuf, 0)
-        if kl < 0:
+        # Each unit (a plain byte, or one escape sequence) decodes to 1-3 bytes. A key with more
+        # units than the longest policy key has bytes cannot match; any other fits in keybuf
+        # (3 * max_key + 8 bytes).
+        units = 0
+        q = s
+        while q < e:
+            if data[q] == 92:
+                q += 6 if data[q + 1] == 117 else 2
+            else:
+                q += 1
+            units += 1
+        if 3 * units + 8 > keybuf.shape[0]:
             return -1
+        kl = _unescape(data, s, e, keybuf, 0)
         src = keybuf
         ks = 0
     else:
@@ -355,7 +360,7 @@ def _scan(
     errleaf = np.full(n, -1, np.int64)
     st_type = np.zeros(MAX_DEPTH, np.int8)
     st_node = np.zeros(MAX_DEPTH, np.int64)
-    keybuf = np.empty(max(max_key, 1) * 4 + 8, np.uint8)
+    keybuf = np.empty(max(max_key, 1) * 3 + 8, np.uint8)
     for r in range(n):
         p = starts[r]
         end = ends[r]
@@ -577,9 +582,9 @@ def _extract(data, vstart, vend, vkind):
             o = _unescape(data, vstart[i] + 1, vend[i] - 1, out, o)
             valid[i] = True
         elif k != K_MISSING and k != K_NULL:
-            for q in range(vstart[i], vend[i]):
-                out[o] = data[q]
-                o += 1
+            ln = vend[i] - vstart[i]
+            out[o : o + ln] = data[vstart[i] : vend[i]]
+            o += ln
             valid[i] = True
         off[i + 1] = o
     return off, out[:o].copy(), valid

@@ -66,16 +66,17 @@ def _splice(data, starts, ends, emit, vstart, vend, edit, rep_off, rep_data, nre
         p = starts[i]
         for k in range(m):
             f = order[k]
-            for q in range(p, vstart[i, f]):
-                out[o] = data[q]
-                o += 1
-            for q in range(rep_off[f, i], rep_off[f, i + 1]):
-                out[o] = rep_data[q]
-                o += 1
+            ln = vstart[i, f] - p
+            out[o : o + ln] = data[p : vstart[i, f]]
+            o += ln
+            a = rep_off[f, i]
+            ln = rep_off[f, i + 1] - a
+            out[o : o + ln] = rep_data[a : a + ln]
+            o += ln
             p = vend[i, f]
-        for q in range(p, ends[i]):
-            out[o] = data[q]
-            o += 1
+        ln = ends[i] - p
+        out[o : o + ln] = data[p : ends[i]]
+        o += ln
         if o == off[i]:  # an empty record would read back as a blank line, i.e. no record
             for q in range(empty_as.shape[0]):
                 out[o] = empty_as[q]

@@ -197,18 +197,21 @@ def run(records: int, repeat: int, with_ray: bool) -> list[tuple[str, str, str, 
 
             ensure_ray()
             for w in (1, 2):
-                t_r = best(
-                    lambda w=w: mask_file(pol, "payments", src, dst, keyring=ring, workers=w),
-                    repeat,
-                )
-                rows.append(
-                    (
-                        f"end to end on local Ray, {w} worker(s)",
-                        f"{records / t_r:,.0f} records/s ({mb / t_r:.0f} MB/s)",
-                        f"Python json.loads/dumps per record {records / t_b:,.0f} records/s",
-                        f"{t_b / t_r:.1f}x",
+                runs = []
+
+                def ray_run(w: int = w, runs: list = runs) -> None:
+                    runs.append(
+                        mask_file(pol, "payments", src, dst, keyring=ring, workers=w).seconds
                     )
-                )
+
+                t_r = best(ray_run, repeat)
+                t_s = min(runs[1:])  # pipeline time without actor start-up
+                rows.append((
+                    f"end to end on local Ray, {w} worker(s)",
+                    f"{records / t_s:,.0f} records/s streaming ({mb / t_s:.0f} MB/s); {records / t_r:,.0f} with actor start-up",
+                    f"Python json.loads/dumps per record {records / t_b:,.0f} records/s",
+                    f"{t_b / t_s:.1f}x",
+                ))  # fmt: skip
             ray.shutdown()
     return rows
 

@@ -66,7 +66,11 @@ class MaskCore:
         for oi, op in enumerate(ops):
             tech = REGISTRY[op.technique]
             kinds = sc.vkind[:, op.index]
-            values = fmt.extract(data, sc, op.index) if tech.needs_values else pa.nulls(n, pa.large_string())
+            values = (
+                fmt.extract(data, sc, op.index)
+                if tech.needs_values
+                else pa.nulls(n, pa.large_string())
+            )
             applied = tech.apply(values, kinds, op.spec, self.keyring)  # type: ignore[misc]
             first = (applied.err != 0) & (err_code == 0)
             err_code[first] = applied.err[first]

@@ -316,13 +316,12 @@ def dead_show(
     from raymask.actors.sinks.deadletters import read_dead_letters
 
     ring = _keyring(keys)
-    out = Console(highlight=False)
     shown = 0
     for d in read_dead_letters(file, ring):
         if limit and shown >= limit:
             break
-        out.print(f"line {d.line}: {d.reason}", markup=False)
-        out.print("  " + d.raw.decode("utf-8", "replace"), markup=False)
+        print(f"line {d.line}: {d.reason}")
+        print("  " + d.raw.decode("utf-8", "replace"))
         shown += 1
 
 

@@ -19,7 +19,7 @@ from raymask.kernels.codecs.formats import Format
 from raymask.kernels.codecs.spans import K_MISSING, K_NULL
 from raymask.policy.compile import StreamPlan, compile_stream
 from raymask.policy.keys import Keyring
-from raymask.policy.registry import REGISTRY, error_message
+from raymask.policy.registry import REGISTRY, FieldContext, error_message
 from raymask.policy.schema import Policy
 
 __all__ = ["MaskOutput", "MaskCore", "MaskWorker"]
@@ -46,6 +46,7 @@ class MaskCore:
         pol = policy if isinstance(policy, Policy) else Policy.model_validate(policy)
         self.plan: StreamPlan = compile_stream(pol, stream)
         keyring.require(self.plan.key_ids())
+        self.plan.check_keys(keyring)
         self.keyring = keyring
         self.fmt = fmt
 
@@ -63,15 +64,20 @@ class MaskCore:
         reps: list[tuple[np.ndarray, np.ndarray]] = []
         counts: dict[str, int] = {}
         ops = view.changing
+        cache: dict[int, pa.Array] = {}
+
+        def column(path: str) -> pa.Array:
+            i = plan.paths.index(path)
+            if i not in cache:
+                cache[i] = fmt.extract(data, sc, i)
+            return cache[i]
+
         for oi, op in enumerate(ops):
             tech = REGISTRY[op.technique]
             kinds = sc.vkind[:, op.index]
-            values = (
-                fmt.extract(data, sc, op.index)
-                if tech.needs_values
-                else pa.nulls(n, pa.large_string())
-            )
-            applied = tech.apply(values, kinds, op.spec, self.keyring)  # type: ignore[misc]
+            values = column(op.path) if tech.needs_values else pa.nulls(n, pa.large_string())
+            ctx = FieldContext(column, op.path)
+            applied = tech.apply(values, kinds, op.spec, self.keyring, ctx)  # type: ignore[misc]
             first = (applied.err != 0) & (err_code == 0)
             err_code[first] = applied.err[first]
             err_op[first] = oi

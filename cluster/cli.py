@@ -354,7 +354,8 @@ def dead_replay(
 def keys_init(
     file: Path,
     ids: Annotated[
-        list[str] | None, typer.Option("--id", help="Key ids to create (default: tok, deadletter).")
+        list[str] | None,
+        typer.Option("--id", help="Key ids to create (default: tok, fpe, sealed, deadletter)."),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
@@ -362,13 +363,107 @@ def keys_init(
     from raymask.policy.keys import generate_key_file
 
     if ids is None:
-        ids = ["tok", "deadletter"]
+        ids = ["tok", "fpe", "sealed", "deadletter"]
     if file.exists() and not force:
         raise InputError(
             f"{file}: exists; use --force to replace it (old tokens would no longer match)"
         )
     generate_key_file(file, ids)
     err.print(f"wrote {len(set(ids))} keys to {file} (keep it out of version control)")
+
+
+@keys_app.command("new")
+def keys_new(
+    file: Path,
+    key_id: Annotated[str, typer.Option("--id", help="Key id.")],
+    size: Annotated[
+        int, typer.Option("--bytes", help="Key size: 32 for tokenize/fpe, 64 for AES-256-SIV.")
+    ] = 32,
+) -> None:
+    """Add a new key id (version 1) to a key file, creating the file if needed."""
+    from raymask.policy.keys import add_key_version
+
+    k = add_key_version(file, key_id, nbytes=size, new_id=True)
+    print(f"added {k.id} v{k.version} ({size} bytes) to {file}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(file: Path, key_id: Annotated[str, typer.Option("--id", help="Key id.")]) -> None:
+    """Add a new version of a key; new output uses it, earlier versions stay for reading."""
+    from raymask.policy.keys import Keyring, add_key_version
+
+    old = Keyring.from_file(file).get(key_id)
+    k = add_key_version(file, key_id, nbytes=len(old.material))
+    print(f"{k.id} is now at v{k.version}; v{old.version} and earlier stay for reading")
+
+
+@keys_app.command("list")
+def keys_list(
+    file: Annotated[
+        Path | None, typer.Argument(help="Key file (default: the environment).")
+    ] = None,
+) -> None:
+    """Key ids, versions and sizes (never the material)."""
+    ring = _keyring(file)
+    table = Table(title="keys")
+    for col in ("id", "versions", "current", "bytes"):
+        table.add_column(col)
+    for kid in ring.ids():
+        cur = ring.get(kid)
+        table.add_row(
+            kid,
+            ", ".join(f"v{v}" for v in ring.versions(kid)),
+            f"v{cur.version}",
+            str(len(cur.material)),
+        )
+    Console(highlight=False).print(table)
+
+
+# ---------------------------------------------------------------- reveal
+
+
+@app.command()
+def reveal(
+    policy: Annotated[Path, typer.Option("--policy", "-P", help="Policy file.")],
+    stream: Annotated[str, typer.Option("--stream", "-s", help="Stream name.")],
+    field: Annotated[str, typer.Option("--field", "-f", help="Field whose values to reveal.")],
+    values: Annotated[
+        list[str] | None, typer.Argument(help="Masked values (default: one per line on stdin).")
+    ] = None,
+    role: Annotated[
+        str | None, typer.Option("--role", "-r", help="The view that wrote them.")
+    ] = None,
+    tweak: Annotated[
+        str | None, typer.Option("--tweak", help="Tweak field value (fpe with tweak_field).")
+    ] = None,
+    key_version: Annotated[
+        int | None, typer.Option("--key-version", help="Older fpe key version.")
+    ] = None,
+    keys: KeysOpt = None,
+) -> None:
+    """Decrypt fpe and encrypt outputs (tokens are one-way and cannot be revealed)."""
+    from raymask.cluster.reveal import reveal_values
+
+    vals = values if values else [line.rstrip("\n") for line in sys.stdin]
+    res = reveal_values(
+        policy,
+        stream,
+        field,
+        vals,
+        keyring=_keyring(keys),
+        role=role,
+        tweak=tweak,
+        key_version=key_version,
+    )
+    failed = 0
+    for i, (v, e) in enumerate(zip(res.values, res.errors, strict=True), start=1):
+        if e is None:
+            print(v)
+        else:
+            failed += 1
+            print(f"value {i}: {e}", file=sys.stderr)
+    if failed:
+        raise typer.Exit(1)
 
 
 # ---------------------------------------------------------------- demo

@@ -15,11 +15,12 @@ from raymask.errors import InputError
 __all__ = ["run_demo", "examples_dir"]
 
 DEMO_KEYS = Path(".raymask/demo-keys.json")
+DEMO_KEY_IDS = ["tok", "fpe", "sealed", "deadletter"]
 
 # (profile, policy file, stream, format, role shown)
 RUNS = [
     ("payments", "payments.yaml", "payments", "ndjson", None),
-    ("payments", "payments.yaml", "payments", "ndjson", "ops"),
+    ("payments", "payments.yaml", "payments", "ndjson", "fraud"),
     ("iot", "iot.yaml", "telemetry_csv", "csv", None),
     ("logs", "logs.yaml", "applogs", "ndjson", None),
 ]
@@ -101,7 +102,7 @@ def run_demo(n: int = 100_000, workers: int = 2, out_dir: Path = Path("demo-out"
     from raymask.cluster.pipeline import mask_file
     from raymask.cluster.runtime import ensure_ray
     from raymask.loadtest.traffic import generate_bytes
-    from raymask.policy.keys import Keyring, generate_key_file
+    from raymask.policy.keys import Keyring, add_key_version, generate_key_file
     from raymask.policy.loader import load_policy
 
     console = Console(highlight=False)
@@ -114,12 +115,16 @@ def run_demo(n: int = 100_000, workers: int = 2, out_dir: Path = Path("demo-out"
         f"{workers} MaskWorker actors), and shows records before and after."
     )
     if not DEMO_KEYS.exists():
-        generate_key_file(DEMO_KEYS, ["tok", "deadletter"])
+        generate_key_file(DEMO_KEYS, DEMO_KEY_IDS)
         console.print(
             f"created a demo key file {DEMO_KEYS} (random keys; the folder is git-ignored)"
         )
     else:
         console.print(f"using the demo key file {DEMO_KEYS}")
+    ring = Keyring.from_file(DEMO_KEYS)
+    for kid in DEMO_KEY_IDS:  # a key file from an older demo lacks the newer ids
+        if kid not in ring:
+            add_key_version(DEMO_KEYS, kid, new_id=True)
     ring = Keyring.from_file(DEMO_KEYS)
     out_dir.mkdir(parents=True, exist_ok=True)
     console.print("starting a local Ray ...")

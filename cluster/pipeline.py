@@ -189,6 +189,7 @@ def prepare(
     plan = compile_stream(pol, stream, source_name)
     ring = keyring if keyring is not None else Keyring.from_env()
     ring.require(plan.key_ids())
+    plan.check_keys(ring)
     ring.get(dead_letter_key)
     src = FileSource(str(input), plan.format, delimiter=plan.delimiter, chunk_bytes=chunk_bytes)
     return Job(pol, plan, ring, src, dead_letter_key)
@@ -272,6 +273,7 @@ def replay_dead_letters(
     plan = compile_stream(pol, stream, source_name)
     ring = keyring if keyring is not None else Keyring.from_env()
     ring.require(plan.key_ids())
+    plan.check_keys(ring)
     ring.get(dead_letter_key)
     entries = [d for d in read_dead_letters(file, ring) if d.stream == stream]
     header = b""

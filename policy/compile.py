@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from raymask.errors import PolicyError
 from raymask.kernels.codecs.paths import PathTree, build_tree
+from raymask.policy.keys import Keyring
 from raymask.policy.registry import REGISTRY
 from raymask.policy.schema import Policy, Stream
 
@@ -55,6 +56,14 @@ class StreamPlan:
         """The role's view; a role the policy does not name gets the default (strictest) one."""
         return self.views.get(role or DEFAULT_ROLE, self.views[DEFAULT_ROLE])
 
+    def check_keys(self, keyring: Keyring) -> None:
+        """KeyringError for the first key that is missing or has the wrong length."""
+        from raymask.policy.registry import check_key
+
+        for v in self.views.values():
+            for op in v.ops:
+                check_key(op.technique, op.spec, keyring)
+
     def key_ids(self) -> set[str]:
         ids = set()
         for v in self.views.values():
@@ -80,8 +89,15 @@ def compile_stream(policy: Policy, stream: str, source: str = "<policy>") -> Str
     if s.unknown_fields == "detect":
         problems.append(f"{where}.unknown_fields: detect is not supported yet (use keep or drop)")
     paths = list(s.fields)
-    if s.key not in s.fields:
-        paths.append(s.key)
+    extra = [s.key] + [
+        spec.tweak_field  # type: ignore[attr-defined]
+        for specs in [s.fields, *s.views.values()]
+        for spec in specs.values()
+        if getattr(spec, "tweak_field", None)
+    ]
+    for p in extra:
+        if p not in paths:
+            paths.append(p)
     index = {p: i for i, p in enumerate(paths)}
 
     def ops_for(overrides: dict[str, object], label: str) -> tuple[FieldOp, ...]:
@@ -100,6 +116,12 @@ def compile_stream(policy: Policy, stream: str, source: str = "<policy>") -> Str
     views = {DEFAULT_ROLE: ViewPlan(DEFAULT_ROLE, ops_for({}, "fields"))}
     for role, overrides in s.views.items():
         views[role] = ViewPlan(role, ops_for(overrides, f"views.{role}"))
+    try:
+        tree = build_tree(paths)
+    except ValueError:
+        problems.append(
+            f"{where}: a tweak_field overlaps another field (a field cannot contain another)"
+        )
     if problems:
         raise PolicyError(sorted(set(problems)))
     return StreamPlan(
@@ -112,6 +134,6 @@ def compile_stream(policy: Policy, stream: str, source: str = "<policy>") -> Str
         named=len(s.fields),
         unknown_fields=s.unknown_fields,
         delimiter=s.delimiter,
-        tree=build_tree(paths),
+        tree=tree,
         views=views,
     )

@@ -29,7 +29,7 @@ import yaml
 
 from raymask.errors import KeyringError
 
-__all__ = ["Key", "Keyring", "generate_key_file"]
+__all__ = ["Key", "Keyring", "generate_key_file", "add_key_version"]
 
 _ENV_KEY = re.compile(r"^RAYMASK_KEY_(?P<id>[A-Z0-9_]+?)(?:_V(?P<ver>\d+))?$")
 
@@ -81,6 +81,10 @@ class Keyring:
 
     def ids(self) -> list[str]:
         return sorted(self._keys)
+
+    def versions(self, key_id: str) -> list[int]:
+        """Versions of `key_id`, oldest first (empty when the id is unknown)."""
+        return sorted(self._keys.get(key_id, {}))
 
     def get(self, key_id: str, version: int | None = None) -> Key:
         """The key `key_id` at `version` (default: its highest); KeyringError names the id."""
@@ -169,3 +173,48 @@ def generate_key_file(path: str | Path, key_ids: Iterable[str]) -> Path:
     with os.fdopen(fd, "w") as f:
         json.dump(doc, f, indent=2)
     return p
+
+
+def add_key_version(
+    path: str | Path, key_id: str, *, nbytes: int = 32, new_id: bool = False
+) -> Key:
+    """Append a new random version of `key_id` to a key file (version 1 when `new_id`).
+
+    Earlier versions stay, so outputs made under them can still be matched and decrypted.
+    The file is rewritten atomically with mode 0600.
+    """
+    import re as _re
+
+    if not _re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", key_id):
+        raise KeyringError(
+            f"'{key_id}' is not a valid key id (letters, digits, _ . -; starts with a letter)"
+        )
+    if nbytes not in (16, 24, 32, 48, 64):
+        raise KeyringError("key size must be 16, 24, 32, 48 or 64 bytes")
+    p = Path(path)
+    doc: dict = {"keys": []}
+    if p.exists():
+        Keyring.from_file(p)  # validates the file before we touch it
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    versions = [int(k.get("version", 1)) for k in doc["keys"] if k.get("id") == key_id]
+    if new_id and versions:
+        raise KeyringError(f"key '{key_id}' already exists in {p}; use rotate to add a version")
+    if not new_id and not versions:
+        raise KeyringError(f"key '{key_id}' is not in {p}; use new to create it")
+    version = max(versions, default=0) + 1
+    material = secrets.token_bytes(nbytes)
+    doc["keys"].append(
+        {
+            "id": key_id,
+            "version": version,
+            "material": "base64:" + base64.b64encode(material).decode(),
+        }
+    )
+    tmp = p.with_name(p.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+    return Key(key_id, version, material)

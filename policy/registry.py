@@ -15,7 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raymask.errors import KeyringError
+from raymask.kernels import fpe as fpe_kernel
 from raymask.kernels import mask as mask_kernel
+from raymask.kernels import siv as siv_kernel
 from raymask.kernels import tokenize as tok_kernel
 from raymask.kernels.codecs.spans import (
     K_ARRAY,
@@ -27,9 +30,17 @@ from raymask.kernels.codecs.spans import (
     KIND_NAMES,
 )
 from raymask.policy.keys import Keyring
-from raymask.policy.schema import Keep, Mask, Redact, Tokenize
+from raymask.policy.schema import Encrypt, Fpe, Keep, Mask, Redact, Tokenize
 
-__all__ = ["Applied", "Technique", "REGISTRY", "kind_error_code", "error_message"]
+__all__ = [
+    "Applied",
+    "FieldContext",
+    "Technique",
+    "REGISTRY",
+    "check_key",
+    "kind_error_code",
+    "error_message",
+]
 
 KIND_ERROR_BASE = 100  # error code 100 + kind: the technique does not take values of that kind
 
@@ -45,7 +56,7 @@ class Applied:
 class Technique:
     name: str
     spec: type
-    apply: Callable[[pa.Array, np.ndarray, object, Keyring], Applied] | None
+    apply: Callable[..., Applied] | None  # (values, kinds, spec, keyring, ctx) -> Applied
     errors: dict[int, str]
     accepts: tuple[int, ...]  # value kinds the technique takes
     needs_values: bool = True  # False: works from the kinds alone (no extraction)
@@ -63,7 +74,13 @@ def _kind_check(kinds: np.ndarray, accepts: tuple[int, ...]) -> np.ndarray:
     return err
 
 
-def _apply_redact(values: pa.Array, kinds: np.ndarray, spec: Redact, keyring: Keyring) -> Applied:
+def _apply_redact(
+    values: pa.Array,
+    kinds: np.ndarray,
+    spec: Redact,
+    keyring: Keyring,
+    ctx: FieldContext | None = None,
+) -> Applied:
     n = len(values)
     if spec.replacement is None:
         return Applied(pa.nulls(n, pa.large_string()), None, np.zeros(n, np.int16))
@@ -80,7 +97,13 @@ def _apply_redact(values: pa.Array, kinds: np.ndarray, spec: Redact, keyring: Ke
     return Applied(out, raw, np.zeros(n, np.int16))
 
 
-def _apply_mask(values: pa.Array, kinds: np.ndarray, spec: Mask, keyring: Keyring) -> Applied:
+def _apply_mask(
+    values: pa.Array,
+    kinds: np.ndarray,
+    spec: Mask,
+    keyring: Keyring,
+    ctx: FieldContext | None = None,
+) -> Applied:
     err = _kind_check(kinds, (K_STRING, K_NUMBER))
     vals = values
     if err.any():
@@ -94,7 +117,11 @@ def _apply_mask(values: pa.Array, kinds: np.ndarray, spec: Mask, keyring: Keyrin
 
 
 def _apply_tokenize(
-    values: pa.Array, kinds: np.ndarray, spec: Tokenize, keyring: Keyring
+    values: pa.Array,
+    kinds: np.ndarray,
+    spec: Tokenize,
+    keyring: Keyring,
+    ctx: FieldContext | None = None,
 ) -> Applied:
     err = _kind_check(kinds, (K_STRING, K_NUMBER))
     vals = values
@@ -108,6 +135,71 @@ def _apply_tokenize(
     return Applied(out, None, err)
 
 
+class FieldContext:
+    """What a technique may read besides its own column: other fields of the same records."""
+
+    def __init__(self, column: Callable[[str], pa.Array], path: str) -> None:
+        self.column = column
+        self.path = path
+
+
+def _only_ok(values: pa.Array, err: np.ndarray) -> pa.Array:
+    return (
+        pc.if_else(pa.array(err == 0), values, pa.scalar(None, values.type))
+        if err.any()
+        else values
+    )
+
+
+def _apply_fpe(
+    values: pa.Array,
+    kinds: np.ndarray,
+    spec: Fpe,
+    keyring: Keyring,
+    ctx: FieldContext | None = None,
+) -> Applied:
+    err = _kind_check(kinds, (K_STRING, K_NUMBER))
+    key = keyring.resolve(spec.key)
+    tweak: bytes | pa.Array = (spec.tweak or "").encode()
+    if spec.tweak_field is not None and ctx is not None:
+        tweak = ctx.column(spec.tweak_field)
+    out, kerr = fpe_kernel.fpe_encrypt(
+        _only_ok(values, err), key.material, radix=spec.radix, mode=spec.algorithm, tweak=tweak,
+        keep_last=spec.keep_last, luhn=spec.luhn,
+    )  # fmt: skip
+    err = np.where(err != 0, err, kerr.astype(np.int16))
+    return Applied(out, None, err)
+
+
+def _apply_encrypt(
+    values: pa.Array,
+    kinds: np.ndarray,
+    spec: Encrypt,
+    keyring: Keyring,
+    ctx: FieldContext | None = None,
+) -> Applied:
+    err = _kind_check(kinds, (K_STRING, K_NUMBER))
+    key = keyring.resolve(spec.key)
+    ad = ctx.path.encode() if (spec.bind_field and ctx is not None) else None
+    out = siv_kernel.encrypt_column(
+        _only_ok(values, err), key.material, key.version, prefix=spec.prefix, ad=ad
+    )
+    return Applied(out, None, err)
+
+
+def check_key(technique: str, spec: object, keyring: Keyring) -> None:
+    """KeyringError when a technique's key is missing or has a length its cipher cannot use."""
+    kid = getattr(spec, "key", None)
+    if not isinstance(kid, str):
+        return
+    key = keyring.resolve(kid)
+    sizes = {"fpe": (16, 24, 32), "encrypt": (32, 48, 64)}.get(technique)
+    if sizes and len(key.material) not in sizes:
+        raise KeyringError(
+            f"key '{kid}' has {len(key.material)} bytes; {technique} needs {' or '.join(map(str, sizes))}"
+        )
+
+
 _ALL_KINDS = (K_STRING, K_NUMBER, K_TRUE, K_FALSE, K_OBJECT, K_ARRAY)
 
 REGISTRY: dict[str, Technique] = {
@@ -115,6 +207,8 @@ REGISTRY: dict[str, Technique] = {
     "redact": Technique("redact", Redact, _apply_redact, {}, _ALL_KINDS, needs_values=False),
     "mask": Technique("mask", Mask, _apply_mask, dict(mask_kernel.ERRORS), (K_STRING, K_NUMBER)),
     "tokenize": Technique("tokenize", Tokenize, _apply_tokenize, {}, (K_STRING, K_NUMBER)),
+    "fpe": Technique("fpe", Fpe, _apply_fpe, dict(fpe_kernel.ERRORS), (K_STRING, K_NUMBER)),
+    "encrypt": Technique("encrypt", Encrypt, _apply_encrypt, {}, (K_STRING, K_NUMBER)),
 }
 
 

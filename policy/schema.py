@@ -35,6 +35,8 @@ __all__ = [
     "Redact",
     "Mask",
     "Tokenize",
+    "Fpe",
+    "Encrypt",
 ]
 
 TECHNIQUES = (
@@ -153,12 +155,41 @@ class _NotBuilt(_Spec):
     built: ClassVar[bool] = False
 
 
-class Fpe(_NotBuilt):
+class Fpe(_Spec):
+    """Format-preserving encryption (FF1, or FF3-1 for compatibility): same length, same
+    alphabet, separators kept; reversible by `raymask reveal` with the key."""
+
     technique: Literal["fpe"]
+    key: Annotated[KeyId, BeforeValidator(lambda v: _key_id(v) if isinstance(v, str) else v)]
+    algorithm: Literal["ff1", "ff3-1"] = Field("ff1", description="FF1 (default) or FF3-1.")
+    radix: Literal[10, 26, 36, 62] = Field(
+        10, description="10 digits, 26 a-z, 36 0-9a-z, 62 0-9a-zA-Z; other characters are kept."
+    )
+    tweak: str | None = Field(None, max_length=64, description="A constant tweak (not secret).")
+    tweak_field: FieldPath | None = Field(
+        None, description="Use this field's (input) value as the tweak of each record."
+    )
+    keep_last: int = Field(0, ge=0, le=16, description="Numerals left in clear at the end.")
+    luhn: bool = Field(False, description="Card numbers: the output is Luhn-valid too.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Fpe:
+        if self.tweak is not None and self.tweak_field is not None:
+            raise ValueError("give tweak or tweak_field, not both")
+        if self.luhn and self.radix != 10:
+            raise ValueError("luhn needs radix 10")
+        return self
 
 
-class Encrypt(_NotBuilt):
+class Encrypt(_Spec):
+    """Deterministic, reversible encryption (AES-SIV): equal values give equal ciphertexts."""
+
     technique: Literal["encrypt"]
+    key: Annotated[KeyId, BeforeValidator(lambda v: _key_id(v) if isinstance(v, str) else v)]
+    prefix: str = Field("", pattern=r"^[A-Za-z0-9_:-]{0,16}$", description="Text put before v<N>.")
+    bind_field: bool = Field(
+        True, description="Bind each ciphertext to its field path, so it only decrypts there."
+    )
 
 
 class Generalize(_NotBuilt):

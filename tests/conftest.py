@@ -47,4 +47,11 @@ def ray_session():
 def keyring():
     from raymask.policy.keys import Key, Keyring
 
-    return Keyring([Key("tok", 1, b"t" * 32), Key("deadletter", 1, b"d" * 32)])
+    return Keyring(
+        [
+            Key("tok", 1, b"t" * 32),
+            Key("fpe", 1, b"f" * 32),
+            Key("sealed", 1, b"s" * 32),
+            Key("deadletter", 1, b"d" * 32),
+        ]
+    )

@@ -113,7 +113,41 @@ def ref_token(value: str, spec, ring: Keyring) -> str:
     return spec.prefix + (f"v{key.version}_" if spec.version_tag else "") + enc
 
 
-def ref_apply(value: Any, spec, ring: Keyring, csv_mode: bool = False) -> Any:
+def ref_fpe(value: str, spec, ring: Keyring) -> str | None:
+    """FF1 through libffx, one value at a time, with keep_last and Luhn cycle walking."""
+    import ffx
+
+    from raymask.kernels.fpe import ALPHABETS
+    from raymask.loadtest.traffic import luhn_valid
+
+    alph = ALPHABETS[spec.radix]
+    key = ring.resolve(spec.key).material
+    nums = [c for c in value if c in alph]
+    head, tail = nums[: len(nums) - spec.keep_last], "".join(nums[len(nums) - spec.keep_last :])
+    if spec.radix ** len(head) < 1_000_000:
+        return None
+    if spec.luhn and not luhn_valid("".join(head) + tail):
+        return None
+    cipher = ffx.FF1(key, alphabet=alph)
+    tweak = (spec.tweak or "").encode()
+    h = "".join(head)
+    while True:
+        h = cipher.encrypt(h, tweak=tweak)
+        if not spec.luhn or luhn_valid(h + tail):
+            break
+    it = iter(h + tail)
+    return "".join(next(it) if c in alph else c for c in value)
+
+
+def ref_encrypt(value: str, spec, ring: Keyring, path: str) -> str:
+    from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+
+    key = ring.resolve(spec.key)
+    ct = AESSIV(key.material).encrypt(value.encode(), [path.encode()] if spec.bind_field else None)
+    return f"{spec.prefix}v{key.version}." + base64.urlsafe_b64encode(ct).decode().rstrip("=")
+
+
+def ref_apply(value: Any, spec, ring: Keyring, csv_mode: bool = False, path: str = "") -> Any:
     """Expected output value; ValueError when the record must go to the dead letters."""
     t = spec.technique
     if value is ABSENT or value is None or t == "keep":
@@ -140,6 +174,13 @@ def ref_apply(value: Any, spec, ring: Keyring, csv_mode: bool = False) -> Any:
         return out
     if t == "tokenize":
         return ref_token(text, spec, ring)
+    if t == "fpe":
+        out = ref_fpe(text, spec, ring)
+        if out is None:
+            raise ValueError("domain")
+        return out
+    if t == "encrypt":
+        return ref_encrypt(text, spec, ring, path)
     raise AssertionError(t)
 
 

@@ -155,8 +155,8 @@ def test_messages_never_quote_values():
     [
         (
             "technique: redact",
-            "technique: fpe",
-            "streams.payments.fields.customer.name: technique fpe is not supported yet",
+            "technique: detect",
+            "streams.payments.fields.customer.name: technique detect is not supported yet",
         ),
         ("format: ndjson", "format: xml", "streams.payments.format: xml is not supported yet"),
         (

@@ -1,0 +1,96 @@
+"""Reveal: the clear values behind `fpe` and `encrypt` outputs, for a caller holding the key.
+
+Tokens (`tokenize`) are one-way by design: nothing can reveal them. Masks and redactions drop
+information and cannot be reversed either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from raymask.errors import InputError, PolicyError
+from raymask.kernels import fpe as fpe_kernel
+from raymask.kernels import siv as siv_kernel
+from raymask.policy.compile import compile_stream
+from raymask.policy.keys import Keyring
+from raymask.policy.loader import load_policy
+from raymask.policy.schema import Encrypt, Fpe, Policy
+
+__all__ = ["reveal_values", "RevealResult"]
+
+
+class RevealResult:
+    """Clear values (None where a value could not be revealed) and a reason per failure."""
+
+    def __init__(self, values: list[str | None], errors: list[str | None]) -> None:
+        self.values = values
+        self.errors = errors
+
+
+def reveal_values(
+    policy: str | Path | Policy,
+    stream: str,
+    field: str,
+    values: Sequence[str | None] | pa.Array,
+    *,
+    keyring: Keyring | None = None,
+    role: str | None = None,
+    tweak: str | Sequence[str] | None = None,
+    key_version: int | None = None,
+) -> RevealResult:
+    """Decrypt `values` of `field` as the role's view of `stream` wrote them.
+
+    `tweak` is needed when the field's fpe uses `tweak_field`: the tweak field's input value,
+    one for all values or one per value. `key_version` picks an older fpe key (FPE output has no
+    room for a version); encrypt outputs carry their version and find their key themselves.
+    """
+    pol = policy if isinstance(policy, Policy) else load_policy(policy)
+    plan = compile_stream(pol, stream)
+    ring = keyring if keyring is not None else Keyring.from_env()
+    op = next((o for o in plan.view(role).ops if o.path == field), None)
+    if op is None:
+        raise PolicyError([f"stream {stream} has no field {field}"])
+    arr = values if isinstance(values, pa.Array) else pa.array(list(values), pa.string())
+    spec = op.spec
+    if isinstance(spec, Fpe):
+        key = ring.get(ring.resolve(spec.key).id, key_version)
+        if spec.tweak_field is not None:
+            if tweak is None:
+                raise InputError(
+                    f"field {field} is encrypted with the value of {spec.tweak_field} as tweak; pass it"
+                )
+            tw: bytes | pa.Array = pa.array(
+                [tweak] * len(arr) if isinstance(tweak, str) else list(tweak), pa.string()
+            )
+        else:
+            tw = (spec.tweak or "").encode()
+        out, err = fpe_kernel.fpe_decrypt(
+            arr,
+            key.material,
+            radix=spec.radix,
+            mode=spec.algorithm,
+            tweak=tw,
+            keep_last=spec.keep_last,
+            luhn=spec.luhn,
+        )
+        msgs = fpe_kernel.ERRORS
+    elif isinstance(spec, Encrypt):
+        kid = ring.resolve(spec.key).id
+        keys = {v: ring.get(kid, v).material for v in ring.versions(kid)}
+        ad = field.encode() if spec.bind_field else None
+        out, err = siv_kernel.decrypt_column(arr, keys, prefix=spec.prefix, ad=ad)
+        msgs = siv_kernel.ERRORS
+    else:
+        raise PolicyError(
+            [
+                f"field {field} uses {op.technique}, which cannot be reversed (only fpe and encrypt can)"
+            ]
+        )
+    errors = [
+        None if e == 0 else msgs.get(int(e), "cannot reveal") for e in np.asarray(err).tolist()
+    ]
+    return RevealResult(out.to_pylist(), errors)

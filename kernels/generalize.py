@@ -40,6 +40,7 @@ Low-Level Date Algorithms"), exact for the proleptic Gregorian calendar.
 
 from __future__ import annotations
 
+import numbers
 from decimal import Decimal
 
 import numpy as np
@@ -432,9 +433,12 @@ def _round_int_kernel(x, valid, step, nearest, qmin, qmax):
 
 def _step_parts(step: float) -> tuple[int, int]:
     """step = S * 10**F with S an integer without trailing zeros (the shortest decimal of step)."""
-    if isinstance(step, bool) or not isinstance(step, int | float):
+    if isinstance(step, bool) or not isinstance(step, numbers.Real):
         raise TypeError(f"step must be a number, got {type(step).__name__}")
-    d = Decimal(str(step)) if isinstance(step, int) else Decimal(repr(float(step)))
+    if isinstance(step, numbers.Integral):
+        d = Decimal(int(step))
+    else:
+        d = Decimal(repr(float(step)))
     if not d.is_finite() or d <= 0:
         raise ValueError("step must be a finite number > 0")
     sign, digits, exp = d.normalize().as_tuple()
@@ -460,7 +464,7 @@ def _round(arr: pa.Array, S: int, F: int, nearest: bool, pre_err: np.ndarray | N
     if pa.types.is_integer(t):
         x = _values_np(arr, np.dtype(t.to_pandas_dtype())).astype(np.int64)
         info = np.iinfo(t.to_pandas_dtype())
-        if F < 0 and S == 1:  # the step divides 1: every integer is on the grid already
+        if F < 0 and 10 ** (-F) % S == 0:  # the step divides 1: integers are on the grid
             out, err = np.where(valid & pre_ok, x, 0), pre_err.copy()
         else:
             if F < 0:

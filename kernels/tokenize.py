@@ -1,7 +1,9 @@
 """Keyed tokenization: HMAC-SHA-256 (RFC 2104, FIPS 180-4) as a Numba kernel over Arrow buffers.
 
-The SHA-256 compression function runs in Numba on 32-bit words held in int64 (masked after every
-add, so Numba never promotes to floats). The key's inner and outer states (after the ipad / opad
+Two backends for the SHA-256 compression function, same results: ``openssl`` calls libcrypto's
+one-block ``SHA256_Transform`` from the Numba kernel (it uses the CPU's SHA extensions where there
+are some; used whenever libcrypto is loadable), and ``numba`` runs the compression in Numba on
+32-bit words held in int64 (masked after every add, so Numba never promotes to floats). The key's inner and outer states (after the ipad / opad
 block) are computed once per key with `cryptography`-free plain SHA-256 here and reused for every
 value, so a value of L bytes costs ceil((L + 9) / 64) + 1 compressions.
 
@@ -18,7 +20,7 @@ from numba import njit
 
 from raymask.kernels._arrow import string_array, string_buffers
 
-__all__ = ["hmac_sha256", "hmac_states", "tokenize", "encode_digests", "ENCODINGS"]
+__all__ = ["BACKENDS", "hmac_sha256", "hmac_states", "tokenize", "encode_digests", "ENCODINGS"]
 
 _K = np.array(
     [
@@ -176,11 +178,110 @@ def hmac_states(key: bytes) -> tuple[np.ndarray, np.ndarray]:
     return states[0], states[1]
 
 
-def hmac_sha256(values: pa.Array | pa.ChunkedArray, key: bytes) -> np.ndarray:
-    """HMAC-SHA-256 of every value's UTF-8 bytes: an (n, 32) uint8 array; null rows are zeros."""
-    b = string_buffers(values)
+def _load_transform():
+    """OpenSSL's one-block SHA-256 function (uses the CPU's SHA extensions where present), or
+    None when no libcrypto with SHA256_Transform is loadable; the pure Numba path is then used."""
+    import ctypes
+    import ctypes.util
+    import os
+
+    if os.environ.get("RAYMASK_PURE_SHA256") == "1":
+        return None
+    for name in (ctypes.util.find_library("crypto"), "libcrypto.so.3", "libcrypto.so"):
+        if not name:
+            continue
+        try:
+            fn = ctypes.CDLL(name).SHA256_Transform
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        fn.restype = None
+        return fn
+    return None
+
+
+_TRANSFORM = _load_transform()
+
+
+def _make_ossl_kernel(transform):
+    # Not cached on disk: the kernel embeds the function's address, which changes per process.
+    @njit(cache=False)
+    def kernel(offsets, data, valid, istate, ostate):
+        n = offsets.shape[0] - 1
+        out = np.zeros((n, 32), dtype=np.uint8)
+        ctx = np.zeros(28, dtype=np.uint32)  # SHA256_CTX: h[8] first, host byte order
+        tail = np.zeros(128, dtype=np.uint8)
+        base = data.ctypes.data
+        for i in range(n):
+            if not valid[i]:
+                continue
+            s = offsets[i]
+            L = offsets[i + 1] - s
+            for j in range(8):
+                ctx[j] = istate[j]
+            full = L // 64
+            for b in range(full):
+                transform(ctx.ctypes.data, base + s + 64 * b)
+            r = L - 64 * full
+            for j in range(128):
+                tail[j] = 0
+            for j in range(r):
+                tail[j] = data[s + 64 * full + j]
+            tail[r] = 0x80
+            nblk = 1 if r + 9 <= 64 else 2
+            bits = (64 + L) * 8
+            end = 64 * nblk
+            for j in range(8):
+                tail[end - 1 - j] = (bits >> (8 * j)) & 0xFF
+            for b in range(nblk):
+                transform(ctx.ctypes.data, tail.ctypes.data + 64 * b)
+            for j in range(128):
+                tail[j] = 0
+            for j in range(8):
+                v = ctx[j]
+                tail[4 * j] = (v >> 24) & 0xFF
+                tail[4 * j + 1] = (v >> 16) & 0xFF
+                tail[4 * j + 2] = (v >> 8) & 0xFF
+                tail[4 * j + 3] = v & 0xFF
+            tail[32] = 0x80
+            tail[62] = 0x03
+            for j in range(8):
+                ctx[j] = ostate[j]
+            transform(ctx.ctypes.data, tail.ctypes.data)
+            for j in range(8):
+                v = ctx[j]
+                out[i, 4 * j] = (v >> 24) & 0xFF
+                out[i, 4 * j + 1] = (v >> 16) & 0xFF
+                out[i, 4 * j + 2] = (v >> 8) & 0xFF
+                out[i, 4 * j + 3] = v & 0xFF
+        return out
+
+    return kernel
+
+
+_ossl_kernel = _make_ossl_kernel(_TRANSFORM) if _TRANSFORM is not None else None
+
+BACKENDS = ("openssl", "numba") if _ossl_kernel is not None else ("numba",)
+
+
+def _digests(b, key: bytes, backend: str | None) -> np.ndarray:
     istate, ostate = hmac_states(key)
+    backend = backend or BACKENDS[0]
+    if backend == "openssl":
+        if _ossl_kernel is None:
+            raise ValueError("the openssl backend is not available here")
+        data = b.data if len(b.data) else np.zeros(1, np.uint8)
+        return _ossl_kernel(
+            b.offsets, data, b.valid, istate.astype(np.uint32), ostate.astype(np.uint32)
+        )
     return _hmac_kernel(b.offsets, b.data, b.valid, istate, ostate, _K)
+
+
+def hmac_sha256(
+    values: pa.Array | pa.ChunkedArray, key: bytes, *, backend: str | None = None
+) -> np.ndarray:
+    """HMAC-SHA-256 of every value's UTF-8 bytes: an (n, 32) uint8 array; null rows are zeros."""
+    return _digests(string_buffers(values), key, backend)
 
 
 _B32 = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz234567", dtype=np.uint8)
@@ -231,6 +332,44 @@ def encode_digests(digests: np.ndarray, encoding: str, length: int | None = None
     return enc if length is None else enc[:, :length]
 
 
+@njit(cache=True)
+def _encode_into(digests, valid, prefix, alphabet, bits, chars):
+    """prefix + the first `chars` symbols of each digest's big-endian bit stream, fixed width."""
+    n = digests.shape[0]
+    width = prefix.shape[0] + chars
+    out = np.empty((n, width), dtype=np.uint8)
+    mask = (1 << bits) - 1
+    for i in range(n):
+        for q in range(prefix.shape[0]):
+            out[i, q] = prefix[q]
+        if not valid[i]:
+            for q in range(prefix.shape[0], width):
+                out[i, q] = 0
+            continue
+        c = prefix.shape[0]
+        acc = 0
+        nbits = 0
+        j = 0
+        while c < width:
+            if nbits < bits:
+                if j < 32:
+                    acc = ((acc << 8) | digests[i, j]) & 0xFFFF
+                    j += 1
+                    nbits += 8
+                else:  # final partial symbol, zero-padded on the right
+                    out[i, c] = alphabet[(acc << (bits - nbits)) & mask]
+                    c += 1
+                    break
+            else:
+                nbits -= bits
+                out[i, c] = alphabet[(acc >> nbits) & mask]
+                c += 1
+    return out
+
+
+_ALPHABET = {"hex": (_HEX, 4), "base32": (_B32, 5), "base64url": (_B64URL, 6)}
+
+
 def tokenize(
     values: pa.Array | pa.ChunkedArray,
     key: bytes,
@@ -238,21 +377,23 @@ def tokenize(
     encoding: str = "base32",
     length: int | None = None,
     prefix: str = "",
+    backend: str | None = None,
 ) -> pa.Array:
     """Tokens `prefix + encode(HMAC-SHA-256(key, value))[:length]`; nulls stay null.
 
-    Fixed-width output, so the result array is assembled with NumPy only.
+    Fixed-width output, so the result array is assembled without per-value offsets work.
     """
+    if encoding not in _ALPHABET:
+        raise ValueError(
+            f"unknown token encoding {encoding!r}; expected one of {sorted(ENCODINGS)}"
+        )
     b = string_buffers(values)
     n = len(b)
-    istate, ostate = hmac_states(key)
-    digests = _hmac_kernel(b.offsets, b.data, b.valid, istate, ostate, _K)
-    enc = encode_digests(digests, encoding, length)
+    digests = _digests(b, key, backend)
+    alphabet, bits = _ALPHABET[encoding]
+    chars = ENCODINGS[encoding] if length is None else min(length, ENCODINGS[encoding])
     pre = np.frombuffer(prefix.encode(), dtype=np.uint8)
-    width = len(pre) + enc.shape[1]
-    buf = np.empty((n, width), dtype=np.uint8)
-    buf[:, : len(pre)] = pre
-    buf[:, len(pre) :] = enc
+    buf = _encode_into(digests, b.valid, pre, alphabet, bits, chars)
+    width = buf.shape[1]
     offsets = np.arange(n + 1, dtype=np.int64) * width
-    typ = values.type
-    return string_array(offsets, buf.reshape(-1), b.valid, like=typ)
+    return string_array(offsets, buf.reshape(-1), b.valid, like=values.type)

@@ -36,6 +36,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	@mkdir -p $(RAY_TMPDIR)
 	$(BIN)/python -m raymask.loadtest.bench --ray
+	$(BIN)/python -m raymask.loadtest.bench --kernels 1000000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info demo-out

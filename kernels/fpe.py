@@ -105,9 +105,10 @@ def _limbs_divmod_small(limbs, nl, d):
 
 
 @njit(cache=True)
-def _ff1_q(B, radix, tweak, tlen, qlen, b, rnd):
+def _ff1_q(B, radix, tweak, tlen, qlen, b, rnd, y0, small):
     """Q = T || 0^pad || [rnd] || [NUM_radix(B)]^b for every row (B: (N, v) digits, most
-    significant first); tweak is (N, tlen)."""
+    significant first; tweak (N, tlen)), with Y0 = CIPH(P) already xored into the first block,
+    so the first AES input of the CBC-MAC is ready. `small`: NUM(B) fits in 64 bits."""
     n = B.shape[0]
     v = B.shape[1]
     q = np.zeros((n, qlen), np.uint8)
@@ -116,17 +117,23 @@ def _ff1_q(B, radix, tweak, tlen, qlen, b, rnd):
         for j in range(tlen):
             q[i, j] = tweak[i, j]
         q[i, qlen - b - 1] = rnd
-        for j in range(40):
-            limbs[j] = 0
-        nl = 0
-        for j in range(v):
-            nl = _limbs_mul_add(limbs, nl, radix, B[i, j])
-        # write the integer big-endian into the last b bytes
-        for k in range(b):
-            limb = k // 4
-            shift = 8 * (k % 4)
-            byte = (limbs[limb] >> shift) & 0xFF if limb < nl else 0
-            q[i, qlen - 1 - k] = byte
+        if small:
+            x = np.uint64(0)
+            for j in range(v):
+                x = x * np.uint64(radix) + np.uint64(B[i, j])
+            for k in range(b):
+                q[i, qlen - 1 - k] = (
+                    np.uint8((x >> np.uint64(8 * k)) & np.uint64(0xFF)) if k < 8 else 0
+                )
+        else:
+            nl = 0
+            for j in range(v):
+                nl = _limbs_mul_add(limbs, nl, radix, np.int64(B[i, j]))
+            for k in range(b):  # the integer, big-endian, in the last b bytes
+                limb = k // 4
+                q[i, qlen - 1 - k] = (limbs[limb] >> (8 * (k % 4))) & 0xFF if limb < nl else 0
+        for j in range(16):
+            q[i, j] ^= y0[j]
     return q
 
 
@@ -138,8 +145,6 @@ def _add_y_digits(X, S, d, radix, m, sign, out):
     limbs = np.zeros(40, np.int64)
     yd = np.zeros(m, np.int64)
     for i in range(n):
-        for j in range(40):
-            limbs[j] = 0
         nl = 0
         for k in range(d):
             nl = _limbs_mul_add(limbs, nl, 256, np.int64(S[i, k]))
@@ -157,6 +162,69 @@ def _add_y_digits(X, S, d, radix, m, sign, out):
                 t = X[i, pos] - yd[k] - carry
                 carry = 1 if t < 0 else 0
                 out[i, pos] = t + radix if t < 0 else t
+
+
+@njit(cache=True)
+def _add_y_fast(X, S, d, radix, m, M, sign, out, table, k):
+    """_add_y_digits when M = radix^m < 2^56: y mod M from the bytes of S with 64-bit
+    arithmetic, then STR_m by k digits at a time from a table of radix^k entries."""
+    n = X.shape[0]
+    Mu = np.uint64(M)
+    block = np.uint64(radix**k)
+    for i in range(n):
+        r = np.uint64(0)
+        for q in range(d):
+            if r >= np.uint64(1 << 56):  # keep r << 8 within 64 bits (M < 2^56 here)
+                r = r % Mu
+            r = (r << np.uint64(8)) | np.uint64(S[i, q])
+        r = r % Mu
+        a = np.uint64(0)
+        for j in range(m):
+            a = a * np.uint64(radix) + np.uint64(X[i, j])
+        if sign > 0:
+            c = a + r
+            if c >= Mu:
+                c -= Mu
+        else:
+            c = a - r if a >= r else a + (Mu - r)
+        pos = m
+        while pos > 0:
+            take = k if pos >= k else pos
+            chunk = c % block if take == k else c
+            c = c // block
+            base = np.int64(chunk) * k
+            for t in range(take):
+                out[i, pos - take + t] = table[base + (k - take) + t]
+            pos -= take
+
+
+def _digit_table(radix: int) -> tuple[np.ndarray, int]:
+    k = 1
+    while radix ** (k + 1) <= 65536:
+        k += 1
+    count = radix**k
+    vals = np.arange(count, dtype=np.int64)
+    table = np.empty((count, k), np.int64)
+    for j in range(k - 1, -1, -1):
+        table[:, j] = vals % radix
+        vals //= radix
+    return table.reshape(-1), k
+
+
+_TABLES: dict[int, tuple[np.ndarray, int]] = {}
+
+
+def _add_y(
+    X: np.ndarray, S: np.ndarray, d: int, radix: int, m: int, sign: int, out: np.ndarray
+) -> None:
+    M = radix**m
+    if M < 2**56:
+        if radix not in _TABLES:
+            _TABLES[radix] = _digit_table(radix)
+        table, k = _TABLES[radix]
+        _add_y_fast(X, S, d, radix, m, M, sign, out, table, k)
+    else:
+        _add_y_digits(X, S, d, radix, m, sign, out)
 
 
 def _ff1_params(radix: int, n: int, t: int) -> tuple[int, int, int, int, bytes]:
@@ -188,16 +256,17 @@ def ff1_digits(
     ecb = _Ecb(key)
     y0 = ecb(np.frombuffer(p, np.uint8).reshape(1, 16))[0]
     qlen = t + ((-t - b - 1) % 16) + 1 + b
-    A = np.ascontiguousarray(X[:, :u], dtype=np.int64)
-    B = np.ascontiguousarray(X[:, u:], dtype=np.int64)
+    A = np.ascontiguousarray(X[:, :u], dtype=np.uint8)
+    B = np.ascontiguousarray(X[:, u:], dtype=np.uint8)
     tw = np.ascontiguousarray(tweak, dtype=np.uint8)
+    small = radix**v < 2**64
     rounds = range(9, -1, -1) if decrypt else range(10)
     for i in rounds:
         m = u if i % 2 == 0 else v
         src = A if decrypt else B  # the half that feeds the round function
-        q = _ff1_q(src, radix, tw, t, qlen, b, i)
-        r = np.broadcast_to(y0, (N, 16)).copy()
-        for j in range(qlen // 16):
+        q = _ff1_q(src, radix, tw, t, qlen, b, i, y0, small)
+        r = ecb(q[:, :16])
+        for j in range(1, qlen // 16):
             r = ecb(r ^ q[:, 16 * j : 16 * j + 16])
         if d > 16:
             ext = [r]
@@ -205,16 +274,13 @@ def ff1_digits(
                 ctr = np.zeros(16, np.uint8)
                 ctr[-4:] = np.frombuffer(j.to_bytes(4, "big"), np.uint8)
                 ext.append(ecb(r ^ ctr))
-            s = np.concatenate(ext, axis=1)[:, :d]
-        else:
-            s = r[:, :d]
-        s = np.ascontiguousarray(s)
-        c = np.empty((N, m), np.int64)
+            r = np.ascontiguousarray(np.concatenate(ext, axis=1))
+        c = np.empty((N, m), np.uint8)
         if decrypt:
-            _add_y_digits(B, s, d, radix, m, -1, c)
+            _add_y(B, r, d, radix, m, -1, c)
             B, A = A, c
         else:
-            _add_y_digits(A, s, d, radix, m, 1, c)
+            _add_y(A, r, d, radix, m, 1, c)
             A, B = B, c
     return np.concatenate([A, B], axis=1)
 
@@ -235,7 +301,7 @@ def _ff3_p(B, radix, w, rnd):
             limbs[j] = 0
         nl = 0
         for j in range(v - 1, -1, -1):  # REV(B): the last numeral is the most significant
-            nl = _limbs_mul_add(limbs, nl, radix, B[i, j])
+            nl = _limbs_mul_add(limbs, nl, radix, np.int64(B[i, j]))
         for k in range(12):
             limb = k // 4
             shift = 8 * (k % 4)
@@ -265,8 +331,8 @@ def ff3_1_digits(
     u = (n + 1) // 2
     v = n - u
     ecb = _Ecb(bytes(reversed(key)))
-    A = np.ascontiguousarray(X[:, :u], dtype=np.int64)
-    B = np.ascontiguousarray(X[:, u:], dtype=np.int64)
+    A = np.ascontiguousarray(X[:, :u], dtype=np.uint8)
+    B = np.ascontiguousarray(X[:, u:], dtype=np.uint8)
     rounds = range(7, -1, -1) if decrypt else range(8)
     for i in rounds:
         m = u if i % 2 == 0 else v
@@ -276,7 +342,7 @@ def ff3_1_digits(
         s = np.ascontiguousarray(
             ecb(np.ascontiguousarray(p[:, ::-1]))[:, ::-1]
         )  # REVB(CIPH_REVB(K)(REVB(P)))
-        c = np.empty((N, m), np.int64)
+        c = np.empty((N, m), np.uint8)
         # FF3 numerals are little-endian (REV): flip, add or subtract, flip back
         target = B if decrypt else A
         _add_y_digits(
@@ -308,7 +374,7 @@ def _numerals(offsets, data, valid, lut):
                 c += 1
         count[i] = c
         total += c
-    flat = np.empty(total, np.int64)
+    flat = np.empty(total, np.uint8)
     start = np.zeros(n + 1, np.int64)
     o = 0
     for i in range(n):
@@ -424,7 +490,7 @@ def _crypt(
     alphabet = np.frombuffer(ALPHABETS[radix].encode(), np.uint8)
     lut = np.full(256, -1, np.int64)
     lut[alphabet] = np.arange(radix)
-    buf = string_buffers(values)
+    buf = string_buffers(values)  # digits travel as uint8 (radix <= 62)
     n = len(buf)
     count, flat, start = _numerals(buf.offsets, buf.data, buf.valid, lut)
     enc_len = count - keep_last

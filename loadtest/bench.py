@@ -216,6 +216,174 @@ def run(records: int, repeat: int, with_ray: bool) -> list[tuple[str, str, str, 
     return rows
 
 
+def _column(kind: str, n: int, seed: int = 5) -> pa.Array:
+    rng = np.random.default_rng(seed)
+    if kind == "card":
+        from raymask.loadtest.traffic import _cards
+
+        return _cards(rng, n)
+    if kind == "id":
+        return pa.array(
+            np.char.add("acc-", rng.integers(0, 10**8, n).astype(str)).astype(object).tolist()
+        )
+    if kind == "amount":
+        return pa.array(np.round(rng.lognormal(3, 1, n), 2))
+    raise ValueError(kind)
+
+
+def kernels(n: int, repeat: int, oracle_n: int) -> list[tuple[str, str, str, str]]:
+    """Each kernel on an n-value column beside its closest baseline (values/s on one core).
+
+    Pure-Python oracles (libffx, ff3) run on the first `oracle_n` values only and are reported per
+    value, so the ratio compares rates.
+    """
+    import ff3
+    import ffx
+    import pyarrow.compute as pc
+    from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+
+    from raymask.kernels import fpe, siv
+
+    rows: list[tuple[str, str, str, str]] = []
+    ids = _column("id", n)
+    cards = _column("card", n)
+    digits = pc.replace_substring(cards, " ", "")
+    py_ids = [v.encode() for v in ids.to_pylist()]
+
+    def rate(count: int, t: float) -> str:
+        return f"{count / t:,.0f} values/s"
+
+    t_b = best(lambda: [hmac.digest(KEY, v, "sha256") for v in py_ids], repeat)
+    for backend in tok_kernel.BACKENDS:
+        t_k = best(
+            lambda b=backend: tok_kernel.tokenize(
+                ids, KEY, encoding="base32", length=16, backend=b
+            ),
+            repeat,
+        )
+        rows.append(
+            (
+                f"tokenize, {backend} SHA-256",
+                rate(n, t_k),
+                f"hmac.digest loop {rate(n, t_b)}",
+                f"{t_b / t_k:.1f}x",
+            )
+        )
+
+    sub = digits.to_pylist()[:oracle_n]
+    t_k = best(lambda: fpe.fpe_encrypt(digits, KEY[:16]), repeat)
+    o = ffx.FF1(KEY[:16], radix=10)
+    t_o = best(lambda: [o.encrypt(v) for v in sub], 1)
+    rows.append(
+        (
+            "fpe FF1 (16-digit cards)",
+            rate(n, t_k),
+            f"libffx per value {rate(len(sub), t_o)}",
+            f"{(t_o / len(sub)) / (t_k / n):.0f}x",
+        )
+    )
+    t_k = best(lambda: fpe.fpe_encrypt(digits, KEY[:16], mode="ff3-1", tweak=b"1234567"), repeat)
+    o3 = ff3.FF3Cipher(KEY[:16].hex(), b"1234567".hex())
+    t_o = best(lambda: [o3.encrypt(v) for v in sub], 1)
+    rows.append(
+        (
+            "fpe FF3-1 (16-digit cards)",
+            rate(n, t_k),
+            f"ff3 per value {rate(len(sub), t_o)}",
+            f"{(t_o / len(sub)) / (t_k / n):.0f}x",
+        )
+    )
+
+    t_k = best(lambda: siv.encrypt_column(ids, KEY, 1), repeat)
+    aes = AESSIV(KEY)
+    t_o = best(lambda: [aes.encrypt(v, None) for v in py_ids], repeat)
+    rows.append(
+        (
+            "encrypt (AES-SIV, text out)",
+            rate(n, t_k),
+            f"AESSIV.encrypt loop (bytes out) {rate(n, t_o)}",
+            f"{t_o / t_k:.1f}x",
+        )
+    )
+
+    def arrow_keep_last4() -> pa.Array:
+        lens = pc.utf8_length(digits)
+        stars = pc.binary_repeat("*", pc.max_element_wise(pc.subtract(lens, 4), 0))
+        return pc.binary_join_element_wise(stars, pc.utf8_slice_codeunits(digits, -4), "")
+
+    t_k = best(lambda: mask_kernel.mask(digits, keep_last=4), repeat)
+    t_a = best(arrow_keep_last4, repeat)
+    rows.append(
+        (
+            "mask keep_last=4",
+            rate(n, t_k),
+            f"pyarrow repeat + slice + join {rate(n, t_a)}",
+            f"{t_a / t_k:.1f}x",
+        )
+    )
+    t_k = best(lambda: mask_kernel.redact(ids, "[REDACTED]"), repeat)
+    t_a = best(
+        lambda: pc.if_else(pc.is_valid(ids), pa.scalar("[REDACTED]"), pa.scalar(None, pa.string())),
+        repeat,
+    )
+    rows.append(("redact", rate(n, t_k), f"pyarrow if_else {rate(n, t_a)}", f"{t_a / t_k:.1f}x"))
+    try:
+        from raymask.kernels import generalize as gen
+
+        amounts = _column("amount", n)
+        t_k = best(lambda: gen.round_numbers(amounts, 10.0), repeat)
+        t_a = best(lambda: pc.multiply(pc.floor(pc.divide(amounts, 10.0)), 10.0), repeat)
+        rows.append(
+            (
+                "generalize round_numbers (floats)",
+                rate(n, t_k),
+                f"pyarrow floor(x/10)*10 {rate(n, t_a)}",
+                f"{t_a / t_k:.1f}x",
+            )
+        )
+    except (ImportError, AttributeError, TypeError):
+        pass
+    return rows
+
+
+_COMPILE_PROBE = """
+import time, pyarrow as pa
+from raymask.kernels import tokenize, mask, fpe, siv
+a = pa.array(['4111 1111 1111 1111'])
+r = {}
+for name, fn in [
+    ('tokenize', lambda: tokenize.tokenize(a, b'k' * 32)),
+    ('mask', lambda: mask.mask(a, preset='card')),
+    ('fpe', lambda: fpe.fpe_encrypt(a, b'k' * 16)),
+    ('encrypt', lambda: siv.encrypt_column(a, b'k' * 32, 1)),
+]:
+    s = time.perf_counter(); fn(); r[name] = time.perf_counter() - s
+print(repr(r))
+"""
+
+
+def compile_times() -> list[tuple[str, str, str]]:
+    """First call of each kernel in a fresh process: cold (empty Numba cache) and warm."""
+    import ast
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory() as d:
+        env = dict(os.environ, NUMBA_CACHE_DIR=d)
+        runs = [
+            subprocess.run(
+                [sys.executable, "-c", _COMPILE_PROBE],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            for _ in range(2)
+        ]
+    cold, warm = (ast.literal_eval(r.stdout.strip()) for r in runs)
+    return [(k, f"{cold[k]:.2f} s", f"{warm[k]:.2f} s") for k in cold]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -223,7 +391,27 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--ray", action="store_true", help="also run end to end on a local Ray")
+    ap.add_argument(
+        "--kernels", type=int, default=0, metavar="N", help="kernel table on N-value columns"
+    )
+    ap.add_argument(
+        "--oracle-values", type=int, default=20_000, help="values for pure-Python oracles"
+    )
     args = ap.parse_args()
+    if args.kernels:
+        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+              f"{args.kernels:,}-value columns; best of {args.repeat}; one core")  # fmt: skip
+        print()
+        print("| kernel | raymask | baseline, same run | ratio |")
+        print("|---|---|---|---|")
+        for r in kernels(args.kernels, args.repeat, args.oracle_values):
+            print("| " + " | ".join(r) + " |")
+        print()
+        print("| kernel | first call, cold cache | first call, warm cache |")
+        print("|---|---|---|")
+        for r in compile_times():
+            print("| " + " | ".join(r) + " |")
+        return
     rows = run(args.records, args.repeat, args.ray)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"{args.records:,} payments records; best of {args.repeat}")  # fmt: skip

@@ -75,9 +75,7 @@ def _check(key: bytes, max_days: int) -> None:
         raise ValueError(f"max_days must be from 1 to {MAX_DAYS}")
 
 
-def subject_offsets(
-    subjects: pa.Array | pa.ChunkedArray, key: bytes, max_days: int
-) -> np.ndarray:
+def subject_offsets(subjects: pa.Array | pa.ChunkedArray, key: bytes, max_days: int) -> np.ndarray:
     """Day offset of each subject, int64 in [-max_days, max_days]; a null subject gets 0
     (date_shift reports it as an error rather than using it)."""
     _check(key, max_days)

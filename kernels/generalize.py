@@ -14,9 +14,10 @@ stay null and are not errors. String, large_string and chunked inputs are accept
   integer arrays use exact int64 arithmetic. Ties of ``nearest`` round half away from zero.
 - `bucket`: the label of the half-open interval ``[e(i-1), e(i))`` holding the value.
 - `truncate_timestamps`: floor to the minute, hour, day or month. Arrow timestamps are floored on
-  their local wall clock (a time zone's gap or fold resolves to the earliest instant at or after
-  the floored wall-clock time that is still <= the input); ISO 8601 / RFC 3339 text is floored on
-  the wall clock as written, its offset unchanged.
+  their local wall clock; a floored wall-clock time inside a DST gap becomes the end of the gap,
+  one that occurs twice (a fold) its first occurrence, so the result is never after the input and
+  flooring is idempotent. ISO 8601 / RFC 3339 text is floored on the wall clock as written, its
+  offset unchanged.
 - `ip_prefix`: the network address of the /v4_bits or /v6_bits prefix (RFC 4291 parsing, RFC 5952
   section 4 output; IPv4-mapped results in the section 5 mixed form ``::ffff:192.0.2.0``).
 - `geo_round`: coordinates rounded half away from zero to a number of decimals (decimal exact).
@@ -27,7 +28,8 @@ stay null and are not errors. String, large_string and chunked inputs are accept
 Text formats. Number text keeps its type: the output has as many decimals as the step (``0.25`` ->
 two, ``5`` -> none), and a value written with a fraction or exponent keeps a ``.0`` when the step
 is integral (``"12.7"`` step 5 -> ``"10.0"``, ``"12"`` step 5 -> ``"10"``); no exponent form, no
-negative zero. Timestamp text keeps its layout byte for byte: same separator (``T``, ``t`` or
+negative zero. Number text is strict JSON (no ``+``, no leading zeros, no ``.5``, no spaces, no
+NaN); a magnitude of 1e310 or more is E_RANGE. Timestamp text keeps its layout byte for byte: same separator (``T``, ``t`` or
 space), same offset suffix, and truncated fields *zeroed, not dropped* (``08:17:42.032Z`` -> minute
 -> ``08:17:00.000Z``), so the output is as long as the input. Accepted timestamp text: ``YYYY-MM-DD``
 optionally followed by ``T|t|space``, ``HH:MM``, optional ``:SS`` (60 allowed, a leap second),
@@ -81,8 +83,11 @@ _HEXDIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
 def _one_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One contiguous array; an all-null column of Arrow's null type reads as null strings."""
     if isinstance(values, pa.ChunkedArray):
-        return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+        values = values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+    if pa.types.is_null(values.type):
+        return pa.nulls(len(values), pa.string())
     return values
 
 
@@ -514,7 +519,8 @@ def geo_round(values: pa.Array | pa.ChunkedArray, decimals: int) -> tuple[pa.Arr
     """Latitudes / longitudes rounded half away from zero to `decimals` places (0-15).
 
     Exact in decimal (``"52.525"`` -> ``"52.53"``, ``-0.5`` -> ``-1``); a value outside
-    [-180, 180] (compared as float64) is E_RANGE. Text output has exactly `decimals` decimals.
+    [-180, 180] (compared as float64) is E_RANGE. Text output has `decimals` decimals (with
+    0 decimals, text written with a fraction keeps ``.0``, as in `round_numbers`).
     """
     if isinstance(decimals, bool) or not isinstance(decimals, int) or not 0 <= decimals <= 15:
         raise ValueError("decimals must be an integer from 0 to 15")

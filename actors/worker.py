@@ -76,7 +76,7 @@ class MaskCore:
             tech = REGISTRY[op.technique]
             kinds = sc.vkind[:, op.index]
             values = column(op.path) if tech.needs_values else pa.nulls(n, pa.large_string())
-            ctx = FieldContext(column, op.path)
+            ctx = FieldContext(column, op.path, plan.key_path)
             applied = tech.apply(values, kinds, op.spec, self.keyring, ctx)  # type: ignore[misc]
             first = (applied.err != 0) & (err_code == 0)
             err_code[first] = applied.err[first]

@@ -355,7 +355,9 @@ def keys_init(
     file: Path,
     ids: Annotated[
         list[str] | None,
-        typer.Option("--id", help="Key ids to create (default: tok, fpe, sealed, deadletter)."),
+        typer.Option(
+            "--id", help="Key ids to create (default: tok, fpe, sealed, shift, deadletter)."
+        ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
@@ -363,7 +365,7 @@ def keys_init(
     from raymask.policy.keys import generate_key_file
 
     if ids is None:
-        ids = ["tok", "fpe", "sealed", "deadletter"]
+        ids = ["tok", "fpe", "sealed", "shift", "deadletter"]
     if file.exists() and not force:
         raise InputError(
             f"{file}: exists; use --force to replace it (old tokens would no longer match)"

@@ -15,7 +15,7 @@ from raymask.errors import InputError
 __all__ = ["run_demo", "examples_dir"]
 
 DEMO_KEYS = Path(".raymask/demo-keys.json")
-DEMO_KEY_IDS = ["tok", "fpe", "sealed", "deadletter"]
+DEMO_KEY_IDS = ["tok", "fpe", "sealed", "shift", "deadletter"]
 
 # (profile, policy file, stream, format, role shown)
 RUNS = [

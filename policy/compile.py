@@ -90,10 +90,11 @@ def compile_stream(policy: Policy, stream: str, source: str = "<policy>") -> Str
         problems.append(f"{where}.unknown_fields: detect is not supported yet (use keep or drop)")
     paths = list(s.fields)
     extra = [s.key] + [
-        spec.tweak_field  # type: ignore[attr-defined]
+        getattr(spec, attr)
         for specs in [s.fields, *s.views.values()]
         for spec in specs.values()
-        if getattr(spec, "tweak_field", None)
+        for attr in ("tweak_field", "subject_field")
+        if getattr(spec, attr, None)
     ]
     for p in extra:
         if p not in paths:
@@ -120,7 +121,7 @@ def compile_stream(policy: Policy, stream: str, source: str = "<policy>") -> Str
         tree = build_tree(paths)
     except ValueError:
         problems.append(
-            f"{where}: a tweak_field overlaps another field (a field cannot contain another)"
+            f"{where}: a tweak_field or subject_field overlaps another field (a field cannot contain another)"
         )
     if problems:
         raise PolicyError(sorted(set(problems)))

@@ -8,6 +8,7 @@ per value (0 = ok). Codecs then write the new values in their own syntax.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,7 +17,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raymask.errors import KeyringError
+from raymask.kernels import date_shift as shift_kernel
 from raymask.kernels import fpe as fpe_kernel
+from raymask.kernels import generalize as gen_kernel
 from raymask.kernels import mask as mask_kernel
 from raymask.kernels import siv as siv_kernel
 from raymask.kernels import tokenize as tok_kernel
@@ -30,7 +33,7 @@ from raymask.kernels.codecs.spans import (
     KIND_NAMES,
 )
 from raymask.policy.keys import Keyring
-from raymask.policy.schema import Encrypt, Fpe, Keep, Mask, Redact, Tokenize
+from raymask.policy.schema import DateShift, Encrypt, Fpe, Generalize, Keep, Mask, Redact, Tokenize
 
 __all__ = [
     "Applied",
@@ -138,9 +141,10 @@ def _apply_tokenize(
 class FieldContext:
     """What a technique may read besides its own column: other fields of the same records."""
 
-    def __init__(self, column: Callable[[str], pa.Array], path: str) -> None:
+    def __init__(self, column: Callable[[str], pa.Array], path: str, key_path: str = "") -> None:
         self.column = column
         self.path = path
+        self.key_path = key_path
 
 
 def _only_ok(values: pa.Array, err: np.ndarray) -> pa.Array:
@@ -187,6 +191,68 @@ def _apply_encrypt(
     return Applied(out, None, err)
 
 
+DATE_SHIFT_CONTEXT = b"raymask/date_shift/v1"
+
+_GEN_ACCEPTS = {
+    "round": (K_STRING, K_NUMBER),
+    "bucket": (K_STRING, K_NUMBER),
+    "age_band": (K_STRING, K_NUMBER),
+    "geo_round": (K_STRING, K_NUMBER),
+    "truncate_time": (K_STRING,),
+    "ip_prefix": (K_STRING,),
+}
+GEN_ERROR_BASE = 0  # generalize kernel codes are used as they are
+
+
+def _apply_generalize(
+    values: pa.Array,
+    kinds: np.ndarray,
+    spec: Generalize,
+    keyring: Keyring,
+    ctx: FieldContext | None = None,
+) -> Applied:
+    err = _kind_check(kinds, _GEN_ACCEPTS[spec.method])
+    vals = _only_ok(values, err)
+    raw = None
+    if spec.method == "round":
+        out, kerr = gen_kernel.round_numbers(vals, spec.step, spec.mode)
+        raw = kinds == K_NUMBER  # numbers stay numbers; numbers written as strings stay strings
+    elif spec.method == "geo_round":
+        out, kerr = gen_kernel.geo_round(vals, spec.decimals)
+        raw = kinds == K_NUMBER
+    elif spec.method == "bucket":
+        out, kerr = gen_kernel.bucket(vals, spec.edges, spec.labels)
+    elif spec.method == "age_band":
+        out, kerr = gen_kernel.age_band(vals, spec.width, spec.top)
+    elif spec.method == "truncate_time":
+        out, kerr = gen_kernel.truncate_timestamps(vals, spec.unit)
+    else:
+        out, kerr = gen_kernel.ip_prefix(vals, spec.v4_bits, spec.v6_bits)
+    err = np.where(err != 0, err, kerr.astype(np.int16))
+    return Applied(out.cast(pa.large_string()), raw, err)
+
+
+def _apply_date_shift(
+    values: pa.Array,
+    kinds: np.ndarray,
+    spec: DateShift,
+    keyring: Keyring,
+    ctx: FieldContext | None = None,
+) -> Applied:
+    err = _kind_check(kinds, (K_STRING,))
+    if ctx is None:
+        raise ValueError("date_shift needs the record context")
+    subjects = ctx.column(spec.subject_field or ctx.key_path)
+    # A sub-key for this purpose only: with the key itself, HMAC(key, subject) would be the very
+    # digest that tokenize publishes for the subject under the same key, and offsets would leak.
+    sub_key = hmac.digest(keyring.resolve(spec.key).material, DATE_SHIFT_CONTEXT, "sha256")
+    out, kerr = shift_kernel.date_shift(_only_ok(values, err), subjects, sub_key, spec.max_days)
+    # a null subject is an error only where there is a date to shift
+    kerr = np.where(err != 0, 0, kerr)
+    err = np.where(err != 0, err, kerr.astype(np.int16))
+    return Applied(out.cast(pa.large_string()), None, err)
+
+
 def check_key(technique: str, spec: object, keyring: Keyring) -> None:
     """KeyringError when a technique's key is missing or has a length its cipher cannot use."""
     kid = getattr(spec, "key", None)
@@ -209,6 +275,12 @@ REGISTRY: dict[str, Technique] = {
     "tokenize": Technique("tokenize", Tokenize, _apply_tokenize, {}, (K_STRING, K_NUMBER)),
     "fpe": Technique("fpe", Fpe, _apply_fpe, dict(fpe_kernel.ERRORS), (K_STRING, K_NUMBER)),
     "encrypt": Technique("encrypt", Encrypt, _apply_encrypt, {}, (K_STRING, K_NUMBER)),
+    "generalize": Technique(
+        "generalize", Generalize, _apply_generalize, dict(gen_kernel.ERRORS), (K_STRING, K_NUMBER)
+    ),
+    "date_shift": Technique(
+        "date_shift", DateShift, _apply_date_shift, dict(shift_kernel.ERRORS), (K_STRING,)
+    ),
 }
 
 

@@ -37,6 +37,8 @@ __all__ = [
     "Tokenize",
     "Fpe",
     "Encrypt",
+    "Generalize",
+    "DateShift",
 ]
 
 TECHNIQUES = (
@@ -192,12 +194,61 @@ class Encrypt(_Spec):
     )
 
 
-class Generalize(_NotBuilt):
+class Generalize(_Spec):
+    """Coarser values: rounded numbers, buckets, truncated timestamps, IP prefixes, rounded
+    coordinates, age bands."""
+
     technique: Literal["generalize"]
+    method: Literal["round", "bucket", "truncate_time", "ip_prefix", "geo_round", "age_band"]
+    step: float | None = Field(
+        None, gt=0, description="round: the bucket width (10 -> 10, 20, ...)."
+    )
+    mode: Literal["floor", "nearest"] = Field(
+        "floor", description="round: floor, or nearest (ties away from 0)."
+    )
+    edges: list[float] | None = Field(None, min_length=1, description="bucket: ascending edges.")
+    labels: list[str] | None = Field(
+        None, description="bucket: one label per bucket (len(edges) + 1)."
+    )
+    unit: Literal["minute", "hour", "day", "month"] | None = Field(
+        None, description="truncate_time: the unit."
+    )
+    v4_bits: int = Field(24, ge=0, le=32, description="ip_prefix: IPv4 prefix length.")
+    v6_bits: int = Field(48, ge=0, le=128, description="ip_prefix: IPv6 prefix length.")
+    decimals: int | None = Field(None, ge=0, le=10, description="geo_round: decimals kept.")
+    width: int = Field(10, ge=1, le=100, description="age_band: band width in years.")
+    top: int | None = Field(90, ge=1, description="age_band: ages from here on are one band.")
+
+    @model_validator(mode="after")
+    def _params_for_method(self) -> Generalize:
+        need = {
+            "round": "step",
+            "bucket": "edges",
+            "truncate_time": "unit",
+            "geo_round": "decimals",
+        }
+        p = need.get(self.method)
+        if p and getattr(self, p) is None:
+            raise ValueError(f"method {self.method} needs {p}")
+        if self.edges is not None and sorted(self.edges) != self.edges:
+            raise ValueError("edges must be in ascending order")
+        if self.labels is not None and (
+            self.edges is None or len(self.labels) != len(self.edges) + 1
+        ):
+            raise ValueError("labels needs one label per bucket: len(edges) + 1")
+        return self
 
 
-class DateShift(_NotBuilt):
+class DateShift(_Spec):
+    """Dates moved by a per-subject offset in [-max_days, +max_days], the same for every record of
+    one subject, so intervals within a subject are kept."""
+
     technique: Literal["date_shift"]
+    key: Annotated[KeyId, BeforeValidator(lambda v: _key_id(v) if isinstance(v, str) else v)]
+    max_days: int = Field(30, ge=1, le=8191, description="Largest shift, in days.")
+    subject_field: FieldPath | None = Field(
+        None, description="Whose offset: this field (default: the stream key)."
+    )
 
 
 class Noise(_NotBuilt):

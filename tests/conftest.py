@@ -52,6 +52,7 @@ def keyring():
             Key("tok", 1, b"t" * 32),
             Key("fpe", 1, b"f" * 32),
             Key("sealed", 1, b"s" * 32),
+            Key("shift", 1, b"h" * 32),
             Key("deadletter", 1, b"d" * 32),
         ]
     )

@@ -147,7 +147,53 @@ def ref_encrypt(value: str, spec, ring: Keyring, path: str) -> str:
     return f"{spec.prefix}v{key.version}." + base64.urlsafe_b64encode(ct).decode().rstrip("=")
 
 
-def ref_apply(value: Any, spec, ring: Keyring, csv_mode: bool = False, path: str = "") -> Any:
+def ref_generalize(value: Any, spec) -> Any:
+    import datetime as _dt  # noqa: F401
+    import ipaddress
+    from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
+
+    if spec.method == "ip_prefix":
+        ip = ipaddress.ip_address(value)
+        bits = spec.v4_bits if ip.version == 4 else spec.v6_bits
+        return ipaddress.ip_network(f"{ip}/{bits}", strict=False).network_address.compressed
+    if spec.method == "truncate_time":
+        assert spec.unit == "hour"
+        m = re.fullmatch(r"(\d{4}-\d{2}-\d{2}[T ]\d{2}):(\d{2})(:\d{2})?(\.\d+)?(.*)", value)
+        sec = ":00" if m.group(3) else ""
+        frac = ("." + "0" * (len(m.group(4)) - 1)) if m.group(4) else ""
+        return f"{m.group(1)}:00{sec}{frac}{m.group(5)}"
+    d = Decimal(repr(value)) if isinstance(value, float) else Decimal(str(value))
+    if spec.method == "geo_round":
+        q = d.quantize(Decimal(1).scaleb(-spec.decimals), rounding=ROUND_HALF_UP)
+        return float(q) if isinstance(value, float) else str(q)
+    if spec.method == "round":
+        step = Decimal(repr(spec.step))
+        r = (d / step).to_integral_value(rounding=ROUND_FLOOR) * step
+        if isinstance(value, int):
+            return int(r)
+        return float(r)
+    raise AssertionError(spec.method)
+
+
+def ref_date_shift(value: str, subject: str, spec, ring: Keyring) -> str:
+    import datetime as dt
+
+    key = hmac.digest(ring.resolve(spec.key).material, b"raymask/date_shift/v1", "sha256")
+    u = int.from_bytes(hmac.digest(key, subject.encode(), "sha256")[:8], "big")
+    offset = u % (2 * spec.max_days + 1) - spec.max_days
+    day = dt.date.fromisoformat(value[:10]) + dt.timedelta(days=offset)
+    return day.isoformat() + value[10:]
+
+
+def ref_apply(
+    value: Any,
+    spec,
+    ring: Keyring,
+    csv_mode: bool = False,
+    path: str = "",
+    record: dict | None = None,
+    key_path: str = "",
+) -> Any:
     """Expected output value; ValueError when the record must go to the dead letters."""
     t = spec.technique
     if value is ABSENT or value is None or t == "keep":
@@ -181,6 +227,11 @@ def ref_apply(value: Any, spec, ring: Keyring, csv_mode: bool = False, path: str
         return out
     if t == "encrypt":
         return ref_encrypt(text, spec, ring, path)
+    if t == "generalize":
+        return ref_generalize(value, spec)
+    if t == "date_shift":
+        subject = get_path(record, spec.subject_field or key_path, csv_mode)
+        return ref_date_shift(text, _text(subject), spec, ring)
     raise AssertionError(t)
 
 

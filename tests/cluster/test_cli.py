@@ -33,7 +33,9 @@ def run(
 
 @pytest.fixture()
 def keyfile(tmp_path):
-    return generate_key_file(tmp_path / "keys.json", ["tok", "fpe", "sealed", "deadletter"])
+    return generate_key_file(
+        tmp_path / "keys.json", ["tok", "fpe", "sealed", "shift", "deadletter"]
+    )
 
 
 def test_invalid_policy_exits_2_with_a_located_message_and_no_traceback(tmp_path):

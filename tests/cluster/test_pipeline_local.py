@@ -47,7 +47,9 @@ def check_output(
     for rin, rout in zip(kept, outs, strict=True):
         rest_in, rest_out = copy.deepcopy(rin), copy.deepcopy(rout)
         for op in view.ops:
-            expected = ref_apply(get_path(rin, op.path, csv_mode), op.spec, ring, csv_mode, op.path)
+            expected = ref_apply(
+                get_path(rin, op.path, csv_mode), op.spec, ring, csv_mode, op.path, rin, s.key
+            )
             got = get_path(rout, op.path, csv_mode)
             if expected is ABSENT:
                 assert got is ABSENT
@@ -74,7 +76,7 @@ def _leaves(d) -> list:
 
 
 @pytest.mark.parametrize(("profile", "pol_file", "stream", "fmt"), CASES, ids=[c[2] for c in CASES])
-@pytest.mark.parametrize("role", [None, "ops", "fraud", "support"])
+@pytest.mark.parametrize("role", [None, "ops", "fraud", "support", "research", "analyst", "sre"])
 def test_masks_each_profile_exactly_as_the_reference(
     tmp_path, keyring, profile, pol_file, stream, fmt, role
 ):

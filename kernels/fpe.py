@@ -26,6 +26,7 @@ k numerals in clear and, for card numbers, cycle-walk until the whole number is 
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -227,6 +228,209 @@ def _add_y(
         _add_y_digits(X, S, d, radix, m, sign, out)
 
 
+# ------------------------------------------------------------------ integer-state fast path
+#
+# While radix^v < 2^56, each half fits a uint64 and the round output c *is* NUM_radix of the new
+# half (FF1: NUM(STR_m(c)) = c; FF3-1: NUM(REV(REV(STR_m(c)))) = c), so the Feistel state stays
+# two integers per value: no digit conversion between rounds, one or two 64-bit modulos per round.
+
+
+@njit(cache=True)
+def _to_int(X, lo, hi, radix, reverse):
+    n = X.shape[0]
+    out = np.empty(n, np.uint64)
+    r = np.uint64(radix)
+    for i in range(n):
+        x = np.uint64(0)
+        if reverse:
+            for j in range(hi - 1, lo - 1, -1):
+                x = x * r + np.uint64(X[i, j])
+        else:
+            for j in range(lo, hi):
+                x = x * r + np.uint64(X[i, j])
+        out[i] = x
+    return out
+
+
+@njit(cache=True)
+def _to_digits(vals, m, radix, reverse, out, col):
+    r = np.uint64(radix)
+    for i in range(vals.shape[0]):
+        x = vals[i]
+        for j in range(m):
+            dgt = np.uint8(x % r)
+            x = x // r
+            if reverse:
+                out[i, col + j] = dgt
+            else:
+                out[i, col + m - 1 - j] = dgt
+
+
+@njit(cache=True)
+def _ff1_q_int(B, tweak, tlen, qlen, b, rnd, y0, q):
+    """Fill q (N, qlen) with Q = T || 0^pad || [rnd] || [B]^b, Y0 xored into the first block.
+    Every byte is written, so q is reused across rounds without clearing."""
+    n = B.shape[0]
+    for i in range(n):
+        for j in range(tlen):
+            q[i, j] = tweak[i, j]
+        for j in range(tlen, qlen - b):
+            q[i, j] = 0
+        q[i, qlen - b - 1] = rnd
+        x = B[i]
+        for k in range(b):
+            q[i, qlen - 1 - k] = np.uint8((x >> np.uint64(8 * k)) & np.uint64(0xFF)) if k < 8 else 0
+        for j in range(16):
+            q[i, j] ^= y0[j]
+
+
+@njit(cache=True, inline="always")
+def _bswap64(x):
+    x = ((x & np.uint64(0x00000000FFFFFFFF)) << np.uint64(32)) | (x >> np.uint64(32))
+    x = ((x & np.uint64(0x0000FFFF0000FFFF)) << np.uint64(16)) | (
+        (x >> np.uint64(16)) & np.uint64(0x0000FFFF0000FFFF)
+    )
+    x = ((x & np.uint64(0x00FF00FF00FF00FF)) << np.uint64(8)) | (
+        (x >> np.uint64(8)) & np.uint64(0x00FF00FF00FF00FF)
+    )
+    return x
+
+
+@njit(cache=True)
+def _ff1_q16(B, b, rnd, y0w, q64):
+    """The one-block Q of FF1 without a tweak (b <= 7), as two little-endian words per row."""
+    for i in range(B.shape[0]):
+        tail = (np.uint64(rnd) << np.uint64(8 * b)) | B[i]  # bytes 8..15, big-endian
+        q64[i, 0] = y0w[0]
+        q64[i, 1] = y0w[1] ^ _bswap64(tail)
+
+
+@njit(cache=True)
+def _round_int8(A, S64, M, sign):
+    """_round_int for d = 8: y is the first 8 bytes of S, big-endian."""
+    n = A.shape[0]
+    out = np.empty(n, np.uint64)
+    Mu = np.uint64(M)
+    for i in range(n):
+        r = _bswap64(S64[i, 0]) % Mu
+        a = A[i]
+        if sign > 0:
+            c = a + r
+            if c >= Mu:
+                c -= Mu
+        else:
+            c = a - r if a >= r else a + (Mu - r)
+        out[i] = c
+    return out
+
+
+@njit(cache=True)
+def _ff3_p_int(B, w, rnd):
+    """REVB(P) for FF3-1, P = (W xor [rnd]^4) || [NUM_radix(REV(B))]^12, ready for AES."""
+    n = B.shape[0]
+    p = np.zeros((n, 16), np.uint8)
+    for i in range(n):
+        p[i, 15] = w[i, 0]
+        p[i, 14] = w[i, 1]
+        p[i, 13] = w[i, 2]
+        p[i, 12] = w[i, 3] ^ rnd
+        x = B[i]
+        for k in range(8):  # P[15 - k] = byte k of x (little end); reversed: position k
+            p[i, k] = np.uint8((x >> np.uint64(8 * k)) & np.uint64(0xFF))
+    return p
+
+
+@njit(cache=True)
+def _round_int(A, S, d, M, sign, reverse_s):
+    """c = (A + sign * NUM(S[:, :d])) mod M, in 64-bit arithmetic (M < 2^56)."""
+    n = A.shape[0]
+    out = np.empty(n, np.uint64)
+    Mu = np.uint64(M)
+    for i in range(n):
+        r = np.uint64(0)
+        for q in range(d):
+            if r >= np.uint64(1 << 56):
+                r = r % Mu
+            byte = S[i, 15 - q] if reverse_s else S[i, q]
+            r = (r << np.uint64(8)) | np.uint64(byte)
+        r = r % Mu
+        a = A[i]
+        if sign > 0:
+            c = a + r
+            if c >= Mu:
+                c -= Mu
+        else:
+            c = a - r if a >= r else a + (Mu - r)
+        out[i] = c
+    return out
+
+
+def _ff1_int(X: np.ndarray, radix: int, key: bytes, tweak: np.ndarray, decrypt: bool) -> np.ndarray:
+    N, n = X.shape
+    t = tweak.shape[1]
+    u, v, b, d, p = _ff1_params(radix, n, t)
+    ecb = _Ecb(key)
+    y0 = ecb(np.frombuffer(p, np.uint8).reshape(1, 16))[0]
+    qlen = t + ((-t - b - 1) % 16) + 1 + b
+    tw = np.ascontiguousarray(tweak, dtype=np.uint8)
+    A = _to_int(X, 0, u, radix, False)
+    B = _to_int(X, u, n, radix, False)
+    q = np.empty((N, qlen), np.uint8)
+    one_block = qlen == 16 and t == 0 and b <= 7 and sys.byteorder == "little"
+    y0w = y0.view(np.uint64)
+    rounds = range(9, -1, -1) if decrypt else range(10)
+    for i in rounds:
+        m = u if i % 2 == 0 else v
+        src = A if decrypt else B
+        if one_block:
+            _ff1_q16(src, b, i, y0w, q.view(np.uint64))
+        else:
+            _ff1_q_int(src, tw, t, qlen, b, i, y0, q)
+        r = ecb(q[:, :16])
+        for j in range(1, qlen // 16):
+            r = ecb(r ^ q[:, 16 * j : 16 * j + 16])
+        x = B if decrypt else A
+        if d == 8 and sys.byteorder == "little":
+            c = _round_int8(x, r.view(np.uint64), radix**m, -1 if decrypt else 1)
+        else:
+            c = _round_int(x, r, d, radix**m, -1 if decrypt else 1, False)
+        if decrypt:
+            B, A = A, c
+        else:
+            A, B = B, c
+    out = np.empty((N, n), np.uint8)
+    _to_digits(A, u, radix, False, out, 0)
+    _to_digits(B, v, radix, False, out, u)
+    return out
+
+
+def _ff3_int(
+    X: np.ndarray, radix: int, key: bytes, tl: np.ndarray, tr: np.ndarray, decrypt: bool
+) -> np.ndarray:
+    N, n = X.shape
+    u = (n + 1) // 2
+    v = n - u
+    ecb = _Ecb(bytes(reversed(key)))
+    A = _to_int(X, 0, u, radix, True)  # NUM_radix(REV(A))
+    B = _to_int(X, u, n, radix, True)
+    rounds = range(7, -1, -1) if decrypt else range(8)
+    for i in rounds:
+        m = u if i % 2 == 0 else v
+        w = tr if i % 2 == 0 else tl
+        src = A if decrypt else B
+        s = ecb(_ff3_p_int(src, w, i))  # S = REVB(output): read reversed in _round_int
+        if decrypt:
+            c = _round_int(B, s, 16, radix**m, -1, True)
+            B, A = A, c
+        else:
+            c = _round_int(A, s, 16, radix**m, 1, True)
+            A, B = B, c
+    out = np.empty((N, n), np.uint8)
+    _to_digits(A, u, radix, True, out, 0)
+    _to_digits(B, v, radix, True, out, u)
+    return out
+
+
 def _ff1_params(radix: int, n: int, t: int) -> tuple[int, int, int, int, bytes]:
     u = n // 2
     v = n - u
@@ -251,6 +455,8 @@ def ff1_digits(
     Digits are most significant first, as in SP 800-38G. Returns a new (N, n) array.
     """
     N, n = X.shape
+    if radix ** (n - n // 2) < 2**56:
+        return _ff1_int(X, radix, key, tweak, decrypt)
     t = tweak.shape[1]
     u, v, b, d, p = _ff1_params(radix, n, t)
     ecb = _Ecb(key)
@@ -328,6 +534,8 @@ def ff3_1_digits(
     t64[:, 7] = (t[:, 3] & 0x0F) << 4
     tl = np.ascontiguousarray(t64[:, :4])
     tr = np.ascontiguousarray(t64[:, 4:])
+    if radix ** ((n + 1) // 2) < 2**56:
+        return _ff3_int(X, radix, key, tl, tr, decrypt)
     u = (n + 1) // 2
     v = n - u
     ecb = _Ecb(bytes(reversed(key)))
@@ -408,6 +616,24 @@ def _rebuild(offsets, data, valid, lut, alphabet, flat, start):
             o += 1
         off[i + 1] = o
     return off, out[:o].copy()
+
+
+@njit(cache=True)
+def _gather(flat, start, rows, offset, length):
+    out = np.empty((rows.shape[0], length), np.uint8)
+    for k in range(rows.shape[0]):
+        s = start[rows[k]] + offset
+        for j in range(length):
+            out[k, j] = flat[s + j]
+    return out
+
+
+@njit(cache=True)
+def _scatter(flat, start, rows, Y):
+    for k in range(rows.shape[0]):
+        s = start[rows[k]]
+        for j in range(Y.shape[1]):
+            flat[s + j] = Y[k, j]
 
 
 @njit(cache=True)
@@ -502,12 +728,8 @@ def _crypt(
     todo = np.flatnonzero(buf.valid & (err == 0))
     for length in np.unique(enc_len[todo]):
         rows = todo[enc_len[todo] == length]
-        cols = start[rows][:, None] + np.arange(length)[None, :]
-        X = flat[cols]
-        if keep_last:
-            tail = flat[start[rows][:, None] + length + np.arange(keep_last)[None, :]]
-        else:
-            tail = np.zeros((len(rows), 0), np.int64)
+        X = _gather(flat, start, rows, 0, int(length))
+        tail = _gather(flat, start, rows, int(length), keep_last)
         tw = np.ascontiguousarray(tw_all[rows])
 
         def step(xs: np.ndarray, sel: np.ndarray, tw: np.ndarray = tw) -> np.ndarray:
@@ -520,7 +742,7 @@ def _crypt(
             bad_in = ~_luhn_ok(X, tail)
             err[rows[bad_in]] = E_LUHN
             keep = ~bad_in
-            rows, cols, X, tail, tw = rows[keep], cols[keep], X[keep], tail[keep], tw[keep]
+            rows, X, tail, tw = rows[keep], X[keep], tail[keep], tw[keep]
             if not len(rows):
                 continue
         Y = step(X, np.arange(len(rows)), tw)
@@ -534,7 +756,7 @@ def _crypt(
                 Y[sel] = step(Y[sel], sel, tw)
                 bad[sel] = ~_luhn_ok(Y[sel], tail[sel])
                 walks += 1
-        out_flat[cols] = Y
+        _scatter(out_flat, start, rows, np.ascontiguousarray(Y, dtype=np.uint8))
     ok = buf.valid & (err == 0)
     off, data = _rebuild(buf.offsets, buf.data, ok, lut, alphabet, out_flat, start)
     return string_array(off, data, ok, like=values.type), err

@@ -506,17 +506,27 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
-    except Exception as exc:  # click usage errors and anything unexpected
-        import click
-
-        if isinstance(exc, click.exceptions.UsageError):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except Exception as exc:  # usage errors (click, or typer's vendored click) and the unexpected
+        if (
+            type(exc).__name__ in _USAGE_ERRORS
+            or hasattr(exc, "show")
+            and hasattr(exc, "exit_code")
+        ):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(getattr(exc, "exit_code", 2) or 2)
         if debug:
             raise
         # the message of an unexpected error may carry data: print only its type
         err.print(f"internal error ({type(exc).__name__}); rerun with --debug for the traceback")
         sys.exit(1)
+
+
+_USAGE_ERRORS = {
+    "UsageError",
+    "NoSuchOption",
+    "BadParameter",
+    "MissingParameter",
+    "BadOptionUsage",
+    "BadArgumentUsage",
+    "NoArgsIsHelpError",
+}

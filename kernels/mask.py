@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from numba import njit
 
 from raymask.kernels._arrow import string_array, string_buffers
@@ -218,12 +219,17 @@ def mask(
 
 
 def redact(values: pa.Array | pa.ChunkedArray, replacement: str | None) -> pa.Array:
-    """Every non-null value becomes `replacement` (or null when it is None); nulls stay null."""
-    n = len(values)
-    valid = np.asarray(values.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
+    """Every non-null value becomes `replacement` (or null when it is None); nulls stay null.
+
+    No kernel of ours: Arrow's `if_else` with a scalar already writes the column in one pass.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    typ = (
+        values.type
+        if (pa.types.is_string(values.type) or pa.types.is_large_string(values.type))
+        else pa.large_string()
+    )
     if replacement is None:
-        return pa.nulls(n, type=values.type)
-    rep = np.frombuffer(replacement.encode("utf-8"), dtype=np.uint8)
-    w = len(rep)
-    data = np.tile(rep, n) if n else np.zeros(0, np.uint8)
-    return string_array(np.arange(n + 1, dtype=np.int64) * w, data, valid, like=values.type)
+        return pa.nulls(len(values), type=typ)
+    return pc.if_else(pc.is_valid(values), pa.scalar(replacement, typ), pa.scalar(None, typ))

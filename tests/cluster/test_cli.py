@@ -188,3 +188,78 @@ def test_stdin_to_stdout(ray_session, tmp_path, keyfile):
     assert result.exit_code == 0
     outs = [json.loads(x) for x in result.stdout.splitlines()]
     assert len(outs) == 300 and all(o["message"] == "[REDACTED]" for o in outs)
+
+
+def test_usage_errors_exit_2_without_a_traceback(tmp_path):
+    r = run(["mask", "x.ndjson", "--no-such-option"])
+    assert r.returncode == 2 and "No such option" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_reveal_and_keys_commands(tmp_path, keyfile):
+    from raymask.cluster.pipeline import mask_file
+    from raymask.policy.keys import Keyring
+
+    src = tmp_path / "in.ndjson"
+    src.write_bytes(generate_bytes("payments", 20, seed=8))
+    dst = tmp_path / "out.ndjson"
+    mask_file(
+        EXAMPLES / "payments.yaml",
+        "payments",
+        src,
+        dst,
+        role="fraud",
+        keyring=Keyring.from_file(keyfile),
+        local=True,
+    )
+    masked = [json.loads(x)["card"]["number"] for x in dst.read_text().splitlines()]
+    clear = [json.loads(x)["card"]["number"] for x in src.read_text().splitlines()]
+    args = [
+        "reveal",
+        "-P",
+        str(EXAMPLES / "payments.yaml"),
+        "-s",
+        "payments",
+        "-f",
+        "card.number",
+        "-r",
+        "fraud",
+        "--keys",
+        str(keyfile),
+    ]
+    r = subprocess.run(
+        RAYMASK + args,
+        input="\n".join(masked) + "\n",
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == clear
+    r = run(args[:-2] + ["--keys", str(keyfile), "not a card"])
+    assert (
+        r.returncode == 1
+        and r.stderr.strip()
+        == "value 1: too few characters of the alphabet for format-preserving encryption (domain < 1,000,000)"
+    )
+    r = run(
+        [
+            "reveal",
+            "-P",
+            str(EXAMPLES / "payments.yaml"),
+            "-s",
+            "payments",
+            "-f",
+            "account.id",
+            "--keys",
+            str(keyfile),
+            "acc_x",
+        ]
+    )
+    assert r.returncode == 2 and "cannot be reversed" in r.stderr
+    # keys: rotate and list, never the material
+    assert run(["keys", "rotate", str(keyfile), "--id", "tok"]).returncode == 0
+    r = run(["keys", "list", str(keyfile)])
+    assert "v1, v2" in r.stdout
+    material = json.loads(keyfile.read_text())["keys"][0]["material"]
+    assert material[7:20] not in r.stdout

@@ -174,3 +174,56 @@ def test_untouched_bytes_stay_identical(tmp_path, keyring):
     out = dst.read_text()
     assert out.startswith('{ "note" : "[REDACTED]" ,"amount":12.50, "account" : {"id":"acc_')
     assert out.endswith('"}, "extra": [1, 2.0e3, {"k": null}] }\n')
+
+
+REFUSALS = """
+version: 2
+streams:
+  s:
+    format: ndjson
+    key: id
+    fields:
+      card: {technique: fpe, key: fpe}
+      sealed: {technique: encrypt, key: sealed}
+      ip: {technique: generalize, method: ip_prefix}
+      when: {technique: date_shift, key: shift}
+      pan: {technique: mask, preset: card}
+      n: {technique: generalize, method: round, step: 5}
+"""
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("card", "12345", "field card: too few characters of the alphabet"),
+        ("sealed", {"an": "object"}, "field sealed: encrypt takes a string or number, got object"),
+        ("ip", "not-an-ip", "field ip: not an IP address"),
+        ("when", "23/11/2026", "field when: not a date or timestamp"),
+        ("pan", "4111", "field pan: not a payment card number"),
+        ("n", "twelve", "field n: not a number"),
+    ],
+)
+def test_a_value_a_technique_cannot_take_goes_to_the_dead_letters_never_the_output(
+    tmp_path, keyring, field, value, reason
+):
+    good = {
+        "id": "a1",
+        "card": "4111111111111111",
+        "sealed": "x",
+        "ip": "10.1.2.3",
+        "when": "2026-11-23",
+        "pan": "4111 1111 1111 1111",
+        "n": 12,
+    }
+    bad = dict(good, **{field: value})
+    pol = tmp_path / "p.yaml"
+    pol.write_text(REFUSALS)
+    src = tmp_path / "in.ndjson"
+    src.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    dst = tmp_path / "out.ndjson"
+    s = mask_file(pol, "s", src, dst, keyring=keyring, local=True, workers=1)
+    assert (s.records_out, s.dead_letters) == (1, 1)
+    dead = list(read_dead_letters(s.dead_letter_file, keyring))
+    assert dead[0].line == 2 and dead[0].reason.startswith(reason), dead[0].reason
+    out = dst.read_text()
+    assert json.dumps(value) not in out and len(out.splitlines()) == 1

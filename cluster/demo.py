@@ -194,6 +194,17 @@ def run_demo(n: int = 100_000, workers: int = 2, out_dir: Path = Path("demo-out"
                 f"{stream}: the first record before and after ({dst})",
             )
             print_summary(console, summary)
+            if role == "fraud":
+                from raymask.cluster.reveal import reveal_values
+
+                masked = _records(dst, fmt, 1)[0]["card"]["number"]
+                clear = reveal_values(
+                    policy, stream, "card.number", [masked], keyring=ring, role=role
+                ).values[0]
+                console.print(
+                    f"fpe is reversible for a key holder: raymask reveal -f card.number -r fraud "
+                    f"'{masked}' -> '{clear}' (the original: {clear == _records(src, fmt, 1)[0]['card']['number']})"
+                )
             totals["in"] += summary.records_in
             totals["out"] += summary.records_out
             totals["dead"] += summary.dead_letters

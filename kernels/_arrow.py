@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["StringBuffers", "string_buffers", "string_array", "validity"]
+__all__ = ["StringBuffers", "as_text", "string_buffers", "string_array", "validity"]
 
 
 class StringBuffers:
@@ -85,3 +85,16 @@ def string_array(
         obuf = pa.py_buffer(offsets.astype(np.int32))
     dbuf = pa.py_buffer(np.ascontiguousarray(data, dtype=np.uint8))
     return pa.Array.from_buffers(typ, n, [vbuf, obuf, dbuf], null_count=null_count)
+
+
+def as_text(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Strings as they are; numbers, booleans, dates and timestamps as their text (Arrow's cast),
+    so a text technique (tokenize, mask, fpe, encrypt) also takes typed columns."""
+    t = values.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return values
+    if pa.types.is_null(t):
+        return pa.nulls(len(values), pa.string())
+    import pyarrow.compute as pc
+
+    return pc.cast(values, pa.string())

@@ -33,7 +33,7 @@ import pyarrow as pa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from numba import njit
 
-from raymask.kernels._arrow import string_array, string_buffers
+from raymask.kernels._arrow import as_text, string_array, string_buffers
 
 __all__ = [
     "ALPHABETS",
@@ -707,6 +707,7 @@ def _crypt(
     luhn: bool,
     decrypt: bool,
 ) -> tuple[pa.Array, np.ndarray]:
+    values = as_text(values)
     if radix not in ALPHABETS:
         raise ValueError(f"radix must be one of {sorted(ALPHABETS)}")
     if mode not in ("ff1", "ff3-1"):

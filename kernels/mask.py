@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numba import njit
 
-from raymask.kernels._arrow import string_array, string_buffers
+from raymask.kernels._arrow import as_text, string_array, string_buffers
 
 __all__ = ["MODES", "PRESETS", "ERRORS", "mask", "redact"]
 
@@ -205,6 +205,7 @@ def mask(
     A `preset` (email, card, phone, iban) fixes mode, kept counts and shape check; values with
     an error code are null in the result and must not be emitted.
     """
+    values = as_text(values)
     check = CHECK_NONE
     m = MODES[mode]
     if preset is not None:

@@ -20,7 +20,7 @@ import pyarrow as pa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from numba import njit
 
-from raymask.kernels._arrow import string_array, string_buffers
+from raymask.kernels._arrow import as_text, string_array, string_buffers
 
 __all__ = ["ERRORS", "siv_encrypt", "siv_decrypt", "encrypt_column", "decrypt_column"]
 
@@ -384,6 +384,7 @@ def encrypt_column(
     ad: bytes | None = None,
 ) -> pa.Array:
     """Text form: ``<prefix>v<version>.<base64url(V || C)>``; nulls stay null."""
+    values = as_text(values)
     blobs = siv_encrypt(values, key, ad)
     b = string_buffers(blobs)
     off, out = _b64_encode(

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 from numba import njit
 
-from raymask.kernels._arrow import string_array, string_buffers
+from raymask.kernels._arrow import as_text, string_array, string_buffers
 
 __all__ = ["BACKENDS", "hmac_sha256", "hmac_states", "tokenize", "encode_digests", "ENCODINGS"]
 
@@ -383,6 +383,7 @@ def tokenize(
 
     Fixed-width output, so the result array is assembled without per-value offsets work.
     """
+    values = as_text(values)
     if encoding not in _ALPHABET:
         raise ValueError(
             f"unknown token encoding {encoding!r}; expected one of {sorted(ENCODINGS)}"

@@ -12,7 +12,7 @@ def test_public_api_is_pinned():
     assert sorted(raymask.__all__) == sorted([
         "InputError", "Key", "Keyring", "KeyringError", "PipelineError", "Policy", "PolicyError",
         "RaymaskError", "RunSummary", "generate_bytes", "load_policy", "mask_file", "parse_policy",
-        "replay_dead_letters",
+        "replay_dead_letters", "RevealResult", "reveal_values",
     ])  # fmt: skip
 
 

@@ -158,6 +158,19 @@ def run_pipeline(
     return summary
 
 
+def _checked(
+    policy: str | Path | Policy, stream: str, keyring: Keyring | None, dead_letter_key: str
+) -> tuple[Policy, StreamPlan, Keyring]:
+    """Policy compiled for `stream`, and a keyring holding every key it and the dead letters need."""
+    pol, source_name = _load(policy)
+    plan = compile_stream(pol, stream, source_name)
+    ring = keyring if keyring is not None else Keyring.from_env()
+    ring.require(plan.key_ids())
+    plan.check_keys(ring)
+    ring.get(dead_letter_key)
+    return pol, plan, ring
+
+
 def _load(policy: str | Path | Policy) -> tuple[Policy, str]:
     if isinstance(policy, Policy):
         return policy, "<policy>"
@@ -185,12 +198,7 @@ def prepare(
     chunk_bytes: int = 4 << 20,
 ) -> Job:
     """Check everything that can fail before data moves; PolicyError, KeyringError or InputError."""
-    pol, source_name = _load(policy)
-    plan = compile_stream(pol, stream, source_name)
-    ring = keyring if keyring is not None else Keyring.from_env()
-    ring.require(plan.key_ids())
-    plan.check_keys(ring)
-    ring.get(dead_letter_key)
+    pol, plan, ring = _checked(policy, stream, keyring, dead_letter_key)
     src = FileSource(str(input), plan.format, delimiter=plan.delimiter, chunk_bytes=chunk_bytes)
     return Job(pol, plan, ring, src, dead_letter_key)
 
@@ -269,12 +277,7 @@ def replay_dead_letters(
     """
     from raymask.actors.sinks.deadletters import read_dead_letters
 
-    pol, source_name = _load(policy)
-    plan = compile_stream(pol, stream, source_name)
-    ring = keyring if keyring is not None else Keyring.from_env()
-    ring.require(plan.key_ids())
-    plan.check_keys(ring)
-    ring.get(dead_letter_key)
+    pol, plan, ring = _checked(policy, stream, keyring, dead_letter_key)
     entries = [d for d in read_dead_letters(file, ring) if d.stream == stream]
     header = b""
     if plan.format == "csv":

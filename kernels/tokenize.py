@@ -106,6 +106,50 @@ def _compress(state, buf, pos, w, k):
     state[7] = (state[7] + h) & 0xFFFFFFFF
 
 
+@njit(cache=True, inline="always")
+def _inner_tail(data, s, L, tail):
+    """The last one or two blocks of the inner hash (message rest, 0x80, zeros, bit length of
+    ipad block + message) in `tail`; returns how many blocks."""
+    full = L // 64
+    r = L - 64 * full
+    for j in range(128):
+        tail[j] = 0
+    for j in range(r):
+        tail[j] = data[s + 64 * full + j]
+    tail[r] = 0x80
+    nblk = 1 if r + 9 <= 64 else 2
+    bits = (64 + L) * 8
+    end = 64 * nblk
+    for j in range(8):
+        tail[end - 1 - j] = (bits >> (8 * j)) & 0xFF
+    return nblk
+
+
+@njit(cache=True, inline="always")
+def _outer_block(st, tail):
+    """The single block of the outer hash: the 32-byte inner digest, padded (768 bits)."""
+    for j in range(128):
+        tail[j] = 0
+    for j in range(8):
+        v = st[j]
+        tail[4 * j] = (v >> 24) & 0xFF
+        tail[4 * j + 1] = (v >> 16) & 0xFF
+        tail[4 * j + 2] = (v >> 8) & 0xFF
+        tail[4 * j + 3] = v & 0xFF
+    tail[32] = 0x80
+    tail[62] = 0x03  # (64 + 32) * 8 = 768 = 0x0300 bits
+
+
+@njit(cache=True, inline="always")
+def _store_digest(st, out, i):
+    for j in range(8):
+        v = st[j]
+        out[i, 4 * j] = (v >> 24) & 0xFF
+        out[i, 4 * j + 1] = (v >> 16) & 0xFF
+        out[i, 4 * j + 2] = (v >> 8) & 0xFF
+        out[i, 4 * j + 3] = v & 0xFF
+
+
 @njit(cache=True)
 def _hmac_kernel(offsets, data, valid, istate, ostate, k):
     n = offsets.shape[0] - 1
@@ -121,43 +165,17 @@ def _hmac_kernel(offsets, data, valid, istate, ostate, k):
         # inner hash: state after the ipad block, then the message
         for j in range(8):
             st[j] = istate[j]
-        full = L // 64
-        for b in range(full):
+        for b in range(L // 64):
             _compress(st, data, s + 64 * b, w, k)
-        r = L - 64 * full
-        for j in range(128):
-            tail[j] = 0
-        for j in range(r):
-            tail[j] = data[s + 64 * full + j]
-        tail[r] = 0x80
-        nblk = 1 if r + 9 <= 64 else 2
-        bits = (64 + L) * 8
-        end = 64 * nblk
-        for j in range(8):
-            tail[end - 1 - j] = (bits >> (8 * j)) & 0xFF
+        nblk = _inner_tail(data, s, L, tail)
         for b in range(nblk):
             _compress(st, tail, 64 * b, w, k)
         # outer hash: state after the opad block, then the 32-byte inner digest
-        for j in range(128):
-            tail[j] = 0
-        for j in range(8):
-            v = st[j]
-            tail[4 * j] = (v >> 24) & 0xFF
-            tail[4 * j + 1] = (v >> 16) & 0xFF
-            tail[4 * j + 2] = (v >> 8) & 0xFF
-            tail[4 * j + 3] = v & 0xFF
-        tail[32] = 0x80
-        tail[62] = 0x03  # (64 + 32) * 8 = 768 = 0x0300 bits
-        tail[63] = 0x00
+        _outer_block(st, tail)
         for j in range(8):
             st[j] = ostate[j]
         _compress(st, tail, 0, w, k)
-        for j in range(8):
-            v = st[j]
-            out[i, 4 * j] = (v >> 24) & 0xFF
-            out[i, 4 * j + 1] = (v >> 16) & 0xFF
-            out[i, 4 * j + 2] = (v >> 8) & 0xFF
-            out[i, 4 * j + 3] = v & 0xFF
+        _store_digest(st, out, i)
     return out
 
 
@@ -219,41 +237,16 @@ def _make_ossl_kernel(transform):
             L = offsets[i + 1] - s
             for j in range(8):
                 ctx[j] = istate[j]
-            full = L // 64
-            for b in range(full):
+            for b in range(L // 64):
                 transform(ctx.ctypes.data, base + s + 64 * b)
-            r = L - 64 * full
-            for j in range(128):
-                tail[j] = 0
-            for j in range(r):
-                tail[j] = data[s + 64 * full + j]
-            tail[r] = 0x80
-            nblk = 1 if r + 9 <= 64 else 2
-            bits = (64 + L) * 8
-            end = 64 * nblk
-            for j in range(8):
-                tail[end - 1 - j] = (bits >> (8 * j)) & 0xFF
+            nblk = _inner_tail(data, s, L, tail)
             for b in range(nblk):
                 transform(ctx.ctypes.data, tail.ctypes.data + 64 * b)
-            for j in range(128):
-                tail[j] = 0
-            for j in range(8):
-                v = ctx[j]
-                tail[4 * j] = (v >> 24) & 0xFF
-                tail[4 * j + 1] = (v >> 16) & 0xFF
-                tail[4 * j + 2] = (v >> 8) & 0xFF
-                tail[4 * j + 3] = v & 0xFF
-            tail[32] = 0x80
-            tail[62] = 0x03
+            _outer_block(ctx, tail)
             for j in range(8):
                 ctx[j] = ostate[j]
             transform(ctx.ctypes.data, tail.ctypes.data)
-            for j in range(8):
-                v = ctx[j]
-                out[i, 4 * j] = (v >> 24) & 0xFF
-                out[i, 4 * j + 1] = (v >> 16) & 0xFF
-                out[i, 4 * j + 2] = (v >> 8) & 0xFF
-                out[i, 4 * j + 3] = v & 0xFF
+            _store_digest(ctx, out, i)
         return out
 
     return kernel

@@ -43,12 +43,19 @@ class MaskCore:
     """Masks routed batches with one compiled stream policy."""
 
     def __init__(self, policy: Policy | dict, stream: str, keyring: Keyring, fmt: Format) -> None:
-        pol = policy if isinstance(policy, Policy) else Policy.model_validate(policy)
-        self.plan: StreamPlan = compile_stream(pol, stream)
-        keyring.require(self.plan.key_ids())
-        self.plan.check_keys(keyring)
+        self.stream = stream
         self.keyring = keyring
         self.fmt = fmt
+        self.set_policy(policy)
+
+    def set_policy(self, policy: Policy | dict) -> int:
+        """Switch to another policy version; takes effect from the next batch."""
+        pol = policy if isinstance(policy, Policy) else Policy.model_validate(policy)
+        plan = compile_stream(pol, self.stream)
+        self.keyring.require(plan.key_ids())
+        plan.check_keys(self.keyring)
+        self.plan: StreamPlan = plan
+        return plan.version
 
     def process(self, batch: pa.RecordBatch, role: str | None = None) -> MaskOutput:
         plan, fmt = self.plan, self.fmt
@@ -130,6 +137,9 @@ def _make_actor():  # Ray is imported only where actors are made, never by the p
 
         def process(self, batch: pa.RecordBatch, role: str | None = None) -> MaskOutput:
             return self.core.process(batch, role)
+
+        def set_policy(self, policy: dict) -> int:
+            return self.core.set_policy(policy)
 
         def warm(self) -> bool:
             return True

@@ -170,6 +170,28 @@ def policy_explain(
         out.print("* overridden for this role")
 
 
+@policy_app.command("push")
+def policy_push(
+    file: Path,
+    pipeline: Annotated[
+        str,
+        typer.Option(
+            "--pipeline", "-p", help="Name of the running pipeline (default: its stream)."
+        ),
+    ],
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray address (default: RAY_ADDRESS or auto).")
+    ] = None,
+) -> None:
+    """Hand a running pipeline a new policy version; it switches at the next batch."""
+    import getpass
+
+    from raymask.actors.control import push_policy
+
+    version = push_policy(pipeline, file, source=file.name, by=getpass.getuser(), address=address)
+    print(f"pipeline {pipeline} now runs policy version {version}")
+
+
 @policy_app.command("schema")
 def policy_schema() -> None:
     """Print the policy JSON Schema (for editors)."""
@@ -235,6 +257,10 @@ def print_summary(console: Console, s) -> None:
     table.add_row("dead letters", f"{s.dead_letters:,}")
     table.add_row("in = out + dead", "yes" if s.balanced else "NO")
     table.add_row("workers", str(s.workers))
+    if len(s.versions) > 1:
+        table.add_row(
+            "policy versions", ", ".join(f"v{v}: {n:,}" for v, n in sorted(s.versions.items()))
+        )
     table.add_row("wall time", f"{s.seconds:.2f} s")
     table.add_row(
         "throughput",
@@ -280,12 +306,22 @@ def mask(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")
     ] = False,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="Pipeline name for `policy push` (default: the stream)."),
+    ] = None,
 ) -> None:
     """Mask a file on Ray: shard by key across workers, write the role's view."""
     from raymask.cluster.pipeline import prepare, run_job
 
     job = prepare(policy, stream, input, keyring=_keyring(keys))
-    opts = {"role": role, "workers": workers, "address": address, "dead_letters": dead_letters}
+    opts = {
+        "role": role,
+        "workers": workers,
+        "address": address,
+        "dead_letters": dead_letters,
+        "name": name,
+    }
     if quiet:
         run_job(job, output, **opts)
         return

@@ -20,6 +20,7 @@ from typing import IO, Any
 import numpy as np
 import pyarrow as pa
 
+from raymask.actors.control import ControlCore, key_shapes, make_control_actor
 from raymask.actors.router import DeadLetter, Routed, RouterCore
 from raymask.actors.sinks.deadletters import DEFAULT_KEY_ID, DeadLetterWriter
 from raymask.actors.sources.files import FileSource
@@ -27,7 +28,7 @@ from raymask.actors.worker import MaskCore, MaskOutput
 from raymask.errors import InputError, PipelineError
 from raymask.policy.compile import StreamPlan, compile_stream
 from raymask.policy.keys import Keyring
-from raymask.policy.loader import load_policy
+from raymask.policy.loader import load_policy, validate_data
 from raymask.policy.schema import Policy
 
 __all__ = [
@@ -56,6 +57,8 @@ class RunSummary:
     techniques: dict[str, str] = field(default_factory=dict)  # field -> technique in this view
     changed: Counter = field(default_factory=Counter)  # field -> values changed
     dead_reasons: Counter = field(default_factory=Counter)  # reason -> count
+    versions: Counter = field(default_factory=Counter)  # policy version -> records masked by it
+    pipeline: str = ""  # the name `raymask policy push --pipeline` finds it by
     output: str = ""
     dead_letter_file: str | None = None
 
@@ -76,7 +79,11 @@ ProgressFn = Callable[[int, int, int], None]  # (records so far, bytes so far, b
 
 
 def _collect(
-    routed: Routed, data: np.ndarray, outputs: Sequence[MaskOutput], summary: RunSummary
+    routed: Routed,
+    data: np.ndarray,
+    outputs: Sequence[MaskOutput],
+    summary: RunSummary,
+    version: int,
 ) -> tuple[pa.Array, list[DeadLetter]]:
     rows = [o.rows for o in outputs]
     recs = [o.records for o in outputs]
@@ -87,8 +94,10 @@ def _collect(
             dead.append(DeadLetter(int(routed.lines[r]), reason, bytes(data[s:e]), fld))
         for k, v in o.counts.items():
             summary.changed[k] += v
-        if o.policy_version != summary.policy_version:
-            raise PipelineError("a worker answered with another policy version")
+        if o.policy_version != version:
+            raise PipelineError(
+                f"a worker masked a batch with policy version {o.policy_version}, not {version}"
+            )
     if not recs:
         return pa.array([], pa.large_binary()), dead
     allrows = np.concatenate(rows)
@@ -118,17 +127,27 @@ def run_pipeline(
     *,
     max_in_flight: int = 2,
     progress: ProgressFn | None = None,
+    poll: Callable[[], int] | None = None,
+    switch: Callable[[int], tuple[StreamPlan, Callable[[Any], Any]]] | None = None,
 ) -> RunSummary:
-    """Stream `source` through `workers`; `submit` starts one batch, `fetch` waits for a chunk's."""
+    """Stream `source` through `workers`; `submit` starts one batch, `fetch` waits for a chunk's.
+
+    Live policy changes: between chunks, `poll()` gives the running policy version; when it
+    changed, `switch(version)` returns the new plan and a function that hands the policy to one
+    worker. Each worker gets it before its next batch (calls to one actor run in order), so every
+    chunk is masked by exactly one version, and versions never go backwards.
+    """
     router = RouterCore(plan, source.format, len(workers))
     out.write(source.format.header(plan.tree, plan.unknown_fields == "drop", plan.named))
-    pending: deque[tuple[Routed, np.ndarray, list[Any]]] = deque()
+    pending: deque[tuple[Routed, np.ndarray, list[Any], int]] = deque()
     t0 = time.perf_counter()
+    version = plan.version
 
     def drain_one() -> None:
-        routed, data, futures = pending.popleft()
+        routed, data, futures, v = pending.popleft()
         outputs = fetch(futures)
-        records, dead = _collect(routed, data, outputs, summary)
+        records, dead = _collect(routed, data, outputs, summary, v)
+        summary.versions[v] += len(records)
         _write_records(out, records)
         dead_writer.write(dead)
         summary.records_in += routed.records
@@ -140,11 +159,18 @@ def run_pipeline(
             progress(summary.records_in, summary.bytes_in, source.bytes_total)
 
     for chunk in source.chunks():
+        if poll is not None and switch is not None:
+            latest = poll()
+            if latest != version:
+                new_plan, hand_over = switch(latest)
+                fetch([hand_over(w) for w in workers])
+                router = RouterCore(new_plan, source.format, len(workers))
+                version = latest
         routed = router.route(chunk.data, chunk.base_line)
         futures = [
             submit(w, b, role) for w, b in zip(workers, routed.shards, strict=True) if b is not None
         ]
-        pending.append((routed, chunk.data, futures))
+        pending.append((routed, chunk.data, futures, version))
         summary.bytes_in += chunk.nbytes
         while len(pending) > max_in_flight:
             drain_one()
@@ -213,12 +239,14 @@ def run_job(
     dead_letters: str | Path | None = None,
     progress: ProgressFn | None = None,
     local: bool = False,
+    name: str | None = None,
+    control: ControlCore | None = None,
 ) -> RunSummary:
     """Run a prepared job (see `mask_file`)."""
     if workers < 1:
         raise InputError("workers must be >= 1")
     return _run(job.policy, job.plan, job.source, str(output), role, workers, address, job.keyring,
-                dead_letters, job.dead_letter_key, progress, local)  # fmt: skip
+                dead_letters, job.dead_letter_key, progress, local, name, control)  # fmt: skip
 
 
 def mask_file(
@@ -236,13 +264,16 @@ def mask_file(
     chunk_bytes: int = 4 << 20,
     progress: ProgressFn | None = None,
     local: bool = False,
+    name: str | None = None,
 ) -> RunSummary:
     """Mask a file (NDJSON or CSV; '-' for stdin/stdout) on Ray and return the run's summary.
 
     Starts an embedded local Ray unless `address` / RAY_ADDRESS names a cluster, or Ray is already
     initialised in this process. `local=True` runs the workers in-process without Ray (for tests
     and tiny inputs). Raises PolicyError, KeyringError or InputError before any data moves.
-    Dead letters go to `dead_letters` (default: OUTPUT.deadletters.ndjson).
+    Dead letters go to `dead_letters` (default: OUTPUT.deadletters.ndjson). While it runs, the
+    pipeline takes new policy versions through `push_policy(name, ...)` (name: default the
+    stream's name).
     """
     job = prepare(
         policy,
@@ -253,7 +284,7 @@ def mask_file(
         chunk_bytes=chunk_bytes,
     )
     return run_job(job, output, role=role, workers=workers, address=address, dead_letters=dead_letters,
-                   progress=progress, local=local)  # fmt: skip
+                   progress=progress, local=local, name=name)  # fmt: skip
 
 
 def replay_dead_letters(
@@ -310,7 +341,8 @@ def replay_dead_letters(
 def _run(
     pol: Policy, plan: StreamPlan, src: FileSource, out_name: str, role: str | None, workers: int,
     address: str | None, ring: Keyring, dead_letters: str | Path | None, dead_letter_key: str,
-    progress: ProgressFn | None, local: bool,
+    progress: ProgressFn | None, local: bool, name: str | None = None,
+    control: ControlCore | None = None,
 ) -> RunSummary:  # fmt: skip
     stream = plan.stream
     view = plan.view(role)
@@ -335,9 +367,17 @@ def _run(
     try:
         if local:
             cores = [MaskCore(pol, stream, ring, src.format) for _ in range(workers)]
+            poll = switch = None
+            if control is not None:
+                poll = control.current_version
+
+                def switch(v: int):  # noqa: ANN202
+                    data = control.current()[1]
+                    return compile_stream(validate_data(data), stream), lambda w: w.set_policy(data)
+
             run_pipeline(
                 plan, src, cores, lambda w, b, r: w.process(b, r), lambda fs: list(fs), out_f, writer,
-                role, summary, progress=progress,
+                role, summary, progress=progress, poll=poll, switch=switch,
             )  # fmt: skip
         else:
             import ray
@@ -350,16 +390,28 @@ def _run(
                 MaskWorker.remote(pol.model_dump(), stream, ring, src.format)
                 for _ in range(workers)
             ]
+            ctl = make_control_actor(
+                name or stream, pol.model_dump(mode="json"), stream, key_shapes(ring)
+            )
+            summary.pipeline = name or stream
+
+            def switch_ray(v: int):  # noqa: ANN202
+                data = ray.get(ctl.current.remote())[1]
+                return compile_stream(validate_data(data), stream), lambda w: w.set_policy.remote(
+                    data
+                )
+
             try:
                 ray.get([a.warm.remote() for a in actors])
                 run_pipeline(
                     plan, src, actors, lambda w, b, r: w.process.remote(b, r), ray.get, out_f, writer,
                     role, summary, progress=progress,
+                    poll=lambda: ray.get(ctl.current_version.remote()), switch=switch_ray,
                 )  # fmt: skip
             except ray.exceptions.RayActorError:
                 raise PipelineError("a mask worker died; see the Ray logs") from None
             finally:
-                for a in actors:
+                for a in [*actors, ctl]:
                     ray.kill(a)
     finally:
         src.close()

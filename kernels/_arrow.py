@@ -91,7 +91,12 @@ def as_text(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """Strings as they are; numbers, booleans, dates and timestamps as their text (Arrow's cast),
     so a text technique (tokenize, mask, fpe, encrypt) also takes typed columns."""
     t = values.type
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+    if (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+    ):
         return values
     if pa.types.is_null(t):
         return pa.nulls(len(values), pa.string())

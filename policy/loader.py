@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from raymask.errors import PolicyError
 from raymask.policy.schema import TECHNIQUES, Policy
 
-__all__ = ["load_policy", "parse_policy"]
+__all__ = ["load_policy", "parse_policy", "validate_data"]
 
 
 def _compose(text: str, name: str) -> tuple[Any, dict[tuple[str, ...], int]]:
@@ -110,9 +110,18 @@ def _message(err: dict[str, Any]) -> str:
     return msg[0].lower() + msg[1:] if msg else "invalid"
 
 
+def validate_data(data: Any, name: str = "<policy>") -> Policy:
+    """Validate an already-parsed policy (a dict); PolicyError lists every problem by path."""
+    return _validate(data, {}, name)
+
+
 def parse_policy(text: str, name: str = "<policy>") -> Policy:
     """Validate policy text; raise PolicyError with every located problem."""
     data, lines = _compose(text, name)
+    return _validate(data, lines, name)
+
+
+def _validate(data: Any, lines: dict[tuple[str, ...], int], name: str) -> Policy:
     if not isinstance(data, dict):
         raise PolicyError([f"{name}:1: a policy is a mapping with version and streams"])
     try:
@@ -127,8 +136,14 @@ def parse_policy(text: str, name: str = "<policy>") -> Policy:
                     line = lines[path[:cut]]
                     break
             where = ".".join(path) or "policy"
-            problems.append(f"{name}:{line or 1}: {where}: {_message(err)}")
-        raise PolicyError(sorted(set(problems), key=lambda p: int(p.split(":")[1]))) from None
+            at = f"{name}:{line}" if line else name
+            problems.append(f"{at}: {where}: {_message(err)}")
+        raise PolicyError(sorted(set(problems), key=_line_of)) from None
+
+
+def _line_of(problem: str) -> int:
+    part = problem.split(":")[1] if problem.count(":") >= 2 else ""
+    return int(part) if part.strip().isdigit() else 0
 
 
 def load_policy(path: str | Path) -> Policy:

@@ -15,7 +15,9 @@ TYPED = [
     pa.array([12.5, None, 1e-7], pa.float64()),
     pa.array([True, None, False]),
     pa.array([dt.date(2026, 11, 23), None, dt.date(1999, 1, 2)]),
-    pa.array([dt.datetime(2026, 11, 23, 8, 0, 1), None, dt.datetime(2000, 2, 29)], pa.timestamp("ms")),
+    pa.array(
+        [dt.datetime(2026, 11, 23, 8, 0, 1), None, dt.datetime(2000, 2, 29)], pa.timestamp("ms")
+    ),
 ]
 
 

@@ -89,11 +89,12 @@ class MaskCore:
             err_code[first] = applied.err[first]
             err_op[first] = oi
             edit = (kinds != K_MISSING) & (kinds != K_NULL) & (applied.err == 0)
-            counts[op.path] = int(edit.sum())
             edited.append(op.index)
             edits.append(edit)
             reps.append(fmt.write_values(applied.values, applied.raw))
         emit = err_code == 0
+        for op, edit in zip(ops, edits, strict=True):  # values changed in records that leave
+            counts[op.path] = int((edit & emit).sum())
         edit_m = np.stack(edits, axis=1) if edits else np.zeros((n, 0), np.bool_)
         out = fmt.emit(
             data,

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from raymask.actors.control import ControlCore, key_shapes, make_control_actor
+from raymask.actors.metrics import PipelineMetrics
 from raymask.actors.router import DeadLetter, Routed, RouterCore
 from raymask.actors.sinks.deadletters import DEFAULT_KEY_ID, DeadLetterWriter
 from raymask.actors.sources.files import FileSource
@@ -129,6 +130,7 @@ def run_pipeline(
     progress: ProgressFn | None = None,
     poll: Callable[[], int] | None = None,
     switch: Callable[[int], tuple[StreamPlan, Callable[[Any], Any]]] | None = None,
+    metrics: Any | None = None,
 ) -> RunSummary:
     """Stream `source` through `workers`; `submit` starts one batch, `fetch` waits for a chunk's.
 
@@ -139,15 +141,23 @@ def run_pipeline(
     """
     router = RouterCore(plan, source.format, len(workers))
     out.write(source.format.header(plan.tree, plan.unknown_fields == "drop", plan.named))
-    pending: deque[tuple[Routed, np.ndarray, list[Any], int]] = deque()
+    pending: deque[tuple[Routed, np.ndarray, list[Any], int, float, int]] = deque()
     t0 = time.perf_counter()
     version = plan.version
 
     def drain_one() -> None:
-        routed, data, futures, v = pending.popleft()
+        routed, data, futures, v, started, nbytes = pending.popleft()
         outputs = fetch(futures)
+        before = dict(summary.changed)
         records, dead = _collect(routed, data, outputs, summary, v)
         summary.versions[v] += len(records)
+        if metrics is not None:
+            metrics.chunk(
+                records_in=routed.records, records_out=len(records), dead=len(dead), nbytes=nbytes,
+                seconds=time.perf_counter() - started, in_flight=len(pending),
+                changed={k: n - before.get(k, 0) for k, n in summary.changed.items()},
+                techniques=summary.techniques, version=v,
+            )  # fmt: skip
         _write_records(out, records)
         dead_writer.write(dead)
         summary.records_in += routed.records
@@ -166,11 +176,12 @@ def run_pipeline(
                 fetch([hand_over(w) for w in workers])
                 router = RouterCore(new_plan, source.format, len(workers))
                 version = latest
+        t_route = time.perf_counter()
         routed = router.route(chunk.data, chunk.base_line)
         futures = [
             submit(w, b, role) for w, b in zip(workers, routed.shards, strict=True) if b is not None
         ]
-        pending.append((routed, chunk.data, futures, version))
+        pending.append((routed, chunk.data, futures, version, t_route, chunk.nbytes))
         summary.bytes_in += chunk.nbytes
         while len(pending) > max_in_flight:
             drain_one()
@@ -407,6 +418,7 @@ def _run(
                     plan, src, actors, lambda w, b, r: w.process.remote(b, r), ray.get, out_f, writer,
                     role, summary, progress=progress,
                     poll=lambda: ray.get(ctl.current_version.remote()), switch=switch_ray,
+                    metrics=PipelineMetrics(stream),
                 )  # fmt: skip
             except ray.exceptions.RayActorError:
                 raise PipelineError("a mask worker died; see the Ray logs") from None

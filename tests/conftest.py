@@ -28,17 +28,30 @@ def _no_ray_in_unit_tests(request, monkeypatch):
     yield
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+METRICS_PORT = _free_port()
+
+
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for every integration test of the session."""
+    """One local Ray for every integration test of the session, exporting Prometheus metrics on
+    METRICS_PORT."""
     import ray
 
     from raymask.cluster.runtime import ray_temp_dir
 
     if not ray.is_initialized():
         ray.init(
-            num_cpus=2, include_dashboard=False, _temp_dir=ray_temp_dir(), logging_level="ERROR"
-        )
+            num_cpus=2, include_dashboard=False, _temp_dir=ray_temp_dir(), logging_level="ERROR",
+            _metrics_export_port=METRICS_PORT, _system_config={"metrics_report_interval_ms": 1000},
+        )  # fmt: skip
     yield ray
     ray.shutdown()
 

@@ -143,7 +143,10 @@ def test_push_to_a_running_ray_pipeline_by_name(ray_session, tmp_path: Path, key
     t.join(timeout=300)
     s = result["s"]
     assert s.balanced and s.versions[2] > 0
-    names = {json.loads(x)["customer"]["name"] for x in (tmp_path / "out.ndjson").read_text().splitlines()}
+    names = {
+        json.loads(x)["customer"]["name"]
+        for x in (tmp_path / "out.ndjson").read_text().splitlines()
+    }
     assert "[GONE]" in names
     with pytest.raises(Exception, match="no running pipeline named 'live-test'"):
         push_policy("live-test", _v2())

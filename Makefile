@@ -37,6 +37,7 @@ bench: $(STAMP)
 	@mkdir -p $(RAY_TMPDIR)
 	$(BIN)/python -m raymask.loadtest.bench --ray
 	$(BIN)/python -m raymask.loadtest.bench --kernels 1000000
+	$(BIN)/python -m raymask.loadtest.bench --pipeline 300000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info demo-out

@@ -12,6 +12,7 @@ and mask the values themselves, in parallel.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,11 +42,11 @@ class Routed:
     shards: list[pa.RecordBatch | None]  # one sub-batch per worker (None when empty)
     dead: list[DeadLetter]
     records: int
-    starts: (
-        np.ndarray
-    )  # record spans in the chunk, by row, for turning worker errors into dead letters
+    # record spans in the chunk, by row, for turning worker errors into dead letters
+    starts: np.ndarray
     ends: np.ndarray
     lines: np.ndarray
+    seconds: dict[str, float] = field(default_factory=dict)  # stage -> time spent here
 
 
 class RouterCore:
@@ -56,8 +57,10 @@ class RouterCore:
 
     def route(self, data: np.ndarray, base_line: int) -> Routed:
         plan, fmt = self.plan, self.fmt
+        t0 = time.perf_counter()
         starts, ends, lines = fmt.split(data, base_line)
         sc = fmt.scan(data, starts, ends, plan.tree)
+        t1 = time.perf_counter()
         n = len(starts)
         dead: list[DeadLetter] = []
         bad = sc.err != 0
@@ -87,7 +90,8 @@ class RouterCore:
             idx = np.flatnonzero(ok & (worker == w))
             shards.append(batch.take(pa.array(idx)) if len(idx) else None)
         dead.sort(key=lambda d: d.line)
-        return Routed(shards, dead, n, starts, ends, lines)
+        t2 = time.perf_counter()
+        return Routed(shards, dead, n, starts, ends, lines, {"decode": t1 - t0, "route": t2 - t1})
 
 
 def _batch(data: np.ndarray, sc: Scan, lines: np.ndarray) -> pa.RecordBatch:

@@ -60,6 +60,13 @@ class RunSummary:
     dead_reasons: Counter = field(default_factory=Counter)  # reason -> count
     versions: Counter = field(default_factory=Counter)  # policy version -> records masked by it
     pipeline: str = ""  # the name `raymask policy push --pipeline` finds it by
+    stage_seconds: Counter = field(default_factory=Counter)  # decode, route, mask, encode, write
+    latencies: list = field(default_factory=list)  # seconds from routing a chunk to its output
+
+    def latency(self, q: float) -> float:
+        """A percentile (0-100) of the per-chunk latency."""
+        return float(np.percentile(self.latencies, q)) if self.latencies else 0.0
+
     output: str = ""
     dead_letter_file: str | None = None
 
@@ -151,6 +158,12 @@ def run_pipeline(
         before = dict(summary.changed)
         records, dead = _collect(routed, data, outputs, summary, v)
         summary.versions[v] += len(records)
+        for k, sec in routed.seconds.items():
+            summary.stage_seconds[k] += sec
+        for o in outputs:
+            for k, sec in o.seconds.items():
+                summary.stage_seconds[k] += sec
+        summary.latencies.append(time.perf_counter() - started)
         if metrics is not None:
             metrics.chunk(
                 records_in=routed.records, records_out=len(records), dead=len(dead), nbytes=nbytes,
@@ -158,7 +171,9 @@ def run_pipeline(
                 changed={k: n - before.get(k, 0) for k, n in summary.changed.items()},
                 techniques=summary.techniques, version=v,
             )  # fmt: skip
+        tw = time.perf_counter()
         _write_records(out, records)
+        summary.stage_seconds["write"] += time.perf_counter() - tw
         dead_writer.write(dead)
         summary.records_in += routed.records
         summary.records_out += len(records)

@@ -135,7 +135,9 @@ class MaskCore:
 def _make_actor():  # Ray is imported only where actors are made, never by the pure core
     import ray
 
-    @ray.remote(num_cpus=0.5, max_restarts=0)
+    # Ray restarts a worker that dies; the driver resends its lost batches (max_task_retries=0: the
+    # driver, not Ray, decides what to resend, after handing the worker the right policy version).
+    @ray.remote(num_cpus=0.5, max_restarts=-1, max_task_retries=0)
     class MaskWorker:
         """Ray actor around MaskCore; batches arrive and leave as Arrow through the object store."""
 

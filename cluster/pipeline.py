@@ -62,6 +62,7 @@ class RunSummary:
     pipeline: str = ""  # the name `raymask policy push --pipeline` finds it by
     stage_seconds: Counter = field(default_factory=Counter)  # decode, route, mask, encode, write
     latencies: list = field(default_factory=list)  # seconds from routing a chunk to its output
+    resent: int = 0  # batches sent again after their worker died
 
     def latency(self, q: float) -> float:
         """A percentile (0-100) of the per-chunk latency."""
@@ -83,6 +84,7 @@ def default_dead_letter_path(output: str) -> str:
     return "raymask.deadletters.ndjson" if output == "-" else f"{output}.deadletters.ndjson"
 
 
+MAX_RESENDS = 5  # per batch, before the run fails
 ProgressFn = Callable[[int, int, int], None]  # (records so far, bytes so far, bytes total)
 
 
@@ -138,6 +140,8 @@ def run_pipeline(
     poll: Callable[[], int] | None = None,
     switch: Callable[[int], tuple[StreamPlan, Callable[[Any], Any]]] | None = None,
     metrics: Any | None = None,
+    recover: Callable[[list[Any], list[tuple[int, pa.RecordBatch]], int], list[MaskOutput]]
+    | None = None,
 ) -> RunSummary:
     """Stream `source` through `workers`; `submit` starts one batch, `fetch` waits for a chunk's.
 
@@ -145,16 +149,20 @@ def run_pipeline(
     changed, `switch(version)` returns the new plan and a function that hands the policy to one
     worker. Each worker gets it before its next batch (calls to one actor run in order), so every
     chunk is masked by exactly one version, and versions never go backwards.
+
+    Worker failures: with `recover`, a chunk's results are fetched through it, which may resend a
+    batch whose worker died (see `_run`). A chunk is written only once all its batches are back,
+    so a resent batch never duplicates records.
     """
     router = RouterCore(plan, source.format, len(workers))
     out.write(source.format.header(plan.tree, plan.unknown_fields == "drop", plan.named))
-    pending: deque[tuple[Routed, np.ndarray, list[Any], int, float, int]] = deque()
+    pending: deque[tuple] = deque()  # routed, data, futures, version, started, bytes, jobs
     t0 = time.perf_counter()
     version = plan.version
 
     def drain_one() -> None:
-        routed, data, futures, v, started, nbytes = pending.popleft()
-        outputs = fetch(futures)
+        routed, data, futures, v, started, nbytes, jobs = pending.popleft()
+        outputs = recover(futures, jobs, v) if recover is not None else fetch(futures)
         before = dict(summary.changed)
         records, dead = _collect(routed, data, outputs, summary, v)
         summary.versions[v] += len(records)
@@ -193,10 +201,9 @@ def run_pipeline(
                 version = latest
         t_route = time.perf_counter()
         routed = router.route(chunk.data, chunk.base_line)
-        futures = [
-            submit(w, b, role) for w, b in zip(workers, routed.shards, strict=True) if b is not None
-        ]
-        pending.append((routed, chunk.data, futures, version, t_route, chunk.nbytes))
+        jobs = [(wi, b) for wi, b in enumerate(routed.shards) if b is not None]
+        futures = [submit(workers[wi], b, role) for wi, b in jobs]
+        pending.append((routed, chunk.data, futures, version, t_route, chunk.nbytes, jobs))
         summary.bytes_in += chunk.nbytes
         while len(pending) > max_in_flight:
             drain_one()
@@ -412,20 +419,46 @@ def _run(
             from raymask.cluster.runtime import ensure_ray
 
             started = ensure_ray(address)
+            pipeline = name or stream
             actors = [
-                MaskWorker.remote(pol.model_dump(), stream, ring, src.format)
-                for _ in range(workers)
+                MaskWorker.options(name=f"worker:{pipeline}:{i}", namespace="raymask").remote(
+                    pol.model_dump(), stream, ring, src.format
+                )
+                for i in range(workers)
             ]
             ctl = make_control_actor(
-                name or stream, pol.model_dump(mode="json"), stream, key_shapes(ring)
+                pipeline, pol.model_dump(mode="json"), stream, key_shapes(ring)
             )
-            summary.pipeline = name or stream
+            summary.pipeline = pipeline
+            policies = {plan.version: pol.model_dump(mode="json")}
 
             def switch_ray(v: int):  # noqa: ANN202
                 data = ray.get(ctl.current.remote())[1]
+                policies[v] = data
                 return compile_stream(validate_data(data), stream), lambda w: w.set_policy.remote(
                     data
                 )
+
+            def recover(futures: list, jobs: list, v: int) -> list:
+                """Results of one chunk; a batch whose worker died is sent again once Ray has
+                restarted the worker, after handing it the chunk's policy version."""
+                outs = []
+                for f, (wi, batch) in zip(futures, jobs, strict=True):
+                    for attempt in range(MAX_RESENDS + 1):
+                        try:
+                            outs.append(ray.get(f))
+                            break
+                        except ray.exceptions.RayActorError:
+                            if attempt == MAX_RESENDS:
+                                raise
+                            summary.resent += 1
+                            a = actors[wi]
+                            try:
+                                ray.get(a.set_policy.remote(policies[v]))
+                            except ray.exceptions.RayActorError:
+                                pass  # still restarting: the resend below waits for it
+                            f = a.process.remote(batch, role)
+                return outs
 
             try:
                 ray.get([a.warm.remote() for a in actors])
@@ -433,7 +466,7 @@ def _run(
                     plan, src, actors, lambda w, b, r: w.process.remote(b, r), ray.get, out_f, writer,
                     role, summary, progress=progress,
                     poll=lambda: ray.get(ctl.current_version.remote()), switch=switch_ray,
-                    metrics=PipelineMetrics(stream),
+                    metrics=PipelineMetrics(stream), recover=recover,
                 )  # fmt: skip
             except ray.exceptions.RayActorError:
                 raise PipelineError("a mask worker died; see the Ray logs") from None

@@ -8,7 +8,7 @@ export RAY_TMPDIR ?= /tmp/raymask-ray
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install demo test test-unit lint bench clean
+.PHONY: install demo test test-unit lint bench faults clean
 
 install: $(STAMP)
 
@@ -38,6 +38,11 @@ bench: $(STAMP)
 	$(BIN)/python -m raymask.loadtest.bench --ray
 	$(BIN)/python -m raymask.loadtest.bench --kernels 1000000
 	$(BIN)/python -m raymask.loadtest.bench --pipeline 300000
+
+# the long fault run: 1M records, 10 worker kills (the short one is part of `make test`)
+faults: $(STAMP)
+	@mkdir -p $(RAY_TMPDIR)
+	RAYMASK_FAULT_RECORDS=1000000 RAYMASK_FAULT_KILLS=10 $(BIN)/python -m pytest -q tests/actors/test_faults.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info demo-out

@@ -20,9 +20,18 @@ from raymask.policy.compile import StreamPlan, compile_stream
 from raymask.policy.keys import Key, Keyring
 from raymask.policy.loader import validate_data
 
-__all__ = ["ControlCore", "NAMESPACE", "actor_name", "key_shapes", "make_control_actor"]
+__all__ = [
+    "ControlCore",
+    "NAMESPACE",
+    "actor_name",
+    "key_shapes",
+    "make_control_actor",
+    "push_policy",
+    "scale_pipeline",
+]
 
 NAMESPACE = "raymask"
+MAX_WORKERS = 64
 
 
 def actor_name(pipeline: str) -> str:
@@ -44,6 +53,7 @@ class ControlCore:
         self.version = pol.version
         self.policy = policy
         self.history: list[tuple[int, float, str]] = [(pol.version, time.time(), "start")]
+        self.workers = 0  # desired pool size; 0 = as started
 
     def _check(self, policy: dict, source: str) -> StreamPlan:
         pol = validate_data(policy, source)
@@ -91,6 +101,20 @@ class ControlCore:
     def current_version(self) -> int:
         return self.version
 
+    def scale(self, workers: int) -> int:
+        """Ask the pipeline to grow or shrink its worker pool (at the next chunk boundary)."""
+        if not 1 <= workers <= MAX_WORKERS:
+            raise PolicyError([f"workers must be between 1 and {MAX_WORKERS}"])
+        self.workers = workers
+        return workers
+
+    def desired_workers(self) -> int:
+        return self.workers
+
+    def state(self) -> tuple[int, int]:
+        """(policy version, desired workers): what the driver polls between chunks."""
+        return self.version, self.workers
+
     def current(self) -> tuple[int, dict]:
         return self.version, self.policy
 
@@ -114,6 +138,15 @@ def make_control_actor(
 
         def current_version(self) -> int:
             return self.core.current_version()
+
+        def state(self) -> tuple[int, int]:
+            return self.core.state()
+
+        def scale(self, workers: int) -> int | list[str]:
+            try:
+                return self.core.scale(workers)
+            except PolicyError as exc:
+                return exc.problems
 
         def current(self) -> tuple[int, dict]:
             return self.core.current()
@@ -167,6 +200,29 @@ def push_policy(
     except ValueError:
         raise InputError(f"no running pipeline named '{pipeline}'") from None
     result = ray.get(control.push.remote(data, source, by))
+    if isinstance(result, list):
+        raise PolicyError(result)
+    return int(result)
+
+
+def scale_pipeline(pipeline: str, workers: int, *, address: str | None = None) -> int:
+    """Grow or shrink a running pipeline's worker pool; it resizes at the next chunk boundary."""
+    import ray
+
+    from raymask.errors import InputError
+
+    if not ray.is_initialized():
+        ray.init(
+            address=address or "auto",
+            namespace=NAMESPACE,
+            logging_level="ERROR",
+            log_to_driver=False,
+        )
+    try:
+        control = ray.get_actor(actor_name(pipeline), namespace=NAMESPACE)
+    except ValueError:
+        raise InputError(f"no running pipeline named '{pipeline}'") from None
+    result = ray.get(control.scale.remote(workers))
     if isinstance(result, list):
         raise PolicyError(result)
     return int(result)

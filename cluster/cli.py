@@ -339,6 +339,23 @@ def mask(
     print_summary(console, summary)
 
 
+@app.command()
+def scale(
+    pipeline: Annotated[
+        str, typer.Option("--pipeline", "-p", help="Name of the running pipeline.")
+    ],
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="New pool size.")],
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray address (default: RAY_ADDRESS or auto).")
+    ] = None,
+) -> None:
+    """Grow or shrink a running pipeline's worker pool (at the next chunk boundary)."""
+    from raymask.actors.control import scale_pipeline
+
+    n = scale_pipeline(pipeline, workers, address=address)
+    print(f"pipeline {pipeline} will run {n} workers from its next chunk")
+
+
 # ---------------------------------------------------------------- dead letters
 
 

@@ -63,6 +63,7 @@ class RunSummary:
     stage_seconds: Counter = field(default_factory=Counter)  # decode, route, mask, encode, write
     latencies: list = field(default_factory=list)  # seconds from routing a chunk to its output
     resent: int = 0  # batches sent again after their worker died
+    resizes: list = field(default_factory=list)  # (records in before the resize, new pool size)
 
     def latency(self, q: float) -> float:
         """A percentile (0-100) of the per-chunk latency."""
@@ -142,6 +143,8 @@ def run_pipeline(
     metrics: Any | None = None,
     recover: Callable[[list[Any], list[tuple[int, pa.RecordBatch]], int], list[MaskOutput]]
     | None = None,
+    desired: Callable[[], int] | None = None,
+    resize: Callable[[int], list[Any]] | None = None,
 ) -> RunSummary:
     """Stream `source` through `workers`; `submit` starts one batch, `fetch` waits for a chunk's.
 
@@ -153,6 +156,10 @@ def run_pipeline(
     Worker failures: with `recover`, a chunk's results are fetched through it, which may resend a
     batch whose worker died (see `_run`). A chunk is written only once all its batches are back,
     so a resent batch never duplicates records.
+
+    Resizing: when `desired()` differs from the pool size, the driver finishes the chunks in
+    flight, `resize(n)` gives the new pool, and routing continues by jump hash over n workers,
+    which moves the fewest keys. Output is written in input order, so per-key order holds.
     """
     router = RouterCore(plan, source.format, len(workers))
     out.write(source.format.header(plan.tree, plan.unknown_fields == "drop", plan.named))
@@ -191,7 +198,16 @@ def run_pipeline(
         if progress:
             progress(summary.records_in, summary.bytes_in, source.bytes_total)
 
+    workers = list(workers)
     for chunk in source.chunks():
+        if desired is not None and resize is not None:
+            n = desired()
+            if n and n != len(workers):
+                while pending:
+                    drain_one()
+                workers = resize(n)
+                router = RouterCore(router.plan, source.format, len(workers))
+                summary.resizes.append((summary.records_in, len(workers)))
         if poll is not None and switch is not None:
             latest = poll()
             if latest != version:
@@ -439,6 +455,29 @@ def _run(
                     data
                 )
 
+            def new_worker(i: int) -> Any:
+                return MaskWorker.options(
+                    name=f"worker:{pipeline}:{i}", namespace="raymask"
+                ).remote(pol.model_dump(), stream, ring, src.format)
+
+            def resize(n: int) -> list:
+                """Grow: start, warm and hand the running policy to new workers; shrink: stop
+                the highest-numbered ones (their work is done: the driver drained first)."""
+                version, _ = ray.get(ctl.state.remote())
+                while len(actors) < n:
+                    a = new_worker(len(actors))
+                    ray.get(
+                        [
+                            a.warm.remote(),
+                            a.set_policy.remote(policies.get(version, policies[plan.version])),
+                        ]
+                    )
+                    actors.append(a)
+                while len(actors) > n:
+                    ray.kill(actors.pop())
+                summary.workers = n
+                return list(actors)
+
             def recover(futures: list, jobs: list, v: int) -> list:
                 """Results of one chunk; a batch whose worker died is sent again once Ray has
                 restarted the worker, after handing it the chunk's policy version."""
@@ -467,6 +506,7 @@ def _run(
                     role, summary, progress=progress,
                     poll=lambda: ray.get(ctl.current_version.remote()), switch=switch_ray,
                     metrics=PipelineMetrics(stream), recover=recover,
+                    desired=lambda: ray.get(ctl.state.remote())[1], resize=resize,
                 )  # fmt: skip
             except ray.exceptions.RayActorError:
                 raise PipelineError("a mask worker died; see the Ray logs") from None

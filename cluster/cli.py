@@ -340,6 +340,46 @@ def mask(
 
 
 @app.command()
+def run(
+    policy: Annotated[Path, typer.Option("--policy", "-P", help="Policy file.")],
+    stream: Annotated[str, typer.Option("--stream", "-s", help="Stream name in the policy.")],
+    input: Annotated[
+        str, typer.Option("--input", "-i", help="File to read (and tail with --follow).")
+    ],
+    output: Annotated[str, typer.Option("-o", "--output", help="Output file, or - for stdout.")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep reading as the file grows, until Ctrl-C.")
+    ] = False,
+    role: Annotated[str | None, typer.Option("--role", "-r")] = None,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1)] = 2,
+    address: Annotated[str | None, typer.Option("--address")] = None,
+    keys: KeysOpt = None,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="Pipeline name for push and scale (default: the stream)."),
+    ] = None,
+) -> None:
+    """A long-running streaming job: mask a file and, with --follow, what is appended to it.
+
+    Ctrl-C stops reading; the records read so far are finished and the summary is printed."""
+    import signal
+
+    from raymask.cluster.pipeline import prepare, run_job
+
+    job = prepare(policy, stream, input, keyring=_keyring(keys), follow=follow)
+    previous = signal.signal(signal.SIGINT, lambda *_: job.source.stop())
+    try:
+        err.print(
+            f"running pipeline {name or stream}"
+            + (" (following; Ctrl-C to stop)" if follow else "")
+        )
+        summary = run_job(job, output, role=role, workers=workers, address=address, name=name)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print_summary(err, summary)
+
+
+@app.command()
 def scale(
     pipeline: Annotated[
         str, typer.Option("--pipeline", "-p", help="Name of the running pipeline.")

@@ -188,6 +188,8 @@ def run_pipeline(
             )  # fmt: skip
         tw = time.perf_counter()
         _write_records(out, records)
+        if source.follow:
+            out.flush()
         summary.stage_seconds["write"] += time.perf_counter() - tw
         dead_writer.write(dead)
         summary.records_in += routed.records
@@ -200,6 +202,10 @@ def run_pipeline(
 
     workers = list(workers)
     for chunk in source.chunks():
+        if chunk is None:  # a followed input is idle: finish the chunks in flight
+            while pending:
+                drain_one()
+            continue
         if desired is not None and resize is not None:
             n = desired()
             if n and n != len(workers):
@@ -271,10 +277,15 @@ def prepare(
     keyring: Keyring | None = None,
     dead_letter_key: str = DEFAULT_KEY_ID,
     chunk_bytes: int = 4 << 20,
+    follow: bool = False,
 ) -> Job:
-    """Check everything that can fail before data moves; PolicyError, KeyringError or InputError."""
+    """Check everything that can fail before data moves; PolicyError, KeyringError or InputError.
+
+    With `follow`, the input is tailed like `tail -f` until `job.source.stop()`."""
     pol, plan, ring = _checked(policy, stream, keyring, dead_letter_key)
-    src = FileSource(str(input), plan.format, delimiter=plan.delimiter, chunk_bytes=chunk_bytes)
+    src = FileSource(
+        str(input), plan.format, delimiter=plan.delimiter, chunk_bytes=chunk_bytes, follow=follow
+    )
     return Job(pol, plan, ring, src, dead_letter_key)
 
 

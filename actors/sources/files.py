@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +43,12 @@ class FileSource:
 
     def __init__(
         self, path: str, fmt_name: str, *, delimiter: str = ",", chunk_bytes: int = 4 << 20,
-        stream: BinaryIO | None = None,
+        stream: BinaryIO | None = None, follow: bool = False, poll_seconds: float = 0.2,
     ) -> None:  # fmt: skip
         self.path = path
+        self.follow = follow
+        self.poll_seconds = poll_seconds
+        self._stopped = False
         self.chunk_bytes = chunk_bytes
         self._f = stream if stream is not None else open_input(path)
         self.bytes_total = Path(path).stat().st_size if (stream is None and path != "-") else 0
@@ -64,12 +68,29 @@ class FileSource:
             self.header_line = None
             self.format = format_for(fmt_name)
 
-    def chunks(self) -> Iterator[Chunk]:
+    def stop(self) -> None:
+        """End a followed input: the records read so far are finished, then chunks() returns."""
+        self._stopped = True
+
+    def chunks(self) -> Iterator[Chunk | None]:
+        """Chunks of whole records. When following, end of file means "wait for more": the whole
+        records read so far are handed on at once (low latency), a partial last line waits for
+        its newline, and the iteration ends only after stop()."""
         fmt = self.format
         while True:
             block = self._f.read(self.chunk_bytes)
             buf = self._pending + block
             if not block:
+                if self.follow and not self._stopped:
+                    cut = fmt.boundary(np.frombuffer(buf, np.uint8)) if buf else -1
+                    if cut > 0:
+                        self._pending = buf[cut:]
+                        yield self._emit(buf[:cut])
+                    else:
+                        self._pending = buf
+                        time.sleep(self.poll_seconds)
+                        yield None  # idle: the pipeline finishes what it holds meanwhile
+                    continue
                 if buf:
                     self._pending = b""
                     yield self._emit(buf)

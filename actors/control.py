@@ -175,9 +175,6 @@ def push_policy(
     address: str | None = None,
 ) -> int:
     """Hand a running pipeline a new policy (a Policy, a dict or a file path); returns the version."""
-    import ray
-
-    from raymask.errors import InputError
     from raymask.policy.loader import load_policy
     from raymask.policy.schema import Policy
 
@@ -188,25 +185,17 @@ def push_policy(
     else:
         source = str(policy)
         data = load_policy(policy).model_dump(mode="json")
-    if not ray.is_initialized():
-        ray.init(
-            address=address or "auto",
-            namespace=NAMESPACE,
-            logging_level="ERROR",
-            log_to_driver=False,
-        )
-    try:
-        control = ray.get_actor(actor_name(pipeline), namespace=NAMESPACE)
-    except ValueError:
-        raise InputError(f"no running pipeline named '{pipeline}'") from None
-    result = ray.get(control.push.remote(data, source, by))
-    if isinstance(result, list):
-        raise PolicyError(result)
-    return int(result)
+    return _call(pipeline, address, "push", data, source, by)
 
 
 def scale_pipeline(pipeline: str, workers: int, *, address: str | None = None) -> int:
     """Grow or shrink a running pipeline's worker pool; it resizes at the next chunk boundary."""
+    return _call(pipeline, address, "scale", workers)
+
+
+def _call(pipeline: str, address: str | None, method: str, *args: Any) -> int:
+    """Call the named control actor of `pipeline` (joining the cluster first if needed); a list
+    answer is the located problems of a refused request."""
     import ray
 
     from raymask.errors import InputError
@@ -222,7 +211,7 @@ def scale_pipeline(pipeline: str, workers: int, *, address: str | None = None) -
         control = ray.get_actor(actor_name(pipeline), namespace=NAMESPACE)
     except ValueError:
         raise InputError(f"no running pipeline named '{pipeline}'") from None
-    result = ray.get(control.scale.remote(workers))
+    result = ray.get(getattr(control, method).remote(*args))
     if isinstance(result, list):
         raise PolicyError(result)
     return int(result)

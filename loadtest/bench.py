@@ -343,6 +343,14 @@ def kernels(n: int, repeat: int, oracle_n: int) -> list[tuple[str, str, str, str
         t_k = best(lambda: gen.round_numbers(amounts, 10.0), repeat)
         t_a = best(lambda: pc.multiply(pc.floor(pc.divide(amounts, 10.0)), 10.0), repeat)
         rows.append(("generalize round (float64 array, exact decimal)", rate(n, t_k), f"pyarrow floor(x/10)*10 (binary float) {rate(n, t_a)}", f"{t_a / t_k:.1f}x"))  # fmt: skip
+
+        def arrow_decimal() -> pa.Array:  # the same exact-decimal semantics, in Arrow
+            d = pc.cast(amounts, pa.decimal128(30, 6))
+            ten = pa.scalar(10, pa.decimal128(30, 6))
+            return pc.cast(pc.round_to_multiple(d, multiple=ten, round_mode="down"), pa.float64())
+
+        t_a = best(arrow_decimal, repeat)
+        rows.append(("generalize round (float64 array, exact decimal)", rate(n, t_k), f"pyarrow decimal128 round_to_multiple {rate(n, t_a)}", f"{t_a / t_k:.2f}x"))  # fmt: skip
         octet = np.random.default_rng(1).integers(0, 255, n).astype(str)
         ips = pa.array(np.char.add(np.char.add("10.1.", octet), ".7").astype(object).tolist())
         t_k = best(lambda: gen.ip_prefix(ips, 24, 48), repeat)

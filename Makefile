@@ -8,7 +8,7 @@ export RAY_TMPDIR ?= /tmp/raymask-ray
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install demo test test-unit lint bench faults clean
+.PHONY: install demo test test-unit lint bench faults soak clean
 
 install: $(STAMP)
 
@@ -43,6 +43,11 @@ bench: $(STAMP)
 faults: $(STAMP)
 	@mkdir -p $(RAY_TMPDIR)
 	RAYMASK_FAULT_RECORDS=1000000 RAYMASK_FAULT_KILLS=10 $(BIN)/python -m pytest -q tests/actors/test_faults.py
+
+# the long overload run: 2M records (about 900 MB) through throttled workers, memory bounded
+soak: $(STAMP)
+	@mkdir -p $(RAY_TMPDIR)
+	RAYMASK_SOAK_RECORDS=2000000 RAYMASK_SOAK_THROTTLE=0.3 $(BIN)/python -m pytest -q tests/actors/test_backpressure.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info demo-out

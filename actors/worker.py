@@ -132,6 +132,17 @@ class MaskCore:
         )
 
 
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _make_actor():  # Ray is imported only where actors are made, never by the pure core
     import ray
 
@@ -141,11 +152,20 @@ def _make_actor():  # Ray is imported only where actors are made, never by the p
     class MaskWorker:
         """Ray actor around MaskCore; batches arrive and leave as Arrow through the object store."""
 
-        def __init__(self, policy: dict, stream: str, keyring: Keyring, fmt: Format) -> None:
+        def __init__(
+            self, policy: dict, stream: str, keyring: Keyring, fmt: Format, throttle_s: float = 0.0
+        ) -> None:
             self.core = MaskCore(policy, stream, keyring, fmt)
+            self.throttle_s = throttle_s  # fault injection: a slow worker, for backpressure tests
 
         def process(self, batch: pa.RecordBatch, role: str | None = None) -> MaskOutput:
+            if self.throttle_s:
+                time.sleep(self.throttle_s)
             return self.core.process(batch, role)
+
+        def rss_bytes(self) -> int:
+            """This worker process's resident memory (Linux), for memory-bound tests."""
+            return _rss_bytes()
 
         def set_policy(self, policy: dict) -> int:
             return self.core.set_policy(policy)

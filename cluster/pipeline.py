@@ -301,12 +301,14 @@ def run_job(
     local: bool = False,
     name: str | None = None,
     control: ControlCore | None = None,
+    throttle_s: float = 0.0,
 ) -> RunSummary:
-    """Run a prepared job (see `mask_file`)."""
+    """Run a prepared job (see `mask_file`). `throttle_s` makes every worker sleep that long per
+    batch: fault injection for backpressure tests, never for production."""
     if workers < 1:
         raise InputError("workers must be >= 1")
     return _run(job.policy, job.plan, job.source, str(output), role, workers, address, job.keyring,
-                dead_letters, job.dead_letter_key, progress, local, name, control)  # fmt: skip
+                dead_letters, job.dead_letter_key, progress, local, name, control, throttle_s)  # fmt: skip
 
 
 def mask_file(
@@ -402,7 +404,7 @@ def _run(
     pol: Policy, plan: StreamPlan, src: FileSource, out_name: str, role: str | None, workers: int,
     address: str | None, ring: Keyring, dead_letters: str | Path | None, dead_letter_key: str,
     progress: ProgressFn | None, local: bool, name: str | None = None,
-    control: ControlCore | None = None,
+    control: ControlCore | None = None, throttle_s: float = 0.0,
 ) -> RunSummary:  # fmt: skip
     stream = plan.stream
     view = plan.view(role)
@@ -449,7 +451,7 @@ def _run(
             pipeline = name or stream
             actors = [
                 MaskWorker.options(name=f"worker:{pipeline}:{i}", namespace="raymask").remote(
-                    pol.model_dump(), stream, ring, src.format
+                    pol.model_dump(), stream, ring, src.format, throttle_s
                 )
                 for i in range(workers)
             ]
@@ -469,7 +471,7 @@ def _run(
             def new_worker(i: int) -> Any:
                 return MaskWorker.options(
                     name=f"worker:{pipeline}:{i}", namespace="raymask"
-                ).remote(pol.model_dump(), stream, ring, src.format)
+                ).remote(pol.model_dump(), stream, ring, src.format, throttle_s)
 
             def resize(n: int) -> list:
                 """Grow: start, warm and hand the running policy to new workers; shrink: stop

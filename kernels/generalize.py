@@ -453,7 +453,49 @@ def _step_parts(step: float) -> tuple[int, int]:
     return S, int(exp)
 
 
-def _round(arr: pa.Array, S: int, F: int, nearest: bool, pre_err: np.ndarray | None):
+@njit(cache=True)
+def _round_float_fast(x, valid, S, F, nearest):
+    """Binary rounding where it provably equals decimal rounding; `slow` marks the rest."""
+    n = x.shape[0]
+    out = np.zeros(n, np.float64)
+    slow = np.zeros(n, np.bool_)
+    D = 1.0
+    M = 1.0
+    if F < 0:
+        for _ in range(-F):
+            D *= 10.0
+    else:
+        for _ in range(F):
+            M *= 10.0
+    step_int = float(S) * M  # the step when F >= 0
+    for i in range(n):
+        if not valid[i]:
+            continue
+        v = x[i]
+        if not np.isfinite(v) or abs(v) >= 2.0**50:
+            slow[i] = True
+            continue
+        r = v * D / float(S) if F < 0 else v / step_int
+        if nearest:
+            k = np.floor(abs(r) + 0.5)
+            frac = abs(r) + 0.5 - k
+            if r < 0:
+                k = -k
+        else:
+            k = np.floor(r)
+            frac = r - k
+        if frac < 1e-9 or frac > 1.0 - 1e-9 or abs(k) * float(S) >= 2.0**52:
+            slow[i] = True
+            continue
+        out[i] = (k * float(S)) / D if F < 0 else k * step_int
+        if out[i] == 0.0:
+            out[i] = 0.0  # no negative zero
+    return out, slow
+
+
+def _round(
+    arr: pa.Array, S: int, F: int, nearest: bool, pre_err: np.ndarray | None, fast: bool = True
+):
     """Shared body of round_numbers and geo_round; `pre_err` are errors found before rounding."""
     t = arr.type
     n = len(arr)
@@ -485,8 +527,24 @@ def _round(arr: pa.Array, S: int, F: int, nearest: bool, pre_err: np.ndarray | N
             err = np.where(pre_ok, err, pre_err).astype(np.int8)
         ok = valid & (err == 0)
         return _fixed_array(t, out.astype(info.dtype), ok), err
-    # floats: exact decimal rounding of the shortest round-trip text, then back to the float type
+    # floats: exact decimal rounding of the shortest round-trip text, then back to the float type.
+    # Fast path first: in binary arithmetic, x / step is off from the decimal quotient by a few
+    # ulps at most, so wherever it is not within 1e-9 of a rounding boundary, the binary floor
+    # (or round) is the decimal one, and k * step rebuilt as one correctly rounded operation is
+    # the double nearest the exact decimal result. Only values near a boundary (and non-finite
+    # or huge ones) take the exact text path.
     x = _values_np(arr, np.dtype(t.to_pandas_dtype())).astype(np.float64)
+    if fast and t == pa.float64() and not pre_err.any():
+        fast, slow = _round_float_fast(x, valid, S, F, nearest)
+        if not slow.any():
+            return _fixed_array(t, fast, valid), np.zeros(n, np.int8)
+        idx = np.flatnonzero(slow)
+        sub, sub_err = _round(arr.take(pa.array(idx)), S, F, nearest, None, fast=False)
+        err = np.zeros(n, np.int8)
+        err[idx] = sub_err
+        out = fast.copy()
+        out[idx] = np.asarray(sub.fill_null(0.0).to_numpy(zero_copy_only=False), np.float64)
+        return _fixed_array(t, out, valid & (err == 0)), err
     text = pc.cast(arr, pa.string())
     b = string_buffers(text)
     off, data, err = _round_text_kernel(b.offsets, b.data, b.valid & pre_ok, S, F, nearest)

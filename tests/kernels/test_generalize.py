@@ -421,7 +421,9 @@ def test_truncate_naive_timestamps_equal_arrow_floor_temporal(data, tunit, unit)
 
 @settings(max_examples=100, deadline=None)
 @given(
-    seconds=st.lists(st.integers(-2_208_988_800, 7_258_118_400), max_size=10),  # 1900-2200
+    # 1900-2037: past 2037, Arrow's time zone database and Python's zoneinfo (the oracle) extend
+    # daylight-saving rules differently (found: Europe/Berlin, 2040-03-26), so they cannot agree
+    seconds=st.lists(st.integers(-2_208_988_800, 2_145_916_800), max_size=10),
     tz=st.sampled_from(["UTC", "Europe/Berlin", "America/Sao_Paulo", "Asia/Kolkata", "+05:45"]),
     unit=st.sampled_from(["minute", "hour", "day", "month"]),
 )

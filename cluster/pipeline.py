@@ -138,18 +138,19 @@ def run_pipeline(
     *,
     max_in_flight: int = 2,
     progress: ProgressFn | None = None,
-    poll: Callable[[], int] | None = None,
+    poll: Callable[[], tuple[int, int]] | None = None,
     switch: Callable[[int], tuple[StreamPlan, Callable[[Any], Any]]] | None = None,
     metrics: Any | None = None,
     recover: Callable[[list[Any], list[tuple[int, pa.RecordBatch]], int], list[MaskOutput]]
     | None = None,
-    desired: Callable[[], int] | None = None,
-    resize: Callable[[int], list[Any]] | None = None,
+    resize: Callable[[int, int], list[Any]] | None = None,
 ) -> RunSummary:
     """Stream `source` through `workers`; `submit` starts one batch, `fetch` waits for a chunk's.
 
-    Live policy changes: between chunks, `poll()` gives the running policy version; when it
-    changed, `switch(version)` returns the new plan and a function that hands the policy to one
+    Between chunks, `poll()` gives (running policy version, desired pool size, 0 = as is), one
+    look at the control per chunk.
+
+    Live policy changes: when the version changed, `switch(version)` returns the new plan and a function that hands the policy to one
     worker. Each worker gets it before its next batch (calls to one actor run in order), so every
     chunk is masked by exactly one version, and versions never go backwards.
 
@@ -157,8 +158,8 @@ def run_pipeline(
     batch whose worker died (see `_run`). A chunk is written only once all its batches are back,
     so a resent batch never duplicates records.
 
-    Resizing: when `desired()` differs from the pool size, the driver finishes the chunks in
-    flight, `resize(n)` gives the new pool, and routing continues by jump hash over n workers,
+    Resizing: when the desired size differs from the pool's, the driver finishes the chunks in
+    flight, `resize(n, version)` gives the new pool (new workers on the driver's version), and routing continues by jump hash over n workers,
     which moves the fewest keys. Output is written in input order, so per-key order holds.
     """
     router = RouterCore(plan, source.format, len(workers))
@@ -206,21 +207,18 @@ def run_pipeline(
             while pending:
                 drain_one()
             continue
-        if desired is not None and resize is not None:
-            n = desired()
-            if n and n != len(workers):
-                while pending:
-                    drain_one()
-                workers = resize(n)
-                router = RouterCore(router.plan, source.format, len(workers))
-                summary.resizes.append((summary.records_in, len(workers)))
-        if poll is not None and switch is not None:
-            latest = poll()
-            if latest != version:
-                new_plan, hand_over = switch(latest)
-                fetch([hand_over(w) for w in workers])
-                router = RouterCore(new_plan, source.format, len(workers))
-                version = latest
+        latest, n = poll() if poll is not None else (version, 0)
+        if resize is not None and n and n != len(workers):
+            while pending:
+                drain_one()
+            workers = resize(n, version)
+            router = RouterCore(router.plan, source.format, len(workers))
+            summary.resizes.append((summary.records_in, len(workers)))
+        if switch is not None and latest != version:
+            new_plan, hand_over = switch(latest)
+            fetch([hand_over(w) for w in workers])
+            router = RouterCore(new_plan, source.format, len(workers))
+            version = latest
         t_route = time.perf_counter()
         routed = router.route(chunk.data, chunk.base_line)
         jobs = [(wi, b) for wi, b in enumerate(routed.shards) if b is not None]
@@ -431,7 +429,9 @@ def _run(
             cores = [MaskCore(pol, stream, ring, src.format) for _ in range(workers)]
             poll = switch = None
             if control is not None:
-                poll = control.current_version
+
+                def poll() -> tuple[int, int]:
+                    return control.current_version(), control.desired_workers()
 
                 def switch(v: int):  # noqa: ANN202
                     data = control.current()[1]
@@ -473,16 +473,15 @@ def _run(
                     name=f"worker:{pipeline}:{i}", namespace="raymask"
                 ).remote(pol.model_dump(), stream, ring, src.format, throttle_s)
 
-            def resize(n: int) -> list:
-                """Grow: start, warm and hand the running policy to new workers; shrink: stop
-                the highest-numbered ones (their work is done: the driver drained first)."""
-                version, _ = ray.get(ctl.state.remote())
+            def resize(n: int, version: int) -> list:
+                """Grow: start, warm and hand the driver's policy version to new workers; shrink:
+                stop the highest-numbered ones (their work is done: the driver drained first)."""
                 while len(actors) < n:
                     a = new_worker(len(actors))
                     ray.get(
                         [
                             a.warm.remote(),
-                            a.set_policy.remote(policies.get(version, policies[plan.version])),
+                            a.set_policy.remote(policies[version]),
                         ]
                     )
                     actors.append(a)
@@ -517,9 +516,9 @@ def _run(
                 run_pipeline(
                     plan, src, actors, lambda w, b, r: w.process.remote(b, r), ray.get, out_f, writer,
                     role, summary, progress=progress,
-                    poll=lambda: ray.get(ctl.current_version.remote()), switch=switch_ray,
+                    poll=lambda: tuple(ray.get(ctl.state.remote())), switch=switch_ray,
                     metrics=PipelineMetrics(stream), recover=recover,
-                    desired=lambda: ray.get(ctl.state.remote())[1], resize=resize,
+                    resize=resize,
                 )  # fmt: skip
             except ray.exceptions.RayActorError:
                 raise PipelineError("a mask worker died; see the Ray logs") from None

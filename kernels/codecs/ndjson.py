@@ -202,6 +202,23 @@ def _scan_number(data, p, end):
     return q
 
 
+_TRUE = np.frombuffer(b"true", np.uint8)
+_FALSE = np.frombuffer(b"false", np.uint8)
+_NULL = np.frombuffer(b"null", np.uint8)
+
+
+@njit(cache=True, inline="always")
+def _literal(data, p, end, lit):
+    """Position after the literal `lit` at data[p:], or -1 when it is not there."""
+    n = lit.shape[0]
+    if p + n > end:
+        return -1
+    for j in range(n):
+        if data[p + j] != lit[j]:
+            return -1
+    return p + n
+
+
 @njit(cache=True)
 def _hexval(h):
     if h <= 57:
@@ -435,41 +452,13 @@ def _scan(
                             q = _scan_number(data, p, end)
                             kind = K_NUMBER
                         elif c == 116:
-                            q = (
-                                p + 4
-                                if (
-                                    p + 4 <= end
-                                    and data[p + 1] == 114
-                                    and data[p + 2] == 117
-                                    and data[p + 3] == 101
-                                )
-                                else -1
-                            )
+                            q = _literal(data, p, end, _TRUE)
                             kind = K_TRUE
                         elif c == 102:
-                            q = (
-                                p + 5
-                                if (
-                                    p + 5 <= end
-                                    and data[p + 1] == 97
-                                    and data[p + 2] == 108
-                                    and data[p + 3] == 115
-                                    and data[p + 4] == 101
-                                )
-                                else -1
-                            )
+                            q = _literal(data, p, end, _FALSE)
                             kind = K_FALSE
                         elif c == 110:
-                            q = (
-                                p + 4
-                                if (
-                                    p + 4 <= end
-                                    and data[p + 1] == 117
-                                    and data[p + 2] == 108
-                                    and data[p + 3] == 108
-                                )
-                                else -1
-                            )
+                            q = _literal(data, p, end, _NULL)
                             kind = K_NULL
                         else:
                             q = -1

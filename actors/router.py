@@ -1,13 +1,12 @@
 """KeyRouter: turns raw bytes into Arrow record batches and splits them by key across workers.
 
-`RouterCore` is the plain logic (no Ray): split the buffer into records, validate and locate the
-policy's fields in one kernel pass, send invalid records to the dead letters with their reason,
-hash the key column and group rows by worker. Every record of one key goes to one worker and keeps
-its relative order, so per-key order holds.
+`RouterCore` is the plain logic (no Ray): split the buffer into records, locate the key field in
+one kernel pass that stops at the key, send records without a usable key to the dead letters with
+their reason, hash the key column and group rows by worker. Every record of one key goes to one
+worker and keeps its relative order, so per-key order holds.
 
-A routed batch holds, per record: the raw bytes (zero-copy slices of the input buffer), its line,
-its row in the input chunk, and per policy field the value's span and JSON kind. Workers extract
-and mask the values themselves, in parallel.
+A routed batch holds, per record: the raw bytes, its line and its row in the input chunk. Workers
+validate whole records and locate, extract and mask the policy's fields themselves, in parallel.
 """
 
 from __future__ import annotations
@@ -20,11 +19,12 @@ import pyarrow as pa
 
 from raymask.kernels._arrow import string_array
 from raymask.kernels.codecs.formats import Format
+from raymask.kernels.codecs.paths import build_tree
 from raymask.kernels.codecs.spans import K_NUMBER, K_STRING, KIND_NAMES, Scan
 from raymask.kernels.hashing import shard
 from raymask.policy.compile import StreamPlan
 
-__all__ = ["DeadLetter", "Routed", "RouterCore", "batch_to_scan"]
+__all__ = ["DeadLetter", "Routed", "RouterCore", "batch_records", "scan_reason"]
 
 
 @dataclass(frozen=True)
@@ -49,30 +49,38 @@ class Routed:
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> time spent here
 
 
+def scan_reason(fmt: Format, paths: tuple[str, ...], sc: Scan, r: int) -> tuple[str, str | None]:
+    """Why record r of a scan is invalid, naming the field where there is one; never a value."""
+    code = int(sc.err[r])
+    if sc.errfield[r] >= 0:
+        fld = paths[int(sc.errfield[r])]
+        return f"field {fld}: {fmt.errors.get(code, 'invalid')}", fld
+    return f"{fmt.errors.get(code, 'invalid record')} at column {int(sc.errpos[r]) + 1}", None
+
+
 class RouterCore:
+    """Locates only the key in each record (the scan stops there), hashes it and groups rows
+    by worker. Validating the rest and locating the policy's other fields is the workers' job,
+    so the one router does the least work and the workers share the rest."""
+
     def __init__(self, plan: StreamPlan, fmt: Format, workers: int) -> None:
         self.plan = plan
         self.fmt = fmt
         self.workers = workers
+        self.key_tree = build_tree([plan.key_path])
 
     def route(self, data: np.ndarray, base_line: int) -> Routed:
         plan, fmt = self.plan, self.fmt
         t0 = time.perf_counter()
         starts, ends, lines = fmt.split(data, base_line)
-        sc = fmt.scan(data, starts, ends, plan.tree)
-        t1 = time.perf_counter()
+        sc = fmt.scan(data, starts, ends, self.key_tree, locate_only=True)
         n = len(starts)
         dead: list[DeadLetter] = []
         bad = sc.err != 0
         for r in np.flatnonzero(bad):  # error path only
-            code = int(sc.err[r])
-            reason = f"{fmt.errors.get(code, 'invalid record')} at column {int(sc.errpos[r]) + 1}"
-            fld = None
-            if sc.errfield[r] >= 0:
-                fld = plan.paths[int(sc.errfield[r])]
-                reason = f"field {fld}: {fmt.errors.get(code, 'invalid')}"
+            reason, fld = scan_reason(fmt, self.key_tree.paths, sc, int(r))
             dead.append(DeadLetter(int(lines[r]), reason, bytes(data[starts[r] : ends[r]]), fld))
-        kk = sc.vkind[:, plan.key_index]
+        kk = sc.vkind[:, 0]
         bad_key = ~bad & (kk != K_STRING) & (kk != K_NUMBER)
         for r in np.flatnonzero(bad_key):
             k = int(kk[r])
@@ -82,41 +90,38 @@ class RouterCore:
                 DeadLetter(int(lines[r]), reason, bytes(data[starts[r] : ends[r]]), plan.key_path)
             )
         ok = ~bad & ~bad_key
-        keys = fmt.extract(data, sc, plan.key_index)
+        keys = fmt.extract(data, sc, 0)
         worker = shard(keys, self.workers)
-        batch = _batch(data, sc, lines)
+        batch = _batch(data, starts, ends, lines)
         shards: list[pa.RecordBatch | None] = []
         for w in range(self.workers):
             idx = np.flatnonzero(ok & (worker == w))
             shards.append(batch.take(pa.array(idx)) if len(idx) else None)
         dead.sort(key=lambda d: d.line)
         t2 = time.perf_counter()
-        return Routed(shards, dead, n, starts, ends, lines, {"decode": t1 - t0, "route": t2 - t1})
+        return Routed(shards, dead, n, starts, ends, lines, {"route": t2 - t0})
 
 
-def _batch(data: np.ndarray, sc: Scan, lines: np.ndarray) -> pa.RecordBatch:
-    n = len(sc.starts)
+def _batch(
+    data: np.ndarray, starts: np.ndarray, ends: np.ndarray, lines: np.ndarray
+) -> pa.RecordBatch:
+    n = len(starts)
     offsets = np.empty(n + 1, np.int64)
-    offsets[:n] = sc.starts
-    offsets[n] = sc.ends[-1] if n else 0
-    raw = (
-        string_array(offsets - 0, data, None, binary=True) if n else pa.array([], pa.large_binary())
+    offsets[:n] = starts
+    offsets[n] = ends[-1] if n else 0
+    raw = string_array(offsets, data, None, binary=True) if n else pa.array([], pa.large_binary())
+    return pa.RecordBatch.from_pydict(
+        {
+            "raw": raw,
+            "len": pa.array(ends - starts),
+            "line": pa.array(lines),
+            "row": pa.array(np.arange(n, dtype=np.int64)),
+        }
     )
-    cols: dict[str, pa.Array] = {
-        "raw": raw,
-        "len": pa.array(sc.ends - sc.starts),
-        "line": pa.array(lines),
-        "row": pa.array(np.arange(n, dtype=np.int64)),
-    }
-    for f in range(sc.vkind.shape[1]):
-        cols[f"s{f}"] = pa.array(sc.vstart[:, f] - sc.starts)
-        cols[f"e{f}"] = pa.array(sc.vend[:, f] - sc.starts)
-        cols[f"k{f}"] = pa.array(sc.vkind[:, f])
-    return pa.RecordBatch.from_pydict(cols)
 
 
-def batch_to_scan(batch: pa.RecordBatch, fields: int) -> tuple[np.ndarray, Scan]:
-    """The data buffer and Scan of a routed (sub-)batch, as the worker sees it."""
+def batch_records(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The data buffer and record (starts, ends) of a routed (sub-)batch, as the worker sees it."""
     raw = batch.column("raw")
     bufs = raw.buffers()
     n = batch.num_rows
@@ -124,12 +129,4 @@ def batch_to_scan(batch: pa.RecordBatch, fields: int) -> tuple[np.ndarray, Scan]
     data = np.frombuffer(bufs[2], np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
     starts = np.ascontiguousarray(offsets[:n])
     ends = starts + batch.column("len").to_numpy()
-    vs = np.empty((n, fields), np.int64)
-    ve = np.empty((n, fields), np.int64)
-    vk = np.empty((n, fields), np.int8)
-    for f in range(fields):
-        vs[:, f] = batch.column(f"s{f}").to_numpy() + starts
-        ve[:, f] = batch.column(f"e{f}").to_numpy() + starts
-        vk[:, f] = batch.column(f"k{f}").to_numpy()
-    z = np.zeros(n, np.int64)
-    return data, Scan(starts, ends, vs, ve, vk, np.zeros(n, np.int8), z, z - 1)
+    return data, starts, ends

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from raymask.actors.router import batch_to_scan
+from raymask.actors.router import batch_records, scan_reason
 from raymask.kernels.codecs.formats import Format
 from raymask.kernels.codecs.spans import K_MISSING, K_NULL
+from raymask.memory import tune_malloc
 from raymask.policy.compile import StreamPlan, compile_stream
 from raymask.policy.keys import Keyring
 from raymask.policy.registry import REGISTRY, FieldContext, error_message
@@ -36,9 +37,9 @@ class MaskOutput:
     records: pa.Array  # large_binary, one masked record (with newline) per emitted row
     dead_rows: np.ndarray  # input rows not emitted
     dead_reasons: list[str] = field(default_factory=list)
-    dead_fields: list[str] = field(default_factory=list)
+    dead_fields: list[str | None] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)  # field -> values the technique changed
-    seconds: dict[str, float] = field(default_factory=dict)  # stage (mask, encode) -> time
+    seconds: dict[str, float] = field(default_factory=dict)  # stage (decode, mask, encode) -> time
 
 
 class MaskCore:
@@ -63,8 +64,9 @@ class MaskCore:
         t0 = time.perf_counter()
         plan, fmt = self.plan, self.fmt
         view = plan.view(role)
-        nf = len(plan.paths)
-        data, sc = batch_to_scan(batch, nf)
+        data, starts, ends = batch_records(batch)
+        sc = fmt.scan(data, starts, ends, plan.tree)
+        t_decode = time.perf_counter()
         n = batch.num_rows
         rows = batch.column("row").to_numpy()
         err_code = np.zeros(n, np.int16)
@@ -74,7 +76,15 @@ class MaskCore:
         reps: list[tuple[np.ndarray, np.ndarray]] = []
         counts: dict[str, int] = {}
         ops = view.changing
-        cache: dict[int, pa.Array] = {}
+        # every column the techniques read (and the key, which subject-keyed techniques use),
+        # extracted in one pass over the records; anything else on demand
+        wanted = sorted(
+            {op.index for op in ops if REGISTRY[op.technique].needs_values}
+            | ({plan.key_index} if ops else set())
+        )
+        cache: dict[int, pa.Array] = dict(
+            zip(wanted, fmt.extract_many(data, sc, wanted) if wanted else [], strict=True)
+        )
 
         def column(path: str) -> pa.Array:
             i = plan.paths.index(path)
@@ -95,7 +105,8 @@ class MaskCore:
             edited.append(op.index)
             edits.append(edit)
             reps.append(fmt.write_values(applied.values, applied.raw))
-        emit = err_code == 0
+        invalid = sc.err != 0  # the whole record failed validation (its kinds read as missing)
+        emit = (err_code == 0) & ~invalid
         t1 = time.perf_counter()
         for op, edit in zip(ops, edits, strict=True):  # values changed in records that leave
             counts[op.path] = int((edit & emit).sum())
@@ -114,11 +125,17 @@ class MaskCore:
         t2 = time.perf_counter()
         keep = np.flatnonzero(emit)
         dead = np.flatnonzero(~emit)
-        reasons, fields = [], []
+        reasons: list[str] = []
+        fields: list[str | None] = []
         for r in dead:  # error path only
-            op = ops[int(err_op[r])]
-            reasons.append(f"field {op.path}: {error_message(op.technique, int(err_code[r]))}")
-            fields.append(op.path)
+            if invalid[r]:
+                reason, fld = scan_reason(fmt, plan.paths, sc, int(r))
+            else:
+                op = ops[int(err_op[r])]
+                reason = f"field {op.path}: {error_message(op.technique, int(err_code[r]))}"
+                fld = op.path
+            reasons.append(reason)
+            fields.append(fld)
         return MaskOutput(
             policy_version=plan.version,
             role=view.role,
@@ -128,7 +145,7 @@ class MaskCore:
             dead_reasons=reasons,
             dead_fields=fields,
             counts=counts,
-            seconds={"mask": t1 - t0, "encode": t2 - t1},
+            seconds={"decode": t_decode - t0, "mask": t1 - t_decode, "encode": t2 - t1},
         )
 
 
@@ -155,6 +172,7 @@ def _make_actor():  # Ray is imported only where actors are made, never by the p
         def __init__(
             self, policy: dict, stream: str, keyring: Keyring, fmt: Format, throttle_s: float = 0.0
         ) -> None:
+            tune_malloc()  # batch buffers reuse mapped pages instead of faulting in new ones
             self.core = MaskCore(policy, stream, keyring, fmt)
             self.throttle_s = throttle_s  # fault injection: a slow worker, for backpressure tests
 

@@ -27,6 +27,7 @@ from raymask.actors.sinks.deadletters import DEFAULT_KEY_ID, DeadLetterWriter
 from raymask.actors.sources.files import FileSource
 from raymask.actors.worker import MaskCore, MaskOutput
 from raymask.errors import InputError, PipelineError
+from raymask.memory import tune_malloc
 from raymask.policy.compile import StreamPlan, compile_stream
 from raymask.policy.keys import Keyring
 from raymask.policy.loader import load_policy, validate_data
@@ -162,6 +163,7 @@ def run_pipeline(
     flight, `resize(n, version)` gives the new pool (new workers on the driver's version), and routing continues by jump hash over n workers,
     which moves the fewest keys. Output is written in input order, so per-key order holds.
     """
+    tune_malloc()
     router = RouterCore(plan, source.format, len(workers))
     out.write(source.format.header(plan.tree, plan.unknown_fields == "drop", plan.named))
     pending: deque[tuple] = deque()  # routed, data, futures, version, started, bytes, jobs

@@ -14,7 +14,16 @@ from numba import njit
 from raymask.kernels._arrow import string_array, string_buffers
 from raymask.kernels.codecs.spans import K_MISSING, K_NULL, K_STRING, Scan
 
-__all__ = ["ERRORS", "split_records", "parse_header", "scan", "extract", "quote", "select_columns"]
+__all__ = [
+    "ERRORS",
+    "split_records",
+    "parse_header",
+    "scan",
+    "extract",
+    "extract_columns",
+    "quote",
+    "select_columns",
+]
 
 E_COLUMNS, E_QUOTE, E_UTF8 = 1, 2, 3
 ERRORS = {
@@ -219,48 +228,62 @@ def scan(
 
 @njit(cache=True)
 def _extract(data, vstart, vend, vkind, quote_char):
-    n = vstart.shape[0]
-    total = 0
+    """Columns (n, m) of cell spans -> one buffer holding m string columns, record by record."""
+    n, m = vstart.shape
+    base = np.zeros(m + 1, np.int64)
     for i in range(n):
-        total += vend[i] - vstart[i]
-    out = np.empty(total + 1, np.uint8)
-    off = np.zeros(n + 1, np.int64)
-    valid = np.zeros(n, np.bool_)
-    o = 0
+        for f in range(m):
+            base[f + 1] += vend[i, f] - vstart[i, f]
+    for f in range(m):
+        base[f + 1] += base[f]
+    out = np.empty(base[m] + 1, np.uint8)
+    off = np.zeros((m, n + 1), np.int64)
+    valid = np.zeros((m, n), np.bool_)
+    pos = base[:m].copy()
     for i in range(n):
-        if vkind[i] == K_STRING:
-            s = vstart[i]
-            e = vend[i]
-            if e > s and data[s] == quote_char:
-                q = s + 1
-                while q < e - 1:
-                    out[o] = data[q]
-                    o += 1
-                    if data[q] == quote_char:
-                        q += 2
-                    else:
-                        q += 1
-            else:
-                for q in range(s, e):
-                    out[o] = data[q]
-                    o += 1
-            valid[i] = True
-        off[i + 1] = o
-    return off, out[:o].copy(), valid
+        for f in range(m):
+            o = pos[f]
+            if vkind[i, f] == K_STRING:
+                s = vstart[i, f]
+                e = vend[i, f]
+                if e > s and data[s] == quote_char:
+                    q = s + 1
+                    while q < e - 1:
+                        out[o] = data[q]
+                        o += 1
+                        if data[q] == quote_char:
+                            q += 2
+                        else:
+                            q += 1
+                else:
+                    for q in range(s, e):
+                        out[o] = data[q]
+                        o += 1
+                valid[f, i] = True
+            pos[f] = o
+            off[f, i + 1] = o - base[f]
+    return off, out, valid, base, pos
 
 
 def extract(
     data: np.ndarray, vstart: np.ndarray, vend: np.ndarray, vkind: np.ndarray, quote_char: str = '"'
 ) -> pa.Array:
     """One column's cells as a large_string array, unquoted; empty unquoted cells are null."""
-    off, out, valid = _extract(
+    return extract_columns(data, vstart[:, None], vend[:, None], vkind[:, None], quote_char)[0]
+
+
+def extract_columns(
+    data: np.ndarray, vstart: np.ndarray, vend: np.ndarray, vkind: np.ndarray, quote_char: str = '"'
+) -> list[pa.Array]:
+    """`extract` for the m columns of (n, m) span arrays, in one pass over the records."""
+    off, out, valid, base, pos = _extract(
         data,
         np.ascontiguousarray(vstart),
         np.ascontiguousarray(vend),
         np.ascontiguousarray(vkind),
         ord(quote_char),
     )
-    return string_array(off, out, valid)
+    return [string_array(off[f], out[base[f] : pos[f]], valid[f]) for f in range(vstart.shape[1])]
 
 
 @njit(cache=True)

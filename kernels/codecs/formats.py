@@ -27,10 +27,19 @@ class Format:
     def split(self, data: np.ndarray, base_line: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def scan(self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray, tree: PathTree) -> Scan:
+    def scan(
+        self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray, tree: PathTree,
+        locate_only: bool = False,
+    ) -> Scan:  # fmt: skip
+        """Validate records and locate the tree's fields. `locate_only` allows a format to stop
+        reading a record once its fields are found (the rest is validated by a later full scan)."""
         raise NotImplementedError
 
     def extract(self, data: np.ndarray, sc: Scan, leaf: int) -> pa.Array:
+        return self.extract_many(data, sc, [leaf])[0]
+
+    def extract_many(self, data: np.ndarray, sc: Scan, leaves: list[int]) -> list[pa.Array]:
+        """The values of several fields, in one pass over the records."""
         raise NotImplementedError
 
     def write_values(
@@ -55,11 +64,13 @@ class NdjsonFormat(Format):
     def split(self, data, base_line):
         return ndjson.split_records(data, base_line)
 
-    def scan(self, data, starts, ends, tree):
-        return ndjson.scan(data, starts, ends, tree)
+    def scan(self, data, starts, ends, tree, locate_only=False):
+        return ndjson.scan(data, starts, ends, tree, locate_only)
 
-    def extract(self, data, sc, leaf):
-        return ndjson.extract(data, sc.vstart[:, leaf], sc.vend[:, leaf], sc.vkind[:, leaf])
+    def extract_many(self, data, sc, leaves):
+        return ndjson.extract_columns(
+            data, sc.vstart[:, leaves], sc.vend[:, leaves], sc.vkind[:, leaves]
+        )
 
     def write_values(self, values, raw):
         return ndjson.quote(values, raw)
@@ -85,11 +96,13 @@ class CsvFormat(Format):
     def split(self, data, base_line):
         return csv_codec.split_records(data, base_line)
 
-    def scan(self, data, starts, ends, tree):
+    def scan(self, data, starts, ends, tree, locate_only=False):
         return csv_codec.scan(data, starts, ends, self.columns, tree.paths, self.delimiter)
 
-    def extract(self, data, sc, leaf):
-        return csv_codec.extract(data, sc.vstart[:, leaf], sc.vend[:, leaf], sc.vkind[:, leaf])
+    def extract_many(self, data, sc, leaves):
+        return csv_codec.extract_columns(
+            data, sc.vstart[:, leaves], sc.vend[:, leaves], sc.vkind[:, leaves]
+        )
 
     def write_values(self, values, raw):
         return csv_codec.quote(values, self.delimiter)

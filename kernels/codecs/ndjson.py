@@ -41,6 +41,7 @@ __all__ = [
     "split_records",
     "scan",
     "extract",
+    "extract_columns",
     "quote",
     "splice",
     "build_objects",
@@ -106,12 +107,24 @@ def split_records(
     return _split(data, base_line)
 
 
-@njit(cache=True)
+# bytes a JSON string body needs to look at: control characters, '"', '\\' and non-ASCII
+_STRING_SPECIAL = np.zeros(256, np.uint8)
+_STRING_SPECIAL[:32] = 1
+_STRING_SPECIAL[34] = 1
+_STRING_SPECIAL[92] = 1
+_STRING_SPECIAL[128:] = 1
+
+
+@njit(cache=True, inline="always")
 def _scan_string(data, p, end):
     """data[p] is '"'; returns the position after the closing quote, -1 (syntax) or -3 (UTF-8)."""
     q = p + 1
+    special = _STRING_SPECIAL
     while q < end:
         c = data[q]
+        if special[c] == 0:  # plain ASCII: one table look-up per byte
+            q += 1
+            continue
         if c == 34:
             return q + 1
         if c == 92:
@@ -170,7 +183,7 @@ def _scan_string(data, p, end):
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _scan_number(data, p, end):
     q = p
     if data[q] == 45:
@@ -308,7 +321,7 @@ def _unescape(data, s, e, out, o):
     return o
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _match_key(
     data, s, e, parent, ch_start, ch_count, children, key_start, key_len, keybytes, keybuf
 ):
@@ -367,6 +380,7 @@ def _scan(
     node_leaf,
     nleaves,
     max_key,
+    stop_early,
 ):
     n = starts.shape[0]
     vstart = np.zeros((n, nleaves), np.int64)
@@ -388,6 +402,7 @@ def _scan(
         leaf_depth = -1
         top_done = False
         code = 0
+        found = 0
         while True:
             while p < end:
                 c = data[p]
@@ -410,6 +425,7 @@ def _scan(
                     if leaf_open >= 0 and leaf_depth == depth:
                         vend[r, leaf_open] = p + 1
                         leaf_open = -1
+                        found += 1
                     p += 1
                     value_done = True
                 else:
@@ -470,6 +486,7 @@ def _scan(
                             vstart[r, lf] = p
                             vend[r, lf] = q
                             vkind[r, lf] = kind
+                            found += 1
                         p = q
                         value_done = True
             elif state == _S_KEY_OR_CLOSE or state == _S_KEY:
@@ -478,6 +495,7 @@ def _scan(
                     if leaf_open >= 0 and leaf_depth == depth:
                         vend[r, leaf_open] = p + 1
                         leaf_open = -1
+                        found += 1
                     p += 1
                     value_done = True
                 elif c == 34:
@@ -527,6 +545,7 @@ def _scan(
                     if leaf_open >= 0 and leaf_depth == depth:
                         vend[r, leaf_open] = p + 1
                         leaf_open = -1
+                        found += 1
                     p += 1
                     value_done = True
                 else:
@@ -537,6 +556,8 @@ def _scan(
                     top_done = True
                 else:
                     state = _S_COMMA_OR_CLOSE
+            if stop_early and found == nleaves:
+                break  # every field located; the rest of the record is validated later
         if code != 0:
             err[r] = code
             errpos[r] = p - starts[r]
@@ -545,47 +566,86 @@ def _scan(
     return vstart, vend, vkind, err, errpos, errleaf
 
 
-def scan(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, tree: PathTree) -> Scan:
-    """Validate each record data[starts[i]:ends[i]] and locate the tree's fields in it."""
+def scan(
+    data: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    tree: PathTree,
+    locate_only: bool = False,
+) -> Scan:
+    """Validate each record data[starts[i]:ends[i]] and locate the tree's fields in it.
+
+    With `locate_only`, a record's scan stops once every field is found: the bytes after the
+    last field are not validated (the router locates the key this way; the worker validates the
+    whole record later)."""
     vs, ve, vk, err, pos, lf = _scan(
         data, starts, ends, tree.ch_start, tree.ch_count, tree.children, tree.key_start,
-        tree.key_len, tree.keybytes, tree.leaf, len(tree.paths), tree.max_key_len,
+        tree.key_len, tree.keybytes, tree.leaf, len(tree.paths), tree.max_key_len, locate_only,
     )  # fmt: skip
     return Scan(starts, ends, vs, ve, vk, err, pos, lf)
 
 
 @njit(cache=True)
 def _extract(data, vstart, vend, vkind):
-    n = vstart.shape[0]
-    total = 0
+    """Columns (n, m) of spans -> one buffer holding m string columns, filled record by record
+    so that each record's bytes are read while they are in cache (one pass for all fields,
+    instead of one cache miss per record and field)."""
+    n, m = vstart.shape
+    base = np.zeros(m + 1, np.int64)
     for i in range(n):
-        if vkind[i] != K_MISSING and vkind[i] != K_NULL:
-            total += vend[i] - vstart[i]
-    out = np.empty(total + 1, np.uint8)
-    off = np.zeros(n + 1, np.int64)
-    valid = np.zeros(n, np.bool_)
-    o = 0
+        for f in range(m):
+            k = vkind[i, f]
+            if k != K_MISSING and k != K_NULL:
+                base[f + 1] += vend[i, f] - vstart[i, f]
+    for f in range(m):
+        base[f + 1] += base[f]
+    out = np.empty(base[m] + 1, np.uint8)
+    off = np.zeros((m, n + 1), np.int64)
+    valid = np.zeros((m, n), np.bool_)
+    pos = base[:m].copy()
     for i in range(n):
-        k = vkind[i]
-        if k == K_STRING:
-            o = _unescape(data, vstart[i] + 1, vend[i] - 1, out, o)
-            valid[i] = True
-        elif k != K_MISSING and k != K_NULL:
-            ln = vend[i] - vstart[i]
-            out[o : o + ln] = data[vstart[i] : vend[i]]
-            o += ln
-            valid[i] = True
-        off[i + 1] = o
-    return off, out[:o].copy(), valid
+        for f in range(m):
+            k = vkind[i, f]
+            o = pos[f]
+            if k == K_STRING:
+                s = vstart[i, f] + 1
+                e = vend[i, f] - 1
+                plain = True
+                for q in range(s, e):
+                    if data[q] == 92:
+                        plain = False
+                        break
+                if plain:
+                    for q in range(s, e):
+                        out[o] = data[q]
+                        o += 1
+                else:
+                    o = _unescape(data, s, e, out, o)
+                valid[f, i] = True
+            elif k != K_MISSING and k != K_NULL:
+                for q in range(vstart[i, f], vend[i, f]):
+                    out[o] = data[q]
+                    o += 1
+                valid[f, i] = True
+            pos[f] = o
+            off[f, i + 1] = o - base[f]
+    return off, out, valid, base, pos
 
 
 def extract(data: np.ndarray, vstart: np.ndarray, vend: np.ndarray, vkind: np.ndarray) -> pa.Array:
     """One field's values as a large_string array: strings unescaped, numbers, booleans,
     objects and arrays as their JSON text, null where the value is null or missing."""
-    off, out, valid = _extract(
+    return extract_columns(data, vstart[:, None], vend[:, None], vkind[:, None])[0]
+
+
+def extract_columns(
+    data: np.ndarray, vstart: np.ndarray, vend: np.ndarray, vkind: np.ndarray
+) -> list[pa.Array]:
+    """`extract` for the m columns of (n, m) span arrays, in one pass over the records."""
+    off, out, valid, base, pos = _extract(
         data, np.ascontiguousarray(vstart), np.ascontiguousarray(vend), np.ascontiguousarray(vkind)
     )
-    return string_array(off, out, valid)
+    return [string_array(off[f], out[base[f] : pos[f]], valid[f]) for f in range(vstart.shape[1])]
 
 
 @njit(cache=True)

@@ -122,6 +122,32 @@ def test_bad_records_go_to_dead_letters_with_reasons_and_the_rest_is_masked(tmp_
     )
 
 
+def test_records_broken_after_the_key_are_caught_by_the_workers_full_scan(tmp_path, keyring):
+    """The router reads each record only up to its key; whatever is wrong after it must still
+    reach the dead letters, with the same reasons, from the worker's validating scan."""
+    lines = generate_bytes("payments", 100, seed=4).decode().splitlines()
+    key_at = lines[3].index('"account":{"id":')
+    lines[3] = lines[3][:-1] + ',"x":}'  # invalid JSON near the end
+    lines[6] = lines[6][:-1] + ',"account":{"id":"acc-1"}}'  # the key twice
+    lines[8] = lines[8].replace('"card":', '"card":{"number":"4111"},"card":', 1)  # a field twice
+    lines[11] = lines[11][:-1] + ',"n":"\\x"}'  # a bad escape after the key
+    src = tmp_path / "in.ndjson"
+    src.write_bytes("\n".join(lines).encode() + b"\n")
+    s = mask_file(EXAMPLES / "payments.yaml", "payments", src, tmp_path / "out.ndjson",
+                  keyring=keyring, local=True, workers=2)  # fmt: skip
+    assert (s.records_in, s.records_out, s.dead_letters) == (100, 96, 4)
+    dead = list(read_dead_letters(s.dead_letter_file, keyring))
+    assert [d.line for d in dead] == [4, 7, 9, 12]
+    assert dead[0].reason == f"invalid JSON at column {len(lines[3].encode())}"  # bytes
+    assert dead[1].reason == "field account.id: field occurs twice"
+    assert dead[2].reason.startswith("field card.")
+    assert dead[2].reason.endswith(": field occurs twice")
+    assert dead[3].reason.startswith("invalid JSON at column")
+    assert key_at < len(lines[3]) and [d.raw.decode() for d in dead] == [
+        lines[i] for i in (3, 6, 8, 11)
+    ]
+
+
 def test_dead_letters_are_encrypted_and_replay_after_a_fix(tmp_path, keyring):
     lines = generate_bytes("payments", 50, seed=5).decode().splitlines()
     canary = "CANARY-4111-SECRET"

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -44,6 +44,7 @@ __all__ = [
     "Broker",
     "BrokerInfo",
     "DEFAULT_STATE_DIR",
+    "LoopbackS3",
     "broker_status",
     "free_port",
     "ping",
@@ -188,11 +189,21 @@ def _listens(pid: int, host: str, port: int) -> bool:
     return False
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _parent_death_hook() -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to SIGTERM the child when the thread that started it dies
+    (PR_SET_PDEATHSIG, as Ray does for its own children). prctl is looked up here, in the
+    parent: between fork and exec the child only makes the one foreign call."""
+    if not sys.platform.startswith("linux"):
+        return None
     import ctypes
 
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+
+    def hook() -> None:
+        prctl(pr_set_pdeathsig, sigterm)
+
+    return hook
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -311,7 +322,9 @@ class Broker:
         program before tansu binds it: then a new one is tried (three times in all).
 
         `detach=True` is for a broker that must outlive this process (the CLI): no atexit hook and
-        no parent-death signal; its state file is the handle."""
+        no parent-death signal; its state file is the handle. Otherwise Linux stops the broker
+        when the *thread* that started it ends: start it from a long-lived thread (the main one,
+        an actor's), not from a short-lived worker thread."""
         if self.running:
             return self
         tries = 3 if self.port is None else 1
@@ -336,7 +349,7 @@ class Broker:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         env = {**os.environ, "NO_COLOR": "1", **self.env}
-        preexec = None if detach or not sys.platform.startswith("linux") else _die_with_parent
+        preexec = None if detach else _parent_death_hook()
         self.proc = subprocess.Popen(
             self.command(port), stdin=subprocess.DEVNULL, stdout=self._log,
             stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=preexec,
@@ -389,6 +402,65 @@ class Broker:
         )  # fmt: skip
 
     def __enter__(self) -> Broker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class LoopbackS3:
+    """A moto S3 server on 127.0.0.1 holding one bucket: storage for a broker whose topics must
+    survive its restart (`Broker(storage=s3.storage, env=s3.env)`). moto is a dev dependency
+    (`moto[server]`); the server runs in a thread of this process and stops with it."""
+
+    def __init__(self, bucket: str = "raymask", *, port: int | None = None) -> None:
+        self.bucket = bucket
+        self.port = port
+        self._server: Any = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def storage(self) -> str:
+        return f"s3://{self.bucket}/"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What tansu needs to reach it (object_store's variables; test credentials only)."""
+        return {
+            "AWS_ENDPOINT": self.endpoint, "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }  # fmt: skip
+
+    def start(self) -> LoopbackS3:
+        import logging
+
+        try:
+            import boto3
+            from moto.server import ThreadedMotoServer
+        except ImportError:
+            raise BrokerError(
+                "s3 storage on loopback needs moto (pip install 'moto[server]')"
+            ) from None
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+        self.port = self.port or free_port()
+        self._server = ThreadedMotoServer(ip_address=HOST, port=self.port, verbose=False)
+        self._server.start()
+        boto3.client(
+            "s3", endpoint_url=self.endpoint, aws_access_key_id="test",
+            aws_secret_access_key="test", region_name="us-east-1",
+        ).create_bucket(Bucket=self.bucket)  # fmt: skip
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def __enter__(self) -> LoopbackS3:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

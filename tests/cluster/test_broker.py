@@ -15,6 +15,7 @@ import pytest
 
 from raymask.cluster.broker import (
     Broker,
+    LoopbackS3,
     _alive,
     broker_status,
     ping,
@@ -136,3 +137,37 @@ def test_cli_start_status_stop_round_trip(tmp_path):
     assert stop.returncode == 0 and "stopped" in stop.stderr
     assert _gone(pid)
     assert _cli("status", state_dir=tmp_path).returncode == 1
+
+
+def test_s3_storage_on_loopback_keeps_topics_across_a_broker_restart(tmp_path):
+    pytest.importorskip("moto")
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    tp = TopicPartition("kept", 0)
+
+    async def write(bootstrap: str) -> None:
+        prod = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+        await prod.start()
+        try:
+            for i in range(5):
+                await prod.send_and_wait("kept", b"v%d" % i, partition=0)
+        finally:
+            await prod.stop()
+
+    async def read(bootstrap: str) -> list[bytes]:
+        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+        await c.start()
+        try:
+            c.assign([tp])
+            got = await c.getmany(tp, timeout_ms=3_000)
+            return [m.value for m in got.get(tp, [])]
+        finally:
+            await c.stop()
+
+    with LoopbackS3("kafka") as s3:
+        with Broker(storage=s3.storage, env=s3.env, log_path=tmp_path / "1.log") as first:
+            asyncio.run(write(first.bootstrap))
+        with Broker(storage=s3.storage, env=s3.env, log_path=tmp_path / "2.log") as second:
+            assert asyncio.run(read(second.bootstrap)) == [b"v%d" % i for i in range(5)]

@@ -303,7 +303,7 @@ class KafkaSink:
                         best = src
                 hw = reader.highwater(tp)
                 if hw is not None:
-                    if start > 0 and hw < start:  # the mark is past the end: read it all
+                    if start > 0 and hw <= start:  # the mark is past the end: read it all
                         start = 0
                         best = None
                         reader.seek(tp, 0)

@@ -269,7 +269,8 @@ def test_a_restarted_sink_skips_the_source_offsets_it_already_wrote(kafka_broker
 
 
 @pytest.mark.kafka
-def test_a_mark_past_the_end_of_the_partition_falls_back_to_a_full_read(kafka_broker):
+@pytest.mark.parametrize("mark", [4, 10_000])  # 4: one past the end (3 records), the edge
+def test_a_mark_past_the_end_of_the_partition_falls_back_to_a_full_read(kafka_broker, mark):
     topic, group = _topic("lost"), _topic("marks")
 
     async def run():
@@ -284,7 +285,7 @@ def test_a_mark_past_the_end_of_the_partition_falls_back_to_a_full_read(kafka_br
         await c.start()
         tp = TopicPartition(out, 0)
         c.assign([tp])
-        await c.commit({tp: 10_000})  # as after a broker that lost the partition's data
+        await c.commit({tp: mark})  # as after a broker that lost the partition's data
         await c.stop()
         async with KafkaSink(kafka_broker, mark_group=group) as again:
             return await again.tail_written(out, 0)

@@ -29,9 +29,11 @@ app = typer.Typer(
 policy_app = typer.Typer(help="Check, explain and describe policy files.", no_args_is_help=True)
 dead_app = typer.Typer(help="Read and replay dead letters.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create key files.", no_args_is_help=True)
+broker_app = typer.Typer(help="Run the embedded Kafka broker (tansu).", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 app.add_typer(dead_app, name="dead-letters")
 app.add_typer(keys_app, name="keys")
+app.add_typer(broker_app, name="broker")
 
 err = Console(stderr=True, highlight=False)
 _state = {"debug": False}
@@ -559,6 +561,70 @@ def reveal(
             print(f"value {i}: {e}", file=sys.stderr)
     if failed:
         raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- broker
+
+StateDirOpt = Annotated[
+    Path,
+    typer.Option(
+        "--state-dir",
+        envvar="RAYMASK_STATE_DIR",
+        help="Where the broker's state file and log live.",
+    ),
+]
+
+
+@broker_app.command("start")
+def broker_start(
+    port: Annotated[
+        int | None, typer.Option("--port", help="Loopback port (default: a free one).")
+    ] = None,
+    storage: Annotated[
+        str, typer.Option("--storage", help="memory://NAME/ or s3://BUCKET/ (S3 from AWS_* env).")
+    ] = "memory://raymask/",
+    state_dir: StateDirOpt = Path(".raymask"),
+) -> None:
+    """Start a broker in the background on 127.0.0.1; print its bootstrap address on stdout.
+
+    If the state folder records a running broker, its address is printed instead."""
+    from raymask.cluster.broker import start_broker
+
+    info, started = start_broker(state_dir, port=port, storage=storage)
+    if started:
+        err.print(f"broker started on {info.bootstrap} (pid {info.pid}, storage {info.storage})")
+    else:
+        err.print(f"a broker already runs on {info.bootstrap} (pid {info.pid})")
+    print(info.bootstrap)
+
+
+@broker_app.command("status")
+def broker_status_cmd(state_dir: StateDirOpt = Path(".raymask")) -> None:
+    """Say whether the broker runs and answers; exit 1 when it does not run."""
+    from raymask.cluster.broker import broker_status, ping
+
+    info = broker_status(state_dir)
+    if info is None:
+        print("no broker running")
+        raise typer.Exit(1)
+    answers = "answers" if ping(info.bootstrap) else "does NOT answer the Kafka protocol"
+    up = time.time() - info.started_at
+    print(
+        f"broker on {info.bootstrap}: pid {info.pid}, storage {info.storage}, up {up:.0f} s, "
+        f"{answers}"
+    )
+
+
+@broker_app.command("stop")
+def broker_stop(state_dir: StateDirOpt = Path(".raymask")) -> None:
+    """Stop the broker recorded in the state folder (SIGTERM, then SIGKILL)."""
+    from raymask.cluster.broker import stop_broker
+
+    info = stop_broker(state_dir)
+    if info is None:
+        err.print("no broker running")
+        return
+    err.print(f"broker on {info.bootstrap} (pid {info.pid}) stopped")
 
 
 # ---------------------------------------------------------------- demo

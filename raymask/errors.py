@@ -4,14 +4,22 @@
      ├── PolicyError        a policy file is invalid (located: file:line: path: what is wrong)
      ├── KeyringError       a key is missing or malformed (names the key id, never the material)
      ├── InputError         an input cannot be read at all (bad records go to dead letters instead)
-     └── PipelineError      the running pipeline failed (a worker died, a sink failed)
+     ├── PipelineError      the running pipeline failed (a worker died, a sink failed)
+     └── BrokerError        the embedded Kafka broker cannot start, answer or stop
 
 The CLI prints one line for these and exits 2 (usage, policy, keys, input) or 1 (pipeline).
 """
 
 from __future__ import annotations
 
-__all__ = ["RaymaskError", "PolicyError", "KeyringError", "InputError", "PipelineError"]
+__all__ = [
+    "RaymaskError",
+    "PolicyError",
+    "KeyringError",
+    "InputError",
+    "PipelineError",
+    "BrokerError",
+]
 
 
 class RaymaskError(Exception):
@@ -38,5 +46,11 @@ class InputError(RaymaskError):
 
 class PipelineError(RaymaskError):
     """The pipeline failed while running."""
+
+    exit_code = 1
+
+
+class BrokerError(RaymaskError):
+    """The embedded Kafka broker (tansu) cannot be started, reached or stopped."""
 
     exit_code = 1

@@ -69,3 +69,15 @@ def keyring():
             Key("deadletter", 1, b"d" * 32),
         ]
     )
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory):
+    """One embedded tansu broker for every `kafka` test of the session; yields its bootstrap
+    address. Stopped at the end of the session (and, should pytest be killed, by the kernel:
+    the broker gets SIGTERM when its owner dies)."""
+    from raymask.cluster.broker import Broker
+
+    broker = Broker(log_path=tmp_path_factory.mktemp("kafka") / "broker.log").start()
+    yield broker.bootstrap
+    broker.stop()

@@ -5,8 +5,11 @@ one kernel pass that stops at the key, send records without a usable key to the 
 their reason, hash the key column and group rows by worker. Every record of one key goes to one
 worker and keeps its relative order, so per-key order holds.
 
-A routed batch holds, per record: the raw bytes, its line and its row in the input chunk. Workers
-validate whole records and locate, extract and mask the policy's fields themselves, in parallel.
+A routed chunk is one Arrow batch holding, per record, the raw bytes (zero-copy over the input
+buffer), its line and its row; each worker gets the rows of its keys. On Ray the chunk goes into
+the object store once and every worker reads it from shared memory, so the router copies nothing
+per worker. Workers validate whole records and locate, extract and mask the policy's fields
+themselves, in parallel.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ class DeadLetter:
 
 @dataclass
 class Routed:
-    shards: list[pa.RecordBatch | None]  # one sub-batch per worker (None when empty)
+    batch: pa.RecordBatch  # the whole chunk, zero-copy: raw record bytes, len, line, row
+    shards: list[np.ndarray | None]  # per worker, the rows of `batch` it masks (None when none)
     dead: list[DeadLetter]
     records: int
     # record spans in the chunk, by row, for turning worker errors into dead letters
@@ -93,13 +97,13 @@ class RouterCore:
         keys = fmt.extract(data, sc, 0)
         worker = shard(keys, self.workers)
         batch = _batch(data, starts, ends, lines)
-        shards: list[pa.RecordBatch | None] = []
+        shards: list[np.ndarray | None] = []
         for w in range(self.workers):
             idx = np.flatnonzero(ok & (worker == w))
-            shards.append(batch.take(pa.array(idx)) if len(idx) else None)
+            shards.append(idx if len(idx) else None)
         dead.sort(key=lambda d: d.line)
         t2 = time.perf_counter()
-        return Routed(shards, dead, n, starts, ends, lines, {"route": t2 - t0})
+        return Routed(batch, shards, dead, n, starts, ends, lines, {"route": t2 - t0})
 
 
 def _batch(
@@ -121,7 +125,7 @@ def _batch(
 
 
 def batch_records(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The data buffer and record (starts, ends) of a routed (sub-)batch, as the worker sees it."""
+    """The data buffer and record (starts, ends) of a routed batch, as the worker sees it."""
     raw = batch.column("raw")
     bufs = raw.buffers()
     n = batch.num_rows

@@ -60,15 +60,21 @@ class MaskCore:
         self.plan: StreamPlan = plan
         return plan.version
 
-    def process(self, batch: pa.RecordBatch, role: str | None = None) -> MaskOutput:
+    def process(
+        self, batch: pa.RecordBatch, role: str | None = None, rows: np.ndarray | None = None
+    ) -> MaskOutput:
+        """Mask `rows` of a routed chunk (all of them when None) for `role`'s view."""
         t0 = time.perf_counter()
         plan, fmt = self.plan, self.fmt
         view = plan.view(role)
         data, starts, ends = batch_records(batch)
+        if rows is None:
+            rows = batch.column("row").to_numpy()
+        else:
+            starts, ends = starts[rows], ends[rows]
         sc = fmt.scan(data, starts, ends, plan.tree)
         t_decode = time.perf_counter()
-        n = batch.num_rows
-        rows = batch.column("row").to_numpy()
+        n = len(starts)
         err_code = np.zeros(n, np.int16)
         err_op = np.full(n, -1, np.int32)
         edited: list[int] = []
@@ -176,10 +182,12 @@ def _make_actor():  # Ray is imported only where actors are made, never by the p
             self.core = MaskCore(policy, stream, keyring, fmt)
             self.throttle_s = throttle_s  # fault injection: a slow worker, for backpressure tests
 
-        def process(self, batch: pa.RecordBatch, role: str | None = None) -> MaskOutput:
+        def process(
+            self, batch: pa.RecordBatch, role: str | None = None, rows: np.ndarray | None = None
+        ) -> MaskOutput:
             if self.throttle_s:
                 time.sleep(self.throttle_s)
-            return self.core.process(batch, role)
+            return self.core.process(batch, role, rows)
 
         def rss_bytes(self) -> int:
             """This worker process's resident memory (Linux), for memory-bound tests."""

@@ -130,7 +130,7 @@ def run_pipeline(
     plan: StreamPlan,
     source: FileSource,
     workers: Sequence[Any],
-    submit: Callable[[Any, pa.RecordBatch, str | None], Any],
+    submit: Callable[[Any, Any, np.ndarray, str | None], Any],
     fetch: Callable[[list[Any]], list[MaskOutput]],
     out: IO[bytes],
     dead_writer: DeadLetterWriter,
@@ -142,11 +142,14 @@ def run_pipeline(
     poll: Callable[[], tuple[int, int]] | None = None,
     switch: Callable[[int], tuple[StreamPlan, Callable[[Any], Any]]] | None = None,
     metrics: Any | None = None,
-    recover: Callable[[list[Any], list[tuple[int, pa.RecordBatch]], int], list[MaskOutput]]
+    recover: Callable[[list[Any], list[tuple[int, Any, np.ndarray]], int], list[MaskOutput]]
     | None = None,
     resize: Callable[[int, int], list[Any]] | None = None,
+    share: Callable[[pa.RecordBatch], Any] | None = None,
 ) -> RunSummary:
-    """Stream `source` through `workers`; `submit` starts one batch, `fetch` waits for a chunk's.
+    """Stream `source` through `workers`; `submit(worker, chunk, rows, role)` starts one worker's
+    share of a chunk, `fetch` waits for a chunk's results. `share(batch)` turns a routed chunk into
+    what workers receive (on Ray: one object-store reference that every worker reads in place).
 
     Between chunks, `poll()` gives (running policy version, desired pool size, 0 = as is), one
     look at the control per chunk.
@@ -223,8 +226,9 @@ def run_pipeline(
             version = latest
         t_route = time.perf_counter()
         routed = router.route(chunk.data, chunk.base_line)
-        jobs = [(wi, b) for wi, b in enumerate(routed.shards) if b is not None]
-        futures = [submit(workers[wi], b, role) for wi, b in jobs]
+        shared = share(routed.batch) if share is not None else routed.batch
+        jobs = [(wi, shared, idx) for wi, idx in enumerate(routed.shards) if idx is not None]
+        futures = [submit(workers[wi], b, idx, role) for wi, b, idx in jobs]
         pending.append((routed, chunk.data, futures, version, t_route, chunk.nbytes, jobs))
         summary.bytes_in += chunk.nbytes
         while len(pending) > max_in_flight:
@@ -440,7 +444,7 @@ def _run(
                     return compile_stream(validate_data(data), stream), lambda w: w.set_policy(data)
 
             run_pipeline(
-                plan, src, cores, lambda w, b, r: w.process(b, r), lambda fs: list(fs), out_f, writer,
+                plan, src, cores, lambda w, b, i, r: w.process(b, r, i), lambda fs: list(fs), out_f, writer,
                 role, summary, progress=progress, poll=poll, switch=switch,
             )  # fmt: skip
         else:
@@ -496,7 +500,7 @@ def _run(
                 """Results of one chunk; a batch whose worker died is sent again once Ray has
                 restarted the worker, after handing it the chunk's policy version."""
                 outs = []
-                for f, (wi, batch) in zip(futures, jobs, strict=True):
+                for f, (wi, batch, idx) in zip(futures, jobs, strict=True):
                     for attempt in range(MAX_RESENDS + 1):
                         try:
                             outs.append(ray.get(f))
@@ -510,17 +514,17 @@ def _run(
                                 ray.get(a.set_policy.remote(policies[v]))
                             except ray.exceptions.RayActorError:
                                 pass  # still restarting: the resend below waits for it
-                            f = a.process.remote(batch, role)
+                            f = a.process.remote(batch, role, idx)
                 return outs
 
             try:
                 ray.get([a.warm.remote() for a in actors])
                 run_pipeline(
-                    plan, src, actors, lambda w, b, r: w.process.remote(b, r), ray.get, out_f, writer,
+                    plan, src, actors, lambda w, b, i, r: w.process.remote(b, r, i), ray.get, out_f, writer,
                     role, summary, progress=progress,
                     poll=lambda: tuple(ray.get(ctl.state.remote())), switch=switch_ray,
                     metrics=PipelineMetrics(stream), recover=recover,
-                    resize=resize,
+                    resize=resize, share=ray.put,
                 )  # fmt: skip
             except ray.exceptions.RayActorError:
                 raise PipelineError("a mask worker died; see the Ray logs") from None

@@ -21,8 +21,7 @@ class Format:
 
     def boundary(self, data: np.ndarray) -> int:
         """Position after the last complete record in `data` (-1 if none)."""
-        nl = np.flatnonzero(data == 10)
-        return int(nl[-1]) + 1 if len(nl) else -1
+        return int(ndjson.last_newline(data))
 
     def split(self, data: np.ndarray, base_line: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise NotImplementedError

@@ -63,24 +63,16 @@ _S_VALUE, _S_KEY_OR_CLOSE, _S_KEY, _S_COLON, _S_COMMA_OR_CLOSE, _S_VALUE_OR_CLOS
 
 
 @njit(cache=True)
-def _split(data, base_line):
+def _split(data, newlines, base_line):
     """Records are the non-blank lines; returns (starts, ends, line numbers)."""
-    n = data.shape[0]
-    cnt = 0
-    for p in range(n):
-        if data[p] == 10:
-            cnt += 1
-    cap = cnt + 1
-    starts = np.empty(cap, np.int64)
-    ends = np.empty(cap, np.int64)
-    lines = np.empty(cap, np.int64)
+    n = newlines.shape[0]
+    starts = np.empty(n + 1, np.int64)
+    ends = np.empty(n + 1, np.int64)
+    lines = np.empty(n + 1, np.int64)
     r = 0
     s = 0
-    line = base_line
-    while s < n:
-        e = s
-        while e < n and data[e] != 10:
-            e += 1
+    for i in range(n + 1):
+        e = newlines[i] if i < n else data.shape[0]
         blank = True
         for q in range(s, e):
             c = data[q]
@@ -90,11 +82,19 @@ def _split(data, base_line):
         if not blank:
             starts[r] = s
             ends[r] = e
-            lines[r] = line
+            lines[r] = base_line + i
             r += 1
-        line += 1
         s = e + 1
     return starts[:r], ends[:r], lines[:r]
+
+
+@njit(cache=True)
+def last_newline(data):
+    """Position after the last newline in `data`, or -1 when there is none."""
+    for p in range(data.shape[0] - 1, -1, -1):
+        if data[p] == 10:
+            return p + 1
+    return -1
 
 
 def split_records(
@@ -104,7 +104,7 @@ def split_records(
 
     Blank lines are not records; a trailing newline does not start one.
     """
-    return _split(data, base_line)
+    return _split(data, np.flatnonzero(data == 10), base_line)  # numpy finds newlines by SIMD
 
 
 # bytes a JSON string body needs to look at: control characters, '"', '\\' and non-ASCII

@@ -28,7 +28,14 @@ from raymask.actors.router import DeadLetter
 from raymask.errors import InputError, KeyringError
 from raymask.policy.keys import Key, Keyring
 
-__all__ = ["DeadLetterWriter", "OpenedDeadLetter", "read_dead_letters", "DEFAULT_KEY_ID"]
+__all__ = [
+    "DeadLetterWriter",
+    "OpenedDeadLetter",
+    "read_dead_letters",
+    "seal",
+    "open_entry",
+    "DEFAULT_KEY_ID",
+]
 
 DEFAULT_KEY_ID = "deadletter"
 
@@ -42,8 +49,39 @@ def _aead_key(key: Key) -> AESGCM:
     return AESGCM(material)
 
 
-def _aad(stream: str, line: int) -> bytes:
-    return f"raymask-deadletter\0{stream}\0{line}".encode()
+def _aad(stream: str, line: int, where: str | None = None) -> bytes:
+    base = f"raymask-deadletter\0{stream}\0{line}"
+    return (base if where is None else f"{base}\0{where}").encode()
+
+
+def seal(stream: str, key: Key, d: DeadLetter, where: str | None = None) -> dict:
+    """One dead-letter entry: the record sealed under `key`, bound to stream, line and (for
+    Kafka) `where` = "topic[partition]", whose `line` is then the source offset."""
+    nonce = os.urandom(12)
+    ct = _aead_key(key).encrypt(nonce, d.raw, _aad(stream, d.line, where))
+    entry = {
+        "stream": stream,
+        "line": d.line,
+        "reason": d.reason,
+        "field": d.field,
+        "key": key.id,
+        "key_version": key.version,
+        "nonce": base64.b64encode(nonce).decode(),
+        "ciphertext": base64.b64encode(ct).decode(),
+    }
+    if where is not None:
+        entry["where"] = where
+    return entry
+
+
+def open_entry(e: dict, keyring: Keyring) -> bytes:
+    """The record inside a dead-letter entry (KeyringError, ValueError, KeyError, InvalidTag)."""
+    key = keyring.get(e["key"], int(e["key_version"]))
+    return _aead_key(key).decrypt(
+        base64.b64decode(e["nonce"]),
+        base64.b64decode(e["ciphertext"]),
+        _aad(e["stream"], int(e["line"]), e.get("where")),
+    )
 
 
 class DeadLetterWriter:
@@ -58,7 +96,6 @@ class DeadLetterWriter:
         )
         self.stream = stream
         self.key = key
-        self._aead = _aead_key(key)
         self._f: IO[str] | None = None
         self.count = 0
 
@@ -67,18 +104,7 @@ class DeadLetterWriter:
             if self._f is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._f = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
-            nonce = os.urandom(12)
-            ct = self._aead.encrypt(nonce, d.raw, _aad(self.stream, d.line))
-            entry = {
-                "stream": self.stream,
-                "line": d.line,
-                "reason": d.reason,
-                "field": d.field,
-                "key": self.key.id,
-                "key_version": self.key.version,
-                "nonce": base64.b64encode(nonce).decode(),
-                "ciphertext": base64.b64encode(ct).decode(),
-            }
+            entry = seal(self.stream, self.key, d)
             if self.csv_header is not None:  # column names only, so a replay can parse the record
                 entry["csv_header"] = self.csv_header
             self._f.write(json.dumps(entry) + "\n")
@@ -115,12 +141,7 @@ def read_dead_letters(path: str | Path, keyring: Keyring) -> Iterator[OpenedDead
                 continue
             try:
                 e = json.loads(text)
-                key = keyring.get(e["key"], int(e["key_version"]))
-                raw = _aead_key(key).decrypt(
-                    base64.b64decode(e["nonce"]),
-                    base64.b64decode(e["ciphertext"]),
-                    _aad(e["stream"], int(e["line"])),
-                )
+                raw = open_entry(e, keyring)
             except KeyringError:
                 raise
             except (ValueError, KeyError, TypeError):

@@ -42,6 +42,7 @@ from raymask.errors import PipelineError
 __all__ = [
     "DEFAULT_TOPIC_TEMPLATE",
     "KafkaSink",
+    "KafkaSinkActor",
     "SRC_OFFSET",
     "SRC_PARTITION",
     "SRC_TOPIC",
@@ -332,3 +333,52 @@ def _source_offset(
                     f"{SRC_OFFSET} header"
                 ) from None
     return None  # not written by raymask
+
+
+def _make_actor():  # Ray is imported only where actors are made, never by the pure core
+    import ray
+
+    # One write at a time: the skip rule needs writes to an output partition in order. Ray
+    # restarts a sink that dies; the new one reads back the tail of each output partition before
+    # its first write there, so a write sent again skips what the dead one already wrote.
+    @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=1)
+    class KafkaSinkActor:
+        """Ray actor around KafkaSink; the producer starts on the first call."""
+
+        def __init__(self, bootstrap: str, **options: Any) -> None:
+            self.core = KafkaSink(bootstrap, **options)
+
+        async def _ready(self) -> KafkaSink:
+            if self.core._producer is None:
+                await self.core.start()
+            return self.core
+
+        async def write(
+            self, topic: str, partition: int, role: str, records: Any, source_offsets: Any,
+            timestamps: Any = None,
+        ) -> WriteResult:  # fmt: skip
+            core = await self._ready()
+            return await core.write(topic, partition, role, records, source_offsets, timestamps)
+
+        async def ensure_topic(self, name: str, partitions: int) -> None:
+            await (await self._ready()).ensure_topic(name, partitions)
+
+        def topic_for(self, topic: str, role: str) -> str:
+            return self.core.topic_for(topic, role)
+
+        async def stop(self) -> None:
+            await self.core.stop()
+
+    return KafkaSinkActor
+
+
+class _Lazy:
+    _cls = None
+
+    def __getattr__(self, name: str):
+        if _Lazy._cls is None:
+            _Lazy._cls = _make_actor()
+        return getattr(_Lazy._cls, name)
+
+
+KafkaSinkActor = _Lazy()

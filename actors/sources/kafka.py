@@ -30,7 +30,7 @@ import numpy as np
 
 from raymask.errors import PipelineError
 
-__all__ = ["BadMessage", "KafkaSource", "PartitionChunk", "frame_values"]
+__all__ = ["BadMessage", "KafkaSource", "KafkaSourceActor", "PartitionChunk", "frame_values"]
 
 _NL = 10
 _BLANK = (32, 9, 13)  # what the codecs treat as blank besides the newline
@@ -240,3 +240,60 @@ class KafkaSource:
         from aiokafka import TopicPartition
 
         return await self._consumer.committed(TopicPartition(topic, partition))
+
+
+def _make_actor():  # Ray is imported only where actors are made, never by the pure core
+    import ray
+
+    # One call at a time (max_concurrency=1): a poll and a commit never interleave on one
+    # consumer. Ray restarts a source that dies; the restarted one joins the group again and
+    # resumes from the committed offsets, so records whose outputs were not yet durable come again
+    # (the sinks skip what they already wrote).
+    @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=1)
+    class KafkaSourceActor:
+        """Ray actor around KafkaSource; the consumer starts on the first call."""
+
+        def __init__(
+            self, bootstrap: str, topics: list[str], group_id: str, **options: Any
+        ) -> None:
+            self.core = KafkaSource(bootstrap, topics, group_id, **options)
+
+        async def _ready(self) -> KafkaSource:
+            if self.core._consumer is None:
+                await self.core.start()
+            return self.core
+
+        async def poll(self, timeout_ms: int | None = None, max_records: int | None = None):
+            return await (await self._ready()).poll(timeout_ms, max_records)
+
+        async def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+            await (await self._ready()).commit(offsets)
+
+        async def partitions(self, topic: str) -> int:
+            """How many partitions `topic` has (0 when the broker does not know it)."""
+            core = await self._ready()
+            await core._consumer.topics()  # refreshes the metadata
+            return len(core._consumer.partitions_for_topic(topic) or ())
+
+        async def assignment(self) -> list[tuple[str, int]]:
+            return sorted((await self._ready()).assignment())
+
+        async def highwater(self, topic: str, partition: int) -> int | None:
+            return (await self._ready()).highwater(topic, partition)
+
+        async def stop(self) -> None:
+            await self.core.stop()
+
+    return KafkaSourceActor
+
+
+class _Lazy:
+    _cls = None
+
+    def __getattr__(self, name: str):
+        if _Lazy._cls is None:
+            _Lazy._cls = _make_actor()
+        return getattr(_Lazy._cls, name)
+
+
+KafkaSourceActor = _Lazy()

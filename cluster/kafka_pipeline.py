@@ -1,0 +1,368 @@
+"""The Kafka pipeline: source actors -> KeyRouter -> MaskWorker actors -> sink actors.
+
+One round: every source actor polls its partitions (one columnar chunk per partition), the driver
+routes each chunk by key (the chunk goes into the object store once), every worker masks its rows
+once per role view, and the sink writes each view's records to that view's topic, in the input
+partition, with the source topic/partition/offset in headers. Records no technique can take, and
+messages that cannot be records, go to the view's dead-letter topic, sealed as in the file path.
+Only when every write of a chunk is acknowledged does its source commit the chunk's offsets.
+
+Effectively once: a crash anywhere (worker, source, sink, driver) before a commit means the
+chunk is read again. A sink, at its first write to an output partition, reads back the highest
+source offset already there and skips every record at or below it, so nothing is written twice.
+Assumptions: one writer per output partition (the pipeline's sink), writes to it in source-offset
+order (the sink takes one call at a time), and an output topic that is not written by anything
+else. Records in the output keep the input order per partition, so per-key order holds when the
+producers key their records (the usual Kafka contract).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from raymask.actors.router import DeadLetter, Routed, RouterCore
+from raymask.actors.sinks.deadletters import DEFAULT_KEY_ID, seal
+from raymask.actors.sinks.kafka import DEFAULT_TOPIC_TEMPLATE
+from raymask.actors.sources.kafka import PartitionChunk
+from raymask.actors.worker import MaskOutput
+from raymask.cluster.pipeline import MAX_RESENDS, _checked
+from raymask.errors import InputError, PipelineError
+from raymask.memory import tune_malloc
+from raymask.policy.keys import Keyring
+from raymask.policy.schema import Policy
+
+__all__ = ["KafkaRunSummary", "run_kafka", "DEAD_LETTER_TEMPLATE"]
+
+DEAD_LETTER_TEMPLATE = "{topic}.deadletters.{role}"
+
+
+@dataclass
+class KafkaRunSummary:
+    stream: str
+    input_topic: str
+    bootstrap: str
+    roles: list[str]
+    workers: int
+    sources: int
+    topics: dict[str, str] = field(default_factory=dict)  # role -> output topic
+    dead_topics: dict[str, str] = field(default_factory=dict)  # role -> dead-letter topic
+    records_in: int = 0  # messages read (a message read again after a crash counts again)
+    bytes_in: int = 0
+    written: Counter = field(default_factory=Counter)  # role -> records written
+    skipped: Counter = field(default_factory=Counter)  # role -> already in the output, skipped
+    dead: Counter = field(default_factory=Counter)  # role -> dead letters (written or skipped)
+    dead_reasons: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    rounds: int = 0
+    resent: int = 0  # calls sent again after their actor died
+    source_failures: int = 0  # polls or commits lost to a dead source (it restarts)
+    latencies_ms: list = field(default_factory=list, repr=False)  # produce time -> written
+
+    def latency_ms(self, q: float) -> float:
+        """A percentile (0-100) of produce-to-written latency over all records written."""
+        if not self.latencies_ms:
+            return 0.0
+        return float(np.percentile(np.concatenate(self.latencies_ms), q))
+
+    @property
+    def records_per_second(self) -> float:
+        return self.records_in / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def balanced(self) -> bool:
+        """Per view: every message read was written, skipped as already written, or dead."""
+        return all(
+            self.written[r] + self.skipped[r] + self.dead[r] == self.records_in for r in self.roles
+        )
+
+
+def _get_with_resend(
+    calls: Sequence[tuple[Any, Callable[[], Any]]], summary: KafkaRunSummary
+) -> list[Any]:
+    """Results of `calls` (future, resend) in order; a call whose actor died is sent again (in
+    order, so a restarted sink sees its writes in the original order)."""
+    import ray
+
+    out = []
+    for fut, resend in calls:
+        for attempt in range(MAX_RESENDS + 1):
+            try:
+                out.append(ray.get(fut))
+                break
+            except ray.exceptions.RayActorError:
+                if attempt == MAX_RESENDS:
+                    raise PipelineError("an actor kept dying; see the Ray logs") from None
+                summary.resent += 1
+                fut = resend()
+    return out
+
+
+def _collect(
+    routed: Routed, outputs: Sequence[MaskOutput]
+) -> tuple[pa.Array, np.ndarray, list[tuple[int, str, str | None]]]:
+    """A view's masked records in input order, their rows, and the rows that failed (row, reason,
+    field)."""
+    dead = [
+        (int(r), reason, fld)
+        for o in outputs
+        for r, reason, fld in zip(o.dead_rows, o.dead_reasons, o.dead_fields, strict=True)
+    ]
+    if not outputs:
+        return pa.array([], pa.large_binary()), np.zeros(0, np.int64), dead
+    rows = np.concatenate([o.rows for o in outputs])
+    order = np.argsort(rows, kind="stable")
+    recs = pa.concat_arrays([o.records for o in outputs])
+    if len(outputs) > 1:
+        recs = recs.take(pa.array(order))
+    return recs, rows[order], dead
+
+
+def run_kafka(
+    policy: str | Path | Policy,
+    stream: str,
+    input_topic: str,
+    *,
+    bootstrap: str | None = None,
+    roles: Sequence[str] | None = None,
+    keyring: Keyring | None = None,
+    workers: int = 2,
+    sources: int = 1,
+    group_id: str | None = None,
+    idle_s: float = 5.0,
+    max_records: int | None = None,
+    poll_ms: int = 500,
+    max_poll_records: int = 20_000,
+    topic_template: str = DEFAULT_TOPIC_TEMPLATE,
+    dead_letter_template: str = DEAD_LETTER_TEMPLATE,
+    dead_letter_key: str = DEFAULT_KEY_ID,
+    address: str | None = None,
+    name: str | None = None,
+    client_options: dict[str, Any] | None = None,
+    consumer_options: dict[str, Any] | None = None,
+    progress: Callable[[KafkaRunSummary], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> KafkaRunSummary:
+    """Mask `input_topic` into one topic per role view until the input is idle for `idle_s`
+    (or `max_records` were read, or `should_stop()`), and return the summary.
+
+    With no `bootstrap`, an embedded broker is started for the run and stopped after it (useful
+    only with a producer writing into it meanwhile; the demo and tests start their own).
+    `client_options` go to every Kafka client (SASL/SSL for a real cluster), `consumer_options`
+    only to the source consumers (session timeouts, fetch sizes). Actors are
+    named `kworker|ksource|ksink|kdead:NAME:i` in namespace "raymask" (NAME: default the stream),
+    so fault tests and operators can find them.
+    """
+    pol, plan, ring = _checked(policy, stream, keyring, dead_letter_key)
+    if plan.format != "ndjson":
+        raise InputError(f"stream {stream}: the Kafka path takes ndjson records, not {plan.format}")
+    if workers < 1 or sources < 1:
+        raise InputError("workers and sources must be >= 1")
+    views = list(roles) if roles else list(plan.views)
+    unknown = [r for r in views if r not in plan.views]
+    if unknown:
+        raise InputError(f"stream {stream} has no view {unknown[0]!r}")
+    broker = None
+    if bootstrap is None:
+        from raymask.cluster.broker import Broker
+
+        broker = Broker().start()
+        bootstrap = broker.bootstrap
+    import ray
+
+    from raymask.actors.sinks.kafka import KafkaSinkActor
+    from raymask.actors.sources.kafka import KafkaSourceActor
+    from raymask.actors.worker import MaskWorker
+    from raymask.cluster.runtime import ensure_ray
+
+    tune_malloc()
+    pipeline = name or stream
+    group = group_id or f"raymask-{pipeline}"
+    summary = KafkaRunSummary(stream, input_topic, bootstrap, views, workers, sources)
+    dl_key = ring.get(dead_letter_key)
+    started = ensure_ray(address)
+    actors: list[Any] = []
+    try:
+        opts = dict(namespace="raymask")
+        pool = [
+            MaskWorker.options(name=f"kworker:{pipeline}:{i}", **opts).remote(
+                pol.model_dump(), stream, ring, _fmt(plan)
+            )
+            for i in range(workers)
+        ]
+        srcs = [
+            KafkaSourceActor.options(name=f"ksource:{pipeline}:{i}", **opts).remote(
+                bootstrap,
+                [input_topic],
+                group,
+                max_records=max_poll_records,
+                poll_timeout_ms=poll_ms,
+                client_options=client_options,
+            )  # fmt: skip
+            for i in range(sources)
+        ]
+        sink = KafkaSinkActor.options(name=f"ksink:{pipeline}", **opts).remote(
+            bootstrap, topic_template=topic_template, client_options=client_options
+        )
+        dsink = KafkaSinkActor.options(name=f"kdead:{pipeline}", **opts).remote(
+            bootstrap, topic_template=dead_letter_template,
+            mark_group="raymask-deadletter-marks", client_options=client_options,
+        )  # fmt: skip
+        actors = [*pool, *srcs, sink, dsink]
+        ray.get([w.warm.remote() for w in pool])
+        parts = ray.get(srcs[0].partitions.remote(input_topic))
+        if not parts:
+            raise InputError(f"kafka topic {input_topic} does not exist at {bootstrap}")
+        for r in views:
+            summary.topics[r] = topic_template.format(topic=input_topic, role=r)
+            summary.dead_topics[r] = dead_letter_template.format(topic=input_topic, role=r)
+        ray.get([sink.ensure_topic.remote(t, parts) for t in summary.topics.values()])
+        ray.get([dsink.ensure_topic.remote(t, parts) for t in summary.dead_topics.values()])
+        router = RouterCore(plan, _fmt(plan), workers)
+        t0 = time.perf_counter()
+        idle_since = time.monotonic()
+        while not (should_stop and should_stop()):
+            if max_records is not None and summary.records_in >= max_records:
+                break
+            polled: list[tuple[int, PartitionChunk]] = []
+            futs = [(i, s.poll.remote(poll_ms)) for i, s in enumerate(srcs)]
+            for i, f in futs:
+                try:
+                    polled.extend((i, c) for c in ray.get(f))
+                except ray.exceptions.RayActorError:
+                    summary.source_failures += 1  # it restarts and resumes from its commits
+            if not polled:
+                if time.monotonic() - idle_since > idle_s:
+                    break
+                continue
+            idle_since = time.monotonic()
+            _round(polled, router, pool, srcs, sink, dsink, views, stream, dl_key, summary)
+            summary.rounds += 1
+            summary.seconds = time.perf_counter() - t0  # up to the last record, not the idle wait
+            if progress is not None:
+                progress(summary)
+    except ray.exceptions.RayActorError:
+        raise PipelineError("an actor of the Kafka pipeline died; see the Ray logs") from None
+    except ray.exceptions.RayTaskError as exc:  # our own errors raised inside an actor
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, (PipelineError, InputError)):
+            raise type(cause)(str(cause)) from None
+        raise
+    finally:
+        for a in actors:
+            ray.kill(a)
+        if started:
+            ray.shutdown()
+        if broker is not None:
+            broker.stop()
+    if not summary.balanced:
+        raise PipelineError(
+            f"records in ({summary.records_in}) != written + skipped + dead for a view "
+            f"({dict(summary.written)}, {dict(summary.skipped)}, {dict(summary.dead)})"
+        )
+    return summary
+
+
+def _fmt(plan: Any) -> Any:
+    from raymask.kernels.codecs.formats import format_for
+
+    return format_for(plan.format)
+
+
+def _round(
+    polled: list[tuple[int, PartitionChunk]], router: RouterCore, pool: list, srcs: list,
+    sink: Any, dsink: Any, views: list[str], stream: str, dl_key: Any, summary: KafkaRunSummary,
+) -> None:  # fmt: skip
+    """Mask and write one poll's chunks; commit each source's partitions once all is written."""
+    import ray
+
+    jobs = []
+    for si, ch in polled:
+        routed = router.route(ch.data, 0) if len(ch) else None  # line i = message i of the chunk
+        calls: dict[str, list] = {}
+        if routed is not None:
+            ref = ray.put(routed.batch)
+            for role in views:
+                calls[role] = [
+                    (
+                        pool[wi].process.remote(ref, role, idx),
+                        lambda wi=wi, idx=idx, role=role, ref=ref: pool[wi].process.remote(
+                            ref, role, idx
+                        ),
+                    )
+                    for wi, idx in enumerate(routed.shards)
+                    if idx is not None
+                ]
+        jobs.append((si, ch, routed, calls))
+    writes: list[tuple[Any, Callable[[], Any], str, str]] = []  # future, resend, role, kind
+    for _si, ch, routed, calls in jobs:
+        where = f"{ch.topic}[{ch.partition}]"
+        summary.records_in += len(ch) + len(ch.bad)
+        summary.bytes_in += ch.nbytes
+        common = [DeadLetter(b.offset, b.reason, b.raw or b"", None) for b in ch.bad]
+        if routed is not None:
+            common += [
+                DeadLetter(int(ch.offsets[d.line]), d.reason, d.raw, d.field) for d in routed.dead
+            ]
+        for role in views:
+            dead = list(common)
+            if routed is not None:
+                outs = _get_with_resend(calls[role], summary)
+                recs, rows, wdead = _collect(routed, outs)
+                src = routed.lines[rows]  # message index in the chunk
+                offs, stamps = ch.offsets[src], ch.timestamps[src]
+                for r, reason, fld in wdead:
+                    s, e = int(routed.starts[r]), int(routed.ends[r])
+                    dead.append(
+                        DeadLetter(
+                            int(ch.offsets[routed.lines[r]]), reason, bytes(ch.data[s:e]), fld
+                        )
+                    )
+                if len(offs):
+                    args = (ch.topic, ch.partition, role, recs, offs, stamps)
+                    writes.append(
+                        (
+                            sink.write.remote(*args),
+                            lambda a=args: sink.write.remote(*a),
+                            role,
+                            "out",
+                        )
+                    )
+            if dead:
+                dead.sort(key=lambda d: d.line)
+                for d in dead:
+                    summary.dead_reasons[d.reason] += 1
+                entries = [json.dumps(seal(stream, dl_key, d, where)).encode() for d in dead]
+                offs_d = np.array([d.line for d in dead], np.int64)
+                args = (ch.topic, ch.partition, role, entries, offs_d, None)
+                writes.append(
+                    (dsink.write.remote(*args), lambda a=args: dsink.write.remote(*a), role, "dead")
+                )
+                summary.dead[role] += len(dead)
+    results = _get_with_resend([(f, r) for f, r, _, _ in writes], summary)
+    now_ms = time.time() * 1000.0
+    for (_, _, role, kind), res in zip(writes, results, strict=True):
+        if kind == "out":
+            summary.written[role] += res.written
+            summary.skipped[role] += res.skipped
+    for _si, ch, routed, _ in jobs:
+        if routed is not None and len(ch.timestamps):
+            summary.latencies_ms.append(now_ms - ch.timestamps.astype(np.float64))
+    commits: dict[int, dict[tuple[str, int], int]] = {}
+    for si, ch, _, _ in jobs:
+        commits.setdefault(si, {})[(ch.topic, ch.partition)] = ch.next_offset
+    for si, offsets in commits.items():
+        try:
+            ray.get(srcs[si].commit.remote(offsets))
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError):
+            # the source died or lost the partitions in a rebalance: the records come again
+            # and the sinks skip them, so nothing is lost or doubled
+            summary.source_failures += 1

@@ -43,6 +43,8 @@ bench: $(STAMP)
 faults: $(STAMP)
 	@mkdir -p $(RAY_TMPDIR)
 	RAYMASK_FAULT_RECORDS=1000000 RAYMASK_FAULT_KILLS=10 $(BIN)/python -m pytest -q tests/actors/test_faults.py
+	RAYMASK_KAFKA_FAULT_RECORDS=1000000 RAYMASK_KAFKA_FAULT_CYCLES=4 RAYMASK_KAFKA_FAULT_GAP_S=3 \
+		$(BIN)/python -m pytest -q tests/cluster/test_kafka_pipeline.py -k kills
 
 # the long overload run: 2M records (about 900 MB) through throttled workers, memory bounded
 soak: $(STAMP)

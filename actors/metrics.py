@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["PipelineMetrics", "LATENCY_BOUNDARIES"]
+__all__ = ["PipelineMetrics", "KafkaMetrics", "LATENCY_BOUNDARIES"]
 
 LATENCY_BOUNDARIES = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 
@@ -66,3 +66,39 @@ class PipelineMetrics:
                 self.values.inc(
                     n, tags={**t, "field": path, "technique": techniques.get(path, "?")}
                 )
+
+
+class KafkaMetrics:
+    """Lag and flow of a Kafka pipeline, for dashboards and the autoscaler. Lag is the age of the
+    records being consumed (produce time to now) and the committed offsets per partition; never
+    the end offsets (tansu reports those wrongly)."""
+
+    def __init__(self, stream: str) -> None:
+        from ray.util.metrics import Counter, Gauge
+
+        self.tags = {"stream": stream}
+        self.age = Gauge(
+            "raymask_kafka_record_age_seconds",
+            description="Age (produce time to written) of the oldest record of the last chunk.",
+            tag_keys=("stream", "topic", "partition"),
+        )
+        self.committed = Gauge(
+            "raymask_kafka_committed_offset",
+            description="Next offset the pipeline will read, committed after outputs are durable.",
+            tag_keys=("stream", "topic", "partition"),
+        )
+        self.records = Counter(
+            "raymask_kafka_records",
+            description="Records per view and outcome (written, skipped, dead).",
+            tag_keys=("stream", "view", "outcome"),
+        )
+
+    def chunk(self, topic: str, partition: int, age_s: float, next_offset: int) -> None:
+        t = {**self.tags, "topic": topic, "partition": str(partition)}
+        self.age.set(age_s, tags=t)
+        self.committed.set(next_offset, tags=t)
+
+    def view(self, view: str, written: int, skipped: int, dead: int) -> None:
+        for outcome, n in (("written", written), ("skipped", skipped), ("dead", dead)):
+            if n:
+                self.records.inc(n, tags={**self.tags, "view": view, "outcome": outcome})

@@ -341,17 +341,85 @@ def mask(
     print_summary(console, summary)
 
 
+def print_kafka_summary(console: Console, s) -> None:
+    table = Table(
+        title=f"raymask: stream {s.stream}, topic {s.input_topic} at {s.bootstrap}",
+        show_header=False,
+    )
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("messages read", f"{s.records_in:,}")
+    table.add_row("workers / sources", f"{s.workers} / {s.sources}")
+    table.add_row("read = written + skipped + dead, per view", "yes" if s.balanced else "NO")
+    table.add_row("time (to the last record)", f"{s.seconds:.2f} s")
+    table.add_row("throughput", f"{s.records_per_second:,.0f} messages/s")
+    table.add_row(
+        "produce -> written, p50 / p99", f"{s.latency_ms(50):,.0f} / {s.latency_ms(99):,.0f} ms"
+    )
+    if s.resent or s.source_failures:
+        table.add_row("calls resent / source failures", f"{s.resent} / {s.source_failures}")
+    console.print(table)
+    views = Table(title="per view")
+    for col in ("view", "topic", "written", "skipped (already there)", "dead letters"):
+        views.add_column(col, justify="left" if col in ("view", "topic") else "right")
+    for r in s.roles:
+        views.add_row(r, s.topics[r], f"{s.written[r]:,}", f"{s.skipped[r]:,}", f"{s.dead[r]:,}")
+    console.print(views)
+    if any(s.dead.values()):
+        console.print(f"dead letters (encrypted) in {', '.join(s.dead_topics.values())}:")
+        for reason, count in s.dead_reasons.most_common(5):
+            console.print(f"  {count:>8,}  {reason}", markup=False)
+
+
+def _kafka_options(pairs: list[str] | None) -> dict:
+    """`key=value` pairs for the Kafka clients (SASL/SSL settings); numbers become ints."""
+    out: dict = {}
+    for pair in pairs or []:
+        k, sep, v = pair.partition("=")
+        if not sep or not k:
+            raise InputError(f"--kafka-option {pair!r}: expected key=value")
+        out[k.strip()] = int(v) if v.strip().isdigit() else v.strip()
+    return out
+
+
 @app.command()
 def run(
     policy: Annotated[Path, typer.Option("--policy", "-P", help="Policy file.")],
     stream: Annotated[str, typer.Option("--stream", "-s", help="Stream name in the policy.")],
     input: Annotated[
-        str, typer.Option("--input", "-i", help="File to read (and tail with --follow).")
-    ],
-    output: Annotated[str, typer.Option("-o", "--output", help="Output file, or - for stdout.")],
+        str | None, typer.Option("--input", "-i", help="File to read (and tail with --follow).")
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option("-o", "--output", help="Output file, or - for stdout.")
+    ] = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep reading as the file grows, until Ctrl-C.")
     ] = False,
+    input_topic: Annotated[
+        str | None, typer.Option("--input-topic", help="Kafka topic to mask (Kafka mode).")
+    ] = None,
+    bootstrap_servers: Annotated[
+        str | None,
+        typer.Option(
+            "--bootstrap-servers",
+            help="Kafka cluster; default: the broker of `raymask broker start`, else an embedded one.",
+        ),
+    ] = None,
+    roles: Annotated[
+        str | None, typer.Option("--roles", help="Views to write, comma-separated (default: all).")
+    ] = None,
+    sources: Annotated[int, typer.Option("--sources", min=1, help="Kafka source actors.")] = 1,
+    group: Annotated[str | None, typer.Option("--group", help="Consumer group id.")] = None,
+    idle: Annotated[
+        float,
+        typer.Option("--idle", help="Kafka mode: stop after this many idle seconds (0: never)."),
+    ] = 0.0,
+    kafka_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--kafka-option", help="key=value for the Kafka clients (SASL/SSL); repeatable."
+        ),
+    ] = None,
     role: Annotated[str | None, typer.Option("--role", "-r")] = None,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1)] = 2,
     address: Annotated[str | None, typer.Option("--address")] = None,
@@ -361,11 +429,19 @@ def run(
         typer.Option("--name", help="Pipeline name for push and scale (default: the stream)."),
     ] = None,
 ) -> None:
-    """A long-running streaming job: mask a file and, with --follow, what is appended to it.
+    """A long-running streaming job. File mode (--input, --output): mask a file and, with
+    --follow, what is appended to it. Kafka mode (--input-topic): mask a topic into one topic per
+    view until Ctrl-C (or --idle seconds without messages).
 
     Ctrl-C stops reading; the records read so far are finished and the summary is printed."""
     import signal
 
+    if input_topic is not None:
+        _run_kafka(policy, stream, input_topic, bootstrap_servers, roles, sources, group, idle,
+                   _kafka_options(kafka_option), workers, address, keys, name)  # fmt: skip
+        return
+    if input is None or output is None:
+        raise InputError("give --input and --output (file mode) or --input-topic (Kafka mode)")
     from raymask.cluster.pipeline import prepare, run_job
 
     job = prepare(policy, stream, input, keyring=_keyring(keys), follow=follow)
@@ -379,6 +455,43 @@ def run(
     finally:
         signal.signal(signal.SIGINT, previous)
     print_summary(err, summary)
+
+
+def _run_kafka(policy, stream, topic, bootstrap, roles, sources, group, idle, options, workers,
+               address, keys, name) -> None:  # fmt: skip
+    import asyncio
+    import signal
+
+    from raymask.cluster.broker import Broker, broker_status
+    from raymask.cluster.kafka_pipeline import run_kafka
+    from raymask.loadtest.kafka_traffic import create_topic
+
+    broker = None
+    if bootstrap is None:
+        info = broker_status()
+        if info is not None:
+            bootstrap = info.bootstrap
+        else:
+            broker = Broker().start()
+            bootstrap = broker.bootstrap
+            asyncio.run(create_topic(bootstrap, topic, 3))
+            err.print(f"embedded Kafka broker at {bootstrap} (topic {topic}, 3 partitions)")
+    stop = [False]
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.__setitem__(0, True))
+    try:
+        err.print(f"running pipeline {name or stream} on {topic} (Ctrl-C to stop)")
+        summary = run_kafka(
+            policy, stream, topic, bootstrap=bootstrap, keyring=_keyring(keys),
+            roles=[r.strip() for r in roles.split(",")] if roles else None, workers=workers,
+            sources=sources, group_id=group, idle_s=idle if idle > 0 else float("inf"),
+            address=address, name=name, client_options=options or None,
+            should_stop=lambda: stop[0],
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if broker is not None:
+            broker.stop()
+    print_kafka_summary(err, summary)
 
 
 @app.command()

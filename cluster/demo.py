@@ -97,6 +97,65 @@ def _side_by_side(
     console.print(table)
 
 
+def _kafka_part(console: Console, n: int, workers: int, ring) -> None:
+    """Generated payments traffic through the embedded Kafka broker, one topic per view."""
+    import json
+
+    from raymask.cluster.broker import Broker
+    from raymask.cluster.cli import print_kafka_summary, progress_bar
+    from raymask.cluster.kafka_pipeline import run_kafka
+    from raymask.loadtest.kafka_traffic import produce_traffic, read_topic
+
+    console.rule("[bold]Kafka[/]: topic payments -> one masked topic per view")
+    with Broker() as broker:
+        bs = broker.bootstrap
+        t0 = time.perf_counter()
+        produce_traffic(bs, "payments", "payments", n, key_path="account.id", partitions=3, seed=7)
+        console.print(
+            f"embedded Kafka broker (tansu) at {bs}; produced {n:,} payments records to topic "
+            f"payments, 3 partitions, partitioned by account.id ({time.perf_counter() - t0:.1f} s)"
+        )
+        roles = ["ops", "fraud", "support", "research"]
+        with progress_bar(console, "masking") as prog:
+            task = prog.add_task("masking topic payments", total=n, records=0, rate=0.0)
+
+            def update(s) -> None:
+                prog.update(task, completed=min(s.records_in, n), records=s.records_in,
+                            rate=s.records_per_second)  # fmt: skip
+
+            summary = run_kafka(
+                examples_dir() / "payments.yaml", "payments", "payments", bootstrap=bs,
+                keyring=ring, roles=roles, workers=workers, idle_s=2, progress=update,
+                consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 300},
+            )  # fmt: skip
+        print_kafka_summary(console, summary)
+        first = {
+            r: min(
+                read_topic(bs, summary.topics[r], 3, expect=1, idle_s=2),
+                key=lambda m: (m.partition, m.offset),
+            )  # fmt: skip
+            for r in roles
+        }
+        src = int(first[roles[0]].headers["raymask.src.offset"])
+        table = Table(
+            title=f"one record (partition {first[roles[0]].partition}, source offset {src}) in each view's topic"
+        )
+        table.add_column("field")
+        for r in roles:
+            table.add_column(summary.topics[r], overflow="fold")
+        recs = {r: json.loads(m.value) for r, m in first.items()}
+        for path in [
+            "account.id",
+            "card.number",
+            "customer.email",
+            "customer.name",
+            "amount",
+            "ts",
+        ]:
+            table.add_row(path, *[str(_get(recs[r], path)) for r in roles])
+        console.print(table)
+
+
 def run_demo(n: int = 100_000, workers: int = 2, out_dir: Path = Path("demo-out")) -> None:
     from raymask.cluster.cli import print_summary, progress_bar
     from raymask.cluster.pipeline import mask_file
@@ -208,6 +267,7 @@ def run_demo(n: int = 100_000, workers: int = 2, out_dir: Path = Path("demo-out"
             totals["in"] += summary.records_in
             totals["out"] += summary.records_out
             totals["dead"] += summary.dead_letters
+        _kafka_part(console, min(n, 50_000), workers, ring)
     finally:
         if started:
             import ray

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from raymask.actors.metrics import KafkaMetrics
 from raymask.actors.router import DeadLetter, Routed, RouterCore
 from raymask.actors.sinks.deadletters import DEFAULT_KEY_ID, seal
 from raymask.actors.sinks.kafka import DEFAULT_TOPIC_TEMPLATE
@@ -126,6 +127,26 @@ def _collect(
     return recs, rows[order], dead
 
 
+def _drop_oversized(
+    recs: pa.Array, rows: np.ndarray, limit: int
+) -> tuple[pa.Array, np.ndarray, list[tuple[int, str, str | None]]]:
+    """Masked records longer than `limit` bytes (a masked value can be longer than the clear
+    one) leave for the dead letters instead of failing the write."""
+    if len(recs) == 0:
+        return recs, rows, []
+    offs = np.frombuffer(recs.buffers()[1], np.int64)[recs.offset : recs.offset + len(recs) + 1]
+    size = np.diff(offs) - 1  # without the newline
+    big = size > limit
+    if not big.any():
+        return recs, rows, []
+    dead = [
+        (int(r), f"masked record is {int(n)} bytes, above the {limit}-byte message limit", None)
+        for r, n in zip(rows[big], size[big], strict=True)
+    ]
+    keep = np.flatnonzero(~big)
+    return recs.take(pa.array(keep)), rows[keep], dead
+
+
 def run_kafka(
     policy: str | Path | Policy,
     stream: str,
@@ -150,6 +171,7 @@ def run_kafka(
     consumer_options: dict[str, Any] | None = None,
     progress: Callable[[KafkaRunSummary], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> KafkaRunSummary:
     """Mask `input_topic` into one topic per role view until the input is idle for `idle_s`
     (or `max_records` were read, or `should_stop()`), and return the summary.
@@ -227,6 +249,9 @@ def run_kafka(
         ray.get([sink.ensure_topic.remote(t, parts) for t in summary.topics.values()])
         ray.get([dsink.ensure_topic.remote(t, parts) for t in summary.dead_topics.values()])
         router = RouterCore(plan, _fmt(plan), workers)
+        metrics = KafkaMetrics(stream)
+        if on_ready is not None:  # actors up, topics there: the first poll comes next
+            on_ready()
         t0 = time.perf_counter()
         idle_since = time.monotonic()
         while not (should_stop and should_stop()):
@@ -244,7 +269,7 @@ def run_kafka(
                     break
                 continue
             idle_since = time.monotonic()
-            _round(polled, router, pool, srcs, sink, dsink, views, stream, dl_key, summary)
+            _round(polled, router, pool, srcs, sink, dsink, views, stream, dl_key, summary, metrics)
             summary.rounds += 1
             summary.seconds = time.perf_counter() - t0  # up to the last record, not the idle wait
             if progress is not None:
@@ -280,10 +305,12 @@ def _fmt(plan: Any) -> Any:
 def _round(
     polled: list[tuple[int, PartitionChunk]], router: RouterCore, pool: list, srcs: list,
     sink: Any, dsink: Any, views: list[str], stream: str, dl_key: Any, summary: KafkaRunSummary,
+    metrics: KafkaMetrics | None = None, max_record_bytes: int = 1 << 20,
 ) -> None:  # fmt: skip
     """Mask and write one poll's chunks; commit each source's partitions once all is written."""
     import ray
 
+    before = (Counter(summary.written), Counter(summary.skipped), Counter(summary.dead))
     jobs = []
     for si, ch in polled:
         routed = router.route(ch.data, 0) if len(ch) else None  # line i = message i of the chunk
@@ -317,6 +344,8 @@ def _round(
             if routed is not None:
                 outs = _get_with_resend(calls[role], summary)
                 recs, rows, wdead = _collect(routed, outs)
+                recs, rows, big = _drop_oversized(recs, rows, max_record_bytes)
+                wdead += big
                 src = routed.lines[rows]  # message index in the chunk
                 offs, stamps = ch.offsets[src], ch.timestamps[src]
                 for r, reason, fld in wdead:
@@ -356,6 +385,14 @@ def _round(
     for _si, ch, routed, _ in jobs:
         if routed is not None and len(ch.timestamps):
             summary.latencies_ms.append(now_ms - ch.timestamps.astype(np.float64))
+        if metrics is not None and len(ch.timestamps):
+            metrics.chunk(ch.topic, ch.partition, (now_ms - float(ch.timestamps.min())) / 1e3,
+                          ch.next_offset)  # fmt: skip
+    if metrics is not None:
+        for role in views:
+            metrics.view(role, summary.written[role] - before[0][role],
+                         summary.skipped[role] - before[1][role],
+                         summary.dead[role] - before[2][role])  # fmt: skip
     commits: dict[int, dict[tuple[str, int], int]] = {}
     for si, ch, _, _ in jobs:
         commits.setdefault(si, {})[(ch.topic, ch.partition)] = ch.next_offset

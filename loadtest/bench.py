@@ -559,7 +559,15 @@ def main() -> None:
     ap.add_argument(
         "--pipeline", type=int, default=0, metavar="N", help="pipeline table on N records"
     )
+    ap.add_argument(
+        "--kafka", type=int, default=0, metavar="N", help="Kafka end to end on N records"
+    )
     args = ap.parse_args()
+    if args.kafka:
+        from raymask.loadtest.kafka_bench import kafka_bench
+
+        kafka_bench(args.kafka, args.repeat)
+        return
     if args.pipeline:
         pipeline_bench(args.pipeline, args.repeat)
         return

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import uuid
 from collections import defaultdict
@@ -134,7 +135,11 @@ def test_kills_of_workers_sources_and_sinks_lose_and_double_nothing(
     kafka_broker, ray_session, keyring
 ):
     topic = _topic("payments")
-    n = produce_traffic(kafka_broker, topic, "payments", 80_000, key_path="account.id",
+    # `make faults` runs the long version: 1M records, four rounds of kills 3 s apart
+    records = int(os.environ.get("RAYMASK_KAFKA_FAULT_RECORDS", "80000"))
+    cycles = int(os.environ.get("RAYMASK_KAFKA_FAULT_CYCLES", "1"))
+    gap_s = float(os.environ.get("RAYMASK_KAFKA_FAULT_GAP_S", "0.7"))
+    n = produce_traffic(kafka_broker, topic, "payments", records, key_path="account.id",
                         partitions=PARTS, seed=9)  # fmt: skip
     stop, running, log = threading.Event(), threading.Event(), []
     pipeline = "faults-" + topic
@@ -143,8 +148,8 @@ def test_kills_of_workers_sources_and_sinks_lose_and_double_nothing(
         import ray
 
         running.wait(120)
-        for name in ["kworker:{}:0", "ksink:{}", "kworker:{}:1", "ksource:{}:0"]:
-            if stop.wait(0.7):
+        for name in ["kworker:{}:0", "ksink:{}", "kworker:{}:1", "ksource:{}:0"] * cycles:
+            if stop.wait(gap_s):
                 return
             try:
                 ray.kill(
@@ -170,7 +175,7 @@ def test_kills_of_workers_sources_and_sinks_lose_and_double_nothing(
     finally:
         stop.set()
         killer.join()
-    assert len(log) == 4, log
+    assert len(log) == 4 * cycles, log
     assert s.balanced
     msgs = read_topic(kafka_broker, s.topics["ops"], PARTS, expect=n + 1, idle_s=3)
     src = [

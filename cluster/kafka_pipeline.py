@@ -254,12 +254,15 @@ def run_kafka(
             on_ready()
         t0 = time.perf_counter()
         idle_since = time.monotonic()
+        futs = [(i, s.poll.remote(poll_ms)) for i, s in enumerate(srcs)]
         while not (should_stop and should_stop()):
             if max_records is not None and summary.records_in >= max_records:
                 break
             polled: list[tuple[int, PartitionChunk]] = []
-            futs = [(i, s.poll.remote(poll_ms)) for i, s in enumerate(srcs)]
-            for i, f in futs:
+            got, futs = futs, [(i, s.poll.remote(poll_ms)) for i, s in enumerate(srcs)]
+            # the next poll runs while this one is masked and written; what it reads is
+            # committed only after its own round, so stopping early loses nothing
+            for i, f in got:
                 try:
                     polled.extend((i, c) for c in ray.get(f))
                 except ray.exceptions.RayActorError:

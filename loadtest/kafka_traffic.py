@@ -106,9 +106,11 @@ def produce_traffic(
 
 
 def read_topic(
-    bootstrap: str, topic: str, partitions: int, *, expect: int | None = None, idle_s: float = 3.0
-) -> list[Message]:
-    """Every message of `topic` (stops when `expect` are read, or nothing came for `idle_s`)."""
+    bootstrap: str, topic: str, partitions: int, *, expect: int | None = None, idle_s: float = 3.0,
+    only: int | None = None,
+) -> list[Message]:  # fmt: skip
+    """Every message of `topic` (stops when `expect` are read, or nothing came for `idle_s`);
+    with `only`, of that one partition."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     async def go() -> list[Message]:
@@ -117,7 +119,9 @@ def read_topic(
             fetch_max_wait_ms=100, max_partition_fetch_bytes=8 << 20,
         )  # fmt: skip
         await c.start()
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        tps = [
+            TopicPartition(topic, p) for p in ([only] if only is not None else range(partitions))
+        ]
         c.assign(tps)
         for tp in tps:
             c.seek(tp, 0)

@@ -38,8 +38,10 @@ bench: $(STAMP)
 	$(BIN)/python -m raymask.loadtest.bench --ray
 	$(BIN)/python -m raymask.loadtest.bench --kernels 1000000
 	$(BIN)/python -m raymask.loadtest.bench --pipeline 300000
+	$(BIN)/python -m raymask.loadtest.bench --kafka 200000 --repeat 2
 
-# the long fault run: 1M records, 10 worker kills (the short one is part of `make test`)
+# the long fault runs: files, 1M records, 10 worker kills; Kafka, 1M records, 16 kills of
+# workers, the sink and the source (the short ones are part of `make test`)
 faults: $(STAMP)
 	@mkdir -p $(RAY_TMPDIR)
 	RAYMASK_FAULT_RECORDS=1000000 RAYMASK_FAULT_KILLS=10 $(BIN)/python -m pytest -q tests/actors/test_faults.py

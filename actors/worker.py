@@ -64,29 +64,27 @@ class MaskCore:
         self, batch: pa.RecordBatch, role: str | None = None, rows: np.ndarray | None = None
     ) -> MaskOutput:
         """Mask `rows` of a routed chunk (all of them when None) for `role`'s view."""
+        return self.process_views(batch, [role], rows)[0]
+
+    def process_views(
+        self, batch: pa.RecordBatch, roles: list[str | None], rows: np.ndarray | None = None
+    ) -> list[MaskOutput]:
+        """Mask `rows` of a routed chunk once per view in `roles`: the records are validated
+        and located once, each column any view reads is extracted once."""
         t0 = time.perf_counter()
         plan, fmt = self.plan, self.fmt
-        view = plan.view(role)
         data, starts, ends = batch_records(batch)
         if rows is None:
             rows = batch.column("row").to_numpy()
         else:
             starts, ends = starts[rows], ends[rows]
         sc = fmt.scan(data, starts, ends, plan.tree)
-        t_decode = time.perf_counter()
-        n = len(starts)
-        err_code = np.zeros(n, np.int16)
-        err_op = np.full(n, -1, np.int32)
-        edited: list[int] = []
-        edits: list[np.ndarray] = []
-        reps: list[tuple[np.ndarray, np.ndarray]] = []
-        counts: dict[str, int] = {}
-        ops = view.changing
+        views = [plan.view(r) for r in roles]
         # every column the techniques read (and the key, which subject-keyed techniques use),
         # extracted in one pass over the records; anything else on demand
         wanted = sorted(
-            {op.index for op in ops if REGISTRY[op.technique].needs_values}
-            | ({plan.key_index} if ops else set())
+            {op.index for v in views for op in v.changing if REGISTRY[op.technique].needs_values}
+            | ({plan.key_index} if any(v.changing for v in views) else set())
         )
         cache: dict[int, pa.Array] = dict(
             zip(wanted, fmt.extract_many(data, sc, wanted) if wanted else [], strict=True)
@@ -97,6 +95,24 @@ class MaskCore:
             if i not in cache:
                 cache[i] = fmt.extract(data, sc, i)
             return cache[i]
+
+        decode_s = time.perf_counter() - t0
+        return [
+            self._view(view, data, sc, rows, column, decode_s if i == 0 else 0.0)
+            for i, view in enumerate(views)
+        ]
+
+    def _view(self, view, data, sc, rows, column, decode_s: float) -> MaskOutput:  # noqa: ANN001
+        t_decode = time.perf_counter()
+        plan, fmt = self.plan, self.fmt
+        n = len(sc.starts)
+        err_code = np.zeros(n, np.int16)
+        err_op = np.full(n, -1, np.int32)
+        edited: list[int] = []
+        edits: list[np.ndarray] = []
+        reps: list[tuple[np.ndarray, np.ndarray]] = []
+        counts: dict[str, int] = {}
+        ops = view.changing
 
         for oi, op in enumerate(ops):
             tech = REGISTRY[op.technique]
@@ -151,7 +167,7 @@ class MaskCore:
             dead_reasons=reasons,
             dead_fields=fields,
             counts=counts,
-            seconds={"decode": t_decode - t0, "mask": t1 - t_decode, "encode": t2 - t1},
+            seconds={"decode": decode_s, "mask": t1 - t_decode, "encode": t2 - t1},
         )
 
 
@@ -188,6 +204,13 @@ def _make_actor():  # Ray is imported only where actors are made, never by the p
             if self.throttle_s:
                 time.sleep(self.throttle_s)
             return self.core.process(batch, role, rows)
+
+        def process_views(
+            self, batch: pa.RecordBatch, roles: list[str | None], rows: np.ndarray | None = None
+        ) -> list[MaskOutput]:
+            if self.throttle_s:
+                time.sleep(self.throttle_s)
+            return self.core.process_views(batch, roles, rows)
 
         def rss_bytes(self) -> int:
             """This worker process's resident memory (Linux), for memory-bound tests."""

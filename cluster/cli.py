@@ -420,6 +420,13 @@ def run(
             "--kafka-option", help="key=value for the Kafka clients (SASL/SSL); repeatable."
         ),
     ] = None,
+    idempotent: Annotated[
+        bool | None,
+        typer.Option(
+            "--idempotent/--no-idempotent",
+            help="Idempotent producer (default: on with --bootstrap-servers; tansu cannot).",
+        ),
+    ] = None,
     role: Annotated[str | None, typer.Option("--role", "-r")] = None,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1)] = 2,
     address: Annotated[str | None, typer.Option("--address")] = None,
@@ -437,8 +444,10 @@ def run(
     import signal
 
     if input_topic is not None:
+        if idempotent is None:
+            idempotent = bootstrap_servers is not None
         _run_kafka(policy, stream, input_topic, bootstrap_servers, roles, sources, group, idle,
-                   _kafka_options(kafka_option), workers, address, keys, name)  # fmt: skip
+                   _kafka_options(kafka_option), workers, address, keys, name, idempotent)  # fmt: skip
         return
     if input is None or output is None:
         raise InputError("give --input and --output (file mode) or --input-topic (Kafka mode)")
@@ -458,7 +467,7 @@ def run(
 
 
 def _run_kafka(policy, stream, topic, bootstrap, roles, sources, group, idle, options, workers,
-               address, keys, name) -> None:  # fmt: skip
+               address, keys, name, idempotent) -> None:  # fmt: skip
     import asyncio
     import signal
 
@@ -485,7 +494,7 @@ def _run_kafka(policy, stream, topic, bootstrap, roles, sources, group, idle, op
             roles=[r.strip() for r in roles.split(",")] if roles else None, workers=workers,
             sources=sources, group_id=group, idle_s=idle if idle > 0 else float("inf"),
             address=address, name=name, client_options=options or None,
-            should_stop=lambda: stop[0],
+            should_stop=lambda: stop[0], idempotent=idempotent,
         )  # fmt: skip
     finally:
         signal.signal(signal.SIGINT, previous)

@@ -1,8 +1,8 @@
 """The Kafka pipeline: source actors -> KeyRouter -> MaskWorker actors -> sink actors.
 
 One round: every source actor polls its partitions (one columnar chunk per partition), the driver
-routes each chunk by key (the chunk goes into the object store once), every worker masks its rows
-once per role view, and the sink writes each view's records to that view's topic, in the input
+routes each chunk by key (the chunk goes into the object store once), every worker validates its
+rows once and masks them for every role view, and the sink writes each view's records to that view's topic, in the input
 partition, with the source topic/partition/offset in headers. Records no technique can take, and
 messages that cannot be records, go to the view's dead-letter topic, sealed as in the file path.
 Only when every write of a chunk is acknowledged does its source commit the chunk's offsets.
@@ -172,12 +172,15 @@ def run_kafka(
     progress: Callable[[KafkaRunSummary], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_ready: Callable[[], None] | None = None,
+    idempotent: bool = False,
 ) -> KafkaRunSummary:
     """Mask `input_topic` into one topic per role view until the input is idle for `idle_s`
     (or `max_records` were read, or `should_stop()`), and return the summary.
 
     With no `bootstrap`, an embedded broker is started for the run and stopped after it (useful
     only with a producer writing into it meanwhile; the demo and tests start their own).
+    `idempotent` makes the sinks' producers idempotent: use it on real clusters (the CLI does for
+    --bootstrap-servers); the embedded tansu broker cannot.
     `client_options` go to every Kafka client (SASL/SSL for a real cluster), `consumer_options`
     only to the source consumers (session timeouts, fetch sizes). Actors are
     named `kworker|ksource|ksink|kdead:NAME:i` in namespace "raymask" (NAME: default the stream),
@@ -232,11 +235,13 @@ def run_kafka(
             for i in range(sources)
         ]
         sink = KafkaSinkActor.options(name=f"ksink:{pipeline}", **opts).remote(
-            bootstrap, topic_template=topic_template, client_options=client_options
-        )
+            bootstrap, topic_template=topic_template, client_options=client_options,
+            idempotent=idempotent,
+        )  # fmt: skip
         dsink = KafkaSinkActor.options(name=f"kdead:{pipeline}", **opts).remote(
             bootstrap, topic_template=dead_letter_template,
             mark_group="raymask-deadletter-marks", client_options=client_options,
+            idempotent=idempotent,
         )  # fmt: skip
         actors = [*pool, *srcs, sink, dsink]
         ray.get([w.warm.remote() for w in pool])
@@ -317,20 +322,17 @@ def _round(
     jobs = []
     for si, ch in polled:
         routed = router.route(ch.data, 0) if len(ch) else None  # line i = message i of the chunk
-        calls: dict[str, list] = {}
+        calls: list = []  # one call per worker: all views of its rows
         if routed is not None:
             ref = ray.put(routed.batch)
-            for role in views:
-                calls[role] = [
-                    (
-                        pool[wi].process.remote(ref, role, idx),
-                        lambda wi=wi, idx=idx, role=role, ref=ref: pool[wi].process.remote(
-                            ref, role, idx
-                        ),
-                    )
-                    for wi, idx in enumerate(routed.shards)
-                    if idx is not None
-                ]
+            calls = [
+                (
+                    pool[wi].process_views.remote(ref, views, idx),
+                    lambda wi=wi, idx=idx, ref=ref: pool[wi].process_views.remote(ref, views, idx),
+                )
+                for wi, idx in enumerate(routed.shards)
+                if idx is not None
+            ]
         jobs.append((si, ch, routed, calls))
     writes: list[tuple[Any, Callable[[], Any], str, str]] = []  # future, resend, role, kind
     for _si, ch, routed, calls in jobs:
@@ -342,10 +344,11 @@ def _round(
             common += [
                 DeadLetter(int(ch.offsets[d.line]), d.reason, d.raw, d.field) for d in routed.dead
             ]
-        for role in views:
+        per_worker = _get_with_resend(calls, summary) if routed is not None else []
+        for vi, role in enumerate(views):
             dead = list(common)
             if routed is not None:
-                outs = _get_with_resend(calls[role], summary)
+                outs = [res[vi] for res in per_worker]
                 recs, rows, wdead = _collect(routed, outs)
                 recs, rows, big = _drop_oversized(recs, rows, max_record_bytes)
                 wdead += big

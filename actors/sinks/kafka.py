@@ -99,7 +99,7 @@ class KafkaSink:
         self, bootstrap: str, *, topic_template: str = DEFAULT_TOPIC_TEMPLATE,
         mark_group: str | None = "raymask-sink-marks", resume: bool = True,
         max_batch_bytes: int = 1 << 20, max_record_bytes: int = 1 << 20, acks: str | int = "all",
-        client_options: Mapping[str, Any] | None = None,
+        client_options: Mapping[str, Any] | None = None, idempotent: bool = False,
     ) -> None:  # fmt: skip
         if "{topic}" not in topic_template or "{role}" not in topic_template:
             raise ValueError(
@@ -112,6 +112,9 @@ class KafkaSink:
         self.max_batch_bytes = max_batch_bytes
         self.max_record_bytes = max_record_bytes
         self.acks = acks
+        # an idempotent producer keeps a retried batch from landing twice or out of order; real
+        # clusters support it, the embedded tansu 0.6.0 does not (InitProducerId fails)
+        self.idempotent = idempotent
         self.client_options = dict(client_options or {})
         self._producer: Any = None
         self._marks: Any = None  # consumer of mark_group: commits only, fetches nothing
@@ -128,7 +131,7 @@ class KafkaSink:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks=self.acks, enable_idempotence=False,
+            bootstrap_servers=self.bootstrap, acks=self.acks, enable_idempotence=self.idempotent,
             max_batch_size=self.max_batch_bytes, max_request_size=max(self.max_batch_bytes, self.max_record_bytes) + (1 << 16),
             **self.client_options,
         )  # fmt: skip
@@ -216,6 +219,9 @@ class KafkaSink:
         try:
             metas = await asyncio.gather(*futures)
         except Exception as exc:
+            # some of these records may be in the output now: the next write here reads the
+            # tail again, so a retry skips them instead of writing them twice
+            self._tail.pop(key, None)
             raise PipelineError(
                 f"kafka sink {out}[{partition}]: write of source offsets {int(offs[keep[0]])}.."
                 f"{int(offs[keep[-1]])} failed ({type(exc).__name__})"

@@ -189,3 +189,27 @@ def test_kills_of_workers_sources_and_sinks_lose_and_double_nothing(
         key = r["account"]["id"]
         assert r["seq"] > last.get(key, -1), "per-key order"
         last[key] = r["seq"]
+
+
+def test_cli_run_masks_a_topic_into_its_view_topics(kafka_broker, tmp_path):
+    import subprocess
+    import sys
+
+    from raymask.policy.keys import generate_key_file
+
+    topic = _topic("logs")
+    n = produce_traffic(kafka_broker, topic, "logs", 2000, key_path="user.id", partitions=PARTS)
+    keys = generate_key_file(
+        tmp_path / "keys.json", ["tok", "fpe", "sealed", "shift", "deadletter"]
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "raymask.cli", "run", "-P", str(EXAMPLES / "logs.yaml"),
+         "-s", "applogs", "--input-topic", topic, "--bootstrap-servers", kafka_broker,
+         "--no-idempotent", "--idle", "2", "--keys", str(keys), "--roles", "sre"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert f"{topic}.masked.sre" in r.stderr and "yes" in r.stderr
+    msgs = read_topic(kafka_broker, f"{topic}.masked.sre", PARTS, expect=n + 1, idle_s=2)
+    assert len(msgs) == n

@@ -87,23 +87,35 @@ class KafkaRunSummary:
 
 
 def _get_with_resend(
-    calls: Sequence[tuple[Any, Callable[[], Any]]], summary: KafkaRunSummary
-) -> list[Any]:
+    calls: Sequence[tuple[Any, Callable[[], Any]]], summary: KafkaRunSummary,
+    transient_s: float = 0.0,
+) -> list[Any]:  # fmt: skip
     """Results of `calls` (future, resend) in order; a call whose actor died is sent again (in
-    order, so a restarted sink sees its writes in the original order)."""
+    order, so a restarted sink sees its writes in the original order). With `transient_s`, a call
+    that failed with our PipelineError (a broker gone for a moment) is retried once a second for
+    that long; the sink re-reads its tail before the retry, so nothing is written twice."""
     import ray
 
     out = []
     for fut, resend in calls:
-        for attempt in range(MAX_RESENDS + 1):
+        deaths, deadline = 0, None
+        while True:
             try:
                 out.append(ray.get(fut))
                 break
             except ray.exceptions.RayActorError:
-                if attempt == MAX_RESENDS:
+                deaths += 1
+                if deaths > MAX_RESENDS:
                     raise PipelineError("an actor kept dying; see the Ray logs") from None
-                summary.resent += 1
-                fut = resend()
+            except ray.exceptions.RayTaskError as exc:
+                if not isinstance(getattr(exc, "cause", None), PipelineError) or not transient_s:
+                    raise
+                deadline = deadline or time.monotonic() + transient_s
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+            summary.resent += 1
+            fut = resend()
     return out
 
 
@@ -382,7 +394,7 @@ def _round(
                     (dsink.write.remote(*args), lambda a=args: dsink.write.remote(*a), role, "dead")
                 )
                 summary.dead[role] += len(dead)
-    results = _get_with_resend([(f, r) for f, r, _, _ in writes], summary)
+    results = _get_with_resend([(f, r) for f, r, _, _ in writes], summary, transient_s=60.0)
     now_ms = time.time() * 1000.0
     for (_, _, role, kind), res in zip(writes, results, strict=True):
         if kind == "out":

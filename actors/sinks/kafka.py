@@ -207,7 +207,15 @@ class KafkaSink:
             )
         key = (out, partition)
         if self.resume and key not in self._tail:
-            self._tail[key] = await self.tail_written(out, partition)
+            try:
+                self._tail[key] = await self.tail_written(out, partition)
+            except PipelineError:
+                raise
+            except Exception as exc:  # a broker away for a moment: the caller may retry
+                raise PipelineError(
+                    f"kafka sink {out}[{partition}]: cannot read back what is written "
+                    f"({type(exc).__name__})"
+                ) from None
         done = self._tail.get(key)
         keep = np.arange(offs.shape[0]) if done is None else np.flatnonzero(offs > done)
         skipped = int(offs.shape[0] - keep.shape[0])

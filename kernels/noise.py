@@ -29,8 +29,8 @@ D = round(hi/g) - round(lo/g) grid steps (>= the true one after rounding).
   delta >= P[Y > eps sigma**2/D - D/2] - e**eps P[Y > eps sigma**2/D + D/2] (CKS Theorem 7);
   sigma**2 = sn/sd is the smallest multiple of 1/sd (sd a power of two) meeting delta with a
   relative margin of 1e-6, found by bisection on the exact tail sums (valid for every epsilon,
-  unlike the classic sqrt(2 ln(1.25/delta)) D/epsilon, which needs epsilon < 1). It is within a
-  fraction of a percent of the analytic Gaussian of Balle and Wang 2018 (checked in the tests).
+  unlike the classic sqrt(2 ln(1.25/delta)) D/epsilon, which needs epsilon < 1). It is within 1%
+  of the analytic Gaussian of Balle and Wang 2018 (checked in the tests).
 
 Guarantee (tests/kernels/test_noise.py): the integer samplers match their exact laws
 (chi-square, 10**6 samples, alpha = 0.001) and OpenDP's samplers (two-sample test); outputs lie

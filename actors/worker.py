@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from raymask.actors._lazy import LazyActor
 from raymask.actors.router import batch_records, scan_reason
 from raymask.kernels.codecs.formats import Format
 from raymask.kernels.codecs.spans import K_MISSING, K_NULL
@@ -230,13 +231,4 @@ def _make_actor():  # Ray is imported only where actors are made, never by the p
     return MaskWorker
 
 
-class _Lazy:
-    _cls = None
-
-    def __getattr__(self, name: str):
-        if _Lazy._cls is None:
-            _Lazy._cls = _make_actor()
-        return getattr(_Lazy._cls, name)
-
-
-MaskWorker = _Lazy()
+MaskWorker = LazyActor(_make_actor)

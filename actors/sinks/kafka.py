@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from raymask.actors._lazy import LazyActor
 from raymask.errors import PipelineError
 
 __all__ = [
@@ -386,13 +387,4 @@ def _make_actor():  # Ray is imported only where actors are made, never by the p
     return KafkaSinkActor
 
 
-class _Lazy:
-    _cls = None
-
-    def __getattr__(self, name: str):
-        if _Lazy._cls is None:
-            _Lazy._cls = _make_actor()
-        return getattr(_Lazy._cls, name)
-
-
-KafkaSinkActor = _Lazy()
+KafkaSinkActor = LazyActor(_make_actor)

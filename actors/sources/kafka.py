@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from raymask.actors._lazy import LazyActor
 from raymask.errors import PipelineError
 
 __all__ = ["BadMessage", "KafkaSource", "KafkaSourceActor", "PartitionChunk", "frame_values"]
@@ -287,13 +288,4 @@ def _make_actor():  # Ray is imported only where actors are made, never by the p
     return KafkaSourceActor
 
 
-class _Lazy:
-    _cls = None
-
-    def __getattr__(self, name: str):
-        if _Lazy._cls is None:
-            _Lazy._cls = _make_actor()
-        return getattr(_Lazy._cls, name)
-
-
-KafkaSourceActor = _Lazy()
+KafkaSourceActor = LazyActor(_make_actor)

@@ -25,7 +25,7 @@ from raymask.policy.keys import Keyring
 from raymask.policy.registry import REGISTRY, FieldContext, error_message
 from raymask.policy.schema import Policy
 
-__all__ = ["MaskOutput", "MaskCore", "MaskWorker"]
+__all__ = ["MaskOutput", "MaskCore", "MaskWorker", "merge_outputs"]
 
 
 @dataclass
@@ -170,6 +170,19 @@ class MaskCore:
             counts=counts,
             seconds={"decode": decode_s, "mask": t1 - t_decode, "encode": t2 - t1},
         )
+
+
+def merge_outputs(outputs: list[MaskOutput]) -> tuple[pa.Array, np.ndarray]:
+    """The masked records of several workers' outputs for one chunk, in input-row order, and
+    their rows."""
+    if not outputs:
+        return pa.array([], pa.large_binary()), np.zeros(0, np.int64)
+    rows = np.concatenate([o.rows for o in outputs])
+    recs = pa.concat_arrays([o.records for o in outputs])
+    if len(outputs) == 1:  # one worker's rows are in order already
+        return recs, rows
+    order = np.argsort(rows, kind="stable")
+    return recs.take(pa.array(order)), rows[order]
 
 
 def _rss_bytes() -> int:

@@ -34,9 +34,10 @@ from raymask.actors.router import DeadLetter, Routed, RouterCore
 from raymask.actors.sinks.deadletters import DEFAULT_KEY_ID, seal
 from raymask.actors.sinks.kafka import DEFAULT_TOPIC_TEMPLATE
 from raymask.actors.sources.kafka import PartitionChunk
-from raymask.actors.worker import MaskOutput
+from raymask.actors.worker import MaskOutput, merge_outputs
 from raymask.cluster.pipeline import MAX_RESENDS, _checked
 from raymask.errors import InputError, PipelineError
+from raymask.kernels.codecs.formats import format_for
 from raymask.memory import tune_malloc
 from raymask.policy.keys import Keyring
 from raymask.policy.schema import Policy
@@ -129,14 +130,8 @@ def _collect(
         for o in outputs
         for r, reason, fld in zip(o.dead_rows, o.dead_reasons, o.dead_fields, strict=True)
     ]
-    if not outputs:
-        return pa.array([], pa.large_binary()), np.zeros(0, np.int64), dead
-    rows = np.concatenate([o.rows for o in outputs])
-    order = np.argsort(rows, kind="stable")
-    recs = pa.concat_arrays([o.records for o in outputs])
-    if len(outputs) > 1:
-        recs = recs.take(pa.array(order))
-    return recs, rows[order], dead
+    recs, rows = merge_outputs(list(outputs))
+    return recs, rows, dead
 
 
 def _drop_oversized(
@@ -222,6 +217,7 @@ def run_kafka(
 
     tune_malloc()
     pipeline = name or stream
+    fmt = format_for(plan.format)
     group = group_id or f"raymask-{pipeline}"
     summary = KafkaRunSummary(stream, input_topic, bootstrap, views, workers, sources)
     dl_key = ring.get(dead_letter_key)
@@ -231,7 +227,7 @@ def run_kafka(
         opts = dict(namespace="raymask")
         pool = [
             MaskWorker.options(name=f"kworker:{pipeline}:{i}", **opts).remote(
-                pol.model_dump(), stream, ring, _fmt(plan)
+                pol.model_dump(), stream, ring, fmt
             )
             for i in range(workers)
         ]
@@ -265,7 +261,7 @@ def run_kafka(
             summary.dead_topics[r] = dead_letter_template.format(topic=input_topic, role=r)
         ray.get([sink.ensure_topic.remote(t, parts) for t in summary.topics.values()])
         ray.get([dsink.ensure_topic.remote(t, parts) for t in summary.dead_topics.values()])
-        router = RouterCore(plan, _fmt(plan), workers)
+        router = RouterCore(plan, fmt, workers)
         metrics = KafkaMetrics(stream)
         if on_ready is not None:  # actors up, topics there: the first poll comes next
             on_ready()
@@ -314,12 +310,6 @@ def run_kafka(
             f"({dict(summary.written)}, {dict(summary.skipped)}, {dict(summary.dead)})"
         )
     return summary
-
-
-def _fmt(plan: Any) -> Any:
-    from raymask.kernels.codecs.formats import format_for
-
-    return format_for(plan.format)
 
 
 def _round(

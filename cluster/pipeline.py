@@ -25,7 +25,7 @@ from raymask.actors.metrics import PipelineMetrics
 from raymask.actors.router import DeadLetter, Routed, RouterCore
 from raymask.actors.sinks.deadletters import DEFAULT_KEY_ID, DeadLetterWriter
 from raymask.actors.sources.files import FileSource
-from raymask.actors.worker import MaskCore, MaskOutput
+from raymask.actors.worker import MaskCore, MaskOutput, merge_outputs
 from raymask.errors import InputError, PipelineError
 from raymask.memory import tune_malloc
 from raymask.policy.compile import StreamPlan, compile_stream
@@ -97,8 +97,6 @@ def _collect(
     summary: RunSummary,
     version: int,
 ) -> tuple[pa.Array, list[DeadLetter]]:
-    rows = [o.rows for o in outputs]
-    recs = [o.records for o in outputs]
     dead = list(routed.dead)
     for o in outputs:
         for r, reason, fld in zip(o.dead_rows, o.dead_reasons, o.dead_fields, strict=True):
@@ -110,12 +108,8 @@ def _collect(
             raise PipelineError(
                 f"a worker masked a batch with policy version {o.policy_version}, not {version}"
             )
-    if not recs:
-        return pa.array([], pa.large_binary()), dead
-    allrows = np.concatenate(rows)
-    allrecs = pa.concat_arrays(recs)
-    order = np.argsort(allrows, kind="stable")
-    return allrecs.take(pa.array(order)), sorted(dead, key=lambda d: d.line)
+    records, _ = merge_outputs(list(outputs))
+    return records, sorted(dead, key=lambda d: d.line)
 
 
 def _write_records(out: IO[bytes], records: pa.Array) -> None:

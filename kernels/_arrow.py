@@ -9,7 +9,14 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["StringBuffers", "as_text", "string_buffers", "string_array", "validity"]
+__all__ = [
+    "StringBuffers",
+    "as_text",
+    "string_buffers",
+    "string_array",
+    "string_columns",
+    "validity",
+]
 
 
 class StringBuffers:
@@ -85,6 +92,14 @@ def string_array(
         obuf = pa.py_buffer(offsets.astype(np.int32))
     dbuf = pa.py_buffer(np.ascontiguousarray(data, dtype=np.uint8))
     return pa.Array.from_buffers(typ, n, [vbuf, obuf, dbuf], null_count=null_count)
+
+
+def string_columns(
+    off: np.ndarray, out: np.ndarray, valid: np.ndarray, base: np.ndarray, pos: np.ndarray
+) -> list[pa.Array]:
+    """The m string columns a multi-column extraction kernel wrote into one buffer: column f has
+    offsets off[f] (from 0), bytes out[base[f]:pos[f]] and validity valid[f]."""
+    return [string_array(off[f], out[base[f] : pos[f]], valid[f]) for f in range(off.shape[0])]
 
 
 def as_text(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:

@@ -416,6 +416,14 @@ streams:
 """
 
 
+def mixed_keyring() -> Keyring:
+    """The keys MIXED_POLICY names (fixed bytes: benchmarks only)."""
+    return Keyring(
+        [Key("tok", 1, KEY), Key("fpe", 1, b"f" * 32), Key("shift", 1, b"h" * 32),
+         Key("deadletter", 1, b"d" * 32)]
+    )  # fmt: skip
+
+
 def _baseline_mixed(lines: list[str], fpe_key: bytes, shift_key: bytes) -> list[str]:
     """The same seven techniques, record by record, in plain Python (libffx for FF1)."""
     import datetime as dt
@@ -462,14 +470,7 @@ def pipeline_bench(records: int, repeat: int) -> None:
     data = generate_bytes("payments", records, seed=1)
     lines = data.decode().splitlines()
     mb = len(data) / 1e6
-    ring = Keyring(
-        [
-            Key("tok", 1, KEY),
-            Key("fpe", 1, b"f" * 32),
-            Key("shift", 1, b"h" * 32),
-            Key("deadletter", 1, b"d" * 32),
-        ]
-    )
+    ring = mixed_keyring()
     pol = parse_policy(MIXED_POLICY)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {records:,} payments records, {mb:.0f} MB; "
           f"7 masked fields (tokenize, mask x2, fpe, generalize, date_shift, redact); best of {repeat}")  # fmt: skip

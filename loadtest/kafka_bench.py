@@ -16,10 +16,9 @@ import numpy as np
 
 from raymask.cluster.broker import Broker
 from raymask.cluster.kafka_pipeline import run_kafka
-from raymask.loadtest.bench import KEY, MIXED_POLICY
+from raymask.loadtest.bench import MIXED_POLICY, mixed_keyring
 from raymask.loadtest.kafka_traffic import create_topic, partition_by_key, produce
 from raymask.loadtest.traffic import generate_bytes
-from raymask.policy.keys import Key, Keyring
 from raymask.policy.loader import parse_policy
 
 __all__ = ["kafka_bench"]
@@ -35,13 +34,6 @@ streams:
 """
 FAST = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300}
 PARTS = 3
-
-
-def _ring() -> Keyring:
-    return Keyring(
-        [Key("tok", 1, KEY), Key("fpe", 1, b"f" * 32), Key("shift", 1, b"h" * 32),
-         Key("deadletter", 1, b"d" * 32)]
-    )  # fmt: skip
 
 
 def _paced_producer(bootstrap: str, topic: str, parts: dict[int, list[bytes]], rate: float,
@@ -80,7 +72,7 @@ def _paced_producer(bootstrap: str, topic: str, parts: dict[int, list[bytes]], r
 def kafka_bench(records: int, repeat: int = 2, workers: int = 2) -> None:
     data = generate_bytes("payments", records, seed=1)
     parts = partition_by_key(data, "account.id", PARTS)
-    mixed, passthru, ring = parse_policy(MIXED_POLICY), parse_policy(PASS_POLICY), _ring()
+    mixed, passthru, ring = parse_policy(MIXED_POLICY), parse_policy(PASS_POLICY), mixed_keyring()
     mb = len(data) / 1e6
     print(f"{records:,} payments records, {mb:.0f} MB, {PARTS} partitions, {workers} workers, "
           f"1 source, 1 view; embedded tansu broker; best of {repeat}")  # fmt: skip

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 from numba import njit
 
-from raymask.kernels._arrow import string_array, string_buffers
+from raymask.kernels._arrow import string_array, string_buffers, string_columns
 from raymask.kernels.codecs.spans import K_MISSING, K_NULL, K_STRING, Scan
 
 __all__ = [
@@ -283,7 +283,7 @@ def extract_columns(
         np.ascontiguousarray(vkind),
         ord(quote_char),
     )
-    return [string_array(off[f], out[base[f] : pos[f]], valid[f]) for f in range(vstart.shape[1])]
+    return string_columns(off, out, valid, base, pos)
 
 
 @njit(cache=True)

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 from numba import njit
 
-from raymask.kernels._arrow import string_array, string_buffers
+from raymask.kernels._arrow import string_array, string_buffers, string_columns
 from raymask.kernels.codecs.paths import PathTree
 from raymask.kernels.codecs.spans import (
     K_ARRAY,
@@ -322,16 +322,20 @@ def _unescape(data, s, e, out, o):
 
 
 @njit(cache=True, inline="always")
+def _has_escape(data, s, e):
+    """Whether the JSON string body data[s:e] holds a backslash."""
+    for q in range(s, e):
+        if data[q] == 92:
+            return True
+    return False
+
+
+@njit(cache=True, inline="always")
 def _match_key(
     data, s, e, parent, ch_start, ch_count, children, key_start, key_len, keybytes, keybuf
 ):
     """Child of `parent` whose name equals the JSON key body data[s:e], or -1."""
-    has_escape = False
-    for q in range(s, e):
-        if data[q] == 92:
-            has_escape = True
-            break
-    if has_escape:
+    if _has_escape(data, s, e):
         # Each unit (a plain byte, or one escape sequence) decodes to 1-3 bytes. A key with more
         # units than the longest policy key has bytes cannot match; any other fits in keybuf
         # (3 * max_key + 8 bytes).
@@ -610,12 +614,7 @@ def _extract(data, vstart, vend, vkind):
             if k == K_STRING:
                 s = vstart[i, f] + 1
                 e = vend[i, f] - 1
-                plain = True
-                for q in range(s, e):
-                    if data[q] == 92:
-                        plain = False
-                        break
-                if plain:
+                if not _has_escape(data, s, e):
                     for q in range(s, e):
                         out[o] = data[q]
                         o += 1
@@ -645,7 +644,7 @@ def extract_columns(
     off, out, valid, base, pos = _extract(
         data, np.ascontiguousarray(vstart), np.ascontiguousarray(vend), np.ascontiguousarray(vkind)
     )
-    return [string_array(off[f], out[base[f] : pos[f]], valid[f]) for f in range(vstart.shape[1])]
+    return string_columns(off, out, valid, base, pos)
 
 
 @njit(cache=True)

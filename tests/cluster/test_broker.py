@@ -140,7 +140,6 @@ def test_cli_start_status_stop_round_trip(tmp_path):
 
 
 def test_s3_storage_on_loopback_keeps_topics_across_a_broker_restart(tmp_path):
-    pytest.importorskip("moto")
     import asyncio
 
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition

@@ -71,7 +71,7 @@ class RouterCore:
         self.plan = plan
         self.fmt = fmt
         self.workers = workers
-        self.key_tree = build_tree([plan.key_path])
+        self.key_tree = build_tree([plan.route_path])
 
     def route(self, data: np.ndarray, base_line: int) -> Routed:
         plan, fmt = self.plan, self.fmt
@@ -89,9 +89,10 @@ class RouterCore:
         for r in np.flatnonzero(bad_key):
             k = int(kk[r])
             what = "missing" if k in (0, 5) else f"a {KIND_NAMES[k]}, not a string or number"
-            reason = f"key field {plan.key_path}: {what}"
+            role = "key" if plan.route_path == plan.key_path else "budget subject"
+            reason = f"{role} field {plan.route_path}: {what}"
             dead.append(
-                DeadLetter(int(lines[r]), reason, bytes(data[starts[r] : ends[r]]), plan.key_path)
+                DeadLetter(int(lines[r]), reason, bytes(data[starts[r] : ends[r]]), plan.route_path)
             )
         ok = ~bad & ~bad_key
         keys = fmt.extract(data, sc, 0)

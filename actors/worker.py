@@ -10,22 +10,30 @@ emitted; it comes back as (row, field, code) for the dead letters.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from raymask.actors._lazy import LazyActor
+from raymask.actors.ledger import SubjectLedger
 from raymask.actors.router import batch_records, scan_reason
 from raymask.kernels.codecs.formats import Format
 from raymask.kernels.codecs.spans import K_MISSING, K_NULL
+from raymask.kernels.hashing import key_hash
+from raymask.kernels.ledger import DELTA_UNIT, EPS_UNIT, units
+from raymask.kernels.rng import SecureRandom
 from raymask.memory import tune_malloc
 from raymask.policy.compile import StreamPlan, compile_stream
 from raymask.policy.keys import Keyring
-from raymask.policy.registry import REGISTRY, FieldContext, error_message
+from raymask.policy.registry import REGISTRY, Applied, FieldContext, error_message, privacy_cost
 from raymask.policy.schema import Policy
 
-__all__ = ["MaskOutput", "MaskCore", "MaskWorker", "merge_outputs"]
+__all__ = ["MaskOutput", "MaskCore", "MaskWorker", "PrivacyMeta", "merge_outputs", "BUDGET_REASON"]
+
+BUDGET_REASON = "budget subject {path}: privacy allowance for this period is used up"
 
 
 @dataclass
@@ -41,15 +49,58 @@ class MaskOutput:
     dead_fields: list[str | None] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)  # field -> values the technique changed
     seconds: dict[str, float] = field(default_factory=dict)  # stage (decode, mask, encode) -> time
+    privacy: PrivacyMeta | None = None  # local-DP fields of the view: what the records spent
+
+
+@dataclass
+class PrivacyMeta:
+    """The privacy metadata of one output batch: what the view's local-DP fields cost per value,
+    and what each emitted record spent (0 where its fields were absent or suppressed)."""
+
+    fields: dict[str, tuple[str, float, float]]  # path -> (technique, epsilon, delta) per value
+    epsilon: np.ndarray  # per emitted record, aligned with MaskOutput.rows
+    delta: np.ndarray
+    suppressed: int  # records whose subject had no allowance left: noised fields written null
+    dropped: int  # ... sent to the dead letters instead
+
+
+@dataclass
+class _Spend:
+    fields: dict[str, tuple[str, float, float]]
+    epsilon: np.ndarray | None
+    delta: np.ndarray | None
+    suppressed: np.ndarray
+    dropped: np.ndarray
 
 
 class MaskCore:
     """Masks routed batches with one compiled stream policy."""
 
-    def __init__(self, policy: Policy | dict, stream: str, keyring: Keyring, fmt: Format) -> None:
+    def __init__(
+        self,
+        policy: Policy | dict,
+        stream: str,
+        keyring: Keyring,
+        fmt: Format,
+        *,
+        ledger_uri: str | None = None,
+        shard: int = 0,
+        shards: int = 1,
+        rng: SecureRandom | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`ledger_uri`: the folder or s3:// prefix under which the pool's shards checkpoint their
+        per-subject budgets (None: memory only); this core is shard `shard` of `shards`.
+        `rng`: the secure random source of the local-DP techniques (a fresh OS-seeded CTR_DRBG
+        by default; tests pass a seeded one)."""
         self.stream = stream
         self.keyring = keyring
         self.fmt = fmt
+        self.ledger_uri = ledger_uri
+        self.shard, self.shards = shard, shards
+        self.rng = rng
+        self.clock = clock
+        self.ledger: SubjectLedger | None = None
         self.set_policy(policy)
 
     def set_policy(self, policy: Policy | dict) -> int:
@@ -58,8 +109,26 @@ class MaskCore:
         plan = compile_stream(pol, self.stream)
         self.keyring.require(plan.key_ids())
         plan.check_keys(self.keyring)
+        if plan.private and self.rng is None:
+            self.rng = SecureRandom(personalization=b"raymask worker noise")
+        if plan.budget is not None:
+            if self.ledger is None:
+                key = self.keyring.resolve(plan.budget.key).material
+                self.ledger = SubjectLedger(
+                    plan.budget, self.ledger_uri, key, shard=self.shard, shards=self.shards,
+                    clock=self.clock,
+                )  # fmt: skip
+            else:
+                self.ledger.configure(plan.budget)
         self.plan: StreamPlan = plan
         return plan.version
+
+    def set_layout(self, shard: int, shards: int) -> None:
+        """This core is now shard `shard` of a pool of `shards` (after a resize or a restart):
+        per-subject budgets of the keys routed here are loaded from the other shards' files."""
+        self.shard, self.shards = shard, shards
+        if self.ledger is not None:
+            self.ledger.set_layout(shard, shards)
 
     def process(
         self, batch: pa.RecordBatch, role: str | None = None, rows: np.ndarray | None = None
@@ -86,6 +155,7 @@ class MaskCore:
         wanted = sorted(
             {op.index for v in views for op in v.changing if REGISTRY[op.technique].needs_values}
             | ({plan.key_index} if any(v.changing for v in views) else set())
+            | ({plan.route_index} if self.ledger is not None else set())
         )
         cache: dict[int, pa.Array] = dict(
             zip(wanted, fmt.extract_many(data, sc, wanted) if wanted else [], strict=True)
@@ -97,13 +167,19 @@ class MaskCore:
                 cache[i] = fmt.extract(data, sc, i)
             return cache[i]
 
+        subjects = key_hash(column(plan.route_path)) if self.ledger is not None else None
         decode_s = time.perf_counter() - t0
-        return [
-            self._view(view, data, sc, rows, column, decode_s if i == 0 else 0.0)
+        outs = [
+            self._view(view, data, sc, rows, column, subjects, decode_s if i == 0 else 0.0)
             for i, view in enumerate(views)
         ]
+        if self.ledger is not None:
+            t = time.perf_counter()
+            self.ledger.commit()  # before any record of the batch leaves this worker
+            outs[0].seconds["budget"] = outs[0].seconds.get("budget", 0.0) + time.perf_counter() - t
+        return outs
 
-    def _view(self, view, data, sc, rows, column, decode_s: float) -> MaskOutput:  # noqa: ANN001
+    def _view(self, view, data, sc, rows, column, subjects, decode_s: float) -> MaskOutput:  # noqa: ANN001
         t_decode = time.perf_counter()
         plan, fmt = self.plan, self.fmt
         n = len(sc.starts)
@@ -111,7 +187,7 @@ class MaskCore:
         err_op = np.full(n, -1, np.int32)
         edited: list[int] = []
         edits: list[np.ndarray] = []
-        reps: list[tuple[np.ndarray, np.ndarray]] = []
+        applieds: list[Applied] = []
         counts: dict[str, int] = {}
         ops = view.changing
 
@@ -119,7 +195,7 @@ class MaskCore:
             tech = REGISTRY[op.technique]
             kinds = sc.vkind[:, op.index]
             values = column(op.path) if tech.needs_values else pa.nulls(n, pa.large_string())
-            ctx = FieldContext(column, op.path, plan.key_path)
+            ctx = FieldContext(column, op.path, plan.key_path, self.rng)
             applied = tech.apply(values, kinds, op.spec, self.keyring, ctx)  # type: ignore[misc]
             first = (applied.err != 0) & (err_code == 0)
             err_code[first] = applied.err[first]
@@ -127,10 +203,14 @@ class MaskCore:
             edit = (kinds != K_MISSING) & (kinds != K_NULL) & (applied.err == 0)
             edited.append(op.index)
             edits.append(edit)
-            reps.append(fmt.write_values(applied.values, applied.raw))
+            applieds.append(applied)
         invalid = sc.err != 0  # the whole record failed validation (its kinds read as missing)
         emit = (err_code == 0) & ~invalid
+        t_budget = time.perf_counter()
+        dp = self._privacy(ops, applieds, edits, emit, subjects)
+        emit &= ~dp.dropped
         t1 = time.perf_counter()
+        reps = [fmt.write_values(a.values, a.raw) for a in applieds]
         for op, edit in zip(ops, edits, strict=True):  # values changed in records that leave
             counts[op.path] = int((edit & emit).sum())
         edit_m = np.stack(edits, axis=1) if edits else np.zeros((n, 0), np.bool_)
@@ -153,12 +233,28 @@ class MaskCore:
         for r in dead:  # error path only
             if invalid[r]:
                 reason, fld = scan_reason(fmt, plan.paths, sc, int(r))
+            elif dp.dropped[r]:
+                reason, fld = BUDGET_REASON.format(path=plan.route_path), plan.route_path
             else:
                 op = ops[int(err_op[r])]
                 reason = f"field {op.path}: {error_message(op.technique, int(err_code[r]))}"
                 fld = op.path
             reasons.append(reason)
             fields.append(fld)
+        seconds = {"decode": decode_s, "mask": t_budget - t_decode, "encode": t2 - t1}
+        if self.ledger is not None:
+            seconds["budget"] = t1 - t_budget
+        else:
+            seconds["mask"] += t1 - t_budget
+        privacy = None
+        if dp.fields:
+            privacy = PrivacyMeta(
+                fields=dp.fields,
+                epsilon=dp.epsilon[keep],
+                delta=dp.delta[keep],
+                suppressed=int(dp.suppressed.sum()),
+                dropped=int(dp.dropped.sum()),
+            )
         return MaskOutput(
             policy_version=plan.version,
             role=view.role,
@@ -168,8 +264,47 @@ class MaskCore:
             dead_reasons=reasons,
             dead_fields=fields,
             counts=counts,
-            seconds={"decode": decode_s, "mask": t1 - t_decode, "encode": t2 - t1},
+            seconds=seconds,
+            privacy=privacy,
         )
+
+    def _privacy(self, ops, applieds, edits, emit, subjects) -> _Spend:  # noqa: ANN001
+        """What each record's local-DP values cost, charged to its subject's allowance; records
+        whose subject cannot pay are suppressed (noised fields null, no cost) or dropped."""
+        n = len(emit)
+        none = np.zeros(n, np.bool_)
+        dp = [(oi, c) for oi, op in enumerate(ops) if (c := privacy_cost(op.spec)) is not None]
+        if not dp:
+            return _Spend({}, None, None, none, none)
+        eps = np.zeros(n)
+        delta = np.zeros(n)
+        c_eps = np.zeros(n, np.int64)
+        c_rho = np.zeros(n, np.int64)
+        c_delta = np.zeros(n, np.int64)
+        fields = {}
+        for oi, (e, d, r) in dp:
+            op = ops[oi]
+            fields[op.path] = (op.technique, e, d)
+            spent = edits[oi] & emit  # a value is released only in a record that leaves
+            eps[spent] += e
+            delta[spent] += d
+            c_eps[spent] += units(e, EPS_UNIT, up=True)
+            c_rho[spent] += units(r, EPS_UNIT, up=True)
+            c_delta[spent] += units(d, DELTA_UNIT, up=True)
+        if self.ledger is None:
+            return _Spend(fields, eps, delta, none, none)
+        refused = emit & ~self.ledger.charge(subjects, c_eps, c_rho, c_delta)
+        if not refused.any():
+            return _Spend(fields, eps, delta, none, none)
+        eps[refused] = 0.0
+        delta[refused] = 0.0
+        if self.ledger.budget.exhausted == "drop":
+            return _Spend(fields, eps, delta, none, refused)
+        keep = pa.array(~refused)
+        for oi, _ in dp:  # suppress: the noised fields of refused records become null
+            a = applieds[oi]
+            a.values = pc.if_else(keep, a.values, pa.scalar(None, a.values.type))
+        return _Spend(fields, eps, delta, refused, none)
 
 
 def merge_outputs(outputs: list[MaskOutput]) -> tuple[pa.Array, np.ndarray]:
@@ -206,11 +341,18 @@ def _make_actor():  # Ray is imported only where actors are made, never by the p
         """Ray actor around MaskCore; batches arrive and leave as Arrow through the object store."""
 
         def __init__(
-            self, policy: dict, stream: str, keyring: Keyring, fmt: Format, throttle_s: float = 0.0
-        ) -> None:
+            self, policy: dict, stream: str, keyring: Keyring, fmt: Format, throttle_s: float = 0.0,
+            ledger_uri: str | None = None, shard: int = 0, shards: int = 1,
+        ) -> None:  # fmt: skip
             tune_malloc()  # batch buffers reuse mapped pages instead of faulting in new ones
-            self.core = MaskCore(policy, stream, keyring, fmt)
+            self.core = MaskCore(
+                policy, stream, keyring, fmt, ledger_uri=ledger_uri, shard=shard, shards=shards
+            )
             self.throttle_s = throttle_s  # fault injection: a slow worker, for backpressure tests
+
+        def set_layout(self, shard: int, shards: int) -> bool:
+            self.core.set_layout(shard, shards)
+            return True
 
         def process(
             self, batch: pa.RecordBatch, role: str | None = None, rows: np.ndarray | None = None

@@ -35,7 +35,7 @@ from raymask.actors.sinks.deadletters import DEFAULT_KEY_ID, seal
 from raymask.actors.sinks.kafka import DEFAULT_TOPIC_TEMPLATE
 from raymask.actors.sources.kafka import PartitionChunk
 from raymask.actors.worker import MaskOutput, merge_outputs
-from raymask.cluster.pipeline import MAX_RESENDS, _checked
+from raymask.cluster.pipeline import MAX_RESENDS, _checked, ledger_root
 from raymask.errors import InputError, PipelineError
 from raymask.kernels.codecs.formats import format_for
 from raymask.memory import tune_malloc
@@ -180,6 +180,7 @@ def run_kafka(
     should_stop: Callable[[], bool] | None = None,
     on_ready: Callable[[], None] | None = None,
     idempotent: bool = False,
+    state: str | Path | None = None,
 ) -> KafkaRunSummary:
     """Mask `input_topic` into one topic per role view until the input is idle for `idle_s`
     (or `max_records` were read, or `should_stop()`), and return the summary.
@@ -191,7 +192,8 @@ def run_kafka(
     `client_options` go to every Kafka client (SASL/SSL for a real cluster), `consumer_options`
     only to the source consumers (session timeouts, fetch sizes). Actors are
     named `kworker|ksource|ksink|kdead:NAME:i` in namespace "raymask" (NAME: default the stream),
-    so fault tests and operators can find them.
+    so fault tests and operators can find them. A policy with a `budget` keeps its per-subject
+    ledger under `state` (see raymask.cluster.pipeline.ledger_root).
     """
     pol, plan, ring = _checked(policy, stream, keyring, dead_letter_key)
     if plan.format != "ndjson":
@@ -216,6 +218,7 @@ def run_kafka(
     from raymask.cluster.runtime import ensure_ray
 
     tune_malloc()
+    ledger = ledger_root(state, stream) if plan.budget is not None else None
     pipeline = name or stream
     fmt = format_for(plan.format)
     group = group_id or f"raymask-{pipeline}"
@@ -227,7 +230,7 @@ def run_kafka(
         opts = dict(namespace="raymask")
         pool = [
             MaskWorker.options(name=f"kworker:{pipeline}:{i}", **opts).remote(
-                pol.model_dump(), stream, ring, fmt
+                pol.model_dump(), stream, ring, fmt, 0.0, ledger, i, workers
             )
             for i in range(workers)
         ]

@@ -65,6 +65,12 @@ class RunSummary:
     latencies: list = field(default_factory=list)  # seconds from routing a chunk to its output
     resent: int = 0  # batches sent again after their worker died
     resizes: list = field(default_factory=list)  # (records in before the resize, new pool size)
+    # local DP: records carrying noised values, records whose subject's allowance was used up
+    # (noised fields written null), and the largest epsilon one record spent in this view
+    dp_records: int = 0
+    dp_suppressed: int = 0
+    dp_max_epsilon: float = 0.0
+    ledger: str | None = None  # where the per-subject budgets are checkpointed
 
     def latency(self, q: float) -> float:
         """A percentile (0-100) of the per-chunk latency."""
@@ -80,6 +86,18 @@ class RunSummary:
     @property
     def balanced(self) -> bool:
         return self.records_in == self.records_out + self.dead_letters
+
+
+def ledger_root(state: str | Path | None, stream: str) -> str:
+    """Where a stream's per-subject budgets live: `state` (a folder or an s3:// URI), else
+    $RAYMASK_STATE, else ~/.raymask/state; then ledger/STREAM. On a cluster use shared storage
+    (s3://...), so a worker restarted on another node finds its shard's files."""
+    import os
+
+    base = str(state or os.environ.get("RAYMASK_STATE") or "~/.raymask/state")
+    if "://" not in base:
+        base = os.path.abspath(os.path.expanduser(base))
+    return f"{base.rstrip('/')}/ledger/{stream}"
 
 
 def default_dead_letter_path(output: str) -> str:
@@ -104,6 +122,12 @@ def _collect(
             dead.append(DeadLetter(int(routed.lines[r]), reason, bytes(data[s:e]), fld))
         for k, v in o.counts.items():
             summary.changed[k] += v
+        if o.privacy is not None:
+            spent = o.privacy.epsilon
+            summary.dp_records += int(np.count_nonzero(spent))
+            summary.dp_suppressed += o.privacy.suppressed
+            if len(spent):
+                summary.dp_max_epsilon = max(summary.dp_max_epsilon, float(spent.max()))
         if o.policy_version != version:
             raise PipelineError(
                 f"a worker masked a batch with policy version {o.policy_version}, not {version}"
@@ -300,13 +324,15 @@ def run_job(
     name: str | None = None,
     control: ControlCore | None = None,
     throttle_s: float = 0.0,
+    state: str | Path | None = None,
 ) -> RunSummary:
     """Run a prepared job (see `mask_file`). `throttle_s` makes every worker sleep that long per
     batch: fault injection for backpressure tests, never for production."""
     if workers < 1:
         raise InputError("workers must be >= 1")
     return _run(job.policy, job.plan, job.source, str(output), role, workers, address, job.keyring,
-                dead_letters, job.dead_letter_key, progress, local, name, control, throttle_s)  # fmt: skip
+                dead_letters, job.dead_letter_key, progress, local, name, control, throttle_s,
+                state)  # fmt: skip
 
 
 def mask_file(
@@ -325,6 +351,7 @@ def mask_file(
     progress: ProgressFn | None = None,
     local: bool = False,
     name: str | None = None,
+    state: str | Path | None = None,
 ) -> RunSummary:
     """Mask a file (NDJSON or CSV; '-' for stdin/stdout) on Ray and return the run's summary.
 
@@ -333,7 +360,8 @@ def mask_file(
     and tiny inputs). Raises PolicyError, KeyringError or InputError before any data moves.
     Dead letters go to `dead_letters` (default: OUTPUT.deadletters.ndjson). While it runs, the
     pipeline takes new policy versions through `push_policy(name, ...)` (name: default the
-    stream's name).
+    stream's name). A policy with a `budget` keeps its per-subject ledger under `state` (see
+    `ledger_root`).
     """
     job = prepare(
         policy,
@@ -344,7 +372,7 @@ def mask_file(
         chunk_bytes=chunk_bytes,
     )
     return run_job(job, output, role=role, workers=workers, address=address, dead_letters=dead_letters,
-                   progress=progress, local=local, name=name)  # fmt: skip
+                   progress=progress, local=local, name=name, state=state)  # fmt: skip
 
 
 def replay_dead_letters(
@@ -402,7 +430,7 @@ def _run(
     pol: Policy, plan: StreamPlan, src: FileSource, out_name: str, role: str | None, workers: int,
     address: str | None, ring: Keyring, dead_letters: str | Path | None, dead_letter_key: str,
     progress: ProgressFn | None, local: bool, name: str | None = None,
-    control: ControlCore | None = None, throttle_s: float = 0.0,
+    control: ControlCore | None = None, throttle_s: float = 0.0, state: str | Path | None = None,
 ) -> RunSummary:  # fmt: skip
     stream = plan.stream
     view = plan.view(role)
@@ -414,6 +442,8 @@ def _run(
         techniques={op.path: op.technique for op in view.ops},
         output=out_name,
     )
+    ledger = ledger_root(state, stream) if plan.budget is not None else None
+    summary.ledger = ledger
     dl_path = str(dead_letters) if dead_letters else default_dead_letter_path(out_name)
     writer = DeadLetterWriter(dl_path, stream, ring.get(dead_letter_key), src.header_line)
     try:
@@ -426,7 +456,10 @@ def _run(
     started = False
     try:
         if local:
-            cores = [MaskCore(pol, stream, ring, src.format) for _ in range(workers)]
+            cores = [
+                MaskCore(pol, stream, ring, src.format, ledger_uri=ledger, shard=i, shards=workers)
+                for i in range(workers)
+            ]
             poll = switch = None
             if control is not None:
 
@@ -451,7 +484,7 @@ def _run(
             pipeline = name or stream
             actors = [
                 MaskWorker.options(name=f"worker:{pipeline}:{i}", namespace="raymask").remote(
-                    pol.model_dump(), stream, ring, src.format, throttle_s
+                    pol.model_dump(), stream, ring, src.format, throttle_s, ledger, i, workers
                 )
                 for i in range(workers)
             ]
@@ -468,25 +501,23 @@ def _run(
                     data
                 )
 
-            def new_worker(i: int) -> Any:
+            def new_worker(i: int, n: int) -> Any:
                 return MaskWorker.options(
                     name=f"worker:{pipeline}:{i}", namespace="raymask"
-                ).remote(pol.model_dump(), stream, ring, src.format, throttle_s)
+                ).remote(pol.model_dump(), stream, ring, src.format, throttle_s, ledger, i, n)
 
             def resize(n: int, version: int) -> list:
                 """Grow: start, warm and hand the driver's policy version to new workers; shrink:
                 stop the highest-numbered ones (their work is done: the driver drained first)."""
-                while len(actors) < n:
-                    a = new_worker(len(actors))
-                    ray.get(
-                        [
-                            a.warm.remote(),
-                            a.set_policy.remote(policies[version]),
-                        ]
-                    )
-                    actors.append(a)
                 while len(actors) > n:
                     ray.kill(actors.pop())
+                # every shard reloads the budgets of the keys it now owns before any batch
+                # (the driver drained first, so no charge is in flight)
+                ray.get([a.set_layout.remote(i, n) for i, a in enumerate(actors)])
+                while len(actors) < n:
+                    a = new_worker(len(actors), n)
+                    ray.get([a.warm.remote(), a.set_policy.remote(policies[version])])
+                    actors.append(a)
                 summary.workers = n
                 return list(actors)
 
@@ -504,8 +535,13 @@ def _run(
                                 raise
                             summary.resent += 1
                             a = actors[wi]
-                            try:
-                                ray.get(a.set_policy.remote(policies[v]))
+                            try:  # a restarted worker runs __init__ again: policy and layout
+                                ray.get(
+                                    [
+                                        a.set_policy.remote(policies[v]),
+                                        a.set_layout.remote(wi, len(actors)),
+                                    ]
+                                )
                             except ray.exceptions.RayActorError:
                                 pass  # still restarting: the resend below waits for it
                             f = a.process.remote(batch, role, idx)

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from raymask.errors import PolicyError
 from raymask.kernels.codecs.paths import PathTree, build_tree
 from raymask.policy.keys import Keyring
-from raymask.policy.registry import REGISTRY
-from raymask.policy.schema import Policy, Stream
+from raymask.policy.registry import REGISTRY, privacy_cost
+from raymask.policy.schema import Budget, Policy, Stream
 
 __all__ = ["FieldOp", "ViewPlan", "StreamPlan", "compile_stream", "BUILT_FORMATS", "DEFAULT_ROLE"]
 
@@ -51,6 +51,16 @@ class StreamPlan:
     delimiter: str
     tree: PathTree = field(repr=False)
     views: dict[str, ViewPlan] = field(repr=False)
+    budget: Budget | None = None  # per-subject local-DP allowance
+    route_path: str = ""  # what the router shards by: the budget's subject, else the key
+    route_index: int = 0
+
+    @property
+    def private(self) -> bool:
+        """Does any view add local-DP noise?"""
+        return any(
+            privacy_cost(op.spec) is not None for v in self.views.values() for op in v.ops
+        )
 
     def view(self, role: str | None) -> ViewPlan:
         """The role's view; a role the policy does not name gets the default (strictest) one."""
@@ -71,6 +81,8 @@ class StreamPlan:
                 k = getattr(op.spec, "key", None)
                 if isinstance(k, str):
                     ids.add(k)
+        if self.budget is not None:
+            ids.add(self.budget.key)
         return ids
 
 
@@ -96,6 +108,8 @@ def compile_stream(policy: Policy, stream: str, source: str = "<policy>") -> Str
         for attr in ("tweak_field", "subject_field")
         if getattr(spec, attr, None)
     ]
+    route = s.budget.subject if s.budget is not None and s.budget.subject else s.key
+    extra.append(route)
     for p in extra:
         if p not in paths:
             paths.append(p)
@@ -137,4 +151,7 @@ def compile_stream(policy: Policy, stream: str, source: str = "<policy>") -> Str
         delimiter=s.delimiter,
         tree=tree,
         views=views,
+        budget=s.budget,
+        route_path=route,
+        route_index=index[route],
     )

@@ -59,6 +59,10 @@ def _compose(text: str, name: str) -> tuple[Any, dict[tuple[str, ...], int]]:
 _FRIENDLY = {
     "less_than_equal": lambda c: f"must be <= {c.get('le')}",
     "greater_than_equal": lambda c: f"must be >= {c.get('ge')}",
+    "greater_than": lambda c: f"must be > {c.get('gt')}",
+    "less_than": lambda c: f"must be < {c.get('lt')}",
+    "float_type": lambda c: "must be a number",
+    "float_parsing": lambda c: "must be a number",
     "extra_forbidden": lambda c: "unknown setting",
     "missing": lambda c: "required",
     "string_pattern_mismatch": lambda c: "has characters that are not allowed here",

@@ -21,8 +21,11 @@ from raymask.kernels import date_shift as shift_kernel
 from raymask.kernels import fpe as fpe_kernel
 from raymask.kernels import generalize as gen_kernel
 from raymask.kernels import mask as mask_kernel
+from raymask.kernels import noise as noise_kernel
+from raymask.kernels import rr as rr_kernel
 from raymask.kernels import siv as siv_kernel
 from raymask.kernels import tokenize as tok_kernel
+from raymask.kernels._arrow import validity
 from raymask.kernels.codecs.spans import (
     K_ARRAY,
     K_FALSE,
@@ -32,8 +35,20 @@ from raymask.kernels.codecs.spans import (
     K_TRUE,
     KIND_NAMES,
 )
+from raymask.kernels.rng import SecureRandom
 from raymask.policy.keys import Keyring
-from raymask.policy.schema import DateShift, Encrypt, Fpe, Generalize, Keep, Mask, Redact, Tokenize
+from raymask.policy.schema import (
+    DateShift,
+    Encrypt,
+    Fpe,
+    Generalize,
+    Keep,
+    Mask,
+    Noise,
+    RandomizedResponse,
+    Redact,
+    Tokenize,
+)
 
 __all__ = [
     "Applied",
@@ -43,6 +58,8 @@ __all__ = [
     "check_key",
     "kind_error_code",
     "error_message",
+    "privacy_cost",
+    "rr_categories",
 ]
 
 KIND_ERROR_BASE = 100  # error code 100 + kind: the technique does not take values of that kind
@@ -139,12 +156,20 @@ def _apply_tokenize(
 
 
 class FieldContext:
-    """What a technique may read besides its own column: other fields of the same records."""
+    """What a technique may read besides its own column: other fields of the same records, and
+    the worker's secure random source (local-DP techniques)."""
 
-    def __init__(self, column: Callable[[str], pa.Array], path: str, key_path: str = "") -> None:
+    def __init__(
+        self,
+        column: Callable[[str], pa.Array],
+        path: str,
+        key_path: str = "",
+        rng: SecureRandom | None = None,
+    ) -> None:
         self.column = column
         self.path = path
         self.key_path = key_path
+        self.rng = rng
 
 
 def _only_ok(values: pa.Array, err: np.ndarray) -> pa.Array:
@@ -253,6 +278,94 @@ def _apply_date_shift(
     return Applied(out.cast(pa.large_string()), None, err)
 
 
+# a JSON number, also accepted inside a string (CSV cells, numbers sent as text)
+_NUMBER_RE = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$"
+NOISE_ERRORS = {1: "not a number"}
+RR_ERRORS = {1: "value is not one of the categories"}
+
+
+def _rng(ctx: FieldContext | None) -> SecureRandom:
+    if ctx is None or ctx.rng is None:
+        raise ValueError("local-DP techniques need the worker's secure random source")
+    return ctx.rng
+
+
+def _apply_noise(
+    values: pa.Array,
+    kinds: np.ndarray,
+    spec: Noise,
+    keyring: Keyring,
+    ctx: FieldContext | None = None,
+) -> Applied:
+    err = _kind_check(kinds, (K_STRING, K_NUMBER))
+    text = _only_ok(values, err)
+    numeric = pc.fill_null(pc.match_substring_regex(text, _NUMBER_RE), True).to_numpy(
+        zero_copy_only=False
+    )
+    err[(kinds == K_STRING) & ~numeric & (err == 0)] = 1
+    x = pc.cast(_only_ok(text, err), pa.float64())
+    rng = _rng(ctx)
+    if spec.mechanism == "laplace":
+        out = noise_kernel.laplace_noise(
+            x, spec.lo, spec.hi, spec.epsilon, integer=spec.integer, rng=rng, round_to=spec.round_to
+        )
+    else:
+        out = noise_kernel.gaussian_noise(
+            x, spec.lo, spec.hi, spec.epsilon, spec.delta, integer=spec.integer, rng=rng,
+            round_to=spec.round_to,
+        )  # fmt: skip
+    if spec.integer:
+        out = pc.cast(out, pa.int64())
+    # numbers stay numbers, numbers sent as text stay text
+    return Applied(pc.cast(out, pa.large_string()), kinds == K_NUMBER, err)
+
+
+def rr_categories(spec: RandomizedResponse) -> tuple[list[str], tuple[int, ...]]:
+    """The categories as the text a codec extracts, and the value kinds that may hold them."""
+    if spec.categories is None:
+        return ["false", "true"], (K_TRUE, K_FALSE, K_STRING)
+    if isinstance(spec.categories[0], int):
+        return [str(c) for c in spec.categories], (K_NUMBER, K_STRING)
+    return list(spec.categories), (K_STRING,)
+
+
+def _apply_rr(
+    values: pa.Array,
+    kinds: np.ndarray,
+    spec: RandomizedResponse,
+    keyring: Keyring,
+    ctx: FieldContext | None = None,
+) -> Applied:
+    cats, accepts = rr_categories(spec)
+    err = _kind_check(kinds, accepts)
+    idx = pc.index_in(_only_ok(values, err), value_set=pa.array(cats, pa.large_string()))
+    present = validity(values) & (err == 0)
+    err[present & ~validity(idx)] = 1
+    ok = present & (err == 0)
+    ix = idx.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    out = rr_kernel.randomize_indices(ix, ok, len(cats), spec.epsilon, _rng(ctx))
+    new = pa.array(cats, pa.large_string()).take(pa.array(out))
+    new = pc.if_else(pa.array(ok), new, pa.scalar(None, pa.large_string()))
+    return Applied(new, kinds != K_STRING, err)
+
+
+def privacy_cost(spec: object) -> tuple[float, float, float] | None:
+    """(epsilon, delta, rho) one value of a local-DP technique spends, None for the others.
+
+    rho is its zero-concentrated DP (Bun and Steinke 2016): epsilon**2 / 2 for a pure
+    epsilon-DP mechanism (their Proposition 1.4), D**2 / (2 sigma**2) for the discrete Gaussian
+    with sensitivity D in grid steps (Canonne, Kamath and Steinke 2020, Theorem 14).
+    """
+    if isinstance(spec, RandomizedResponse):
+        return spec.epsilon, 0.0, spec.epsilon**2 / 2
+    if isinstance(spec, Noise):
+        if spec.mechanism == "laplace":
+            return spec.epsilon, 0.0, spec.epsilon**2 / 2
+        plan = noise_kernel.gaussian_plan(spec.lo, spec.hi, spec.epsilon, spec.delta, spec.integer)
+        return spec.epsilon, float(spec.delta), plan.D**2 * plan.sd / (2 * plan.sn)
+    return None
+
+
 def check_key(technique: str, spec: object, keyring: Keyring) -> None:
     """KeyringError when a technique's key is missing or has a length its cipher cannot use."""
     kid = getattr(spec, "key", None)
@@ -281,12 +394,21 @@ REGISTRY: dict[str, Technique] = {
     "date_shift": Technique(
         "date_shift", DateShift, _apply_date_shift, dict(shift_kernel.ERRORS), (K_STRING,)
     ),
+    "noise": Technique("noise", Noise, _apply_noise, NOISE_ERRORS, (K_STRING, K_NUMBER)),
+    "randomized_response": Technique(
+        "randomized_response",
+        RandomizedResponse,
+        _apply_rr,
+        RR_ERRORS,
+        (K_STRING, K_NUMBER, K_TRUE, K_FALSE),
+    ),  # fmt: skip
 }
 
 
 def error_message(technique: str, code: int) -> str:
     """Text for an error code of `technique`; never contains the value."""
     if code >= KIND_ERROR_BASE:
-        return f"{technique} takes a string or number, got {KIND_NAMES[code - KIND_ERROR_BASE]}"
+        what = {"randomized_response": "a category or boolean"}.get(technique, "a string or number")
+        return f"{technique} takes {what}, got {KIND_NAMES[code - KIND_ERROR_BASE]}"
     t = REGISTRY.get(technique)
     return (t.errors.get(code) if t else None) or f"{technique} failed (code {code})"

@@ -21,10 +21,20 @@ Keys never appear here: `key:` names a key id in the keyring.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "TECHNIQUES",
@@ -39,6 +49,9 @@ __all__ = [
     "Encrypt",
     "Generalize",
     "DateShift",
+    "Noise",
+    "RandomizedResponse",
+    "Budget",
 ]
 
 TECHNIQUES = (
@@ -251,12 +264,56 @@ class DateShift(_Spec):
     )
 
 
-class Noise(_NotBuilt):
+class Noise(_Spec):
+    """Local DP on a number: clamp to [lo, hi], then add exact Laplace (epsilon) or discrete
+    Gaussian (epsilon, delta) noise calibrated to the sensitivity hi - lo (raymask.kernels.noise)."""
+
     technique: Literal["noise"]
+    mechanism: Literal["laplace", "gaussian"] = Field(
+        "laplace", description="laplace: pure epsilon-DP; gaussian: (epsilon, delta)-DP."
+    )
+    epsilon: float = Field(gt=0, le=50, description="Privacy loss of one noised value.")
+    delta: float | None = Field(None, gt=0, lt=0.01, description="gaussian: the delta.")
+    lo: float = Field(description="Values below are raised to lo before the noise.")
+    hi: float = Field(description="Values above are lowered to hi before the noise.")
+    integer: bool = Field(False, description="Integer noise; outputs are whole numbers.")
+    round_to: float | None = Field(
+        None, gt=0, description="Round outputs to a multiple of this (no privacy cost)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Noise:
+        if not (math.isfinite(self.lo) and math.isfinite(self.hi) and self.lo < self.hi):
+            raise ValueError("needs finite bounds with lo < hi")
+        if self.mechanism == "gaussian" and self.delta is None:
+            raise ValueError("mechanism gaussian needs delta")
+        if self.mechanism == "laplace" and self.delta is not None:
+            raise ValueError("mechanism laplace takes no delta (it is pure epsilon-DP)")
+        if self.integer and (self.lo != int(self.lo) or self.hi != int(self.hi)):
+            raise ValueError("integer noise needs whole-number bounds lo and hi")
+        if self.integer and self.round_to is not None and self.round_to != int(self.round_to):
+            raise ValueError("integer noise needs a whole-number round_to")
+        if max(abs(self.lo), abs(self.hi)) >= 2**53:
+            raise ValueError("bounds must be below 2**53 in magnitude")
+        return self
 
 
-class RandomizedResponse(_NotBuilt):
+class RandomizedResponse(_Spec):
+    """Local DP on a boolean or a category: k-ary randomized response (raymask.kernels.rr); the
+    value is kept with probability e^eps / (e^eps + k - 1), else replaced by another category."""
+
     technique: Literal["randomized_response"]
+    epsilon: float = Field(gt=0, le=50, description="Privacy loss of one randomized value.")
+    categories: list[StrictStr] | list[StrictInt] | None = Field(
+        None, description="The k categories (strings or integers); none: booleans (k = 2)."
+    )
+
+    @field_validator("categories")
+    @classmethod
+    def _distinct(cls, v: list | None) -> list | None:
+        if v is not None and (len(v) < 2 or len(set(v)) != len(v)):
+            raise ValueError("needs at least 2 distinct categories")
+        return v
 
 
 class Detect(_NotBuilt):
@@ -287,6 +344,47 @@ FieldPath = Annotated[str, Field(pattern=r"^[^.\s][^\s]*$", max_length=256)]
 Name = Annotated[str, Field(pattern=_NAME)]
 
 
+class Budget(BaseModel):
+    """Per-subject privacy allowance for the stream's local-DP fields (noise, randomized_response).
+
+    Each worker keeps, for the subjects it owns, the privacy loss their released records spent
+    in the current period. A record's cost is the sum over its noised fields, in every view it is
+    released in (roles may compare notes, so views compose). When a subject has not enough left,
+    `exhausted` says what happens to its record: `suppress` writes null in the noised fields (no
+    cost), `drop` sends it to the dead letters.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epsilon: float = Field(gt=0, le=10_000, description="Allowance per subject and period.")
+    delta: float = Field(
+        0.0, ge=0, lt=0.01, description="Delta allowance (basic) or target (zcdp)."
+    )
+    period: Literal["hour", "day", "week", "forever"] = Field(
+        "day", description="The allowance renews at each period boundary (UTC, processing time)."
+    )
+    composition: Literal["basic", "zcdp"] = Field(
+        "basic",
+        description="basic: epsilons and deltas add up; zcdp: rho adds up (eps^2/2 per pure-DP "
+        "value, D^2/2sigma^2 per Gaussian) against the rho that (epsilon, delta) allows.",
+    )
+    exhausted: Literal["suppress", "drop"] = Field(
+        "suppress", description="What happens to a record whose subject has not enough left."
+    )
+    subject: FieldPath | None = Field(
+        None, description="Whose budget: this field (default: the stream key)."
+    )
+    key: Annotated[KeyId, BeforeValidator(lambda v: _key_id(v) if isinstance(v, str) else v)] = (
+        Field(description="Key id that seals the ledger checkpoints (AES-GCM).")
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Budget:
+        if self.composition == "zcdp" and self.delta <= 0:
+            raise ValueError("composition zcdp needs delta > 0 to turn rho into (epsilon, delta)")
+        return self
+
+
 class Stream(BaseModel):
     """One stream of records: its format, sharding key and per-field techniques."""
 
@@ -303,6 +401,9 @@ class Stream(BaseModel):
     fields: dict[FieldPath, FieldSpec] = Field(description="The default (strictest) view.")
     views: dict[Name, dict[FieldPath, FieldSpec]] = Field(
         default_factory=dict, description="Per role: overrides of the default view."
+    )
+    budget: Budget | None = Field(
+        None, description="Per-subject allowance for the noise and randomized_response fields."
     )
 
     @model_validator(mode="after")

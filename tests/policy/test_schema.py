@@ -128,6 +128,45 @@ BAD = [
     ("version: [\n", "p.yaml:2: invalid YAML"),
     # a policy is a mapping
     ("- 1\n- 2\n", "p.yaml:1: a policy is a mapping"),
+    # noise: bounds in order
+    (
+        _sub("{technique: keep}", "{technique: noise, epsilon: 1, lo: 10, hi: 10}"),
+        "p.yaml:12: streams.payments.fields.amount: needs finite bounds with lo < hi",
+    ),
+    # noise: the Gaussian needs its delta, the Laplace takes none
+    (
+        _sub("{technique: keep}", "{technique: noise, mechanism: gaussian, epsilon: 1, lo: 0, hi: 9}"),
+        "p.yaml:12: streams.payments.fields.amount: mechanism gaussian needs delta",
+    ),
+    (
+        _sub("{technique: keep}", "{technique: noise, epsilon: 1, delta: 0.001, lo: 0, hi: 9}"),
+        "p.yaml:12: streams.payments.fields.amount: mechanism laplace takes no delta",
+    ),
+    # noise: integer noise on whole-number bounds
+    (
+        _sub("{technique: keep}", "{technique: noise, epsilon: 1, lo: 0, hi: 9.5, integer: true}"),
+        "p.yaml:12: streams.payments.fields.amount: integer noise needs whole-number bounds",
+    ),
+    # noise: epsilon is positive
+    (
+        _sub("{technique: keep}", "{technique: noise, epsilon: 0, lo: 0, hi: 9}"),
+        "p.yaml:12: streams.payments.fields.amount.epsilon: must be > 0",
+    ),
+    # randomized response: distinct categories
+    (
+        _sub("{technique: keep}", "{technique: randomized_response, epsilon: 1, categories: [a, a]}"),
+        "streams.payments.fields.amount.categories: needs at least 2 distinct categories",
+    ),
+    # budget: zcdp turns rho into (epsilon, delta), so it needs a delta
+    (
+        GOOD + "    budget: {epsilon: 4, key: ledger, composition: zcdp}\n",
+        "p.yaml:16: streams.payments.budget: composition zcdp needs delta > 0",
+    ),
+    # budget: the checkpoint key is a key id
+    (
+        GOOD + "    budget: {epsilon: 4}\n",
+        "p.yaml:16: streams.payments.budget.key: required",
+    ),
     # key id with characters a key id cannot have
     (
         _sub("key: tok,", "key: 'tok/../x',"),
@@ -166,8 +205,8 @@ def test_messages_never_quote_values():
         ),
         (
             "customer.email: keep",
-            "customer.email: {technique: noise, epsilon: 1}",
-            "views.ops.customer.email: technique noise is not supported yet",
+            "customer.email: {technique: detect}",
+            "views.ops.customer.email: technique detect is not supported yet",
         ),
     ],
 )

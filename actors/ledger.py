@@ -1,0 +1,288 @@
+"""Per-subject privacy budgets on the key shards: the ledger a worker keeps and its checkpoints.
+
+Every record of a subject goes to one worker (the router shards by the budget's subject), so each
+worker's ledger is the whole truth for its subjects. `SubjectLedger` is plain logic (no Ray):
+it charges a batch's costs against the allowance (raymask.kernels.ledger does the table) and,
+before the worker hands the batch back, appends the rows it changed to a log under a storage
+URI; every `snapshot_every` logs it writes a Parquet snapshot and drops the logs it covers.
+
+Why spent budget never goes down across a restart: a batch's output leaves the worker only after
+its log is written, so every released record's charge is on storage. A worker killed before that
+released nothing for the batch; the driver resends it and it is charged again (at worst twice,
+which is conservative). Loading merges snapshot and logs taking, per subject, the newest period
+and the larger spend, so replay is idempotent.
+
+Files are sealed with AES-GCM under a key derived from the budget's key (the name is the
+associated data, so files cannot be swapped): subject digests and their activity are not left
+readable on shared storage. Local folders and S3-compatible stores are reached through
+`pyarrow.fs`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+import math
+import os
+import re
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from raymask.errors import PipelineError
+from raymask.kernels.hashing import jump_hash
+from raymask.kernels.ledger import BASIC, DELTA_UNIT, EPS_UNIT, ZCDP, LedgerTable, units
+from raymask.policy.schema import Budget
+
+__all__ = ["PERIOD_SECONDS", "LedgerStore", "SubjectLedger", "zcdp_allowance"]
+
+PERIOD_SECONDS = {"hour": 3600, "day": 86400, "week": 7 * 86400, "forever": 0}
+_FILE = re.compile(r"^(snap|log)-(\d{12})\.rml$")
+_SHARD = re.compile(r"^shard-\d+$")
+_SCHEMA = pa.schema(
+    [
+        ("subject", pa.uint64()),
+        ("period", pa.int64()),
+        ("eps", pa.int64()),
+        ("rho", pa.int64()),
+        ("delta", pa.int64()),
+    ]
+)
+
+
+def zcdp_allowance(epsilon: float, delta: float) -> float:
+    """The largest rho whose zCDP guarantee converts to (epsilon, delta)-DP by Bun and Steinke
+    2016, Proposition 1.3 (epsilon = rho + 2 sqrt(rho ln(1/delta))), shaded down by 1e-9 so float
+    rounding cannot give more."""
+    L = math.log(1 / delta)
+    return (math.sqrt(L + epsilon) - math.sqrt(L)) ** 2 * (1 - 1e-9)
+
+
+class LedgerStore:
+    """Sealed checkpoint files of one shard's ledger under `uri` (folder or s3://bucket/prefix)."""
+
+    def __init__(self, uri: str, key: bytes) -> None:
+        if "://" not in uri:
+            uri = os.path.abspath(uri)
+        try:
+            self.fs, self.base = pafs.FileSystem.from_uri(uri)
+            self.fs.create_dir(self.base, recursive=True)
+        except (OSError, pa.ArrowException) as exc:
+            raise PipelineError(
+                f"ledger storage {uri}: cannot open ({type(exc).__name__})"
+            ) from None
+        self.uri = uri
+        self._aead = AESGCM(hmac.digest(key, b"raymask/ledger/v1", "sha256"))
+
+    def _path(self, name: str) -> str:
+        return f"{self.base}/{name}"
+
+    def _write(self, name: str, payload: bytes) -> None:
+        nonce = os.urandom(12)
+        sealed = nonce + self._aead.encrypt(nonce, payload, name.encode())
+        tmp = self._path(f".{name}.tmp")
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(sealed)
+        self.fs.move(tmp, self._path(name))  # a reader never sees half a file
+
+    def _read(self, name: str) -> bytes:
+        with self.fs.open_input_stream(self._path(name)) as f:
+            sealed = f.read()
+        try:
+            return self._aead.decrypt(sealed[:12], sealed[12:], name.encode())
+        except InvalidTag:
+            raise PipelineError(
+                f"ledger checkpoint {name} under {self.uri}: does not open with the budget key "
+                "(wrong key, or the file was changed)"
+            ) from None
+
+    def files(self) -> tuple[list[int], list[int]]:
+        """Sequence numbers of the snapshots and logs present, ascending."""
+        snaps, logs = [], []
+        for info in self.fs.get_file_info(pafs.FileSelector(self.base, allow_not_found=True)):
+            m = _FILE.match(info.base_name)
+            if m:
+                (snaps if m.group(1) == "snap" else logs).append(int(m.group(2)))
+        return sorted(snaps), sorted(logs)
+
+    def write_log(self, seq: int, rows: tuple[np.ndarray, ...]) -> None:
+        sink = io.BytesIO()
+        with pa.ipc.new_stream(sink, _SCHEMA) as w:
+            w.write_batch(pa.RecordBatch.from_arrays(list(rows), schema=_SCHEMA))
+        self._write(f"log-{seq:012d}.rml", sink.getvalue())
+
+    def write_snapshot(self, seq: int, rows: tuple[np.ndarray, ...]) -> None:
+        sink = io.BytesIO()
+        pq.write_table(pa.Table.from_arrays(list(rows), schema=_SCHEMA), sink)
+        self._write(f"snap-{seq:012d}.rml", sink.getvalue())
+        snaps, logs = self.files()
+        for s in snaps:
+            if s < seq:
+                self.fs.delete_file(self._path(f"snap-{s:012d}.rml"))
+        for s in logs:
+            if s <= seq:
+                self.fs.delete_file(self._path(f"log-{s:012d}.rml"))
+
+    def load(self) -> tuple[int, list[tuple[np.ndarray, ...]]]:
+        """(last sequence number, row sets to merge in order): the newest snapshot and the logs
+        after it. The shard's owner may be writing a snapshot and pruning meanwhile; a file gone
+        between listing and reading means a newer snapshot exists, so the load starts over."""
+        for _ in range(20):
+            try:
+                return self._load_once()
+            except FileNotFoundError:
+                continue
+        raise PipelineError(f"ledger storage {self.uri}: files keep changing; cannot load")
+
+    def _load_once(self) -> tuple[int, list[tuple[np.ndarray, ...]]]:
+        snaps, logs = self.files()
+        seq = snaps[-1] if snaps else 0
+        parts = []
+        if snaps:
+            t = pq.read_table(io.BytesIO(self._read(f"snap-{seq:012d}.rml")))
+            parts.append(tuple(t.column(c).to_numpy() for c in _SCHEMA.names))
+        for s in logs:
+            if s > seq:
+                t = pa.ipc.open_stream(self._read(f"log-{s:012d}.rml")).read_all()
+                parts.append(tuple(t.column(c).to_numpy() for c in _SCHEMA.names))
+                seq = s
+        return seq, parts
+
+    def clear(self) -> None:
+        self.fs.delete_dir_contents(self.base, missing_dir_ok=True)
+
+
+class SubjectLedger:
+    """What each subject of one shard spent in the current period, and the allowance check.
+
+    With a storage `root`, shard i of n keeps its files under `root/shard-i`. On start, and
+    whenever the pool's size changes (`set_layout`), a shard rebuilds its table from the files of
+    every shard, keeping the subjects the router now sends it: budgets move with their keys, and
+    stale copies elsewhere are harmless (merging takes the larger spend).
+    """
+
+    def __init__(
+        self,
+        budget: Budget,
+        root: str | None = None,
+        key: bytes | None = None,
+        *,
+        shard: int = 0,
+        shards: int = 1,
+        clock: Callable[[], float] = time.time,
+        snapshot_every: int = 64,
+    ) -> None:
+        if root is not None and key is None:
+            raise ValueError("a ledger on storage needs the budget key")
+        self.root = root
+        self.key = key
+        self.clock = clock
+        self.snapshot_every = snapshot_every
+        self.table = LedgerTable()
+        self.store: LedgerStore | None = None
+        self.seq = 0
+        self._since_snapshot = 0
+        self.shard, self.shards = shard, shards
+        self.configure(budget)
+        if root is not None:
+            self._reload()
+
+    def set_layout(self, shard: int, shards: int) -> None:
+        """This worker is now shard `shard` of `shards`: take over the subjects routed here."""
+        if (shard, shards) == (self.shard, self.shards):
+            return
+        self.shard, self.shards = shard, shards
+        if self.root is not None:
+            self._reload()
+
+    def _reload(self) -> None:
+        assert self.root is not None and self.key is not None
+        root = self.root if "://" in self.root else os.path.abspath(self.root)
+        self.store = LedgerStore(f"{root}/shard-{self.shard}", self.key)
+        fs, base = pafs.FileSystem.from_uri(root)
+        table = LedgerTable()
+        for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
+            if info.type != pafs.FileType.Directory or not _SHARD.match(info.base_name):
+                continue
+            store = (
+                self.store
+                if info.base_name == f"shard-{self.shard}"
+                else LedgerStore(f"{root}/{info.base_name}", self.key)
+            )
+            seq, parts = store.load()
+            if store is self.store:
+                self.seq = seq
+            for rows in parts:
+                mine = jump_hash(rows[0], self.shards) == self.shard
+                table.merge(*(a[mine] for a in rows))
+        # Logged into this shard's own files at once (a log prunes nothing, and other shards may
+        # be reading these files now): from here on the old owner may prune its copies.
+        self.table = table
+        self._since_snapshot = 0
+        rows = self.table.take_dirty()
+        if len(rows[0]):
+            self.seq += 1
+            self.store.write_log(self.seq, rows)
+
+    def configure(self, budget: Budget) -> None:
+        """Set the allowance (a policy push may change it; what was spent stays)."""
+        self.budget = budget
+        self.mode = ZCDP if budget.composition == "zcdp" else BASIC
+        self.b_eps = units(budget.epsilon, EPS_UNIT, up=False)
+        self.b_delta = units(budget.delta, DELTA_UNIT, up=False)
+        self.b_rho = (
+            units(zcdp_allowance(budget.epsilon, budget.delta), EPS_UNIT, up=False)
+            if budget.delta > 0
+            else 0
+        )
+        self.period_s = PERIOD_SECONDS[budget.period]
+
+    def period(self) -> int:
+        return int(self.clock() // self.period_s) if self.period_s else 0
+
+    def charge(
+        self, hashes: np.ndarray, c_eps: np.ndarray, c_rho: np.ndarray, c_delta: np.ndarray
+    ) -> np.ndarray:
+        """Per row (in order): True when its subject could pay its cost, which is then charged."""
+        return self.table.charge(
+            hashes, c_eps, c_rho, c_delta, self.period(), self.mode, self.b_eps, self.b_rho,
+            self.b_delta,
+        )  # fmt: skip
+
+    def commit(self) -> None:
+        """Make this batch's charges durable; call before its output is handed on."""
+        if self.store is None:
+            self.table.take_dirty()
+            return
+        rows = self.table.take_dirty()
+        if not len(rows[0]):
+            return
+        self.seq += 1
+        self._since_snapshot += 1
+        if self._since_snapshot >= self.snapshot_every:
+            self.store.write_snapshot(self.seq, self.table.rows())
+            self._since_snapshot = 0
+        else:
+            self.store.write_log(self.seq, rows)
+
+    def snapshot(self) -> None:
+        if self.store is not None:
+            self.seq += 1
+            self.store.write_snapshot(self.seq, self.table.rows())
+            self._since_snapshot = 0
+        self.table.take_dirty()
+
+    def spent(self, hashes: np.ndarray) -> dict[str, np.ndarray]:
+        """What each subject spent in the current period (epsilon, rho, delta as floats)."""
+        e, r, d = self.table.spent(hashes, self.period())
+        return {
+            "epsilon": e * float(EPS_UNIT),
+            "rho": r * float(EPS_UNIT),
+            "delta": d * float(DELTA_UNIT),
+        }

@@ -1,0 +1,198 @@
+"""Per-subject privacy budgets on the workers (no Ray): exact grant counts, suppress and drop,
+periods, views composing, checkpoints that survive a restart and move with their keys."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from raymask.actors.ledger import LedgerStore, SubjectLedger, zcdp_allowance
+from raymask.actors.router import RouterCore
+from raymask.actors.worker import BUDGET_REASON, MaskCore
+from raymask.errors import PipelineError
+from raymask.kernels.codecs.formats import NdjsonFormat
+from raymask.kernels.hashing import jump_hash, key_hash
+from raymask.kernels.rng import SecureRandom
+from raymask.policy.keys import Key, Keyring
+from raymask.policy.schema import Budget, Policy
+
+RING = Keyring([Key("tok", 1, b"t" * 32), Key("ledger", 1, b"l" * 32)])
+FMT = NdjsonFormat()
+
+
+def _policy(budget: dict | None, *, eps: float = 0.4, views: dict | None = None) -> Policy:
+    return Policy.model_validate(
+        {
+            "version": 1,
+            "streams": {
+                "s": {
+                    "format": "ndjson",
+                    "key": "user",
+                    "fields": {"v": {"technique": "noise", "epsilon": eps, "lo": 0, "hi": 10}},
+                    "views": views or {},
+                    **({"budget": {"key": "ledger", **budget}} if budget is not None else {}),
+                }
+            },
+        }
+    )
+
+
+def _records(users: list[str], start: int = 0) -> np.ndarray:
+    lines = [json.dumps({"user": u, "v": 5, "n": start + i}) for i, u in enumerate(users)]
+    return np.frombuffer(("\n".join(lines) + "\n").encode(), np.uint8)
+
+
+def _run(core: MaskCore, data: np.ndarray, role: str | None = None):
+    routed = RouterCore(core.plan, FMT, 1).route(data, 1)
+    return core.process(routed.batch, role, routed.shards[0])
+
+
+def _core(pol: Policy, **kw) -> MaskCore:
+    return MaskCore(pol, "s", RING, FMT, rng=SecureRandom._for_tests(3), **kw)
+
+
+def test_subject_with_1000_events_and_10_events_worth_gets_exactly_10_then_null():
+    core = _core(_policy({"epsilon": 4.0, "exhausted": "suppress"}))  # 10 x 0.4
+    out = _run(core, _records(["alice"] * 1000))
+    values = [json.loads(r)["v"] for r in out.records.to_pylist()]
+    assert len(values) == 1000  # suppress keeps every record
+    assert all(v is not None for v in values[:10]) and values[10:] == [None] * 990
+    assert out.privacy.suppressed == 990
+    assert out.privacy.epsilon.tolist() == [0.4] * 10 + [0.0] * 990
+
+
+def test_drop_sends_the_rest_to_the_dead_letters_with_the_reason():
+    core = _core(_policy({"epsilon": 4.0, "exhausted": "drop"}))
+    out = _run(core, _records(["alice"] * 600 + ["bob"] * 400))
+    assert len(out.rows) == 20 and len(out.dead_rows) == 980
+    assert set(out.dead_reasons) == {BUDGET_REASON.format(path="user")}
+    assert "alice" not in out.dead_reasons[0]
+    kept = [json.loads(r)["user"] for r in out.records.to_pylist()]
+    assert kept.count("alice") == kept.count("bob") == 10
+
+
+def test_zcdp_grants_the_number_of_releases_the_rho_allowance_holds():
+    # zCDP: each Laplace value costs eps^2/2; (4, 1e-6) allows rho = (sqrt(L+4) - sqrt(L))^2
+    eps, budget_eps, delta = 0.05, 4.0, 1e-6
+    core = _core(
+        _policy({"epsilon": budget_eps, "delta": delta, "composition": "zcdp"}, eps=eps)
+    )
+    out = _run(core, _records(["alice"] * 1000))
+    n = int(np.count_nonzero(out.privacy.epsilon))
+    expect = math.floor(zcdp_allowance(budget_eps, delta) / (eps**2 / 2))
+    assert n == expect
+    assert expect > budget_eps / eps  # many small releases: zCDP beats adding epsilons (80)
+
+
+def test_the_allowance_renews_each_period():
+    now = [0.0]
+    core = _core(_policy({"epsilon": 4.0, "period": "hour"}), clock=lambda: now[0])
+    first = _run(core, _records(["alice"] * 30))
+    assert np.count_nonzero(first.privacy.epsilon) == 10
+    again = _run(core, _records(["alice"] * 30))
+    assert np.count_nonzero(again.privacy.epsilon) == 0
+    now[0] = 3600.0
+    later = _run(core, _records(["alice"] * 30))
+    assert np.count_nonzero(later.privacy.epsilon) == 10
+
+
+def test_views_compose_each_release_is_charged():
+    # the default and the analyst view both release the noised value: 5 records' worth each
+    pol = _policy(
+        {"epsilon": 4.0}, views={"analyst": {"v": {"technique": "noise", "epsilon": 0.4, "lo": 0, "hi": 10}}}
+    )
+    core = _core(pol)
+    routed = RouterCore(core.plan, FMT, 1).route(_records(["alice"] * 20), 1)
+    a, b = core.process_views(routed.batch, [None, "analyst"], routed.shards[0])
+    assert np.count_nonzero(a.privacy.epsilon) + np.count_nonzero(b.privacy.epsilon) == 10
+
+
+def test_records_without_the_field_spend_nothing():
+    core = _core(_policy({"epsilon": 0.8}))
+    lines = [{"user": "u", "n": i} for i in range(5)] + [{"user": "u", "v": 1}] * 3
+    data = np.frombuffer(("\n".join(map(json.dumps, lines)) + "\n").encode(), np.uint8)
+    out = _run(core, data)
+    assert out.privacy.epsilon.tolist() == [0.0] * 5 + [0.4, 0.4, 0.0]
+    assert out.privacy.suppressed == 1
+
+
+def test_spent_budget_survives_a_restart_and_files_are_sealed(tmp_path):
+    pol = _policy({"epsilon": 4.0})
+    core = _core(pol, ledger_uri=str(tmp_path))
+    _run(core, _records(["alice"] * 7 + ["bob"] * 2))
+    before = core.ledger.spent(key_hash(pa.array(["alice", "bob"])))["epsilon"]
+    assert before == pytest.approx([2.8, 0.8])
+    again = _core(pol, ledger_uri=str(tmp_path))  # a restarted worker
+    after = again.ledger.spent(key_hash(pa.array(["alice", "bob"])))["epsilon"]
+    assert (after >= before).all() and after == pytest.approx(before)
+    out = _run(again, _records(["alice"] * 7))
+    assert np.count_nonzero(out.privacy.epsilon) == 3  # 10 - 7
+    for root, _, files in os.walk(tmp_path):
+        for f in files:
+            raw = open(os.path.join(root, f), "rb").read()
+            assert b"alice" not in raw and b"bob" not in raw
+            h = key_hash(pa.array(["alice"]))[0]
+            assert int(h).to_bytes(8, "little") not in raw  # digests are sealed too
+    wrong = Keyring([Key("tok", 1, b"t" * 32), Key("ledger", 1, b"x" * 32)])
+    with pytest.raises(PipelineError, match="does not open with the budget key"):
+        MaskCore(pol, "s", wrong, FMT, ledger_uri=str(tmp_path))
+
+
+def test_snapshots_replace_logs_and_reload_equal(tmp_path):
+    budget = Budget(epsilon=100.0, key="ledger")
+    led = SubjectLedger(budget, str(tmp_path), b"k" * 32, snapshot_every=4)
+    rng = np.random.default_rng(1)
+    for _ in range(11):
+        h = rng.integers(1, 500, 200).astype(np.uint64)
+        c = np.full(200, 10**12, np.int64)
+        z = np.zeros(200, np.int64)
+        led.charge(h, c, z, z)
+        led.commit()
+    store = LedgerStore(str(tmp_path / "shard-0"), b"k" * 32)
+    snaps, logs = store.files()
+    assert len(snaps) == 1 and all(s > snaps[0] for s in logs) and len(logs) < 4
+    again = SubjectLedger(budget, str(tmp_path), b"k" * 32)
+    a, b = led.table.rows(), again.table.rows()
+    order_a, order_b = np.argsort(a[0]), np.argsort(b[0])
+    for x, y in zip(a, b, strict=True):
+        assert (x[order_a] == y[order_b]).all()
+
+
+def test_budgets_move_with_their_keys_when_the_pool_resizes(tmp_path):
+    pol = _policy({"epsilon": 4.0})
+    users = [f"user-{i}" for i in range(300)]
+    hashes = key_hash(pa.array(users))
+    cores = [_core(pol, ledger_uri=str(tmp_path), shard=i, shards=2) for i in range(2)]
+    owner2 = jump_hash(hashes, 2)
+    for i, core in enumerate(cores):  # each shard sees only its own keys, 3 records each
+        mine = [u for u, o in zip(users, owner2, strict=True) if o == i]
+        _run(core, _records([u for u in mine for _ in range(3)]))
+    grown = [cores[0], cores[1], _core(pol, ledger_uri=str(tmp_path), shard=2, shards=3)]
+    for i, core in enumerate(grown[:2]):
+        core.set_layout(i, 3)
+    owner3 = jump_hash(hashes, 3)
+    moved = np.count_nonzero(owner3 != owner2)
+    assert 0 < moved < 0.5 * len(users)  # about a third of the keys move to the new shard
+    for i, core in enumerate(grown):
+        mine = hashes[owner3 == i]
+        spent = core.ledger.spent(mine)["epsilon"]
+        assert spent == pytest.approx(np.full(len(mine), 1.2))  # nobody's spend was forgotten
+    shrunk = _core(pol, ledger_uri=str(tmp_path), shard=0, shards=1)  # back to one worker
+    assert shrunk.ledger.spent(hashes)["epsilon"] == pytest.approx(np.full(300, 1.2))
+
+
+def test_ledger_memory_is_fixed_width_per_subject():
+    budget = Budget(epsilon=1.0, key="ledger")
+    led = SubjectLedger(budget)
+    n = 100_000
+    h = key_hash(pa.array([f"s{i}" for i in range(n)]))
+    c = np.full(n, 10**11, np.int64)
+    z = np.zeros(n, np.int64)
+    assert led.charge(h, c, z, z).all()
+    assert led.table.used == n
+    assert led.table.nbytes <= 82 * 2 * n  # <= 164 bytes a subject right after a doubling

@@ -1,0 +1,89 @@
+"""The ledger table against a plain-Python reference: same grants, same spends, through growth,
+period changes and merges."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from raymask.kernels.ledger import BASIC, DELTA_UNIT, EPS_UNIT, ZCDP, LedgerTable, units
+
+
+def _reference(events, mode, b_eps, b_rho, b_delta):
+    book: dict[int, list[int]] = {}
+    granted = []
+    for h, ce, cr, cd, now in events:
+        if ce == cr == cd == 0:
+            granted.append(True)
+            continue
+        h = h or 1
+        row = book.setdefault(h, [now, 0, 0, 0])
+        if row[0] != now:
+            book[h] = row = [now, 0, 0, 0]
+        ok = (
+            row[1] + ce <= b_eps and row[3] + cd <= b_delta
+            if mode == BASIC
+            else row[2] + cr <= b_rho
+        )
+        if ok:
+            row[1] += ce
+            row[2] += cr
+            row[3] += cd
+        granted.append(ok)
+    return granted, book
+
+
+@pytest.mark.parametrize("mode", [BASIC, ZCDP])
+def test_matches_python_reference_through_growth_and_periods(mode):
+    rng = np.random.default_rng(5)
+    t = LedgerTable(capacity=16)  # grows many times
+    events = []
+    got = []
+    for batch in range(30):
+        n = 500
+        h = rng.integers(0, 3000, n).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        ce = rng.integers(0, 4, n).astype(np.int64) * 10**11
+        cr = ce // 7
+        cd = rng.integers(0, 2, n).astype(np.int64) * 10**6
+        now = batch // 10  # three periods
+        events += list(zip(h.tolist(), ce.tolist(), cr.tolist(), cd.tolist(), [now] * n))
+        got += t.charge(h, ce, cr, cd, now, mode, 2 * 10**12, 10**11, 10**7).tolist()
+    want, book = _reference(events, mode, 2 * 10**12, 10**11, 10**7)
+    assert got == want
+    keys, period, eps, rho, delta = t.rows()
+    assert t.used == len(book) == len(keys)
+    for k, p, e, r, d in zip(keys.tolist(), period, eps, rho, delta, strict=True):
+        assert book[k] == [p, e, r, d]
+    assert t.nbytes <= 82 * 2 * len(book)  # at most 82 bytes a subject after doubling
+
+
+def test_exactly_n_grants_for_an_allowance_of_n_costs():
+    t = LedgerTable()
+    cost = units(0.4, EPS_UNIT, up=True)
+    allowance = units(4.0, EPS_UNIT, up=False)
+    h = np.full(1000, 42, np.uint64)
+    c = np.full(1000, cost, np.int64)
+    z = np.zeros(1000, np.int64)
+    g = t.charge(h, c, z, z, 0, BASIC, allowance, 0, 0)
+    assert g.sum() == 10 and g[:10].all()  # the first ten, in order
+
+
+def test_units_round_costs_up_and_allowances_down():
+    assert units(0.4, EPS_UNIT, up=True) == 400_000_000_000  # 0.4, not 0.4000000000000000222
+    assert units(1e-13, EPS_UNIT, up=True) == 1
+    assert units(1e-13, EPS_UNIT, up=False) == 0
+    assert units(1e-6, DELTA_UNIT, up=True) == 10**12
+    with pytest.raises(ValueError):
+        units(float("nan"), EPS_UNIT, up=True)
+
+
+def test_merge_keeps_newest_period_and_largest_spend():
+    t = LedgerTable()
+    z = np.zeros(1, np.int64)
+    t.charge(np.array([7], np.uint64), np.array([5]), z, z, 3, BASIC, 100, 0, 0)
+    t.merge([7], [3], [2], [0], [0])  # older copy: lower spend, same period
+    assert t.rows()[2].tolist() == [5]
+    t.merge([7], [2], [90], [0], [0])  # an older period never wins
+    assert t.rows()[1:3] == (np.array([3]), np.array([5]))
+    t.merge([7], [4], [1], [0], [0])  # a newer period does
+    assert t.rows()[1].tolist() == [4] and t.rows()[2].tolist() == [1]

@@ -76,6 +76,14 @@ class ControlCore:
                     f"{source}: streams.{self.stream}.format: cannot change from {old.format} to {plan.format} while running"
                 ]
             )
+        if plan.route_path != old.route_path:
+            raise PolicyError(
+                [
+                    f"{source}: streams.{self.stream}.budget.subject: cannot change from "
+                    f"{old.route_path} to {plan.route_path} while running (workers own their "
+                    "subjects' budgets by it); restart the pipeline"
+                ]
+            )
         if (
             plan.format == "csv"
             and (plan.unknown_fields, plan.paths[: plan.named])

@@ -79,9 +79,7 @@ def test_drop_sends_the_rest_to_the_dead_letters_with_the_reason():
 def test_zcdp_grants_the_number_of_releases_the_rho_allowance_holds():
     # zCDP: each Laplace value costs eps^2/2; (4, 1e-6) allows rho = (sqrt(L+4) - sqrt(L))^2
     eps, budget_eps, delta = 0.05, 4.0, 1e-6
-    core = _core(
-        _policy({"epsilon": budget_eps, "delta": delta, "composition": "zcdp"}, eps=eps)
-    )
+    core = _core(_policy({"epsilon": budget_eps, "delta": delta, "composition": "zcdp"}, eps=eps))
     out = _run(core, _records(["alice"] * 1000))
     n = int(np.count_nonzero(out.privacy.epsilon))
     expect = math.floor(zcdp_allowance(budget_eps, delta) / (eps**2 / 2))
@@ -104,7 +102,8 @@ def test_the_allowance_renews_each_period():
 def test_views_compose_each_release_is_charged():
     # the default and the analyst view both release the noised value: 5 records' worth each
     pol = _policy(
-        {"epsilon": 4.0}, views={"analyst": {"v": {"technique": "noise", "epsilon": 0.4, "lo": 0, "hi": 10}}}
+        {"epsilon": 4.0},
+        views={"analyst": {"v": {"technique": "noise", "epsilon": 0.4, "lo": 0, "hi": 10}}},
     )
     core = _core(pol)
     routed = RouterCore(core.plan, FMT, 1).route(_records(["alice"] * 20), 1)

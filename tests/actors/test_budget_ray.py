@@ -48,7 +48,9 @@ def test_budgets_hold_across_worker_kills_and_runs(ray_session, tmp_path: Path):
     users = rng.integers(0, SUBJECTS, SUBJECTS * PER_SUBJECT)
     src = tmp_path / "in.ndjson"
     src.write_text(
-        "".join(json.dumps({"user": f"u{u}", "kwh": 3.5, "n": i}) + "\n" for i, u in enumerate(users))
+        "".join(
+            json.dumps({"user": f"u{u}", "kwh": 3.5, "n": i}) + "\n" for i, u in enumerate(users)
+        )
     )
     state = tmp_path / "state"
     out = tmp_path / "out.ndjson"
@@ -67,7 +69,9 @@ def test_budgets_hold_across_worker_kills_and_runs(ray_session, tmp_path: Path):
         if not out.exists() or out.stat().st_size < (kills + 1) * src.stat().st_size // 6:
             time.sleep(0.02)
             continue
-        ray.kill(ray.get_actor(f"worker:budgets:{kills % 2}", namespace="raymask"), no_restart=False)
+        ray.kill(
+            ray.get_actor(f"worker:budgets:{kills % 2}", namespace="raymask"), no_restart=False
+        )
         kills += 1
     t.join(timeout=300)
     s = result["s"]

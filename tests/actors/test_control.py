@@ -52,8 +52,14 @@ def test_push_accepts_a_newer_valid_version(keyring):
             "format: cannot change from ndjson to csv while running",
         ),
         (
-            lambda d: d["streams"]["payments"]["fields"].update({"note": {"technique": "noise"}}),
-            "technique noise is not supported yet",
+            lambda d: d["streams"]["payments"]["fields"].update({"note": {"technique": "detect"}}),
+            "technique detect is not supported yet",
+        ),
+        (
+            lambda d: d["streams"]["payments"].update(
+                budget={"epsilon": 1, "key": "tok", "subject": "customer.email"}
+            ),
+            "budget.subject: cannot change from account.id to customer.email while running",
         ),
     ],
 )

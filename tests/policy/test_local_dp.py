@@ -78,14 +78,19 @@ def test_non_numbers_go_to_the_dead_letters_without_their_value():
     lines.append(json.dumps({"id": "a", "t": [1]}))
     out = _mask(_policy({"t": {"technique": "noise", "epsilon": 1, "lo": 0, "hi": 9}}), lines)
     assert len(out.rows) == 1
-    assert out.dead_reasons == ["field t: not a number", "field t: noise takes a string or number, got array"]
+    assert out.dead_reasons == [
+        "field t: not a number",
+        "field t: noise takes a string or number, got array",
+    ]
     assert not any("canary" in r for r in out.dead_reasons)
 
 
 def test_noise_on_csv_cells():
     fmt = CsvFormat(["id", "t"], b"id,t\n")
     lines = [f"k{i},{i}" for i in range(50)]
-    pol = _policy({"t": {"technique": "noise", "epsilon": 2, "lo": 0, "hi": 49, "integer": True}}, "csv")
+    pol = _policy(
+        {"t": {"technique": "noise", "epsilon": 2, "lo": 0, "hi": 49, "integer": True}}, "csv"
+    )
     out = _mask(pol, lines, fmt=fmt)
     cells = [r.decode().rstrip("\n").split(",")[1] for r in out.records.to_pylist()]
     want = noise_kernel.laplace_noise(

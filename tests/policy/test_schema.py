@@ -135,7 +135,9 @@ BAD = [
     ),
     # noise: the Gaussian needs its delta, the Laplace takes none
     (
-        _sub("{technique: keep}", "{technique: noise, mechanism: gaussian, epsilon: 1, lo: 0, hi: 9}"),
+        _sub(
+            "{technique: keep}", "{technique: noise, mechanism: gaussian, epsilon: 1, lo: 0, hi: 9}"
+        ),
         "p.yaml:12: streams.payments.fields.amount: mechanism gaussian needs delta",
     ),
     (
@@ -154,7 +156,9 @@ BAD = [
     ),
     # randomized response: distinct categories
     (
-        _sub("{technique: keep}", "{technique: randomized_response, epsilon: 1, categories: [a, a]}"),
+        _sub(
+            "{technique: keep}", "{technique: randomized_response, epsilon: 1, categories: [a, a]}"
+        ),
         "streams.payments.fields.amount.categories: needs at least 2 distinct categories",
     ),
     # budget: zcdp turns rho into (epsilon, delta), so it needs a delta

@@ -276,10 +276,26 @@ def print_summary(console: Console, s) -> None:
     for path, tech in s.techniques.items():
         fields.add_row(path, tech, f"{s.changed.get(path, 0):,}" if tech != "keep" else "-")
     console.print(fields)
+    if s.dp_records or s.dp_suppressed:
+        console.print(
+            f"local DP: {s.dp_records:,} records carry noised values (at most epsilon "
+            f"{s.dp_max_epsilon:g} each); {s.dp_suppressed:,} suppressed, their subjects' "
+            "allowance used up" + (f"; budgets in {s.ledger}" if s.ledger else "")
+        )
     if s.dead_letters:
         console.print(f"dead letters (encrypted) in {s.dead_letter_file}:")
         for reason, count in s.dead_reasons.most_common(5):
             console.print(f"  {count:>8,}  {reason}", markup=False)
+
+
+StateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--state",
+        help="Folder or s3:// URI for per-subject privacy budgets "
+        "(default: RAYMASK_STATE or ~/.raymask/state).",
+    ),
+]
 
 
 @app.command()
@@ -312,6 +328,7 @@ def mask(
         str | None,
         typer.Option("--name", help="Pipeline name for `policy push` (default: the stream)."),
     ] = None,
+    state: StateOpt = None,
 ) -> None:
     """Mask a file on Ray: shard by key across workers, write the role's view."""
     from raymask.cluster.pipeline import prepare, run_job
@@ -323,6 +340,7 @@ def mask(
         "address": address,
         "dead_letters": dead_letters,
         "name": name,
+        "state": state,
     }
     if quiet:
         run_job(job, output, **opts)
@@ -435,6 +453,7 @@ def run(
         str | None,
         typer.Option("--name", help="Pipeline name for push and scale (default: the stream)."),
     ] = None,
+    state: StateOpt = None,
 ) -> None:
     """A long-running streaming job. File mode (--input, --output): mask a file and, with
     --follow, what is appended to it. Kafka mode (--input-topic): mask a topic into one topic per
@@ -447,7 +466,8 @@ def run(
         if idempotent is None:
             idempotent = bootstrap_servers is not None
         _run_kafka(policy, stream, input_topic, bootstrap_servers, roles, sources, group, idle,
-                   _kafka_options(kafka_option), workers, address, keys, name, idempotent)  # fmt: skip
+                   _kafka_options(kafka_option), workers, address, keys, name, idempotent,
+                   state)  # fmt: skip
         return
     if input is None or output is None:
         raise InputError("give --input and --output (file mode) or --input-topic (Kafka mode)")
@@ -460,14 +480,16 @@ def run(
             f"running pipeline {name or stream}"
             + (" (following; Ctrl-C to stop)" if follow else "")
         )
-        summary = run_job(job, output, role=role, workers=workers, address=address, name=name)
+        summary = run_job(
+            job, output, role=role, workers=workers, address=address, name=name, state=state
+        )
     finally:
         signal.signal(signal.SIGINT, previous)
     print_summary(err, summary)
 
 
 def _run_kafka(policy, stream, topic, bootstrap, roles, sources, group, idle, options, workers,
-               address, keys, name, idempotent) -> None:  # fmt: skip
+               address, keys, name, idempotent, state=None) -> None:  # fmt: skip
     import asyncio
     import signal
 
@@ -494,7 +516,7 @@ def _run_kafka(policy, stream, topic, bootstrap, roles, sources, group, idle, op
             roles=[r.strip() for r in roles.split(",")] if roles else None, workers=workers,
             sources=sources, group_id=group, idle_s=idle if idle > 0 else float("inf"),
             address=address, name=name, client_options=options or None,
-            should_stop=lambda: stop[0], idempotent=idempotent,
+            should_stop=lambda: stop[0], idempotent=idempotent, state=state,
         )  # fmt: skip
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -573,7 +595,7 @@ def keys_init(
     ids: Annotated[
         list[str] | None,
         typer.Option(
-            "--id", help="Key ids to create (default: tok, fpe, sealed, shift, deadletter)."
+            "--id", help="Key ids to create (default: tok, fpe, sealed, shift, deadletter, ledger)."
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
@@ -582,7 +604,7 @@ def keys_init(
     from raymask.policy.keys import generate_key_file
 
     if ids is None:
-        ids = ["tok", "fpe", "sealed", "shift", "deadletter"]
+        ids = ["tok", "fpe", "sealed", "shift", "deadletter", "ledger"]
     if file.exists() and not force:
         raise InputError(
             f"{file}: exists; use --force to replace it (old tokens would no longer match)"

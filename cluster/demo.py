@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -15,13 +16,14 @@ from raymask.errors import InputError
 __all__ = ["run_demo", "examples_dir"]
 
 DEMO_KEYS = Path(".raymask/demo-keys.json")
-DEMO_KEY_IDS = ["tok", "fpe", "sealed", "shift", "deadletter"]
+DEMO_KEY_IDS = ["tok", "fpe", "sealed", "shift", "deadletter", "ledger"]
 
 # (profile, policy file, stream, format, role shown)
 RUNS = [
     ("payments", "payments.yaml", "payments", "ndjson", None),
     ("payments", "payments.yaml", "payments", "ndjson", "fraud"),
     ("iot", "iot.yaml", "telemetry_csv", "csv", None),
+    ("iot", "iot.yaml", "telemetry_dp", "ndjson", None),  # local DP with per-device budgets
     ("logs", "logs.yaml", "applogs", "ndjson", None),
 ]
 
@@ -190,6 +192,7 @@ def run_demo(n: int = 100_000, workers: int = 2, out_dir: Path = Path("demo-out"
             add_key_version(DEMO_KEYS, kid, new_id=True)
     ring = Keyring.from_file(DEMO_KEYS)
     out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out_dir / "state", ignore_errors=True)
     console.print("starting a local Ray ...")
     t0 = time.perf_counter()
     started = ensure_ray(num_cpus=max(2, workers))
@@ -242,6 +245,7 @@ def run_demo(n: int = 100_000, workers: int = 2, out_dir: Path = Path("demo-out"
                     workers=workers,
                     keyring=ring,
                     progress=update,
+                    state=out_dir / "state",  # fresh budgets each demo (cleared above)
                 )
                 prog.update(task, completed=summary.bytes_in, total=summary.bytes_in or 1)
             pol = load_policy(policy)

@@ -67,6 +67,7 @@ def keyring():
             Key("sealed", 1, b"s" * 32),
             Key("shift", 1, b"h" * 32),
             Key("deadletter", 1, b"d" * 32),
+            Key("ledger", 1, b"l" * 32),
         ]
     )
 

@@ -34,7 +34,7 @@ def run(
 @pytest.fixture()
 def keyfile(tmp_path):
     return generate_key_file(
-        tmp_path / "keys.json", ["tok", "fpe", "sealed", "shift", "deadletter"]
+        tmp_path / "keys.json", ["tok", "fpe", "sealed", "shift", "deadletter", "ledger"]
     )
 
 

@@ -46,7 +46,9 @@ def test_matches_python_reference_through_growth_and_periods(mode):
         cr = ce // 7
         cd = rng.integers(0, 2, n).astype(np.int64) * 10**6
         now = batch // 10  # three periods
-        events += list(zip(h.tolist(), ce.tolist(), cr.tolist(), cd.tolist(), [now] * n))
+        events += list(
+            zip(h.tolist(), ce.tolist(), cr.tolist(), cd.tolist(), [now] * n, strict=True)
+        )
         got += t.charge(h, ce, cr, cd, now, mode, 2 * 10**12, 10**11, 10**7).tolist()
     want, book = _reference(events, mode, 2 * 10**12, 10**11, 10**7)
     assert got == want

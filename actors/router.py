@@ -6,7 +6,7 @@ their reason, hash the key column and group rows by worker. Every record of one 
 worker and keeps its relative order, so per-key order holds.
 
 A routed chunk is one Arrow batch holding, per record, the raw bytes (zero-copy over the input
-buffer), its line and its row; each worker gets the rows of its keys. On Ray the chunk goes into
+buffer), its line, its row and its key's hash; each worker gets the rows of its keys. On Ray the chunk goes into
 the object store once and every worker reads it from shared memory, so the router copies nothing
 per worker. Workers validate whole records and locate, extract and mask the policy's fields
 themselves, in parallel.
@@ -24,7 +24,7 @@ from raymask.kernels._arrow import string_array
 from raymask.kernels.codecs.formats import Format
 from raymask.kernels.codecs.paths import build_tree
 from raymask.kernels.codecs.spans import K_NUMBER, K_STRING, KIND_NAMES, Scan
-from raymask.kernels.hashing import shard
+from raymask.kernels.hashing import jump_hash, key_hash
 from raymask.policy.compile import StreamPlan
 
 __all__ = ["DeadLetter", "Routed", "RouterCore", "batch_records", "scan_reason"]
@@ -95,9 +95,9 @@ class RouterCore:
                 DeadLetter(int(lines[r]), reason, bytes(data[starts[r] : ends[r]]), plan.route_path)
             )
         ok = ~bad & ~bad_key
-        keys = fmt.extract(data, sc, 0)
-        worker = shard(keys, self.workers)
-        batch = _batch(data, starts, ends, lines)
+        hashes = key_hash(fmt.extract(data, sc, 0))
+        worker = jump_hash(hashes, self.workers)
+        batch = _batch(data, starts, ends, lines, hashes)
         shards: list[np.ndarray | None] = []
         for w in range(self.workers):
             idx = np.flatnonzero(ok & (worker == w))
@@ -108,7 +108,7 @@ class RouterCore:
 
 
 def _batch(
-    data: np.ndarray, starts: np.ndarray, ends: np.ndarray, lines: np.ndarray
+    data: np.ndarray, starts: np.ndarray, ends: np.ndarray, lines: np.ndarray, hashes: np.ndarray
 ) -> pa.RecordBatch:
     n = len(starts)
     offsets = np.empty(n + 1, np.int64)
@@ -121,6 +121,8 @@ def _batch(
             "len": pa.array(ends - starts),
             "line": pa.array(lines),
             "row": pa.array(np.arange(n, dtype=np.int64)),
+            # the routing key's stable hash: workers key per-subject budgets by it
+            "key_hash": pa.array(hashes, pa.uint64()),
         }
     )
 

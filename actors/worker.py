@@ -155,7 +155,6 @@ class MaskCore:
         wanted = sorted(
             {op.index for v in views for op in v.changing if REGISTRY[op.technique].needs_values}
             | ({plan.key_index} if any(v.changing for v in views) else set())
-            | ({plan.route_index} if self.ledger is not None else set())
         )
         cache: dict[int, pa.Array] = dict(
             zip(wanted, fmt.extract_many(data, sc, wanted) if wanted else [], strict=True)
@@ -167,7 +166,12 @@ class MaskCore:
                 cache[i] = fmt.extract(data, sc, i)
             return cache[i]
 
-        subjects = key_hash(column(plan.route_path)) if self.ledger is not None else None
+        subjects = None
+        if self.ledger is not None:  # the router hashed the subject (its routing key) already
+            if "key_hash" in batch.schema.names:
+                subjects = batch.column("key_hash").to_numpy()[rows]
+            else:
+                subjects = key_hash(column(plan.route_path))
         decode_s = time.perf_counter() - t0
         outs = [
             self._view(view, data, sc, rows, column, subjects, decode_s if i == 0 else 0.0)

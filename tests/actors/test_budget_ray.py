@@ -1,6 +1,7 @@
-"""Per-subject budgets on real Ray workers that get killed mid-run: no subject is ever granted more
-than its allowance, the checkpointed spend is never below what was released, and a second run in
-the same period finds the budgets spent."""
+"""Per-subject budgets on real Ray workers that get killed and a pool that grows mid-run: no subject
+is ever granted more than its allowance (a budget that did not move with its key, or was forgotten
+by a restarted worker, would grant a second allowance), the checkpointed spend is never below
+what was released, and a second run in the same period finds the budgets spent."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from raymask.actors.control import scale_pipeline
 from raymask.actors.ledger import SubjectLedger
 from raymask.cluster.pipeline import ledger_root, prepare, run_job
 from raymask.kernels.hashing import key_hash
@@ -64,18 +66,24 @@ def test_budgets_hold_across_worker_kills_and_runs(ray_session, tmp_path: Path):
     t = threading.Thread(target=run)
     t.start()
     kills = 0
+    grown = False
     deadline = time.time() + 300
-    while t.is_alive() and kills < 3 and time.time() < deadline:
-        if not out.exists() or out.stat().st_size < (kills + 1) * src.stat().st_size // 6:
-            time.sleep(0.02)
-            continue
-        ray.kill(
-            ray.get_actor(f"worker:budgets:{kills % 2}", namespace="raymask"), no_restart=False
-        )
-        kills += 1
+    size = src.stat().st_size
+    while t.is_alive() and time.time() < deadline and not (kills >= 2 and grown):
+        done = out.stat().st_size if out.exists() else 0
+        if kills < 2 and done >= (kills + 1) * size // 6:
+            ray.kill(
+                ray.get_actor(f"worker:budgets:{kills}", namespace="raymask"), no_restart=False
+            )
+            kills += 1
+        elif kills == 2 and not grown and done >= size // 2:
+            scale_pipeline("budgets", 3)  # every subject has spent its allowance by now
+            grown = True
+        time.sleep(0.02)
     t.join(timeout=300)
     s = result["s"]
-    assert kills >= 2 and s.balanced and s.records_out == len(users)
+    assert kills == 2 and s.balanced and s.records_out == len(users)
+    assert [w for _, w in s.resizes] == [3] and s.resent >= 1
 
     released: Counter = Counter()
     for line in out.read_text().splitlines():

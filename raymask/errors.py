@@ -5,6 +5,8 @@
      ├── KeyringError       a key is missing or malformed (names the key id, never the material)
      ├── InputError         an input cannot be read at all (bad records go to dead letters instead)
      ├── PipelineError      the running pipeline failed (a worker died, a sink failed)
+     ├── BudgetRefused      the privacy-budget accountant refused a reservation (says why, and
+     │                      what is left)
      └── BrokerError        the embedded Kafka broker cannot start, answer or stop
 
 The CLI prints one line for these and exits 2 (usage, policy, keys, input) or 1 (pipeline).
@@ -19,6 +21,7 @@ __all__ = [
     "InputError",
     "PipelineError",
     "BrokerError",
+    "BudgetRefused",
 ]
 
 
@@ -54,3 +57,15 @@ class BrokerError(RaymaskError):
     """The embedded Kafka broker (tansu) cannot be started, reached or stopped."""
 
     exit_code = 1
+
+
+class BudgetRefused(RaymaskError):
+    """The accountant refused to grant privacy budget; nothing was spent. `scope` is the scope
+    that could not pay, `remaining` its (epsilon, delta) left before this request."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, scope: str = "", remaining: tuple[float, float] = (0.0, 0.0)):
+        self.scope = scope
+        self.remaining = remaining
+        super().__init__(message)

@@ -202,7 +202,7 @@ while True:
 
 def test_kill_9_during_a_storm_never_loses_a_commit(tmp_path):
     # `make faults` runs RAYMASK_ACCOUNTANT_KILLS=200
-    kills = int(os.environ.get("RAYMASK_ACCOUNTANT_KILLS", "12"))
+    kills = int(os.environ.get("RAYMASK_ACCOUNTANT_KILLS", "6"))
     db = str(tmp_path / "ledger.sqlite")
     Accountant(db).set_budget("storm", {"epsilon": 1000.0, "accounting": "basic"})
     acked: set[str] = set()

@@ -34,6 +34,8 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(dead_app, name="dead-letters")
 app.add_typer(keys_app, name="keys")
 app.add_typer(broker_app, name="broker")
+budget_app = typer.Typer(help="The privacy-budget accountant's ledger.", no_args_is_help=True)
+app.add_typer(budget_app, name="budget")
 
 err = Console(stderr=True, highlight=False)
 _state = {"debug": False}
@@ -540,6 +542,70 @@ def scale(
 
     n = scale_pipeline(pipeline, workers, address=address)
     print(f"pipeline {pipeline} will run {n} workers from its next chunk")
+
+
+# ---------------------------------------------------------------- budgets
+
+DbOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--db", help="The accountant's SQLite ledger (default: RAYMASK_STATE/accountant.sqlite)."
+    ),
+]
+
+
+@budget_app.command("set")
+def budget_set(
+    scope: Annotated[str, typer.Argument(help="Scope, e.g. stream:payments or role:analyst.")],
+    epsilon: Annotated[float, typer.Option("--epsilon", min=0, help="Allowance.")],
+    delta: Annotated[float, typer.Option("--delta", min=0, help="Delta allowance.")] = 0.0,
+    period: Annotated[
+        str, typer.Option("--period", help="hour, day, week or forever (never renewed).")
+    ] = "forever",
+    accounting: Annotated[
+        str, typer.Option("--accounting", help="basic, rdp or pld composition.")
+    ] = "rdp",
+    db: DbOpt = None,
+) -> None:
+    """Create or change a scope's (epsilon, delta) allowance; what was spent stays spent."""
+    from pydantic import ValidationError
+
+    from raymask.actors.accountant import Accountant, ScopeBudget, default_db
+
+    try:
+        b = ScopeBudget(epsilon=epsilon, delta=delta, period=period, accounting=accounting)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InputError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    Accountant(db or default_db()).set_budget(scope, b)
+    print(f"scope {scope}: epsilon {epsilon:g}, delta {delta:g}, {period}, {accounting}")
+
+
+@budget_app.command("show")
+def budget_show(
+    scope: Annotated[str | None, typer.Option("--scope", help="Only this scope.")] = None,
+    db: DbOpt = None,
+) -> None:
+    """Spent, reserved and remaining epsilon per scope, in the current period."""
+    from raymask.actors.accountant import Accountant, default_db
+
+    path = db or Path(default_db())
+    if not Path(path).exists():
+        raise InputError(f"{path}: no accountant ledger here")
+    rows = Accountant(path).status(scope)
+    if scope and not rows:
+        raise InputError(f"scope {scope}: no budget in {path}")
+    table = Table(title=f"privacy budgets ({path})")
+    for col in ("scope", "allowance", "period", "accounting", "spent", "reserved", "remaining"):
+        table.add_column(
+            col, justify="left" if col in ("scope", "period", "accounting") else "right"
+        )
+    for r in rows:
+        table.add_row(
+            r["scope"], f"{r['epsilon']:g} / {r['delta']:g}", r["period"], r["accounting"],
+            f"{r['spent']:.6g}", f"{r['reserved']:.6g}", f"{r['remaining']:.6g}",
+        )  # fmt: skip
+    Console().print(table)
 
 
 # ---------------------------------------------------------------- dead letters

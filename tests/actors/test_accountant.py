@@ -220,3 +220,61 @@ def test_kill_9_during_a_storm_never_loses_a_commit(tmp_path):
     committed = {r[0] for r in rows}
     assert acked and acked <= committed  # every acknowledged commit survived every kill
     assert acc.status("storm")[0]["spent"] == pytest.approx(0.001 * len(committed))
+
+
+# -- CLI and actor ----------------------------------------------------------------------------
+
+
+def test_budget_cli_sets_and_shows_scopes(tmp_path):
+    from typer.testing import CliRunner
+
+    from raymask.cluster.cli import app
+
+    db = str(tmp_path / "b.sqlite")
+    r = CliRunner().invoke(app, ["budget", "set", "stream:payments", "--epsilon", "3", "--db", db])
+    assert r.exit_code == 0, r.output
+    acc = Accountant(db)
+    acc.commit(acc.reserve("stream:payments", M.laplace(2.0)).id)
+    r = CliRunner(env={"COLUMNS": "160"}).invoke(app, ["budget", "show", "--db", db])
+    assert r.exit_code == 0 and "stream:payments" in r.output
+    assert "0.5" in r.output and "2.5" in r.output  # spent, remaining
+    r = CliRunner().invoke(
+        app, ["budget", "set", "x", "--epsilon", "1", "--accounting", "no", "--db", db]
+    )
+    # (the `raymask` entry point prints these one-line and exits 2; see tests/cluster/test_cli.py)
+    assert isinstance(r.exception, InputError) and "accounting" in str(r.exception)
+    r = CliRunner().invoke(app, ["budget", "show", "--scope", "nope", "--db", db])
+    assert isinstance(r.exception, InputError) and "scope nope: no budget" in str(r.exception)
+
+
+@pytest.mark.integration
+def test_the_actor_is_found_by_name_and_keeps_its_ledger_across_a_kill(ray_session, tmp_path):
+    import ray
+
+    from raymask.actors.accountant import get_accountant
+
+    db = str(tmp_path / "actor.sqlite")
+    a = get_accountant(db)
+    try:
+        ray.get(a.set_budget.remote("s", {"epsilon": 1.0, "accounting": "basic"}))
+        g = ray.get(a.reserve.remote(["s"], {"kind": "pure", "epsilon": 0.6}, "test"))
+        ray.get(a.commit.remote(g.id))
+        assert get_accountant(db) == a or ray.get(get_accountant(db).pid.remote()) == ray.get(
+            a.pid.remote()
+        )
+        pid = ray.get(a.pid.remote())
+        ray.kill(a, no_restart=False)  # Ray restarts it; it reopens the same ledger
+        deadline = time.time() + 60
+        while True:
+            try:
+                assert ray.get(a.pid.remote()) != pid
+                break
+            except ray.exceptions.RayActorError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        with pytest.raises(BudgetRefused):
+            ray.get(a.reserve.remote(["s"], {"kind": "pure", "epsilon": 0.6}))
+        assert ray.get(a.status.remote("s"))[0]["spent"] == pytest.approx(0.6)
+    finally:
+        ray.kill(a, no_restart=True)

@@ -289,6 +289,9 @@ CREATE TABLE IF NOT EXISTS grants (
     state TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL,
     PRIMARY KEY (id, scope));
 CREATE INDEX IF NOT EXISTS grants_scope ON grants (scope, period, state);
+CREATE TABLE IF NOT EXISTS spent (
+    scope TEXT NOT NULL, period INTEGER NOT NULL, mechanism TEXT NOT NULL,
+    count INTEGER NOT NULL, PRIMARY KEY (scope, period, mechanism));
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, event TEXT NOT NULL,
     grant_id TEXT, scope TEXT, mechanism TEXT, epsilon REAL, delta REAL, caller TEXT,
@@ -373,6 +376,11 @@ class Accountant:
                     self._audit("refuse", gid, scope, m, None, None, caller, policy_version, reason)
                     raise _Refusal(BudgetRefused(reason, scope))
                 period = self._period(b, now)
+                self._con.execute(  # expired reservations leave the live set for good
+                    "UPDATE grants SET state = 'expired' WHERE scope = ? AND period = ? AND "
+                    "state = 'reserved' AND expires <= ?",
+                    (scope, period, now),
+                )
                 before = self._spent(scope, period, now, b)
                 after = compose([*self._groups(scope, period, now), (m, 1)], b.accounting, b.delta)
                 if after > b.epsilon:
@@ -411,7 +419,7 @@ class Accountant:
                     continue  # committing twice is harmless
                 if state == "released":
                     raise InputError(f"grant {grant_id} was released; reserve again")
-                if expires <= now:  # it stopped counting: check it fits again
+                if state == "expired" or expires <= now:  # stopped counting: must fit again
                     b = self.budget(scope)
                     m = Mechanism.model_validate_json(mech)
                     assert b is not None
@@ -424,11 +432,17 @@ class Accountant:
                                     policy_version, reason)  # fmt: skip
                         raise _Refusal(BudgetRefused(reason, scope))
             self._con.execute(
-                "UPDATE grants SET state = 'committed' WHERE id = ? AND state = 'reserved'",
+                "UPDATE grants SET state = 'committed' WHERE id = ? AND state IN "
+                "('reserved', 'expired')",
                 (grant_id,),
             )
-            for scope, _, mech, state, _ in rows:
-                if state == "reserved":
+            for scope, period, mech, state, _ in rows:
+                if state in ("reserved", "expired"):  # counts per mechanism: no rescans
+                    self._con.execute(
+                        "INSERT INTO spent VALUES (?, ?, ?, 1) ON CONFLICT (scope, period, "
+                        "mechanism) DO UPDATE SET count = count + 1",
+                        (scope, period, mech),
+                    )
                     m = Mechanism.model_validate_json(mech)
                     eps, delta = _standalone(m)
                     self._audit("commit", grant_id, scope, m, eps, delta, caller,
@@ -487,16 +501,22 @@ class Accountant:
     def _groups(
         self, scope: str, period: int, now: float, committed_only: bool = False
     ) -> list[tuple[Mechanism, int]]:
-        live = "state = 'committed'" + (
-            "" if committed_only else " OR (state = 'reserved' AND expires > ?)"
+        """What counts against a scope in a period: committed releases (kept as counts per
+        mechanism) and, unless `committed_only`, reservations that have not expired."""
+        counts: dict[str, int] = dict(
+            self._con.execute(
+                "SELECT mechanism, count FROM spent WHERE scope = ? AND period = ?",
+                (scope, period),
+            ).fetchall()
         )
-        args: tuple = (scope, period) if committed_only else (scope, period, now)
-        rows = self._con.execute(
-            f"SELECT mechanism, COUNT(*) FROM grants WHERE scope = ? AND period = ? AND ({live}) "
-            "GROUP BY mechanism",
-            args,
-        ).fetchall()
-        return [(Mechanism.model_validate_json(k), n) for k, n in rows]
+        if not committed_only:
+            for k, n in self._con.execute(
+                "SELECT mechanism, COUNT(*) FROM grants WHERE scope = ? AND period = ? AND "
+                "state = 'reserved' AND expires > ? GROUP BY mechanism",
+                (scope, period, now),
+            ).fetchall():
+                counts[k] = counts.get(k, 0) + n
+        return [(Mechanism.model_validate_json(k), n) for k, n in counts.items()]
 
     def _spent(
         self, scope: str, period: int, now: float, b: ScopeBudget, committed_only: bool = False

@@ -19,7 +19,8 @@ def test_public_api_is_pinned():
 def test_pure_core_never_imports_ray():
     code = (
         "import sys; import raymask.kernels.tokenize, raymask.kernels.mask, raymask.kernels.hashing, "
-        "raymask.kernels.rng, raymask.kernels.noise, raymask.kernels.rr, "
+        "raymask.kernels.rng, raymask.kernels.noise, raymask.kernels.rr, raymask.kernels.ledger, "
+        "raymask.kernels.continual, raymask.actors.ledger, raymask.actors.accountant, "
         "raymask.kernels.codecs.formats, raymask.policy, raymask.policy.registry, raymask.actors.worker; "
         "assert 'ray' not in sys.modules, 'the pure core imported ray'"
     )

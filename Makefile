@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	sh scripts/ensure-postgres.sh
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -41,8 +42,8 @@ bench: $(STAMP)
 	$(BIN)/python -m raymask.loadtest.bench --kafka 200000 --repeat 2
 
 # the long fault runs: files, 1M records, 10 worker kills; Kafka, 1M records, 16 kills of
-# workers, the sink and the source; the budget accountant's SQLite ledger, 200 kill -9 during
-# a storm of reserves and commits (the short ones are part of `make test`)
+# workers, the sink and the source; the budget accountant's ledger on SQLite and on PostgreSQL,
+# 200 kill -9 each during a storm of reserves and commits (the short ones are part of `make test`)
 faults: $(STAMP)
 	@mkdir -p $(RAY_TMPDIR)
 	RAYMASK_FAULT_RECORDS=1000000 RAYMASK_FAULT_KILLS=10 $(BIN)/python -m pytest -q tests/actors/test_faults.py

@@ -24,9 +24,11 @@ distributions, Koskela et al. 2020 / Doroshenko et al. 2022). Mechanisms the cho
 cannot express compose basically on top of it (epsilons add, deltas add), which is valid and
 conservative.
 
-Durability: the ledger is a SQLite database (WAL, synchronous=FULL); every reserve runs in one
-`BEGIN IMMEDIATE` transaction (check and insert are atomic across threads and processes) and the
-grant is returned only after that transaction committed. Audit rows (grant, commit, release,
+Durability: the ledger is a SQLite database (WAL, synchronous=FULL) by default, or PostgreSQL
+when `db` is a postgresql:// URL (so an accountant restarted on another node finds it). Every
+reserve runs in one transaction that first takes a write lock (SQLite's BEGIN IMMEDIATE, a
+self-conflicting table lock in PostgreSQL), so check and insert are atomic across threads and
+processes, and the grant is returned only after that transaction committed. Audit rows (grant, commit, release,
 refusal, expiry is implicit) carry scope, mechanism, epsilon, delta, caller and policy version,
 never a data value.
 """
@@ -282,21 +284,22 @@ def compose(mechanisms: Iterable[tuple[Mechanism, int]], accounting: str, delta:
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS budgets (
-    scope TEXT PRIMARY KEY, epsilon REAL NOT NULL, delta REAL NOT NULL,
+    scope TEXT PRIMARY KEY, epsilon DOUBLE PRECISION NOT NULL, delta DOUBLE PRECISION NOT NULL,
     period TEXT NOT NULL, accounting TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS grants (
     id TEXT NOT NULL, scope TEXT NOT NULL, period INTEGER NOT NULL, mechanism TEXT NOT NULL,
-    state TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL,
+    state TEXT NOT NULL, created DOUBLE PRECISION NOT NULL, expires DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (id, scope));
 CREATE INDEX IF NOT EXISTS grants_scope ON grants (scope, period, state);
 CREATE TABLE IF NOT EXISTS spent (
     scope TEXT NOT NULL, period INTEGER NOT NULL, mechanism TEXT NOT NULL,
-    count INTEGER NOT NULL, PRIMARY KEY (scope, period, mechanism));
+    count BIGINT NOT NULL, PRIMARY KEY (scope, period, mechanism));
 CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, event TEXT NOT NULL,
-    grant_id TEXT, scope TEXT, mechanism TEXT, epsilon REAL, delta REAL, caller TEXT,
-    policy_version INTEGER, reason TEXT);
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, ts DOUBLE PRECISION NOT NULL, event TEXT NOT NULL,
+    grant_id TEXT, scope TEXT, mechanism TEXT, epsilon DOUBLE PRECISION, delta DOUBLE PRECISION,
+    caller TEXT, policy_version INTEGER, reason TEXT);
 """
+_PG = ("postgresql://", "postgres://")
 
 
 class Accountant:
@@ -310,18 +313,37 @@ class Accountant:
         clock: Callable[[], float] = time.time,
         ttl_s: float = 60.0,
     ) -> None:
+        """`db`: a SQLite file, or a PostgreSQL URL (postgresql://...) so that an accountant
+        restarted on another node finds its ledger."""
         self.db = os.fspath(db)
-        if self.db != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(self.db)), exist_ok=True)
         self.clock = clock
         self.ttl_s = ttl_s
         self._lock = threading.Lock()
+        self.postgres = self.db.startswith(_PG)
+        if self.postgres:
+            import psycopg
+
+            self._con: Any = psycopg.connect(self.db, autocommit=True)
+            for stmt in _SCHEMA.replace(
+                "INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY"
+            ).split(";"):
+                if stmt.strip():
+                    self._con.execute(stmt)
+            return
+        if self.db != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(self.db)), exist_ok=True)
         self._con = sqlite3.connect(
             self.db, timeout=60.0, isolation_level=None, check_same_thread=False
         )
         self._con.execute("PRAGMA journal_mode=WAL")
         self._con.execute("PRAGMA synchronous=FULL")
         self._con.executescript(_SCHEMA)
+
+    def _x(self, sql: str, args: tuple = ()) -> Any:
+        """Run one statement (SQLite's ? placeholders; PostgreSQL gets %s)."""
+        if self.postgres:
+            sql = sql.replace("?", "%s")
+        return self._con.execute(sql, args)
 
     def close(self) -> None:
         with self._lock:
@@ -333,7 +355,7 @@ class Accountant:
         """Create or change a scope's allowance (what was spent stays spent)."""
         b = budget if isinstance(budget, ScopeBudget) else ScopeBudget.model_validate(budget)
         with self._lock, self._tx():
-            self._con.execute(
+            self._x(
                 "INSERT INTO budgets VALUES (?, ?, ?, ?, ?) ON CONFLICT (scope) DO UPDATE SET "
                 "epsilon = excluded.epsilon, delta = excluded.delta, period = excluded.period, "
                 "accounting = excluded.accounting",
@@ -342,7 +364,7 @@ class Accountant:
             self._audit("budget", None, scope, None, b.epsilon, b.delta, "", None, b.period)
 
     def budget(self, scope: str) -> ScopeBudget | None:
-        row = self._con.execute(
+        row = self._x(
             "SELECT epsilon, delta, period, accounting FROM budgets WHERE scope = ?", (scope,)
         ).fetchone()
         if row is None:
@@ -376,7 +398,7 @@ class Accountant:
                     self._audit("refuse", gid, scope, m, None, None, caller, policy_version, reason)
                     raise _Refusal(BudgetRefused(reason, scope))
                 period = self._period(b, now)
-                self._con.execute(  # expired reservations leave the live set for good
+                self._x(  # expired reservations leave the live set for good
                     "UPDATE grants SET state = 'expired' WHERE scope = ? AND period = ? AND "
                     "state = 'reserved' AND expires <= ?",
                     (scope, period, now),
@@ -395,7 +417,7 @@ class Accountant:
                 checks.append((scope, period))
             expires = now + (self.ttl_s if ttl_s is None else ttl_s)
             for scope, period in checks:
-                self._con.execute(
+                self._x(
                     "INSERT INTO grants VALUES (?, ?, ?, ?, 'reserved', ?, ?)",
                     (gid, scope, period, m.key(), now, expires),
                 )
@@ -408,7 +430,7 @@ class Accountant:
         (BudgetRefused otherwise: its output must not leave)."""
         with self._lock, self._tx():
             now = self.clock()
-            rows = self._con.execute(
+            rows = self._x(
                 "SELECT scope, period, mechanism, state, expires FROM grants WHERE id = ?",
                 (grant_id,),
             ).fetchall()
@@ -431,16 +453,16 @@ class Accountant:
                         self._audit("refuse", grant_id, scope, m, None, None, caller,
                                     policy_version, reason)  # fmt: skip
                         raise _Refusal(BudgetRefused(reason, scope))
-            self._con.execute(
+            self._x(
                 "UPDATE grants SET state = 'committed' WHERE id = ? AND state IN "
                 "('reserved', 'expired')",
                 (grant_id,),
             )
             for scope, period, mech, state, _ in rows:
                 if state in ("reserved", "expired"):  # counts per mechanism: no rescans
-                    self._con.execute(
+                    self._x(
                         "INSERT INTO spent VALUES (?, ?, ?, 1) ON CONFLICT (scope, period, "
-                        "mechanism) DO UPDATE SET count = count + 1",
+                        "mechanism) DO UPDATE SET count = spent.count + 1",
                         (scope, period, mech),
                     )
                     m = Mechanism.model_validate_json(mech)
@@ -451,7 +473,7 @@ class Accountant:
     def release(self, grant_id: str, *, caller: str = "") -> None:
         """Abandon a reservation (its output never left); its budget is free again."""
         with self._lock, self._tx():
-            cur = self._con.execute(
+            cur = self._x(
                 "UPDATE grants SET state = 'released' WHERE id = ? AND state = 'reserved'",
                 (grant_id,),
             )
@@ -465,7 +487,7 @@ class Accountant:
         now = self.clock()
         where, args = ("WHERE scope = ?", (scope,)) if scope else ("", ())
         out = []
-        for (name,) in self._con.execute(f"SELECT scope FROM budgets {where} ORDER BY scope", args):
+        for (name,) in self._x(f"SELECT scope FROM budgets {where} ORDER BY scope", args):
             b = self.budget(name)
             assert b is not None
             period = self._period(b, now)
@@ -483,7 +505,7 @@ class Accountant:
     def audit(self, limit: int = 100) -> list[dict[str, Any]]:
         cols = ("seq", "ts", "event", "grant_id", "scope", "mechanism", "epsilon", "delta",
                 "caller", "policy_version", "reason")  # fmt: skip
-        rows = self._con.execute(
+        rows = self._x(
             f"SELECT {', '.join(cols)} FROM audit ORDER BY seq DESC LIMIT ?", (limit,)
         ).fetchall()
         return [dict(zip(cols, r, strict=True)) for r in reversed(rows)]
@@ -491,7 +513,7 @@ class Accountant:
     # -- internals ---------------------------------------------------------------------------
 
     def _tx(self) -> _Tx:
-        return _Tx(self._con)
+        return _Tx(self._con, self.postgres)
 
     @staticmethod
     def _period(b: ScopeBudget, now: float) -> int:
@@ -504,13 +526,13 @@ class Accountant:
         """What counts against a scope in a period: committed releases (kept as counts per
         mechanism) and, unless `committed_only`, reservations that have not expired."""
         counts: dict[str, int] = dict(
-            self._con.execute(
+            self._x(
                 "SELECT mechanism, count FROM spent WHERE scope = ? AND period = ?",
                 (scope, period),
             ).fetchall()
         )
         if not committed_only:
-            for k, n in self._con.execute(
+            for k, n in self._x(
                 "SELECT mechanism, COUNT(*) FROM grants WHERE scope = ? AND period = ? AND "
                 "state = 'reserved' AND expires > ? GROUP BY mechanism",
                 (scope, period, now),
@@ -525,7 +547,7 @@ class Accountant:
         return compose(groups, b.accounting, b.delta) if groups else 0.0
 
     def _audit(self, event, grant_id, scope, m, eps, delta, caller, version, reason) -> None:  # noqa: ANN001
-        self._con.execute(
+        self._x(
             "INSERT INTO audit (ts, event, grant_id, scope, mechanism, epsilon, delta, caller, "
             "policy_version, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (self.clock(), event, grant_id, scope, m.key() if m is not None else None, eps, delta,
@@ -555,11 +577,16 @@ class _Tx:
     """BEGIN IMMEDIATE ... COMMIT; ROLLBACK on an error, except a refusal, whose audit row is
     committed before the refusal is raised."""
 
-    def __init__(self, con: sqlite3.Connection) -> None:
+    def __init__(self, con: Any, postgres: bool) -> None:
         self.con = con
+        self.postgres = postgres
 
     def __enter__(self) -> _Tx:
-        self.con.execute("BEGIN IMMEDIATE")
+        if self.postgres:  # a self-conflicting lock: writers take turns, as with BEGIN IMMEDIATE
+            self.con.execute("BEGIN")
+            self.con.execute("LOCK TABLE budgets IN SHARE ROW EXCLUSIVE MODE")
+        else:
+            self.con.execute("BEGIN IMMEDIATE")
         return self
 
     def __exit__(self, kind, exc, tb) -> bool:  # noqa: ANN001

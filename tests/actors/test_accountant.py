@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -85,12 +84,38 @@ def test_mixed_mechanisms_never_exceed_basic_composition():
 # -- protocol ---------------------------------------------------------------------------------
 
 
-def _acc(tmp_path: Path, clock=time.time, ttl_s: float = 60.0) -> Accountant:  # noqa: ANN001
-    return Accountant(tmp_path / "ledger.sqlite", clock=clock, ttl_s=ttl_s)
+@pytest.fixture(scope="session")
+def _pg_server():
+    from raymask.cluster.postgres import LocalPostgres
+
+    pg = LocalPostgres().start()
+    yield pg
+    pg.stop()
 
 
-def test_ten_grants_of_0_4_fit_4_exactly_then_a_refusal_that_spends_nothing(tmp_path):
-    acc = _acc(tmp_path)
+_dbs = iter(range(10**6))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request, tmp_path) -> str:
+    """A fresh ledger: a SQLite file, or a new database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "ledger.sqlite")
+    import psycopg
+
+    pg = request.getfixturevalue("_pg_server")
+    name = f"t{next(_dbs)}"
+    with psycopg.connect(pg.url, autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name}")
+    return pg.url.rsplit("/", 1)[0] + "/" + name
+
+
+def _acc(db: str, clock=time.time, ttl_s: float = 60.0) -> Accountant:  # noqa: ANN001
+    return Accountant(db, clock=clock, ttl_s=ttl_s)
+
+
+def test_ten_grants_of_0_4_fit_4_exactly_then_a_refusal_that_spends_nothing(db):
+    acc = _acc(db)
     acc.set_budget("stream:s", ScopeBudget(epsilon=4.0, accounting="basic"))
     for _ in range(10):
         acc.commit(acc.reserve("stream:s", M.pure(0.4)).id)
@@ -105,9 +130,9 @@ def test_ten_grants_of_0_4_fit_4_exactly_then_a_refusal_that_spends_nothing(tmp_
     assert acc.audit(1)[0]["caller"] == "agg-1"
 
 
-def test_release_and_expiry_free_a_reservation(tmp_path):
+def test_release_and_expiry_free_a_reservation(db):
     now = [1000.0]
-    acc = _acc(tmp_path, clock=lambda: now[0], ttl_s=30)
+    acc = _acc(db, clock=lambda: now[0], ttl_s=30)
     acc.set_budget("s", {"epsilon": 1.0, "accounting": "basic"})
     g = acc.reserve("s", M.pure(1.0))
     with pytest.raises(BudgetRefused):
@@ -124,8 +149,8 @@ def test_release_and_expiry_free_a_reservation(tmp_path):
         acc.commit(g.id)
 
 
-def test_a_grant_must_fit_every_scope_it_names(tmp_path):
-    acc = _acc(tmp_path)
+def test_a_grant_must_fit_every_scope_it_names(db):
+    acc = _acc(db)
     acc.set_budget("stream:p", {"epsilon": 10.0, "accounting": "basic"})
     acc.set_budget("role:analyst", {"epsilon": 1.0, "accounting": "basic"})
     acc.commit(acc.reserve(["stream:p", "role:analyst"], M.laplace(1.0)).id)
@@ -137,9 +162,9 @@ def test_a_grant_must_fit_every_scope_it_names(tmp_path):
         acc.reserve(["stream:p", "role:ops"], M.laplace(1.0))
 
 
-def test_allowances_renew_each_period(tmp_path):
+def test_allowances_renew_each_period(db):
     now = [86400.0 * 10 + 5]
-    acc = _acc(tmp_path, clock=lambda: now[0])
+    acc = _acc(db, clock=lambda: now[0])
     acc.set_budget("s", {"epsilon": 2.0, "period": "day", "accounting": "basic"})
     for _ in range(2):
         acc.commit(acc.reserve("s", M.pure(1.0)).id)
@@ -150,15 +175,14 @@ def test_allowances_renew_each_period(tmp_path):
     assert acc.status("s")[0]["spent"] == 1.0
 
 
-def test_gaussian_needs_delta_room(tmp_path):
-    acc = _acc(tmp_path)
+def test_gaussian_needs_delta_room(db):
+    acc = _acc(db)
     acc.set_budget("s", {"epsilon": 100.0, "delta": 0.0})
     with pytest.raises(BudgetRefused, match="inf"):
         acc.reserve("s", M.gaussian(1.0))
 
 
-def test_eight_concurrent_connections_never_overspend(tmp_path):
-    db = tmp_path / "ledger.sqlite"
+def test_eight_concurrent_connections_never_overspend(db):
     Accountant(db).set_budget("hot", {"epsilon": 5.0, "accounting": "basic"})
     granted: list[str] = []
     lock = threading.Lock()
@@ -200,10 +224,9 @@ while True:
 """
 
 
-def test_kill_9_during_a_storm_never_loses_a_commit(tmp_path):
+def test_kill_9_during_a_storm_never_loses_a_commit(db):
     # `make faults` runs RAYMASK_ACCOUNTANT_KILLS=200
-    kills = int(os.environ.get("RAYMASK_ACCOUNTANT_KILLS", "6"))
-    db = str(tmp_path / "ledger.sqlite")
+    kills = int(os.environ.get("RAYMASK_ACCOUNTANT_KILLS", "4"))
     Accountant(db).set_budget("storm", {"epsilon": 1000.0, "accounting": "basic"})
     acked: set[str] = set()
     rng = random.Random(7)
@@ -216,7 +239,7 @@ def test_kill_9_during_a_storm_never_loses_a_commit(tmp_path):
         out, _ = p.communicate()
         acked |= {line for line in (first + out).split() if len(line) == 32}
     acc = Accountant(db)
-    rows = acc._con.execute("SELECT id FROM grants WHERE state = 'committed'").fetchall()
+    rows = acc._x("SELECT id FROM grants WHERE state = 'committed'").fetchall()
     committed = {r[0] for r in rows}
     assert acked and acked <= committed  # every acknowledged commit survived every kill
     assert acc.status("storm")[0]["spent"] == pytest.approx(0.001 * len(committed))

@@ -40,7 +40,7 @@ from raymask.kernels.hashing import jump_hash
 from raymask.kernels.ledger import BASIC, DELTA_UNIT, EPS_UNIT, ZCDP, LedgerTable, units
 from raymask.policy.schema import Budget
 
-__all__ = ["PERIOD_SECONDS", "LedgerStore", "SubjectLedger", "zcdp_allowance"]
+__all__ = ["PERIOD_SECONDS", "LedgerStore", "SubjectLedger", "zcdp_allowance", "ledger_lock"]
 
 PERIOD_SECONDS = {"hour": 3600, "day": 86400, "week": 7 * 86400, "forever": 0}
 _FILE = re.compile(r"^(snap|log)-(\d{12})\.rml$")
@@ -62,6 +62,39 @@ def zcdp_allowance(epsilon: float, delta: float) -> float:
     rounding cannot give more."""
     L = math.log(1 / delta)
     return (math.sqrt(L + epsilon) - math.sqrt(L)) ** 2 * (1 - 1e-9)
+
+
+class ledger_lock:  # noqa: N801 (a context manager, used like a function)
+    """Held by the driver for a whole run: one run at a time may write a stream's ledger (two
+    would write the same shard files). Local folders only: an s3:// ledger must not be shared by
+    two running pipelines (documented)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._f = None
+
+    def __enter__(self) -> ledger_lock:
+        if "://" in self.root:
+            return self
+        import fcntl
+
+        os.makedirs(self.root, exist_ok=True)
+        self._f = open(os.path.join(self.root, ".lock"), "a")  # noqa: SIM115
+        try:
+            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._f.close()
+            self._f = None
+            raise PipelineError(
+                f"ledger {self.root} is in use by another run of this stream; one run at a "
+                "time keeps a stream's privacy budgets"
+            ) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._f is not None:
+            self._f.close()  # closing releases the lock
+            self._f = None
 
 
 class LedgerStore:

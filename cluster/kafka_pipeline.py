@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from raymask.actors.ledger import ledger_lock
 from raymask.actors.metrics import KafkaMetrics
 from raymask.actors.router import DeadLetter, Routed, RouterCore
 from raymask.actors.sinks.deadletters import DEFAULT_KEY_ID, seal
@@ -226,7 +227,10 @@ def run_kafka(
     dl_key = ring.get(dead_letter_key)
     started = ensure_ray(address)
     actors: list[Any] = []
+    lock = ledger_lock(ledger) if ledger is not None else None
     try:
+        if lock is not None:
+            lock.__enter__()  # one run at a time writes a stream's budgets
         opts = dict(namespace="raymask")
         pool = [
             MaskWorker.options(name=f"kworker:{pipeline}:{i}", **opts).remote(
@@ -307,6 +311,8 @@ def run_kafka(
             ray.shutdown()
         if broker is not None:
             broker.stop()
+        if lock is not None:
+            lock.__exit__()
     if not summary.balanced:
         raise PipelineError(
             f"records in ({summary.records_in}) != written + skipped + dead for a view "

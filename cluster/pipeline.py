@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from raymask.actors.control import ControlCore, key_shapes, make_control_actor
+from raymask.actors.ledger import ledger_lock
 from raymask.actors.metrics import PipelineMetrics
 from raymask.actors.router import DeadLetter, Routed, RouterCore
 from raymask.actors.sinks.deadletters import DEFAULT_KEY_ID, DeadLetterWriter
@@ -332,7 +333,7 @@ def run_job(
         raise InputError("workers must be >= 1")
     return _run(job.policy, job.plan, job.source, str(output), role, workers, address, job.keyring,
                 dead_letters, job.dead_letter_key, progress, local, name, control, throttle_s,
-                state)  # fmt: skip
+                state=state)  # fmt: skip
 
 
 def mask_file(
@@ -426,7 +427,23 @@ def replay_dead_letters(
     )
 
 
-def _run(
+def _run(pol: Policy, plan: StreamPlan, src: FileSource, *args: Any, **kwargs: Any) -> RunSummary:
+    """`_run_locked` holding the stream's ledger for the run when the policy has budgets."""
+    if plan.budget is None:
+        return _run_locked(pol, plan, src, *args, **kwargs)
+    state = kwargs.get("state")  # callers pass it by name
+    try:
+        lock = ledger_lock(ledger_root(state, plan.stream)).__enter__()
+    except PipelineError:
+        src.close()
+        raise
+    try:
+        return _run_locked(pol, plan, src, *args, **kwargs)
+    finally:
+        lock.__exit__()
+
+
+def _run_locked(
     pol: Policy, plan: StreamPlan, src: FileSource, out_name: str, role: str | None, workers: int,
     address: str | None, ring: Keyring, dead_letters: str | Path | None, dead_letter_key: str,
     progress: ProgressFn | None, local: bool, name: str | None = None,

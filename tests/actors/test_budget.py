@@ -195,3 +195,30 @@ def test_ledger_memory_is_fixed_width_per_subject():
     assert led.charge(h, c, z, z).all()
     assert led.table.used == n
     assert led.table.nbytes <= 192 * n  # 48-byte rows at a load of 1/4 to 1/2
+
+
+def test_one_run_at_a_time_holds_a_streams_ledger(tmp_path):
+    from raymask.actors.ledger import ledger_lock
+
+    with ledger_lock(str(tmp_path)):
+        with pytest.raises(PipelineError, match="in use by another run"):
+            ledger_lock(str(tmp_path)).__enter__()
+    with ledger_lock(str(tmp_path)):  # released at the end of the first run
+        pass
+
+
+def test_a_second_concurrent_run_is_refused_before_any_data_moves(tmp_path):
+    from raymask.actors.ledger import ledger_lock
+    from raymask.cluster.pipeline import ledger_root, mask_file
+
+    src = tmp_path / "in.ndjson"
+    src.write_bytes(_records(["a", "b"]).tobytes())
+    ring = Keyring([Key("ledger", 1, b"l" * 32), Key("deadletter", 1, b"d" * 32)])
+    pol = _policy({"epsilon": 4.0})
+    with ledger_lock(ledger_root(tmp_path / "state", "s")):
+        with pytest.raises(PipelineError, match="in use by another run"):
+            mask_file(pol, "s", src, tmp_path / "out.ndjson", keyring=ring, local=True,
+                      dead_letter_key="deadletter", state=tmp_path / "state")  # fmt: skip
+    s = mask_file(pol, "s", src, tmp_path / "out.ndjson", keyring=ring, local=True,
+                  dead_letter_key="deadletter", state=tmp_path / "state")  # fmt: skip
+    assert s.records_out == 2 and s.dp_records == 2

@@ -1,0 +1,157 @@
+"""Windowed DP aggregates: exact against a pyarrow group-by with noise off, contribution
+bounding, late rows, the noise scale and partition selection with stated confidence, and the
+accountant charged for every window."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from raymask.actors.accountant import Accountant
+from raymask.actors.aggregates import Metric, WindowAggregator, WindowSpec, _bound
+from raymask.kernels.rng import SecureRandom
+
+
+def _rows(n: int, seed: int = 0, subjects: int = 50, groups: int = 8, span_s: float = 600.0):
+    rng = np.random.default_rng(seed)
+    return pa.table(
+        {
+            "subject": pa.array(rng.integers(1, subjects + 1, n).astype(np.uint64)),
+            "time": pa.array(np.sort(rng.uniform(0, span_s, n))),
+            "group": pa.array([f"g{i}" for i in rng.integers(0, groups, n)]),
+            "amount": pa.array(rng.uniform(-20, 120, n)),
+        }
+    )
+
+
+def _acc(tmp_path) -> Accountant:  # noqa: ANN001
+    acc = Accountant(tmp_path / "b.sqlite")
+    acc.set_budget("stream:t", {"epsilon": 1000.0, "delta": 1e-3, "accounting": "basic"})
+    return acc
+
+
+SPEC = WindowSpec(
+    size_s=60, max_groups=100, max_rows=10**6,
+    metrics=(Metric("count", 1.0), Metric("sum", 1.0, "amount", 0.0, 100.0)),
+)  # fmt: skip
+
+
+def _reference(rows: pa.Table, start: float, end: float) -> dict[str, tuple[int, float]]:
+    t = rows.filter(pc.and_(pc.greater_equal(rows["time"], start), pc.less(rows["time"], end)))
+    t = t.set_column(3, "amount", pc.max_element_wise(pc.min_element_wise(t["amount"], 100.0), 0.0))
+    g = t.group_by("group").aggregate([("group", "count"), ("amount", "sum")])
+    return {
+        k: (c, s)
+        for k, c, s in zip(g["group"].to_pylist(), g["group_count"].to_pylist(),
+                           g["amount_sum"].to_pylist(), strict=True)
+    }  # fmt: skip
+
+
+def test_noise_off_equals_a_pyarrow_group_by_per_tumbling_window(tmp_path):
+    rows = _rows(5000)
+    agg = WindowAggregator(SPEC, accountant=_acc(tmp_path), scopes=["stream:t"], noise=False)
+    for i in range(0, 5000, 700):  # in batches
+        assert len(agg.add(rows.slice(i, 700))) == 0
+    releases = agg.flush(final=True)
+    assert [r.start for r in releases] == [60.0 * i for i in range(10)]
+    for r in releases:
+        want = _reference(rows, r.start, r.end)
+        got = dict(zip(r.table["group"].to_pylist(),
+                       zip(r.table["count"].to_pylist(), r.table["sum_amount"].to_pylist(),
+                           strict=True), strict=True))  # fmt: skip
+        assert got.keys() == want.keys()
+        for k, (c, s) in want.items():
+            assert got[k][0] == c and got[k][1] == pytest.approx(s, rel=1e-12)
+
+
+def test_hopping_windows_count_each_row_in_size_over_slide_windows(tmp_path):
+    rows = _rows(2000, seed=1)
+    spec = WindowSpec(size_s=120, slide_s=60, max_groups=100, max_rows=10**6)
+    agg = WindowAggregator(spec, accountant=_acc(tmp_path), scopes=["stream:t"], noise=False)
+    agg.add(rows)
+    rel = agg.flush(final=True)
+    total = sum(int(pc.sum(r.table["count"]).as_py()) for r in rel)
+    assert total == 2 * 2000  # every row in two windows
+    for r in rel:
+        want = _reference(rows, r.start, r.end)
+        assert sum(c for c, _ in want.values()) == int(pc.sum(r.table["count"]).as_py())
+
+
+def test_contribution_bounding_keeps_first_groups_and_rows_per_subject():
+    t = pa.table(
+        {
+            "subject": pa.array([1, 1, 1, 1, 1, 2, 2, 1], pa.uint64()),
+            "group": ["a", "a", "a", "b", "c", "a", "a", "b"],
+            "time": [0.0, 1, 2, 3, 4, 5, 6, 7],
+        }
+    )
+    kept = _bound(t, max_groups=2, max_rows=2)
+    assert kept["time"].to_pylist() == [0.0, 1, 3, 5, 6, 7]  # subject 1: a twice, b twice; no c
+
+
+def test_late_rows_come_back_and_windows_close_at_the_watermark(tmp_path):
+    spec = WindowSpec(size_s=60, lateness_s=10, max_groups=10, max_rows=100)
+    agg = WindowAggregator(spec, accountant=_acc(tmp_path), scopes=["stream:t"], noise=False)
+    mk = lambda ts: pa.table({"subject": pa.array([1] * len(ts), pa.uint64()), "time": ts,  # noqa: E731
+                              "group": ["g"] * len(ts)})  # fmt: skip
+    agg.add(mk([5.0, 30.0, 65.0]))
+    assert agg.flush() == []  # watermark 55: window [0, 60) still open
+    agg.add(mk([71.0]))  # watermark 61
+    (r,) = agg.flush()
+    assert (r.start, r.end, r.table["count"].to_pylist()) == (0.0, 60.0, [2])
+    late = agg.add(mk([59.0, 80.0]))
+    assert late.tolist() == [0]  # its window was released
+    (r2,) = agg.flush(final=True)
+    assert r2.table["count"].to_pylist() == [3]
+
+
+def test_noise_scale_and_partition_selection(tmp_path):
+    # one big group (always released) and 200 single-subject groups (each released with
+    # probability <= delta / max_groups); counts' error is Laplace of scale max_groups *
+    # max_rows / eps: |mean| and var inside 99.9% bounds over 400 windows
+    acc = Accountant(tmp_path / "b.sqlite")
+    acc.set_budget("stream:t", {"epsilon": 1e6, "delta": 0.5, "accounting": "basic"})
+    spec = WindowSpec(size_s=1, max_groups=2, max_rows=3, delta=1e-4,
+                      metrics=(Metric("count", 0.5),))  # fmt: skip
+    agg = WindowAggregator(
+        spec, accountant=acc, scopes=["stream:t"], rng=SecureRandom._for_tests(5)
+    )
+    errs, rare = [], 0
+    for w in range(400):
+        subj = np.arange(1, 1001, dtype=np.uint64)
+        t = pa.table({"subject": pa.array(np.concatenate([subj, subj[:200] + 5000])),
+                      "time": np.full(1200, w + 0.5),
+                      "group": ["big"] * 1000 + [f"r{i}" for i in range(200)]})  # fmt: skip
+        agg.add(t)
+        (r,) = agg.flush(final=True)
+        got = dict(zip(r.table["group"].to_pylist(), r.table["count"].to_pylist(), strict=True))
+        errs.append(got["big"] - 1000)
+        rare += len(got) - 1
+        assert r.epsilon == 0.5 and r.grant_id
+    b = 2 * 3 / 0.5
+    errs = np.array(errs, float)
+    assert abs(errs.mean()) < 3.3 * math.sqrt(2 * b * b / 400)
+    assert 0.6 * 2 * b * b < errs.var() < 1.5 * 2 * b * b
+    # 80,000 single-subject groups, each released with probability <= delta / max_groups:
+    # above the 99.9% Poisson quantile of that bound fails with probability < 0.001
+    from scipy import stats
+
+    assert rare <= stats.poisson.ppf(0.999, 80_000 * 1e-4 / 2)
+    assert acc.status("stream:t")[0]["spent"] == pytest.approx(400 * 0.5)
+
+
+def test_a_window_the_budget_cannot_pay_is_refused_and_not_released(tmp_path):
+    acc = Accountant(tmp_path / "b.sqlite")
+    acc.set_budget("stream:t", {"epsilon": 1.5, "delta": 1e-3, "accounting": "basic"})
+    spec = WindowSpec(size_s=60, metrics=(Metric("count", 1.0),))
+    agg = WindowAggregator(spec, accountant=acc, scopes=["stream:t"])
+    agg.add(_rows(200, span_s=130))
+    first, second, third = agg.flush(final=True)
+    assert first.refused is None and first.epsilon == 1.0
+    assert second.refused and "would bring epsilon to 2 of 1.5" in second.refused
+    assert second.table.num_rows == 0 and third.refused  # nothing released, nothing spent
+    assert acc.status("stream:t")[0]["spent"] == 1.0

@@ -546,6 +546,41 @@ def scale(
 
 # ---------------------------------------------------------------- budgets
 
+
+@app.command()
+def aggregate(
+    input: Annotated[str, typer.Argument(help="Input file (NDJSON or CSV).")],
+    policy: Annotated[Path, typer.Option("--policy", "-P", help="Policy file.")],
+    stream: Annotated[str, typer.Option("--stream", "-s", help="Stream name in the policy.")],
+    output: Annotated[str, typer.Option("-o", "--output", help="Releases, as NDJSON.")],
+    name: Annotated[
+        list[str] | None, typer.Option("--aggregate", "-a", help="Only these aggregates.")
+    ] = None,
+    db: Annotated[
+        Path | None, typer.Option("--db", help="The accountant's ledger (default: RAYMASK_STATE).")
+    ] = None,
+    keys: KeysOpt = None,
+) -> None:
+    """The stream's windowed DP aggregates over a file, each window charged to the accountant."""
+    from raymask.cluster.aggregate import aggregate_file
+    from raymask.policy.loader import load_policy
+
+    pol = load_policy(policy)
+    s = aggregate_file(pol, stream, input, output, keyring=_keyring(keys), names=name, db=db)
+    table = Table(title=f"raymask aggregate: stream {s.stream}", show_header=True)
+    for col in ("aggregate", "windows", "refused", "groups released", "epsilon spent"):
+        table.add_column(col, justify="left" if col == "aggregate" else "right")
+    for a in s.aggregates:
+        table.add_row(a, f"{s.windows[a]:,}", f"{s.refused[a]:,}", f"{s.groups[a]:,}",
+                      f"{s.epsilon[a]:g}")  # fmt: skip
+    err.print(table)
+    err.print(f"{s.records_in:,} records in {s.seconds:.2f} s; {s.dead_letters:,} dead letters")
+    for reason, count in s.dead_reasons.most_common(5):
+        err.print(f"  {count:>8,}  {reason}", markup=False)
+    if s.refused:
+        err.print("some windows were refused by the accountant (see raymask budget show)")
+
+
 DbOpt = Annotated[
     Path | None,
     typer.Option(

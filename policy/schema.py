@@ -52,6 +52,7 @@ __all__ = [
     "Noise",
     "RandomizedResponse",
     "Budget",
+    "Aggregate",
 ]
 
 TECHNIQUES = (
@@ -385,6 +386,81 @@ class Budget(BaseModel):
         return self
 
 
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(v: Any) -> Any:
+    """'90s', '1m', '2h', '1d', '250ms' or a number of seconds."""
+    if isinstance(v, str):
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)\s*", v)
+        if not m:
+            raise ValueError("a duration like 90s, 1m, 2h or 1d")
+        return float(m.group(1)) * _UNITS[m.group(2)]
+    return v
+
+
+Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
+
+
+class Window(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    size: Duration = Field(description="Window length (event time).")
+    slide: Duration | None = Field(None, description="Hop between windows (none: tumbling).")
+    lateness: Duration = Field(0.0, description="How long after its end a window waits.")
+
+    @model_validator(mode="after")
+    def _whole_slides(self) -> Window:
+        if self.size <= 0:
+            raise ValueError("size must be > 0")
+        slide = self.slide or self.size
+        if not 0 < slide <= self.size or abs(self.size / slide - round(self.size / slide)) > 1e-9:
+            raise ValueError("slide must divide size")
+        return self
+
+
+class AggMetric(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    op: Literal["count", "sum"]
+    epsilon: float = Field(gt=0, le=50, description="This metric's share of the window's epsilon.")
+    field: FieldPath | None = Field(None, description="sum: the numeric field.")
+    lo: float = Field(0.0, description="sum: values are clamped to [lo, hi].")
+    hi: float = Field(0.0, description="sum: upper clamp.")
+
+    @model_validator(mode="after")
+    def _needs(self) -> AggMetric:
+        if self.op == "sum" and (self.field is None or not self.lo < self.hi):
+            raise ValueError("sum needs a field and bounds lo < hi")
+        if self.op == "count" and self.field is not None:
+            raise ValueError("count takes no field")
+        return self
+
+
+class Aggregate(BaseModel):
+    """A windowed DP aggregate of a stream (raymask.actors.aggregates)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    time: FieldPath = Field(description="Event time: ISO 8601 text or epoch seconds.")
+    window: Window
+    group_by: FieldPath = Field(description="The group key field.")
+    subject: FieldPath | None = Field(None, description="Whose contribution is bounded (key).")
+    max_groups: int = Field(1, ge=1, le=10_000, description="Groups per subject per window.")
+    max_rows: int = Field(1, ge=1, le=10_000, description="Rows per subject, group and window.")
+    delta: float = Field(1e-6, gt=0, lt=0.01, description="Partition selection's delta.")
+    metrics: list[AggMetric] = Field(min_length=1, description="count first, then sums.")
+    scopes: list[str] | None = Field(
+        None, description="Accountant scopes charged per window (default: stream:NAME)."
+    )
+
+    @model_validator(mode="after")
+    def _count_first(self) -> Aggregate:
+        if self.metrics[0].op != "count" or any(m.op == "count" for m in self.metrics[1:]):
+            raise ValueError("metrics: exactly one count, first (it selects the groups)")
+        return self
+
+
 class Stream(BaseModel):
     """One stream of records: its format, sharding key and per-field techniques."""
 
@@ -404,6 +480,9 @@ class Stream(BaseModel):
     )
     budget: Budget | None = Field(
         None, description="Per-subject allowance for the noise and randomized_response fields."
+    )
+    aggregates: dict[Name, Aggregate] = Field(
+        default_factory=dict, description="Windowed DP aggregates (raymask aggregate)."
     )
 
     @model_validator(mode="after")

@@ -1,0 +1,64 @@
+"""Eight bytes at a time: unaligned 64-bit loads and SWAR byte classes for the codec scanners.
+
+"SIMD within a register" (Lamport 1975; the byte tests are the ``haszero`` / ``hasless`` bit
+hacks of Sean Anderson's "Bit Twiddling Hacks"): a word's byte class mask has the high bit of
+every byte that belongs to the class. The masks below are exact at their lowest set byte, which
+is all a scanner needs (borrows only ever flag bytes *above* a true match), so
+``trailing_zeros(mask) >> 3`` is the index of the first matching byte on a little-endian machine.
+`LITTLE_ENDIAN` is False elsewhere; callers then keep to their byte-at-a-time loops.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.cpython.unsafe.numbers import trailing_zeros
+from numba.extending import intrinsic
+
+__all__ = ["LITTLE_ENDIAN", "load_u64", "string_stop", "first_byte", "count"]
+
+LITTLE_ENDIAN = sys.byteorder == "little"
+
+_ONES = np.uint64(0x0101010101010101)
+_HIGH = np.uint64(0x8080808080808080)
+_QUOTE = np.uint64(0x2222222222222222)
+_BSLASH = np.uint64(0x5C5C5C5C5C5C5C5C)
+_SPACE = np.uint64(0x2020202020202020)
+
+
+@intrinsic
+def load_u64(typingctx, arr, idx):  # noqa: ANN001, ANN201 (Numba intrinsic)
+    """The 8 bytes arr[idx:idx + 8] as one native-endian uint64, any alignment.
+
+    No bounds check: the caller makes sure idx + 8 <= arr.shape[0]."""
+    sig = types.uint64(arr, types.intp)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        return builder.load(builder.bitcast(ptr, ir.IntType(64).as_pointer()), align=1)
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def string_stop(x):
+    """Bytes of x a JSON string body stops at: '"', '\\\\', control characters, non-ASCII."""
+    q = x ^ _QUOTE
+    b = x ^ _BSLASH
+    return (((q - _ONES) & ~q) | ((b - _ONES) & ~b) | ((x - _SPACE) & ~x) | x) & _HIGH
+
+
+@njit(cache=True, inline="always")
+def first_byte(m):
+    """Index (0-7) of the lowest byte flagged in a non-zero class mask `m`."""
+    return np.int64(trailing_zeros(m) >> np.uint64(3))
+
+
+@njit(cache=True, inline="always")
+def count(m):
+    """Number of bytes flagged in a class mask `m`."""
+    return np.int64(((m >> np.uint64(7)) * _ONES) >> np.uint64(56))

@@ -574,6 +574,8 @@ def _scan(
 
 @njit(cache=True, inline="always")
 def _skip_ws(data, p, end):
+    if p < end and data[p] > 32:  # compact JSON: no whitespace between tokens
+        return p
     while p < end:
         c = data[p]
         if c == 32 or c == 9 or c == 13 or c == 10:

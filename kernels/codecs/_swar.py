@@ -18,7 +18,17 @@ from numba import njit, types
 from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import intrinsic
 
-__all__ = ["LITTLE_ENDIAN", "load_u64", "store_u64", "copy", "string_stop", "first_byte"]
+__all__ = [
+    "LITTLE_ENDIAN",
+    "load_u64",
+    "store_u64",
+    "copy",
+    "copy_ahead",
+    "string_stop",
+    "escape_stop",
+    "has_byte",
+    "first_byte",
+]
 
 LITTLE_ENDIAN = sys.byteorder == "little"
 
@@ -62,24 +72,34 @@ def store_u64(typingctx, arr, idx, val):  # noqa: ANN001, ANN201 (Numba intrinsi
 
 @njit(cache=True, inline="always")
 def copy(dst, o, src, s, n):
-    """dst[o:o + n] = src[s:s + n] for two distinct buffers, eight bytes per step.
+    """dst[o:o + n] = src[s:s + n] for two distinct buffers, eight bytes per step; writes
+    nothing outside dst[o:o + n] (a last, overlapping word instead of a byte loop).
 
-    Where both buffers have 8 bytes to spare after the piece, the last step overshoots (up to
-    7 bytes of dst past o + n get garbage, which a sequential writer overwrites next: give dst
-    8 bytes of slack). Numba's slice assignment costs ~100 ns per call here (views, an overlap
-    check); records are spliced from a dozen short pieces, so this loop is several times faster."""
+    Numba's slice assignment costs ~100 ns per call here (views, an overlap check), too much
+    for pieces of a few dozen bytes."""
+    if n < 8:
+        for j in range(n):
+            dst[o + j] = src[s + j]
+        return
     j = 0
+    while j + 8 < n:
+        store_u64(dst, o + j, load_u64(src, s + j))
+        j += 8
+    store_u64(dst, o + n - 8, load_u64(src, s + n - 8))
+
+
+@njit(cache=True, inline="always")
+def copy_ahead(dst, o, src, s, n):
+    """`copy` for a writer that fills dst front to back: where both buffers have 8 bytes to
+    spare after the piece, whole words are copied and up to 7 bytes of dst past o + n get
+    garbage, which the writer's next piece overwrites (give dst 8 bytes of slack)."""
     if s + n + 8 <= src.shape[0] and o + n + 8 <= dst.shape[0]:
+        j = 0
         while j < n:
             store_u64(dst, o + j, load_u64(src, s + j))
             j += 8
-        return
-    while j + 8 <= n:
-        store_u64(dst, o + j, load_u64(src, s + j))
-        j += 8
-    while j < n:
-        dst[o + j] = src[s + j]
-        j += 1
+    else:
+        copy(dst, o, src, s, n)
 
 
 @njit(cache=True, inline="always")
@@ -94,3 +114,28 @@ def string_stop(x):
 def first_byte(m):
     """Index (0-7) of the lowest byte flagged in a non-zero class mask `m`."""
     return np.int64(trailing_zeros(m) >> np.uint64(3))
+
+
+@njit(cache=True, inline="always")
+def escape_stop(x):
+    """Bytes of x a JSON string must escape: '"', '\\' and control characters."""
+    q = x ^ _QUOTE
+    b = x ^ _BSLASH
+    return (((q - _ONES) & ~q) | ((b - _ONES) & ~b) | ((x - _SPACE) & ~x)) & _HIGH
+
+
+@njit(cache=True, inline="always")
+def has_byte(data, s, e, byte):
+    """Whether data[s:e] holds `byte`, eight bytes per step."""
+    pat = np.uint64(byte) * _ONES
+    q = s
+    while q + 8 <= e:
+        x = load_u64(data, q) ^ pat
+        if ((x - _ONES) & ~x & _HIGH) != 0:
+            return True
+        q += 8
+    while q < e:
+        if data[q] == byte:
+            return True
+        q += 1
+    return False

@@ -18,7 +18,16 @@ import pyarrow as pa
 from numba import njit
 
 from raymask.kernels._arrow import string_array, string_buffers, string_columns
-from raymask.kernels.codecs._swar import LITTLE_ENDIAN, first_byte, load_u64, string_stop
+from raymask.kernels.codecs._swar import (
+    LITTLE_ENDIAN,
+    copy,
+    copy_ahead,
+    escape_stop,
+    first_byte,
+    has_byte,
+    load_u64,
+    string_stop,
+)
 from raymask.kernels.codecs.paths import PathTree
 from raymask.kernels.codecs.spans import (
     K_ARRAY,
@@ -114,7 +123,9 @@ _STRING_SPECIAL[:32] = 1
 _STRING_SPECIAL[34] = 1
 _STRING_SPECIAL[92] = 1
 _STRING_SPECIAL[128:] = 1
-_ONE = np.uint64(1)
+# bytes a JSON string must escape: control characters, '"' and '\\'
+_ESCAPE = _STRING_SPECIAL.copy()
+_ESCAPE[128:] = 0
 
 
 @njit(cache=True, inline="always")
@@ -932,17 +943,15 @@ def _extract(data, vstart, vend, vkind):
             if k == K_STRING:
                 s = vstart[i, f] + 1
                 e = vend[i, f] - 1
-                if not _has_escape(data, s, e):
-                    for q in range(s, e):
-                        out[o] = data[q]
-                        o += 1
+                if not has_byte(data, s, e, 92):
+                    copy(out, o, data, s, e - s)
+                    o += e - s
                 else:
                     o = _unescape(data, s, e, out, o)
                 valid[f, i] = True
             elif k != K_MISSING and k != K_NULL:
-                for q in range(vstart[i, f], vend[i, f]):
-                    out[o] = data[q]
-                    o += 1
+                copy(out, o, data, vstart[i, f], vend[i, f] - vstart[i, f])
+                o += vend[i, f] - vstart[i, f]
                 valid[f, i] = True
             pos[f] = o
             off[f, i + 1] = o - base[f]
@@ -971,7 +980,7 @@ def _quote(offsets, data, valid, raw):
     cap = 0
     for i in range(n):
         cap += 6 * (offsets[i + 1] - offsets[i]) + 4
-    out = np.empty(cap + 1, np.uint8)
+    out = np.empty(cap + 8, np.uint8)  # 8 bytes of slack for `copy_ahead`
     off = np.zeros(n + 1, np.int64)
     hexd = np.array([48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 97, 98, 99, 100, 101, 102], np.uint8)
     o = 0
@@ -983,14 +992,24 @@ def _quote(offsets, data, valid, raw):
             out[o + 3] = 108
             o += 4
         elif raw[i]:
-            for q in range(offsets[i], offsets[i + 1]):
-                out[o] = data[q]
-                o += 1
+            ln = offsets[i + 1] - offsets[i]
+            copy_ahead(out, o, data, offsets[i], ln)
+            o += ln
         else:
             out[o] = 34
             o += 1
-            for q in range(offsets[i], offsets[i + 1]):
-                c = data[q]
+            # most values need no escape: find out a word at a time, then copy them as a block
+            s = offsets[i]
+            e = offsets[i + 1]
+            q = s
+            while q + 8 <= e and escape_stop(load_u64(data, q)) == 0:
+                q += 8
+            while q < e and _ESCAPE[data[q]] == 0:
+                q += 1
+            copy_ahead(out, o, data, s, q - s)
+            o += q - s
+            for t in range(q, e):
+                c = data[t]
                 if c == 34 or c == 92:
                     out[o] = 92
                     out[o + 1] = c

@@ -6,6 +6,13 @@ byte span and the JSON kind of its value. Extraction turns those spans into Arro
 encoder splices the masked values into the original bytes, so every field the policy does not
 touch leaves byte-identical. No Python object is made per record.
 
+The scan has two tiers. `_scan_fast` takes the records it can vouch for (valid ones, in
+practice all but the broken few): one loop turn per object member, string bodies skipped eight
+bytes at a time (codecs/_swar.py), no error bookkeeping; about twice the speed of the exact
+scanner (docs/benchmarks.md). Every other record goes to `_scan`, the exact state machine,
+which finds the dead-letter reason and its byte column. So the results are `_scan`'s alone;
+tests compare the two on random, mutated and broken batches.
+
 Field names are compared after unescaping, so ``"em\\u0061il"`` is the field ``email``. A policy
 field that occurs twice in one object is an error for that record (a consumer that takes the
 last duplicate would otherwise see a clear value).
@@ -384,7 +391,7 @@ def _match_key(
 
 
 @njit(cache=True)
-def _scan(
+def _scan(  # the exact scanner: `scan` sends it the records `_scan_fast` does not vouch for
     data,
     starts,
     ends,

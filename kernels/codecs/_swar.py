@@ -39,11 +39,24 @@ _BSLASH = np.uint64(0x5C5C5C5C5C5C5C5C)
 _SPACE = np.uint64(0x2020202020202020)
 
 
+def _bytes(arr: types.Type) -> bool:
+    """A 1-d C-contiguous uint8 array: the only kind whose bytes the word loads address right
+    (a strided view would be read as if contiguous; Numba then refuses to compile the call)."""
+    return (
+        isinstance(arr, types.Array)
+        and arr.ndim == 1
+        and arr.layout == "C"
+        and arr.dtype == types.uint8
+    )
+
+
 @intrinsic
 def load_u64(typingctx, arr, idx):  # noqa: ANN001, ANN201 (Numba intrinsic)
     """The 8 bytes arr[idx:idx + 8] as one native-endian uint64, any alignment.
 
     No bounds check: the caller makes sure idx + 8 <= arr.shape[0]."""
+    if not _bytes(arr):
+        return None
     sig = types.uint64(arr, types.intp)
 
     def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
@@ -59,6 +72,8 @@ def store_u64(typingctx, arr, idx, val):  # noqa: ANN001, ANN201 (Numba intrinsi
     """Write the uint64 `val` as the 8 bytes arr[idx:idx + 8], any alignment, native-endian.
 
     No bounds check: the caller makes sure idx + 8 <= arr.shape[0]."""
+    if not _bytes(arr):
+        return None
     sig = types.void(arr, types.intp, types.uint64)
 
     def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202

@@ -78,3 +78,11 @@ def test_copy_moves_the_bytes_and_stays_inside_both_buffers(src, dst_len, data):
     assert (d[:16] == 0xCC).all() and (d[16 + dst_len :] == 0xCC).all()
     # within dst, bytes before o are untouched; after o + n only the overshoot may change
     assert (d[16 : 16 + o] == 0xCC).all()
+
+
+def test_word_loads_refuse_a_strided_view():
+    from numba.core.errors import TypingError
+
+    src = np.arange(32, dtype=np.uint8)
+    with pytest.raises(TypingError):
+        _copy(np.zeros(16, np.uint8), 0, src[::2], 0, 16)  # would be read as if contiguous

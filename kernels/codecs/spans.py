@@ -13,6 +13,7 @@ import pyarrow as pa
 from numba import njit
 
 from raymask.kernels._arrow import string_array
+from raymask.kernels.codecs._swar import copy_ahead
 
 __all__ = ["Scan", "splice", "pack_replacements", "KIND_NAMES"]
 
@@ -45,7 +46,7 @@ def _splice(data, starts, ends, emit, vstart, vend, edit, rep_off, rep_data, nre
             for f in range(nrep_fields):
                 if edit[i, f]:
                     total += rep_off[f, i + 1] - rep_off[f, i] - (vend[i, f] - vstart[i, f])
-    out = np.empty(max(total, 1), np.uint8)
+    out = np.empty(total + 8, np.uint8)  # 8 bytes of slack for `copy_ahead`
     off = np.zeros(n + 1, np.int64)
     order = np.empty(nrep_fields, np.int64)
     o = 0
@@ -67,15 +68,15 @@ def _splice(data, starts, ends, emit, vstart, vend, edit, rep_off, rep_data, nre
         for k in range(m):
             f = order[k]
             ln = vstart[i, f] - p
-            out[o : o + ln] = data[p : vstart[i, f]]
+            copy_ahead(out, o, data, p, ln)
             o += ln
             a = rep_off[f, i]
             ln = rep_off[f, i + 1] - a
-            out[o : o + ln] = rep_data[a : a + ln]
+            copy_ahead(out, o, rep_data, a, ln)
             o += ln
             p = vend[i, f]
         ln = ends[i] - p
-        out[o : o + ln] = data[p : ends[i]]
+        copy_ahead(out, o, data, p, ln)
         o += ln
         if o == off[i]:  # an empty record would read back as a blank line, i.e. no record
             for q in range(empty_as.shape[0]):

@@ -617,3 +617,180 @@ def test_build_objects_on_a_hand_written_record():
     out = ndjson.build_objects(data, sc, TREE, np.array([True]), [], np.zeros((1, 0), np.bool_), [])
     # policy order (a, b.c, x.y.z), original value bytes, and b left out: no field under it
     assert out.to_pylist() == [b'{"a":[1, 2],"x":{"y":{"z":"deep"}}}\n']
+
+
+# --- the fast path of scan against the exact scanner ------------------------------------------
+# `scan` runs `_scan_fast` and hands the records it cannot vouch for to `_scan`, the exact state
+# machine that locates dead-letter reasons. Both must give the same spans, kinds, codes and
+# error positions as `_scan` alone, on every record, in both modes.
+
+
+def exact(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, tree, locate_only: bool):
+    return ndjson._scan(
+        data, starts, ends, tree.ch_start, tree.ch_count, tree.children, tree.key_start,
+        tree.key_len, tree.keybytes, tree.leaf, len(tree.paths), tree.max_key_len, locate_only,
+    )  # fmt: skip
+
+
+def assert_same_as_exact(data: np.ndarray, starts, ends, tree, locate_only: bool) -> ndjson.Scan:
+    sc = ndjson.scan(data, starts, ends, tree, locate_only)
+    want = exact(data, starts, ends, tree, locate_only)
+    got = (sc.vstart, sc.vend, sc.vkind, sc.err, sc.errpos, sc.errfield)
+    if len(starts) == 0:
+        return sc
+    for name, g, w in zip(
+        ("vstart", "vend", "vkind", "err", "errpos", "errfield"), got, want, strict=True
+    ):
+        bad = np.flatnonzero((g != w).reshape(len(starts), -1).any(axis=1))
+        assert len(bad) == 0, (name, [data[starts[i] : ends[i]].tobytes() for i in bad[:3]])
+    return sc
+
+
+def _mutate(line: bytes, op: str, where: float, byte: int) -> bytes:
+    pos = int(where * len(line))
+    if op == "flip":
+        return line[:pos] + bytes([byte]) + line[pos + 1 :]
+    if op == "insert":
+        return line[:pos] + bytes([byte]) + line[pos:]
+    return line[:pos] + line[pos + 1 :]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    docs=st.lists(documents(), min_size=1, max_size=6),
+    style=STYLES,
+    muts=st.lists(
+        st.tuples(
+            st.sampled_from(["flip", "insert", "delete", "none", "none"]),
+            st.floats(0, 1, exclude_max=True),
+            _MUTATION_BYTES,
+        ),
+        min_size=6,
+        max_size=6,
+    ),
+    locate_only=st.booleans(),
+    newline_at_end=st.booleans(),
+)
+def test_fast_path_agrees_with_exact_scanner_on_mutated_batches(
+    docs, style, muts, locate_only, newline_at_end
+):
+    # several records in one buffer, so the word loads of one record read into the next
+    lines = [json.dumps(d, **style).encode("utf-8") for d in docs]
+    lines = [
+        line if op == "none" else _mutate(line, op, w, b)
+        for line, (op, w, b) in zip(lines, muts[: len(lines)], strict=True)
+    ]
+    buf = b"\n".join(lines) + (b"\n" if newline_at_end else b"")
+    data = u8(buf)
+    ends = np.cumsum([len(x) + 1 for x in lines]) - 1
+    starts = ends - np.array([len(x) for x in lines])
+    assert_same_as_exact(data, starts, ends, TREE, locate_only)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_TOKENS), max_size=14), st.booleans())
+def test_fast_path_agrees_with_exact_scanner_on_token_soup(tokens, locate_only):
+    line = "".join(tokens).encode("utf-8")
+    for buf in (line, line + b"\n" + line):  # alone, and followed by more bytes
+        assert_same_as_exact(u8(buf), np.array([0]), np.array([len(line)]), TREE, locate_only)
+
+
+@pytest.mark.parametrize("line", [x for x, _ in INVALID] + VALID + [_deep(513)])
+@pytest.mark.parametrize("locate_only", [False, True])
+def test_fast_path_agrees_with_exact_scanner_on_the_tables(line, locate_only):
+    for buf in (line, line + b'\n{"a":"tail"}'):
+        assert_same_as_exact(u8(buf), np.array([0]), np.array([len(line)]), TREE, locate_only)
+
+
+@pytest.mark.parametrize("profile", ["payments", "iot", "logs"])
+def test_fast_path_agrees_with_exact_scanner_on_traffic_with_broken_records(profile):
+    from raymask.loadtest.traffic import generate_bytes
+
+    data = u8(generate_bytes(profile, 3000, seed=7))
+    starts, ends, _ = ndjson.split_records(data)
+    paths = {
+        "payments": ["account.id", "card.number", "customer.email", "amount", "ts", "note"],
+        "iot": ["device.id", "owner.email", "gps", "net.ipv6", "battery_pct"],
+        "logs": ["user.email", "request", "request.status", "message"],
+    }[profile]
+    tree = build_tree(paths) if profile != "logs" else build_tree(paths[:2] + paths[3:])
+    # break one record in three: a random byte overwritten by a random or a JSON-ish byte
+    rng = np.random.default_rng(3)
+    buf = data.copy()
+    hit = rng.random(len(starts)) < 1 / 3
+    pos = starts[hit] + (rng.random(hit.sum()) * (ends[hit] - starts[hit])).astype(np.int64)
+    soup = np.frombuffer(b'{}[]":,\\ \t0-.eE\x00\x80\xc3\xff', np.uint8)
+    buf[pos] = np.where(
+        rng.random(len(pos)) < 0.5, rng.choice(soup, len(pos)), rng.integers(0, 256, len(pos))
+    )
+    for locate_only in (False, True):
+        clean = assert_same_as_exact(data, starts, ends, tree, locate_only)
+        assert (clean.err == 0).all()
+        broken = assert_same_as_exact(buf, starts, ends, tree, locate_only)
+        if not locate_only:
+            assert (broken.err != 0).sum() > len(starts) // 10  # the corpus does hold errors
+
+
+def test_fast_path_vouches_for_valid_records():
+    """The fast path must not quietly hand every record to the exact scanner."""
+    from raymask.loadtest.traffic import generate_bytes
+
+    lines = [
+        b'{"a":"x\\u00e9\\n\\"","b":{"c":-1.5e+3},"x":{"y":{"z":[1, {"k":null}]}}}',
+        '{ "naïve" : "Zoë 😀" ,\t"q\\"uote\\\\":[true,false,null] , "b":{} }\r'.encode(),
+        b'{"\\u0061":1,"b":{"\\u0063":"v"},"tab\\tkey":{"a":[[],[{}]]}}',
+        b"{}",
+    ]
+    buf = b"\n".join(lines) + b"\n" + generate_bytes("payments", 200, seed=2)
+    data = u8(buf)
+    starts, ends, _ = ndjson.split_records(data)
+    t = TREE
+    args = (t.ch_start, t.ch_count, t.children, t.key_start, t.key_len, t.keybytes, t.leaf)
+    for locate_only in (False, True):
+        *_, redo = ndjson._scan_fast(data, starts, ends, *args, len(t.paths), t.max_key_len, locate_only)  # fmt: skip
+        assert not redo.any()
+        assert_same_as_exact(data, starts, ends, TREE, locate_only)
+
+
+# --- word-at-a-time extract and quote against Python ------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.none() | st.text(alphabet=st.sampled_from('ab"\\\n\x01é😀/ '), max_size=40) | st.text(),
+        max_size=30,
+    )
+)
+def test_quote_and_extract_round_trip_long_values_with_escapes_anywhere(values):
+    off, out = ndjson.quote(pa.array(values, pa.string()))
+    texts = [out[a:b].tobytes() for a, b in zip(off[:-1].tolist(), off[1:].tolist(), strict=True)]
+    for t, v in zip(texts, values, strict=True):
+        assert t == b"null" if v is None else json.loads(t) == v
+    buf = b"".join(b'{"a":' + t + b"}\n" for t in texts)
+    data = u8(buf)
+    starts, ends, _ = ndjson.split_records(data)
+    sc = assert_same_as_exact(data, starts, ends, TREE, False)
+    assert column(data, sc, 0) == values
+
+
+def test_extract_columns_match_json_loads_on_traffic():
+    from raymask.loadtest.traffic import generate_bytes
+
+    raw = generate_bytes("payments", 2000, seed=4)
+    data = u8(raw)
+    paths = ["event_id", "account.id", "customer.name", "amount", "note", "ts", "card"]
+    tree = build_tree(paths)
+    starts, ends, _ = ndjson.split_records(data)
+    sc = assert_same_as_exact(data, starts, ends, tree, False)
+    cols = ndjson.extract_columns(data, sc.vstart, sc.vend, sc.vkind)
+    docs = [json.loads(x) for x in raw.splitlines()]
+    for k, path in enumerate(paths):
+        want = [lookup(d, path)[1] for d in docs]
+        got = cols[k].to_pylist()
+        if path == "amount":
+            assert [float(g) for g in got] == want
+        elif path == "card":  # an object: its JSON text
+            assert [json.loads(g) for g in got] == want
+        else:
+            assert got == want

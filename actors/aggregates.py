@@ -14,6 +14,7 @@ Contribution", PETS 2020):
 - counts get discrete Laplace noise of scale b = max_groups * max_rows / eps_count (L1
   sensitivity over all groups), sums Laplace on a 2^-k grid of scale
   max_groups * max_rows * max(|lo|, |hi|) / eps_sum (exact samplers of raymask.kernels.noise);
+  a mean is its noisy sum over the noisy count (post-processing), clamped to [lo, hi];
 - partition selection: a group is released only if its noisy count reaches max_rows + k, k
   from the discrete Laplace's exact tail, so a group that one subject alone makes appear is
   released with probability at most delta / max_groups, delta over all its groups (Korolova et
@@ -43,7 +44,7 @@ __all__ = ["Metric", "WindowSpec", "Release", "WindowAggregator"]
 
 @dataclass(frozen=True)
 class Metric:
-    op: str  # count | sum
+    op: str  # count | sum | mean
     epsilon: float
     field: str | None = None  # sum: the value column
     lo: float = 0.0
@@ -174,7 +175,7 @@ class WindowAggregator:
         if not self.noise:
             cols["count"] = counts
             for m, s in sums:
-                cols[f"sum_{m.field}"] = s
+                cols[f"{m.op}_{m.field}"] = s if m.op == "sum" else s / np.maximum(counts, 1)
             return Release(start, end, pa.table(cols), 0.0, 0.0, n)
         eps, delta = spec.epsilon, spec.delta
         try:
@@ -194,7 +195,10 @@ class WindowAggregator:
         cols = {"group": groups.filter(pa.array(keep)), "count": noisy[keep]}
         for m, s in sums:
             sens = gc * max(abs(m.lo), abs(m.hi))
-            cols[f"sum_{m.field}"] = _noisy_sums(s, sens, m.epsilon, self.rng)[keep]
+            noisy_sum = _noisy_sums(s, sens, m.epsilon, self.rng)[keep]
+            if m.op == "mean":  # noisy sum over noisy count (post-processing), kept in bounds
+                noisy_sum = np.clip(noisy_sum / np.maximum(noisy[keep], 1), m.lo, m.hi)
+            cols[f"{m.op}_{m.field}"] = noisy_sum
         self.acc.commit(grant.id, caller=self.caller)
         return Release(start, end, pa.table(cols), eps, delta, n, grant.id)
 

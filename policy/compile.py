@@ -58,9 +58,7 @@ class StreamPlan:
     @property
     def private(self) -> bool:
         """Does any view add local-DP noise?"""
-        return any(
-            privacy_cost(op.spec) is not None for v in self.views.values() for op in v.ops
-        )
+        return any(privacy_cost(op.spec) is not None for v in self.views.values() for op in v.ops)
 
     def view(self, role: str | None) -> ViewPlan:
         """The role's view; a role the policy does not name gets the default (strictest) one."""

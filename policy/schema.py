@@ -422,7 +422,7 @@ class Window(BaseModel):
 class AggMetric(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    op: Literal["count", "sum"]
+    op: Literal["count", "sum", "mean"]
     epsilon: float = Field(gt=0, le=50, description="This metric's share of the window's epsilon.")
     field: FieldPath | None = Field(None, description="sum: the numeric field.")
     lo: float = Field(0.0, description="sum: values are clamped to [lo, hi].")
@@ -430,8 +430,8 @@ class AggMetric(BaseModel):
 
     @model_validator(mode="after")
     def _needs(self) -> AggMetric:
-        if self.op == "sum" and (self.field is None or not self.lo < self.hi):
-            raise ValueError("sum needs a field and bounds lo < hi")
+        if self.op != "count" and (self.field is None or not self.lo < self.hi):
+            raise ValueError(f"{self.op} needs a field and bounds lo < hi")
         if self.op == "count" and self.field is not None:
             raise ValueError("count takes no field")
         return self
@@ -449,7 +449,7 @@ class Aggregate(BaseModel):
     max_groups: int = Field(1, ge=1, le=10_000, description="Groups per subject per window.")
     max_rows: int = Field(1, ge=1, le=10_000, description="Rows per subject, group and window.")
     delta: float = Field(1e-6, gt=0, lt=0.01, description="Partition selection's delta.")
-    metrics: list[AggMetric] = Field(min_length=1, description="count first, then sums.")
+    metrics: list[AggMetric] = Field(min_length=1, description="count first, then sums and means.")
     scopes: list[str] | None = Field(
         None, description="Accountant scopes charged per window (default: stream:NAME)."
     )

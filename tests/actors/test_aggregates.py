@@ -155,3 +155,23 @@ def test_a_window_the_budget_cannot_pay_is_refused_and_not_released(tmp_path):
     assert second.refused and "would bring epsilon to 2 of 1.5" in second.refused
     assert second.table.num_rows == 0 and third.refused  # nothing released, nothing spent
     assert acc.status("stream:t")[0]["spent"] == 1.0
+
+
+def test_mean_is_the_noisy_sum_over_the_noisy_count_within_bounds(tmp_path):
+    rows = _rows(3000, seed=4)
+    spec = WindowSpec(size_s=60, max_groups=100, max_rows=10**6,
+                      metrics=(Metric("count", 1.0), Metric("mean", 1.0, "amount", 0.0, 100.0)))  # fmt: skip
+    exact = WindowAggregator(spec, accountant=_acc(tmp_path), scopes=["stream:t"], noise=False)
+    exact.add(rows)
+    for r in exact.flush(final=True):
+        want = _reference(rows, r.start, r.end)
+        for g, m in zip(
+            r.table["group"].to_pylist(), r.table["mean_amount"].to_pylist(), strict=True
+        ):
+            assert m == pytest.approx(want[g][1] / want[g][0], rel=1e-12)
+    noisy = WindowAggregator(SPEC.__class__(size_s=60, max_groups=1, max_rows=1,
+                             metrics=spec.metrics), accountant=_acc(tmp_path),
+                             scopes=["stream:t"], rng=SecureRandom._for_tests(3))  # fmt: skip
+    noisy.add(_rows(20000, seed=5, subjects=20000))
+    means = np.concatenate([r.table["mean_amount"].to_numpy() for r in noisy.flush(final=True)])
+    assert len(means) and ((means >= 0) & (means <= 100)).all()

@@ -162,6 +162,37 @@ def _kafka_part(console: Console, n: int, workers: int, ring) -> None:
         console.print(table)
 
 
+def _aggregate_part(console: Console, out_dir: Path, ring) -> None:  # noqa: ANN001
+    """Central DP: the payments policy's windowed aggregate, charged to a fresh accountant."""
+    from raymask.actors.accountant import Accountant
+    from raymask.cluster.aggregate import aggregate_file
+    from raymask.policy.loader import load_policy
+
+    console.rule("[bold]payments -> windowed DP aggregate spend_by_currency (central DP)")
+    db = out_dir / "state" / "accountant.sqlite"
+    acc = Accountant(db)
+    acc.set_budget("stream:payments", {"epsilon": 20.0, "delta": 1e-4, "accounting": "basic"})
+    acc.close()
+    out = out_dir / "payments.spend_by_currency.ndjson"
+    pol = load_policy(examples_dir() / "payments.yaml")
+    s = aggregate_file(pol, "payments", out_dir / "payments.ndjson", out, keyring=ring, db=db)
+    console.print(
+        f"{s.records_in:,} events -> {sum(s.windows.values())} windows released "
+        f"({sum(s.refused.values())} refused by the allowance of epsilon 20), "
+        f"{sum(s.groups.values())} group rows, epsilon {sum(s.epsilon.values()):g} spent; "
+        f"{s.dead_letters} dead letters (records it could not use) -> {out}"
+    )
+    table = Table(title="the first released windows (noisy counts and sums)")
+    for col in ("window", "currency", "payments", "total amount"):
+        table.add_column(col, justify="right" if col in ("payments", "total amount") else "left")
+    for line in out.read_text().splitlines()[:6]:
+        r = json.loads(line)
+        table.add_row(f"{r['window_start'][11:16]}-{r['window_end'][11:16]}", r["group"],
+                      f"{r['count']:,}", f"{r['sum_amount']:,.0f}")  # fmt: skip
+    console.print(table)
+    console.print("budgets: .venv/bin/raymask budget show --db " + str(db))
+
+
 def run_demo(n: int = 100_000, workers: int = 2, out_dir: Path = Path("demo-out")) -> None:
     from raymask.cluster.cli import print_summary, progress_bar
     from raymask.cluster.pipeline import mask_file
@@ -275,6 +306,7 @@ def run_demo(n: int = 100_000, workers: int = 2, out_dir: Path = Path("demo-out"
             totals["in"] += summary.records_in
             totals["out"] += summary.records_out
             totals["dead"] += summary.dead_letters
+        _aggregate_part(console, out_dir, ring)
         _kafka_part(console, min(n, 50_000), workers, ring)
     finally:
         if started:

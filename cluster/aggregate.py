@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +34,7 @@ from raymask.kernels.rng import SecureRandom
 from raymask.policy.keys import Keyring
 from raymask.policy.schema import Aggregate, Policy
 
-__all__ = ["AggregateSummary", "aggregate_file", "spec_for"]
+__all__ = ["AggregateSummary", "AggregateRunner", "aggregate_file", "spec_for"]
 
 
 @dataclass
@@ -89,6 +89,88 @@ def _one_time(v: str | None) -> float:
     return (d if d.tzinfo else d.replace(tzinfo=UTC)).timestamp()
 
 
+class AggregateRunner:
+    """A stream's aggregates fed chunk by chunk (by `aggregate_file`, or beside the masking in
+    `raymask run`): releases go to `output` as NDJSON, unusable and late records to their own
+    dead-letter file."""
+
+    def __init__(
+        self, policy: Policy, stream: str, output: str | Path, *, keyring: Keyring,
+        header_line: bytes = b"", names: list[str] | None = None, db: str | Path | None = None,
+        dead_letters: str | Path | None = None, dead_letter_key: str = DEFAULT_KEY_ID,
+        rng: SecureRandom | None = None, noise: bool = True,
+    ) -> None:  # fmt: skip
+        if stream not in policy.streams:
+            raise InputError(f"no stream {stream!r} in the policy")
+        s = policy.streams[stream]
+        chosen = names or list(s.aggregates)
+        if not chosen:
+            raise InputError(f"stream {stream} has no aggregates")
+        unknown = [n for n in chosen if n not in s.aggregates]
+        if unknown:
+            raise InputError(f"stream {stream} has no aggregate {unknown[0]!r}")
+        self.key = s.key
+        self.acc = Accountant(db or default_db())
+        self.aggs: dict[str, tuple[Aggregate, WindowAggregator]] = {}
+        rng = rng or SecureRandom(personalization=b"raymask aggregates")
+        for name in chosen:
+            a = s.aggregates[name]
+            scopes = a.scopes or [f"stream:{stream}"]
+            for sc in scopes:
+                if self.acc.budget(sc) is None:
+                    self.acc.close()
+                    raise InputError(
+                        f"scope {sc} has no budget; set one with raymask budget set {sc} "
+                        "--epsilon E"
+                    )
+            self.aggs[name] = (a, WindowAggregator(
+                spec_for(a), accountant=self.acc, scopes=scopes, rng=rng,
+                caller=f"aggregate:{stream}.{name}", noise=noise,
+            ))  # fmt: skip
+        self.paths: list[str] = []
+        for a, _ in self.aggs.values():
+            for p in [
+                a.time,
+                a.group_by,
+                a.subject or s.key,
+                *(m.field for m in a.metrics if m.field),
+            ]:
+                if p not in self.paths:
+                    self.paths.append(p)
+        try:
+            self.tree = build_tree(self.paths)
+        except ValueError:
+            self.acc.close()
+            raise InputError("aggregate fields overlap (a field cannot contain another)") from None
+        self.dead_path = str(dead_letters or f"{output}.deadletters.ndjson")
+        self.writer = DeadLetterWriter(
+            self.dead_path, stream, keyring.get(dead_letter_key), header_line
+        )
+        self.out = open(output, "w", encoding="utf-8")  # noqa: SIM115
+        self.summary = AggregateSummary(stream, chosen, output=str(output))
+        self._t = 0.0
+
+    def chunk(self, fmt: Any, data: np.ndarray, base_line: int) -> None:
+        t0 = time.perf_counter()
+        dead = _chunk(fmt, data, base_line, self.tree, self.paths, self.aggs, self.key, self.out,
+                      self.summary)  # fmt: skip
+        self.writer.write(dead)
+        self._t += time.perf_counter() - t0
+
+    def close(self, final: bool = True) -> AggregateSummary:
+        """Release what is left (every open window when `final`) and close the files."""
+        try:
+            if final:
+                for name, (_, agg) in self.aggs.items():
+                    _write(self.out, name, agg.flush(final=True), self.summary)
+        finally:
+            self.out.close()
+            self.writer.close()
+            self.acc.close()
+        self.summary.seconds = self._t
+        return self.summary
+
+
 def aggregate_file(
     policy: Policy,
     stream: str,
@@ -105,57 +187,28 @@ def aggregate_file(
     noise: bool = True,
 ) -> AggregateSummary:
     """Run the stream's aggregates (or `names`) over `input`; releases go to `output` as NDJSON."""
-    if stream not in policy.streams:
+    s = policy.streams.get(stream)
+    if s is None:
         raise InputError(f"no stream {stream!r} in the policy")
-    s = policy.streams[stream]
-    chosen = names or list(s.aggregates)
-    if not chosen:
-        raise InputError(f"stream {stream} has no aggregates")
-    unknown = [n for n in chosen if n not in s.aggregates]
-    if unknown:
-        raise InputError(f"stream {stream} has no aggregate {unknown[0]!r}")
-    acc = Accountant(db or default_db())
-    aggs: dict[str, tuple[Aggregate, WindowAggregator]] = {}
-    rng = rng or SecureRandom(personalization=b"raymask aggregates")
-    for name in chosen:
-        a = s.aggregates[name]
-        scopes = a.scopes or [f"stream:{stream}"]
-        for sc in scopes:
-            if acc.budget(sc) is None:
-                raise InputError(
-                    f"scope {sc} has no budget; set one with raymask budget set {sc} --epsilon E"
-                )
-        aggs[name] = (a, WindowAggregator(spec_for(a), accountant=acc, scopes=scopes, rng=rng,
-                                          caller=f"aggregate:{stream}.{name}", noise=noise))  # fmt: skip
-    paths: list[str] = []
-    for a, _ in aggs.values():
-        for p in [a.time, a.group_by, a.subject or s.key, *(m.field for m in a.metrics if m.field)]:
-            if p not in paths:
-                paths.append(p)
-    try:
-        tree = build_tree(paths)
-    except ValueError:
-        raise InputError("aggregate fields overlap (a field cannot contain another)") from None
     src = FileSource(str(input), s.format, delimiter=s.delimiter, chunk_bytes=chunk_bytes)
-    dl_path = str(dead_letters or f"{output}.deadletters.ndjson")
-    writer = DeadLetterWriter(dl_path, stream, keyring.get(dead_letter_key), src.header_line)
-    summary = AggregateSummary(stream, chosen, output=str(output))
-    t0 = time.perf_counter()
     try:
-        with open(output, "w", encoding="utf-8") as out:
-            for chunk in src.chunks():
-                if chunk is None:
-                    continue
-                dead = _chunk(src.format, chunk.data, chunk.base_line, tree, paths, aggs, s.key,
-                              out, summary)  # fmt: skip
-                writer.write(dead)
-            for name, (_, agg) in aggs.items():
-                _write(out, name, agg.flush(final=True), summary)
+        runner = AggregateRunner(
+            policy, stream, output, keyring=keyring, header_line=src.header_line, names=names,
+            db=db, dead_letters=dead_letters, dead_letter_key=dead_letter_key, rng=rng,
+            noise=noise,
+        )  # fmt: skip
+    except Exception:
+        src.close()
+        raise
+    ok = False
+    try:
+        for chunk in src.chunks():
+            if chunk is not None:
+                runner.chunk(src.format, chunk.data, chunk.base_line)
+        ok = True
     finally:
         src.close()
-        writer.close()
-        acc.close()
-    summary.seconds = time.perf_counter() - t0
+        summary = runner.close(final=ok)
     return summary
 
 

@@ -72,6 +72,7 @@ class RunSummary:
     dp_suppressed: int = 0
     dp_max_epsilon: float = 0.0
     ledger: str | None = None  # where the per-subject budgets are checkpointed
+    aggregates: Any = None  # AggregateSummary when the run also released DP aggregates
 
     def latency(self, q: float) -> float:
         """A percentile (0-100) of the per-chunk latency."""
@@ -165,6 +166,7 @@ def run_pipeline(
     | None = None,
     resize: Callable[[int, int], list[Any]] | None = None,
     share: Callable[[pa.RecordBatch], Any] | None = None,
+    tap: Callable[[Any], None] | None = None,
 ) -> RunSummary:
     """Stream `source` through `workers`; `submit(worker, chunk, rows, role)` starts one worker's
     share of a chunk, `fetch` waits for a chunk's results. `share(batch)` turns a routed chunk into
@@ -243,6 +245,8 @@ def run_pipeline(
             fetch([hand_over(w) for w in workers])
             router = RouterCore(new_plan, source.format, len(workers))
             version = latest
+        if tap is not None:  # e.g. the stream's DP aggregates, on the same chunks
+            tap(chunk)
         t_route = time.perf_counter()
         routed = router.route(chunk.data, chunk.base_line)
         shared = share(routed.batch) if share is not None else routed.batch
@@ -326,14 +330,17 @@ def run_job(
     control: ControlCore | None = None,
     throttle_s: float = 0.0,
     state: str | Path | None = None,
+    aggregates: str | Path | None = None,
+    accountant_db: str | Path | None = None,
 ) -> RunSummary:
-    """Run a prepared job (see `mask_file`). `throttle_s` makes every worker sleep that long per
+    """Run a prepared job (see `mask_file`). With `aggregates` (a file), the stream's windowed
+    DP aggregates run on the same chunks, charged to the accountant at `accountant_db`. `throttle_s` makes every worker sleep that long per
     batch: fault injection for backpressure tests, never for production."""
     if workers < 1:
         raise InputError("workers must be >= 1")
     return _run(job.policy, job.plan, job.source, str(output), role, workers, address, job.keyring,
                 dead_letters, job.dead_letter_key, progress, local, name, control, throttle_s,
-                state=state)  # fmt: skip
+                state=state, aggregates=aggregates, accountant_db=accountant_db)  # fmt: skip
 
 
 def mask_file(
@@ -448,6 +455,7 @@ def _run_locked(
     address: str | None, ring: Keyring, dead_letters: str | Path | None, dead_letter_key: str,
     progress: ProgressFn | None, local: bool, name: str | None = None,
     control: ControlCore | None = None, throttle_s: float = 0.0, state: str | Path | None = None,
+    aggregates: str | Path | None = None, accountant_db: str | Path | None = None,
 ) -> RunSummary:  # fmt: skip
     stream = plan.stream
     view = plan.view(role)
@@ -471,7 +479,20 @@ def _run_locked(
             f"{out_name}: cannot write ({exc.strerror or type(exc).__name__})"
         ) from None
     started = False
+    runner = tap = None
+    ok = False
     try:
+        if aggregates is not None:
+            from raymask.cluster.aggregate import AggregateRunner
+
+            runner = AggregateRunner(
+                pol, stream, aggregates, keyring=ring, header_line=src.header_line,
+                db=accountant_db, dead_letter_key=dead_letter_key,
+            )  # fmt: skip
+
+            def tap(chunk: Any) -> None:
+                runner.chunk(src.format, chunk.data, chunk.base_line)
+
         if local:
             cores = [
                 MaskCore(pol, stream, ring, src.format, ledger_uri=ledger, shard=i, shards=workers)
@@ -489,7 +510,7 @@ def _run_locked(
 
             run_pipeline(
                 plan, src, cores, lambda w, b, i, r: w.process(b, r, i), lambda fs: list(fs), out_f, writer,
-                role, summary, progress=progress, poll=poll, switch=switch,
+                role, summary, progress=progress, poll=poll, switch=switch, tap=tap,
             )  # fmt: skip
         else:
             import ray
@@ -571,14 +592,17 @@ def _run_locked(
                     role, summary, progress=progress,
                     poll=lambda: tuple(ray.get(ctl.state.remote())), switch=switch_ray,
                     metrics=PipelineMetrics(stream), recover=recover,
-                    resize=resize, share=ray.put,
+                    resize=resize, share=ray.put, tap=tap,
                 )  # fmt: skip
             except ray.exceptions.RayActorError:
                 raise PipelineError("a mask worker died; see the Ray logs") from None
             finally:
                 for a in [*actors, ctl]:
                     ray.kill(a)
+        ok = True
     finally:
+        if runner is not None:  # the last windows are released only when the run completed
+            summary.aggregates = runner.close(final=ok)
         src.close()
         writer.close()
         if out_f is not sys.stdout.buffer:

@@ -185,3 +185,21 @@ def test_noise_matches_pipelinedp_on_the_same_data_and_bounds(tmp_path, keyring)
     theirs = np.array([theirs_counts[k].count - want[k][0] for k in want], float)
     ratio = math.sqrt(np.mean(ours**2)) / math.sqrt(np.mean(theirs**2))
     assert 0.75 <= ratio <= 1.33, ratio
+
+
+def test_the_same_aggregates_run_beside_the_masking_in_a_run(tmp_path, keyring):
+    from raymask.cluster.pipeline import prepare, run_job
+
+    src = tmp_path / "in.ndjson"
+    src.write_bytes(generate_bytes("payments", 8_000, seed=5))
+    pol = _policy(1, 5)
+    job = prepare(pol, "payments", src, keyring=keyring, dead_letter_key="deadletter",
+                  chunk_bytes=256 << 10)  # fmt: skip
+    s = run_job(job, tmp_path / "masked.ndjson", local=True, aggregates=tmp_path / "agg.ndjson",
+                accountant_db=_db(tmp_path))  # fmt: skip
+    assert s.records_out == 8_000 and s.aggregates.records_in == 8_000
+    alone = aggregate_file(pol, "payments", src, tmp_path / "alone.ndjson", keyring=keyring,
+                           db=_db(tmp_path / "x"), dead_letter_key="deadletter",
+                           noise=False)  # fmt: skip
+    assert alone.windows == s.aggregates.windows  # the same windows were released
+    assert _read(tmp_path / "agg.ndjson").keys() <= _read(tmp_path / "alone.ndjson").keys()

@@ -5,6 +5,7 @@
      ├── KeyringError       a key is missing or malformed (names the key id, never the material)
      ├── InputError         an input cannot be read at all (bad records go to dead letters instead)
      ├── PipelineError      the running pipeline failed (a worker died, a sink failed)
+     │    └── BrokerUnreachable  a Kafka broker call got no answer within its time limit
      └── BrokerError        the embedded Kafka broker cannot start, answer or stop
 
 The CLI prints one line for these and exits 2 (usage, policy, keys, input) or 1 (pipeline).
@@ -18,6 +19,7 @@ __all__ = [
     "KeyringError",
     "InputError",
     "PipelineError",
+    "BrokerUnreachable",
     "BrokerError",
 ]
 
@@ -48,6 +50,11 @@ class PipelineError(RaymaskError):
     """The pipeline failed while running."""
 
     exit_code = 1
+
+
+class BrokerUnreachable(PipelineError):
+    """A Kafka broker call (commit, write, read-back) got no answer within its time limit: the
+    broker is down or cut off. Transient by nature; the pipeline retries until its own limit."""
 
 
 class BrokerError(RaymaskError):

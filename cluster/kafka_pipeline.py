@@ -313,7 +313,7 @@ def run_kafka(
             got, futs = futs, [(i, s.poll.remote(poll_ms)) for i, s in enumerate(srcs)]
             # the next poll runs while this one is masked and written; what it reads is
             # committed only after its own round, so stopping early loses nothing
-            failed = False
+            failed = None
             for i, f in got:
                 try:
                     polled.extend((i, c) for c in ray.get(f))
@@ -323,14 +323,15 @@ def run_kafka(
                     if not isinstance(getattr(exc, "cause", None), PipelineError):
                         raise
                     summary.source_failures += 1  # e.g. it could not join: the broker is away
-                    failed = True
+                    failed = str(exc.cause)
             if not polled:
                 now = time.monotonic()
                 if failed or not _reachable(srcs):  # a dead broker is not an idle topic
                     summary.broker_outages += 1
                     down_since = down_since or now
                     if now - down_since > broker_timeout_s:
-                        raise _broker_gone(summary, broker_timeout_s, "polls found it away")
+                        why = f"last: {failed}" if failed else "no metadata answer to the sources"
+                        raise _broker_gone(summary, broker_timeout_s, why)
                     idle_since = now
                     continue
                 down_since = None
@@ -397,17 +398,20 @@ def _reachable(srcs: list) -> bool:
 def _commit(
     srcs: list, commits: dict[int, dict[tuple[str, int], int]],
     pending: dict[int, dict[tuple[str, int], int]], summary: KafkaRunSummary,
+    get: Callable[[Any], Any] | None = None,
 ) -> None:  # fmt: skip
     """Commit each source's offsets, with whatever an earlier commit left pending (a newer
     offset of a partition replaces the pending one). A commit the broker did not answer stays
     pending for the next round; one refused (the partitions moved in a rebalance, or the source
-    died) is dropped: the records come again and the sinks skip them."""
+    died) is dropped: the records come again and the sinks skip them. (`get`: ray.get, or a
+    stand-in in unit tests.)"""
     import ray
 
+    get = get or ray.get
     for si in sorted(set(commits) | set(pending)):
         offsets = {**pending.pop(si, {}), **commits.get(si, {})}
         try:
-            ray.get(srcs[si].commit.remote(offsets))
+            get(srcs[si].commit.remote(offsets))
         except ray.exceptions.RayTaskError as exc:
             summary.source_failures += 1
             if isinstance(getattr(exc, "cause", None), BrokerUnreachable):
@@ -417,12 +421,13 @@ def _commit(
 
 
 def _flush_commits(
-    srcs: list, pending: dict[int, dict[tuple[str, int], int]], summary: KafkaRunSummary
-) -> None:
+    srcs: list, pending: dict[int, dict[tuple[str, int], int]], summary: KafkaRunSummary,
+    get: Callable[[Any], Any] | None = None,
+) -> None:  # fmt: skip
     """At the end of a run: one more try for the commits still pending; those that fail again
     are counted (their records are read again by the next run, and skipped there)."""
     if pending:
-        _commit(srcs, {}, pending, summary)
+        _commit(srcs, {}, pending, summary, get)
     summary.uncommitted = sum(len(v) for v in pending.values())
 
 

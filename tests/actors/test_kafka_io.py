@@ -419,3 +419,19 @@ def test_sink_refuses_header_lists_that_do_not_match_the_records(kafka_broker):
 
     with pytest.raises(ValueError, match="2 records, 2 offsets, 1 header lists"):
         asyncio.run(run())
+
+
+def test_the_sink_turns_off_aiokafkas_own_resends_unless_idempotent():
+    """The guard against duplicates from aiokafka's silent resends sets a private attribute;
+    this fails if an aiokafka upgrade renames it (the guard would then do nothing)."""
+    from aiokafka import AIOKafkaProducer
+
+    from raymask.actors.sinks.kafka import _no_client_resends
+
+    async def run() -> tuple[float, float]:
+        prod = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9", request_timeout_ms=30_000)
+        before = prod._message_accumulator._batch_ttl
+        _no_client_resends(prod)
+        return before, prod._message_accumulator._batch_ttl
+
+    assert asyncio.run(run()) == (30.0, 0.0)

@@ -325,7 +325,7 @@ class KafkaSink:
     async def _deliver(self, batch: Any, out: str, partition: int) -> Any:
         """One batch, sent and acknowledged. aiokafka expires an unsent batch after its
         request_timeout_ms; the outer bound is a last resort above that."""
-        limit = self.call_timeout_s + self._producer._request_timeout_ms / 1000
+        limit = self.call_timeout_s + getattr(self._producer, "_request_timeout_ms", 40_000) / 1000
         fut = await asyncio.wait_for(
             self._producer.send_batch(batch, out, partition=partition), limit
         )

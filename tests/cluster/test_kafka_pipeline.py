@@ -313,7 +313,7 @@ def test_a_broker_away_longer_than_the_limit_ends_the_run_with_a_pipeline_error(
 
     broker = Broker(log_path=tmp_path / "b.log").start()  # its own: this test stops it
     topic = _topic("iot")
-    data = generate_bytes("iot", 20000, seed=4)
+    data = generate_bytes("iot", 10000, seed=4)
     email = json.loads(data.split(b"\n", 1)[0])["owner"]["email"]
 
     async def setup() -> None:

@@ -378,6 +378,11 @@ def print_kafka_summary(console: Console, s) -> None:
     )
     if s.resent or s.source_failures:
         table.add_row("calls resent / source failures", f"{s.resent} / {s.source_failures}")
+    if s.broker_outages or s.uncommitted:
+        table.add_row(
+            "polls with the broker away / commits left pending",
+            f"{s.broker_outages} / {s.uncommitted}",
+        )
     console.print(table)
     views = Table(title="per view")
     for col in ("view", "topic", "written", "skipped (already there)", "dead letters"):
@@ -447,6 +452,22 @@ def run(
             help="Idempotent producer (default: on with --bootstrap-servers; tansu cannot).",
         ),
     ] = None,
+    broker_timeout: Annotated[
+        float,
+        typer.Option(
+            "--broker-timeout",
+            min=1,
+            help="Kafka mode: end the run when the broker is unreachable this many seconds.",
+        ),
+    ] = 60.0,
+    carry_headers: Annotated[
+        str | None,
+        typer.Option(
+            "--carry-headers",
+            help="Kafka mode: input headers to copy into the masked records, comma-separated "
+            "names or 'all' (default: none; headers are not masked by the policy).",
+        ),
+    ] = None,
     role: Annotated[str | None, typer.Option("--role", "-r")] = None,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1)] = 2,
     address: Annotated[str | None, typer.Option("--address")] = None,
@@ -467,9 +488,13 @@ def run(
     if input_topic is not None:
         if idempotent is None:
             idempotent = bootstrap_servers is not None
+        carry: bool | list[str] = False
+        if carry_headers:
+            names = [h.strip() for h in carry_headers.split(",") if h.strip()]
+            carry = True if names == ["all"] else names
         _run_kafka(policy, stream, input_topic, bootstrap_servers, roles, sources, group, idle,
                    _kafka_options(kafka_option), workers, address, keys, name, idempotent,
-                   state)  # fmt: skip
+                   broker_timeout, carry, state)  # fmt: skip
         return
     if input is None or output is None:
         raise InputError("give --input and --output (file mode) or --input-topic (Kafka mode)")
@@ -491,7 +516,8 @@ def run(
 
 
 def _run_kafka(policy, stream, topic, bootstrap, roles, sources, group, idle, options, workers,
-               address, keys, name, idempotent, state=None) -> None:  # fmt: skip
+               address, keys, name, idempotent, broker_timeout=60.0, carry=False,
+               state=None) -> None:  # fmt: skip
     import asyncio
     import signal
 
@@ -518,7 +544,8 @@ def _run_kafka(policy, stream, topic, bootstrap, roles, sources, group, idle, op
             roles=[r.strip() for r in roles.split(",")] if roles else None, workers=workers,
             sources=sources, group_id=group, idle_s=idle if idle > 0 else float("inf"),
             address=address, name=name, client_options=options or None,
-            should_stop=lambda: stop[0], idempotent=idempotent, state=state,
+            should_stop=lambda: stop[0], idempotent=idempotent, broker_timeout_s=broker_timeout,
+            carry_headers=carry, state=state,
         )  # fmt: skip
     finally:
         signal.signal(signal.SIGINT, previous)

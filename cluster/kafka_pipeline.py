@@ -14,6 +14,12 @@ Assumptions: one writer per output partition (the pipeline's sink), writes to it
 order (the sink takes one call at a time), and an output topic that is not written by anything
 else. Records in the output keep the input order per partition, so per-key order holds when the
 producers key their records (the usual Kafka contract).
+
+A broker that goes away (restart, network cut) is ridden out: every broker call in the actors is
+bounded, a write that fails is retried (the sink re-reads its tail first), a commit that fails is
+kept and sent with the next one, and an empty poll is told apart from a dead broker by asking it
+for metadata. Only a broker unreachable for longer than `broker_timeout_s` ends the run, with a
+PipelineError naming the limit; what was committed then is where the next run resumes.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from raymask.actors.sinks.kafka import DEFAULT_TOPIC_TEMPLATE
 from raymask.actors.sources.kafka import PartitionChunk
 from raymask.actors.worker import MaskOutput, merge_outputs
 from raymask.cluster.pipeline import MAX_RESENDS, _checked, ledger_root
-from raymask.errors import InputError, PipelineError
+from raymask.errors import BrokerUnreachable, InputError, PipelineError
 from raymask.kernels.codecs.formats import format_for
 from raymask.memory import tune_malloc
 from raymask.policy.keys import Keyring
@@ -68,6 +74,9 @@ class KafkaRunSummary:
     rounds: int = 0
     resent: int = 0  # calls sent again after their actor died
     source_failures: int = 0  # polls or commits lost to a dead source (it restarts)
+    broker_outages: int = 0  # polls that found the broker unreachable
+    uncommitted: int = 0  # partitions whose last commit never got through (re-read next run)
+    source_records: Counter = field(default_factory=Counter)  # source index -> messages read
     latencies_ms: list = field(default_factory=list, repr=False)  # produce time -> written
 
     def latency_ms(self, q: float) -> float:
@@ -88,14 +97,22 @@ class KafkaRunSummary:
         )
 
 
+def _broker_gone(summary: KafkaRunSummary, limit_s: float, what: str) -> PipelineError:
+    return PipelineError(
+        f"the Kafka broker at {summary.bootstrap} was unreachable for more than {limit_s:.0f} s "
+        f"(broker_timeout_s) ({what}); committed offsets keep the place, a new run resumes there"
+    )
+
+
 def _get_with_resend(
     calls: Sequence[tuple[Any, Callable[[], Any]]], summary: KafkaRunSummary,
     transient_s: float = 0.0,
 ) -> list[Any]:  # fmt: skip
     """Results of `calls` (future, resend) in order; a call whose actor died is sent again (in
     order, so a restarted sink sees its writes in the original order). With `transient_s`, a call
-    that failed with our PipelineError (a broker gone for a moment) is retried once a second for
-    that long; the sink re-reads its tail before the retry, so nothing is written twice."""
+    that failed with BrokerUnreachable (a broker gone for a moment) is retried once a second for
+    that long, then the run ends with a PipelineError naming the limit; the sink re-reads its
+    tail before a retry, so nothing is written twice."""
     import ray
 
     out = []
@@ -110,11 +127,14 @@ def _get_with_resend(
                 if deaths > MAX_RESENDS:
                     raise PipelineError("an actor kept dying; see the Ray logs") from None
             except ray.exceptions.RayTaskError as exc:
-                if not isinstance(getattr(exc, "cause", None), PipelineError) or not transient_s:
+                if (
+                    not isinstance(getattr(exc, "cause", None), BrokerUnreachable)
+                    or not transient_s
+                ):
                     raise
                 deadline = deadline or time.monotonic() + transient_s
                 if time.monotonic() > deadline:
-                    raise
+                    raise _broker_gone(summary, transient_s, f"last: {exc.cause}") from None
                 time.sleep(1.0)
             summary.resent += 1
             fut = resend()
@@ -181,6 +201,9 @@ def run_kafka(
     should_stop: Callable[[], bool] | None = None,
     on_ready: Callable[[], None] | None = None,
     idempotent: bool = False,
+    broker_timeout_s: float = 60.0,
+    carry_headers: bool | Sequence[str] = False,
+    balance_s: float = 20.0,
     state: str | Path | None = None,
 ) -> KafkaRunSummary:
     """Mask `input_topic` into one topic per role view until the input is idle for `idle_s`
@@ -191,7 +214,13 @@ def run_kafka(
     `idempotent` makes the sinks' producers idempotent: use it on real clusters (the CLI does for
     --bootstrap-servers); the embedded tansu broker cannot.
     `client_options` go to every Kafka client (SASL/SSL for a real cluster), `consumer_options`
-    only to the source consumers (session timeouts, fetch sizes). Actors are
+    only to the source consumers (session timeouts, fetch sizes). A broker unreachable for more
+    than `broker_timeout_s` ends the run with a PipelineError (each broker call is bounded by
+    min(30 s, broker_timeout_s), so the error comes at most about that much later). Input message
+    headers are carried into the masked records only with `carry_headers` (True: all; a list:
+    those names): they are outside the policy, so by default none is copied into any view.
+    With several sources, the first poll waits (up to `balance_s`) until the consumer group has
+    spread the partitions over all of them, so one early member does not read everything. Actors are
     named `kworker|ksource|ksink|kdead:NAME:i` in namespace "raymask" (NAME: default the stream),
     so fault tests and operators can find them. A policy with a `budget` keeps its per-subject
     ledger under `state` (see raymask.cluster.pipeline.ledger_root).
@@ -201,6 +230,9 @@ def run_kafka(
         raise InputError(f"stream {stream}: the Kafka path takes ndjson records, not {plan.format}")
     if workers < 1 or sources < 1:
         raise InputError("workers and sources must be >= 1")
+    if broker_timeout_s <= 0:
+        raise InputError("broker_timeout_s must be > 0")
+    call_s = min(30.0, broker_timeout_s)
     views = list(roles) if roles else list(plan.views)
     unknown = [r for r in views if r not in plan.views]
     if unknown:
@@ -245,24 +277,28 @@ def run_kafka(
                 group,
                 max_records=max_poll_records,
                 poll_timeout_ms=poll_ms,
-                client_options=client_options,
+                client_options={**(client_options or {}), **(consumer_options or {})},
+                call_timeout_s=call_s,
+                carry_headers=carry_headers,
             )  # fmt: skip
             for i in range(sources)
         ]
         sink = KafkaSinkActor.options(name=f"ksink:{pipeline}", **opts).remote(
             bootstrap, topic_template=topic_template, client_options=client_options,
-            idempotent=idempotent,
+            idempotent=idempotent, call_timeout_s=call_s,
         )  # fmt: skip
         dsink = KafkaSinkActor.options(name=f"kdead:{pipeline}", **opts).remote(
             bootstrap, topic_template=dead_letter_template,
             mark_group="raymask-deadletter-marks", client_options=client_options,
-            idempotent=idempotent,
+            idempotent=idempotent, call_timeout_s=call_s,
         )  # fmt: skip
         actors = [*pool, *srcs, sink, dsink]
         ray.get([w.warm.remote() for w in pool])
         parts = ray.get(srcs[0].partitions.remote(input_topic))
         if not parts:
             raise InputError(f"kafka topic {input_topic} does not exist at {bootstrap}")
+        if sources > 1:
+            _await_balance(srcs, parts, balance_s)
         for r in views:
             summary.topics[r] = topic_template.format(topic=input_topic, role=r)
             summary.dead_topics[r] = dead_letter_template.format(topic=input_topic, role=r)
@@ -274,6 +310,8 @@ def run_kafka(
             on_ready()
         t0 = time.perf_counter()
         idle_since = time.monotonic()
+        down_since: float | None = None
+        pending: dict[int, dict[tuple[str, int], int]] = {}  # commits not yet through, per source
         futs = [(i, s.poll.remote(poll_ms)) for i, s in enumerate(srcs)]
         while not (should_stop and should_stop()):
             if max_records is not None and summary.records_in >= max_records:
@@ -282,21 +320,39 @@ def run_kafka(
             got, futs = futs, [(i, s.poll.remote(poll_ms)) for i, s in enumerate(srcs)]
             # the next poll runs while this one is masked and written; what it reads is
             # committed only after its own round, so stopping early loses nothing
+            failed = None
             for i, f in got:
                 try:
                     polled.extend((i, c) for c in ray.get(f))
                 except ray.exceptions.RayActorError:
                     summary.source_failures += 1  # it restarts and resumes from its commits
+                except ray.exceptions.RayTaskError as exc:
+                    if not isinstance(getattr(exc, "cause", None), PipelineError):
+                        raise
+                    summary.source_failures += 1  # e.g. it could not join: the broker is away
+                    failed = str(exc.cause)
             if not polled:
-                if time.monotonic() - idle_since > idle_s:
+                now = time.monotonic()
+                if failed or not _reachable(srcs):  # a dead broker is not an idle topic
+                    summary.broker_outages += 1
+                    down_since = down_since or now
+                    if now - down_since > broker_timeout_s:
+                        why = f"last: {failed}" if failed else "no metadata answer to the sources"
+                        raise _broker_gone(summary, broker_timeout_s, why)
+                    idle_since = now
+                    continue
+                down_since = None
+                if now - idle_since > idle_s:
                     break
                 continue
-            idle_since = time.monotonic()
-            _round(polled, router, pool, srcs, sink, dsink, views, stream, dl_key, summary, metrics)
+            idle_since, down_since = time.monotonic(), None
+            _round(polled, router, pool, srcs, sink, dsink, views, stream, dl_key, summary, metrics,
+                   broker_timeout_s=broker_timeout_s, pending=pending)  # fmt: skip
             summary.rounds += 1
             summary.seconds = time.perf_counter() - t0  # up to the last record, not the idle wait
             if progress is not None:
                 progress(summary)
+        _flush_commits(srcs, pending, summary)
     except ray.exceptions.RayActorError:
         raise PipelineError("an actor of the Kafka pipeline died; see the Ray logs") from None
     except ray.exceptions.RayTaskError as exc:  # our own errors raised inside an actor
@@ -321,10 +377,74 @@ def run_kafka(
     return summary
 
 
+def _await_balance(srcs: list, partitions: int, limit_s: float) -> None:
+    """Start every source's consumer and wait until the group has given each of them some
+    partitions (as many as there are to share) and all partitions are held. tansu balances a
+    group in about 4 s. Past `limit_s` the run goes on as it is: polls work either way."""
+    import ray
+
+    ray.get([s.assignment.remote() for s in srcs])  # starts every consumer: they join now
+    want = min(len(srcs), partitions)
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        held = ray.get([s.assignment.remote() for s in srcs])
+        owners = sum(1 for a in held if a)
+        if owners >= want and len({tp for a in held for tp in a}) >= partitions:
+            return
+        time.sleep(0.2)
+
+
+def _reachable(srcs: list) -> bool:
+    """Whether every source's consumer gets a metadata answer from the broker."""
+    import ray
+
+    try:
+        return all(ray.get([s.reachable.remote() for s in srcs]))
+    except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError):
+        return False  # a source that cannot even start its consumer
+
+
+def _commit(
+    srcs: list, commits: dict[int, dict[tuple[str, int], int]],
+    pending: dict[int, dict[tuple[str, int], int]], summary: KafkaRunSummary,
+    get: Callable[[Any], Any] | None = None,
+) -> None:  # fmt: skip
+    """Commit each source's offsets, with whatever an earlier commit left pending (a newer
+    offset of a partition replaces the pending one). A commit the broker did not answer stays
+    pending for the next round; one refused (the partitions moved in a rebalance, or the source
+    died) is dropped: the records come again and the sinks skip them. (`get`: ray.get, or a
+    stand-in in unit tests.)"""
+    import ray
+
+    get = get or ray.get
+    for si in sorted(set(commits) | set(pending)):
+        offsets = {**pending.pop(si, {}), **commits.get(si, {})}
+        try:
+            get(srcs[si].commit.remote(offsets))
+        except ray.exceptions.RayTaskError as exc:
+            summary.source_failures += 1
+            if isinstance(getattr(exc, "cause", None), BrokerUnreachable):
+                pending[si] = offsets
+        except ray.exceptions.RayActorError:
+            summary.source_failures += 1
+
+
+def _flush_commits(
+    srcs: list, pending: dict[int, dict[tuple[str, int], int]], summary: KafkaRunSummary,
+    get: Callable[[Any], Any] | None = None,
+) -> None:  # fmt: skip
+    """At the end of a run: one more try for the commits still pending; those that fail again
+    are counted (their records are read again by the next run, and skipped there)."""
+    if pending:
+        _commit(srcs, {}, pending, summary, get)
+    summary.uncommitted = sum(len(v) for v in pending.values())
+
+
 def _round(
     polled: list[tuple[int, PartitionChunk]], router: RouterCore, pool: list, srcs: list,
     sink: Any, dsink: Any, views: list[str], stream: str, dl_key: Any, summary: KafkaRunSummary,
     metrics: KafkaMetrics | None = None, max_record_bytes: int = 1 << 20,
+    broker_timeout_s: float = 60.0, pending: dict[int, dict[tuple[str, int], int]] | None = None,
 ) -> None:  # fmt: skip
     """Mask and write one poll's chunks; commit each source's partitions once all is written."""
     import ray
@@ -346,9 +466,10 @@ def _round(
             ]
         jobs.append((si, ch, routed, calls))
     writes: list[tuple[Any, Callable[[], Any], str, str]] = []  # future, resend, role, kind
-    for _si, ch, routed, calls in jobs:
+    for si, ch, routed, calls in jobs:
         where = f"{ch.topic}[{ch.partition}]"
         summary.records_in += len(ch) + len(ch.bad)
+        summary.source_records[si] += len(ch) + len(ch.bad)
         summary.bytes_in += ch.nbytes
         common = [DeadLetter(b.offset, b.reason, b.raw or b"", None) for b in ch.bad]
         if routed is not None:
@@ -373,7 +494,8 @@ def _round(
                         )
                     )
                 if len(offs):
-                    args = (ch.topic, ch.partition, role, recs, offs, stamps)
+                    hdrs = None if ch.headers is None else [ch.headers[j] for j in src.tolist()]
+                    args = (ch.topic, ch.partition, role, recs, offs, stamps, hdrs)
                     writes.append(
                         (
                             sink.write.remote(*args),
@@ -393,7 +515,9 @@ def _round(
                     (dsink.write.remote(*args), lambda a=args: dsink.write.remote(*a), role, "dead")
                 )
                 summary.dead[role] += len(dead)
-    results = _get_with_resend([(f, r) for f, r, _, _ in writes], summary, transient_s=60.0)
+    results = _get_with_resend(
+        [(f, r) for f, r, _, _ in writes], summary, transient_s=broker_timeout_s
+    )
     now_ms = time.time() * 1000.0
     for (_, _, role, kind), res in zip(writes, results, strict=True):
         if kind == "out":
@@ -413,10 +537,4 @@ def _round(
     commits: dict[int, dict[tuple[str, int], int]] = {}
     for si, ch, _, _ in jobs:
         commits.setdefault(si, {})[(ch.topic, ch.partition)] = ch.next_offset
-    for si, offsets in commits.items():
-        try:
-            ray.get(srcs[si].commit.remote(offsets))
-        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError):
-            # the source died or lost the partitions in a rebalance: the records come again
-            # and the sinks skip them, so nothing is lost or doubled
-            summary.source_failures += 1
+    _commit(srcs, commits, {} if pending is None else pending, summary)

@@ -34,6 +34,7 @@ class Message:
     value: bytes
     headers: dict[str, bytes]
     timestamp: int
+    header_list: tuple[tuple[str, bytes], ...] = ()  # as sent: order kept, repeats kept
 
 
 def partition_by_key(data: bytes, key_path: str, partitions: int) -> dict[int, list[bytes]]:
@@ -63,8 +64,12 @@ async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
             raise RuntimeError(f"cannot create topic {topic} (error code {code})")
 
 
-async def produce(bootstrap: str, topic: str, per_partition: dict[int, list[bytes]]) -> int:
-    """Write the values to their partitions with the batch API; returns the count."""
+async def produce(
+    bootstrap: str, topic: str, per_partition: dict[int, list[bytes]],
+    headers: dict[int, list[list[tuple[str, bytes]]]] | None = None,
+) -> int:  # fmt: skip
+    """Write the values to their partitions with the batch API (with `headers[p][i]` on value i
+    of partition p when given); returns the count."""
     from aiokafka import AIOKafkaProducer
 
     prod = AIOKafkaProducer(
@@ -76,12 +81,13 @@ async def produce(bootstrap: str, topic: str, per_partition: dict[int, list[byte
         futures = []
         for p, values in per_partition.items():
             batch = prod.create_batch()
-            for v in values:
-                if batch.append(key=None, value=v, timestamp=None) is None:
+            hs = headers[p] if headers is not None else [None] * len(values)
+            for v, h in zip(values, hs, strict=True):
+                if batch.append(key=None, value=v, timestamp=None, headers=h) is None:
                     batch.close()
                     futures.append(await prod.send_batch(batch, topic, partition=p))
                     batch = prod.create_batch()
-                    batch.append(key=None, value=v, timestamp=None)
+                    batch.append(key=None, value=v, timestamp=None, headers=h)
                 n += 1
             batch.close()
             futures.append(await prod.send_batch(batch, topic, partition=p))
@@ -132,7 +138,14 @@ def read_topic(
                 got = await c.getmany(timeout_ms=200, max_records=50_000)
                 for tp, msgs in got.items():
                     out += [
-                        Message(tp.partition, m.offset, m.value, dict(m.headers or ()), m.timestamp)
+                        Message(
+                            tp.partition,
+                            m.offset,
+                            m.value,
+                            dict(m.headers or ()),
+                            m.timestamp,
+                            tuple(m.headers or ()),
+                        )  # fmt: skip
                         for m in msgs
                     ]
                     last = time.monotonic()

@@ -5,6 +5,7 @@
      ├── KeyringError       a key is missing or malformed (names the key id, never the material)
      ├── InputError         an input cannot be read at all (bad records go to dead letters instead)
      ├── PipelineError      the running pipeline failed (a worker died, a sink failed)
+     │    └── BrokerUnreachable  a Kafka broker call got no answer within its time limit
      ├── BudgetRefused      the privacy-budget accountant refused a reservation (says why, and
      │                      what is left)
      └── BrokerError        the embedded Kafka broker cannot start, answer or stop
@@ -20,6 +21,7 @@ __all__ = [
     "KeyringError",
     "InputError",
     "PipelineError",
+    "BrokerUnreachable",
     "BrokerError",
     "BudgetRefused",
 ]
@@ -51,6 +53,11 @@ class PipelineError(RaymaskError):
     """The pipeline failed while running."""
 
     exit_code = 1
+
+
+class BrokerUnreachable(PipelineError):
+    """A Kafka broker call (commit, write, read-back) got no answer within its time limit: the
+    broker is down or cut off. Transient by nature; the pipeline retries until its own limit."""
 
 
 class BrokerError(RaymaskError):

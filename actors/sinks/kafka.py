@@ -24,6 +24,13 @@ the mark until the consumer's position reaches the high watermark that fetch res
 data), it reads from the beginning. The mark bounds the read-back to what was written since the
 last mark, instead of the whole partition; the high watermark makes "the end" exact instead of
 a guess from a quiet timeout.
+
+Every broker call is bounded (`call_timeout_s`): aiokafka retries commits and coordinator
+look-ups forever while the broker is away, so an unbounded call would hang the pipeline on a dead
+broker. A call past its limit raises `BrokerUnreachable`; the caller decides how long to retry.
+A write sends its batches one after another, each acknowledged before the next is queued: a
+failed batch then has no later batch of the same write behind it, so the output of a partition
+never has a gap that the skip rule (highest source offset written) would paper over.
 """
 
 from __future__ import annotations
@@ -38,12 +45,13 @@ import numpy as np
 import pyarrow as pa
 
 from raymask.actors._lazy import LazyActor
-from raymask.errors import PipelineError
+from raymask.errors import BrokerUnreachable, PipelineError
 
 __all__ = [
     "DEFAULT_TOPIC_TEMPLATE",
     "KafkaSink",
     "KafkaSinkActor",
+    "OUR_HEADER_PREFIX",
     "SRC_OFFSET",
     "SRC_PARTITION",
     "SRC_TOPIC",
@@ -55,6 +63,8 @@ DEFAULT_TOPIC_TEMPLATE = "{topic}.masked.{role}"
 SRC_TOPIC = "raymask.src.topic"
 SRC_PARTITION = "raymask.src.partition"
 SRC_OFFSET = "raymask.src.offset"
+OUR_HEADER_PREFIX = "raymask.src."  # input headers named so are dropped, never carried
+DEFAULT_CALL_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,7 @@ class KafkaSink:
         mark_group: str | None = "raymask-sink-marks", resume: bool = True,
         max_batch_bytes: int = 1 << 20, max_record_bytes: int = 1 << 20, acks: str | int = "all",
         client_options: Mapping[str, Any] | None = None, idempotent: bool = False,
+        call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
     ) -> None:  # fmt: skip
         if "{topic}" not in topic_template or "{role}" not in topic_template:
             raise ValueError(
@@ -117,6 +128,7 @@ class KafkaSink:
         # clusters support it, the embedded tansu 0.6.0 does not (InitProducerId fails)
         self.idempotent = idempotent
         self.client_options = dict(client_options or {})
+        self.call_timeout_s = call_timeout_s
         self._producer: Any = None
         self._marks: Any = None  # consumer of mark_group: commits only, fetches nothing
         self._marked: set[Any] = set()
@@ -131,23 +143,39 @@ class KafkaSink:
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+        # a batch the broker does not take expires after request_timeout_ms (aiokafka's default
+        # 40 s): no longer than a call may wait, unless the caller says otherwise
+        opts = {"request_timeout_ms": int(min(40.0, self.call_timeout_s) * 1000),
+                **self.client_options}  # fmt: skip
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, acks=self.acks, enable_idempotence=self.idempotent,
             max_batch_size=self.max_batch_bytes, max_request_size=max(self.max_batch_bytes, self.max_record_bytes) + (1 << 16),
-            **self.client_options,
+            **opts,
         )  # fmt: skip
+        if not self.idempotent:
+            _no_client_resends(self._producer)
         try:
-            await self._producer.start()
+            await self._bounded(self._producer.start(), "connect")
             if self.mark_group is not None:
                 self._marks = AIOKafkaConsumer(
                     bootstrap_servers=self.bootstrap, group_id=self.mark_group,
                     enable_auto_commit=False, **self.client_options,
                 )  # fmt: skip
-                await self._marks.start()
+                await self._bounded(self._marks.start(), "connect")
         except Exception as exc:
             await self.stop()
             raise PipelineError(
                 f"kafka sink {self.bootstrap}: cannot connect ({type(exc).__name__})"
+            ) from None
+
+    async def _bounded(self, aw: Any, what: str, timeout: float | None = None) -> Any:
+        """`aw` within the call timeout, else BrokerUnreachable naming what waited (no values)."""
+        t = self.call_timeout_s if timeout is None else timeout
+        try:
+            return await asyncio.wait_for(aw, t)
+        except TimeoutError:
+            raise BrokerUnreachable(
+                f"kafka sink {self.bootstrap}: {what} got no answer within {t:.0f} s"
             ) from None
 
     async def stop(self) -> None:
@@ -171,15 +199,17 @@ class KafkaSink:
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self._admin_options())
-        await admin.start()
         try:
-            resp = await admin.create_topics([NewTopic(name, partitions, 1)])
+            await self._bounded(admin.start(), f"creating topic {name}")
+            resp = await self._bounded(
+                admin.create_topics([NewTopic(name, partitions, 1)]), f"creating topic {name}"
+            )
         finally:
             await admin.close()
         for _topic, code, *_ in resp.topic_errors:
             if code not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS
                 raise PipelineError(f"kafka sink: cannot create topic {name} (error code {code})")
-        have = await self._producer.partitions_for(name)
+        have = await self._bounded(self._producer.partitions_for(name), f"metadata of {name}")
         if len(have or ()) < partitions:
             raise PipelineError(
                 f"kafka sink: topic {name} has {len(have or ())} partitions, the input has "
@@ -194,26 +224,34 @@ class KafkaSink:
     async def write(
         self, topic: str, partition: int, role: str, records: pa.Array | Sequence[bytes],
         source_offsets: np.ndarray | Sequence[int], timestamps: np.ndarray | None = None,
+        headers: Sequence[Sequence[tuple[str, bytes]] | None] | None = None,
     ) -> WriteResult:  # fmt: skip
         """Write one chunk's masked records (record i came from `source_offsets[i]` of
         topic[partition]) to the role's topic, same partition; return once all are acknowledged.
         Records whose source offset is already in the output are skipped. Writes to one output
-        partition must not overlap (await one before the next): the skip rule relies on order."""
+        partition must not overlap (await one before the next): the skip rule relies on order.
+
+        `headers[i]`, when given, are record i's input headers to carry: they go out before the
+        `raymask.src.*` ones, and any input header named `raymask.src.*` is dropped (it would
+        forge the source position the skip rule reads)."""
         out = self.topic_for(topic, role)
         offs = np.asarray(source_offsets, np.int64)
         values = record_values(records)
-        if len(values) != offs.shape[0]:
+        if len(values) != offs.shape[0] or (headers is not None and len(headers) != len(values)):
             raise ValueError(
                 f"kafka sink {out}[{partition}]: {len(values)} records, {offs.shape[0]} offsets"
+                + ("" if headers is None else f", {len(headers)} header lists")
             )
         key = (out, partition)
         if self.resume and key not in self._tail:
             try:
-                self._tail[key] = await self.tail_written(out, partition)
+                self._tail[key] = await self._bounded(
+                    self.tail_written(out, partition), f"read-back of {out}[{partition}]"
+                )
             except PipelineError:
                 raise
             except Exception as exc:  # a broker away for a moment: the caller may retry
-                raise PipelineError(
+                raise (BrokerUnreachable if _transient(exc) else PipelineError)(
                     f"kafka sink {out}[{partition}]: cannot read back what is written "
                     f"({type(exc).__name__})"
                 ) from None
@@ -224,18 +262,22 @@ class KafkaSink:
         if keep.shape[0] == 0:
             return WriteResult(out, partition, 0, skipped, None)
         stamps = None if timestamps is None else np.asarray(timestamps, np.int64)
-        futures, last_len = await self._send(out, partition, topic, values, offs, stamps, keep)
         try:
-            metas = await asyncio.gather(*futures)
+            last, last_len = await self._send(
+                out, partition, topic, values, offs, stamps, keep, headers
+            )
+        except PipelineError:
+            self._tail.pop(key, None)
+            raise
         except Exception as exc:
             # some of these records may be in the output now: the next write here reads the
             # tail again, so a retry skips them instead of writing them twice
             self._tail.pop(key, None)
-            raise PipelineError(
+            cls = BrokerUnreachable if _transient(exc) else PipelineError
+            raise cls(
                 f"kafka sink {out}[{partition}]: write of source offsets {int(offs[keep[0]])}.."
                 f"{int(offs[keep[-1]])} failed ({type(exc).__name__})"
             ) from None
-        last = metas[-1]
         base = int(last.offset) if last is not None else None
         last_out = None if base is None else base + last_len - 1  # acks=0 gives no offsets
         self._tail[key] = int(offs[keep[-1]])
@@ -247,12 +289,14 @@ class KafkaSink:
     async def _send(
         self, out: str, partition: int, topic: str, values: list[bytes], offs: np.ndarray,
         stamps: np.ndarray | None, keep: np.ndarray,
-    ) -> tuple[list[Any], int]:  # fmt: skip
-        """Queue the kept records in batches; (delivery futures, records in the last batch)."""
+        carried: Sequence[Sequence[tuple[str, bytes]] | None] | None = None,
+    ) -> tuple[Any, int]:  # fmt: skip
+        """Send the kept records in batches, each acknowledged before the next is queued;
+        returns (metadata of the last batch, records in it)."""
         src_t, src_p = topic.encode(), str(partition).encode()
-        futures = []
         batch = self._producer.create_batch()
         count = 0
+        meta = None
         offs_l = offs.tolist()
         stamps_l = stamps.tolist() if stamps is not None else None
         for i in keep.tolist():
@@ -262,17 +306,30 @@ class KafkaSink:
                     f"is {len(values[i])} bytes, above max_record_bytes ({self.max_record_bytes})"
                 )
             headers = [(SRC_TOPIC, src_t), (SRC_PARTITION, src_p), (SRC_OFFSET, b"%d" % offs_l[i])]
+            if carried is not None and carried[i]:
+                headers = [
+                    h for h in carried[i] if not h[0].startswith(OUR_HEADER_PREFIX)
+                ] + headers
             ts = stamps_l[i] if stamps_l is not None else None
             if batch.append(key=None, value=values[i], timestamp=ts, headers=headers) is None:
                 batch.close()  # full (an empty batch takes any one record, so this one fits next)
-                futures.append(await self._producer.send_batch(batch, out, partition=partition))
+                await self._deliver(batch, out, partition)
                 batch = self._producer.create_batch()
                 batch.append(key=None, value=values[i], timestamp=ts, headers=headers)
                 count = 0
             count += 1
         batch.close()
-        futures.append(await self._producer.send_batch(batch, out, partition=partition))
-        return futures, count
+        meta = await self._deliver(batch, out, partition)
+        return meta, count
+
+    async def _deliver(self, batch: Any, out: str, partition: int) -> Any:
+        """One batch, sent and acknowledged. aiokafka expires an unsent batch after its
+        request_timeout_ms; the outer bound is a last resort above that."""
+        limit = self.call_timeout_s + getattr(self._producer, "_request_timeout_ms", 40_000) / 1000
+        fut = await asyncio.wait_for(
+            self._producer.send_batch(batch, out, partition=partition), limit
+        )
+        return await asyncio.wait_for(fut, limit)
 
     async def _mark(self, out: str, partition: int, next_offset: int) -> None:
         from aiokafka import TopicPartition
@@ -284,8 +341,8 @@ class KafkaSink:
             self._marks.assign(list(self._marked))
             self._marks.pause(*self._marked)  # commits only: never fetch
         try:
-            await self._marks.commit({tp: next_offset})
-        except KafkaError:  # the mark is a hint: a stale one only lengthens a read-back
+            await self._bounded(self._marks.commit({tp: next_offset}), "mark commit")
+        except (KafkaError, BrokerUnreachable):  # a hint: a stale one only lengthens a read-back
             self.mark_failures += 1
 
     async def tail_written(
@@ -327,12 +384,37 @@ class KafkaSink:
                     if await reader.position(tp) >= hw:
                         return best
                 if time.monotonic() > deadline:
-                    raise PipelineError(
+                    raise BrokerUnreachable(
                         f"kafka sink: could not read the tail of {topic}[{partition}] within "
                         f"{timeout:.0f} s"
                     )
         finally:
             await reader.stop()
+
+
+def _no_client_resends(producer: Any) -> None:
+    """Make aiokafka fail a batch instead of sending it again on its own.
+
+    Without idempotence, a batch whose request was in flight when the connection dropped may
+    already be on the broker; aiokafka would resend it after reconnecting (a duplicate the skip
+    rule cannot see, since it happens inside one write). Its only retry switch is the batch's
+    time to live (`_can_retry` refuses an expired batch), so the time to live is set to zero:
+    the write fails, and the retry the pipeline makes reads the tail back first. A batch whose
+    partition has no leader also fails at once instead of waiting. An idempotent producer keeps
+    aiokafka's retries (the broker drops the duplicates). Private attribute, checked by the
+    broker-restart tests; if aiokafka renames it this does nothing."""
+    acc = getattr(producer, "_message_accumulator", None)
+    if acc is not None and hasattr(acc, "_batch_ttl"):
+        acc._batch_ttl = 0.0
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure that a broker coming back would cure: a timeout or a retriable Kafka error."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    return isinstance(exc, TimeoutError | KafkaTimeoutError) or bool(
+        getattr(exc, "retriable", False)
+    )
 
 
 def _source_offset(
@@ -370,10 +452,12 @@ def _make_actor():  # Ray is imported only where actors are made, never by the p
 
         async def write(
             self, topic: str, partition: int, role: str, records: Any, source_offsets: Any,
-            timestamps: Any = None,
+            timestamps: Any = None, headers: Any = None,
         ) -> WriteResult:  # fmt: skip
             core = await self._ready()
-            return await core.write(topic, partition, role, records, source_offsets, timestamps)
+            return await core.write(
+                topic, partition, role, records, source_offsets, timestamps, headers
+            )
 
         async def ensure_topic(self, name: str, partitions: int) -> None:
             await (await self._ready()).ensure_topic(name, partitions)

@@ -18,10 +18,21 @@ the records whose outputs may be missing (the Kafka sink then skips what it alre
 tansu 0.6.0 (the embedded broker) answers ListOffsets LATEST wrongly, so nothing here asks for end
 offsets; lag, where needed, comes from the high watermark of fetch responses
 (`AIOKafkaConsumer.highwater`), which tansu reports correctly.
+
+Every call that waits on the broker is bounded (`call_timeout_s`): aiokafka's commit and
+committed-offset look-ups retry forever while the group coordinator is away, which would hang the
+pipeline on a dead broker. Past the limit they raise `BrokerUnreachable`. A poll needs no bound
+(it returns empty after its timeout), but an empty poll cannot tell an idle topic from a dead
+broker: `reachable()` asks the broker for metadata to tell them apart.
+
+Input message headers travel with a chunk only when asked (`carry_headers`): they are not
+covered by the policy, so copying them into every view by default could carry a clear value
+(an auth token, a user id in trace baggage) past the masking.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from raymask.actors._lazy import LazyActor
-from raymask.errors import PipelineError
+from raymask.errors import BrokerUnreachable, PipelineError
 
 __all__ = ["BadMessage", "KafkaSource", "KafkaSourceActor", "PartitionChunk", "frame_values"]
 
@@ -59,6 +70,7 @@ class PartitionChunk:
     timestamps: np.ndarray  # int64, ms since the epoch
     next_offset: int  # what to commit once this chunk's records (and bad messages) are out
     bad: list[BadMessage] = field(default_factory=list)
+    headers: list[list[tuple[str, bytes]]] | None = None  # per record, when carried
 
     def __len__(self) -> int:
         return int(self.offsets.shape[0])
@@ -121,12 +133,14 @@ class KafkaSource:
     """A consumer-group member reading `topics` in bulk; `poll()` gives columnar chunks.
 
     `client_options` pass through to `AIOKafkaConsumer` (SASL/SSL settings for a real cluster,
-    fetch sizes); the options that make commits explicit cannot be overridden.
+    fetch sizes); the options that make commits explicit cannot be overridden. `carry_headers`:
+    False (default) drops input headers, True keeps them all, a collection of names keeps those.
     """
 
     def __init__(
         self, bootstrap: str, topics: Sequence[str], group_id: str, *, max_records: int = 50_000,
         poll_timeout_ms: int = 500, client_options: Mapping[str, Any] | None = None,
+        call_timeout_s: float = 30.0, carry_headers: bool | Sequence[str] = False,
     ) -> None:  # fmt: skip
         if not topics:
             raise ValueError("KafkaSource needs at least one topic")
@@ -135,6 +149,12 @@ class KafkaSource:
         self.group_id = group_id
         self.max_records = max_records
         self.poll_timeout_ms = poll_timeout_ms
+        self.call_timeout_s = call_timeout_s
+        if isinstance(carry_headers, str):
+            raise ValueError("carry_headers: give True, False or a list of header names")
+        self.carry_headers: bool | frozenset[str] = (
+            carry_headers if isinstance(carry_headers, bool) else frozenset(carry_headers)
+        )
         self.options = {
             "max_partition_fetch_bytes": 8 << 20,
             "fetch_max_bytes": 64 << 20,
@@ -154,7 +174,7 @@ class KafkaSource:
             *self.topics, bootstrap_servers=self.bootstrap, **self.options
         )
         try:
-            await self._consumer.start()
+            await asyncio.wait_for(self._consumer.start(), self.call_timeout_s)
         except Exception as exc:
             self._consumer = None
             raise PipelineError(
@@ -206,9 +226,17 @@ class KafkaSource:
             offsets, stamps = offsets[kept], stamps[kept]
         self.records_in += len(kept)
         self.bad_in += len(bad)
+        headers = None
+        if self.carry_headers:
+            names = None if self.carry_headers is True else self.carry_headers
+            headers = [
+                [(k, v) for k, v in (msgs[i].headers or ()) if names is None or k in names]
+                for i in kept.tolist()
+            ]
         return PartitionChunk(
-            topic, partition, data, offsets, stamps, next_offset=int(msgs[-1].offset) + 1, bad=bad
-        )
+            topic, partition, data, offsets, stamps, next_offset=int(msgs[-1].offset) + 1, bad=bad,
+            headers=headers,
+        )  # fmt: skip
 
     def highwater(self, topic: str, partition: int) -> int | None:
         """The partition's high watermark from the last fetch response (None before one)."""
@@ -227,10 +255,15 @@ class KafkaSource:
             if off < 0:
                 raise ValueError(f"kafka source {t}[{p}]: offset {off} to commit is negative")
         tps = {TopicPartition(t, p): int(off) for (t, p), off in offsets.items()}
+        where = ", ".join(f"{t}[{p}]@{o}" for (t, p), o in sorted(offsets.items()))
         try:
-            await self._consumer.commit(tps)
+            await asyncio.wait_for(self._consumer.commit(tps), self.call_timeout_s)
+        except TimeoutError:
+            raise BrokerUnreachable(
+                f"kafka source group {self.group_id}: commit of {where} got no answer within "
+                f"{self.call_timeout_s:.0f} s"
+            ) from None
         except (KafkaError, AssertionError) as exc:
-            where = ", ".join(f"{t}[{p}]@{o}" for (t, p), o in sorted(offsets.items()))
             raise PipelineError(
                 f"kafka source group {self.group_id}: commit of {where} failed "
                 f"({type(exc).__name__}; partitions may have been reassigned)"
@@ -240,7 +273,24 @@ class KafkaSource:
         """The group's committed offset for a partition (None if it never committed)."""
         from aiokafka import TopicPartition
 
-        return await self._consumer.committed(TopicPartition(topic, partition))
+        try:
+            return await asyncio.wait_for(
+                self._consumer.committed(TopicPartition(topic, partition)), self.call_timeout_s
+            )
+        except TimeoutError:
+            raise BrokerUnreachable(
+                f"kafka source group {self.group_id}: committed offset of {topic}[{partition}] "
+                f"got no answer within {self.call_timeout_s:.0f} s"
+            ) from None
+
+    async def reachable(self, timeout: float = 2.0) -> bool:
+        """Whether the broker answers a metadata request within `timeout` s (an empty poll
+        looks the same on an idle topic and on a dead broker)."""
+        try:
+            await asyncio.wait_for(self._consumer.topics(), timeout)
+            return True
+        except Exception:  # refused, timed out, no broker known: all mean "not now"
+            return False
 
 
 def _make_actor():  # Ray is imported only where actors are made, never by the pure core
@@ -278,6 +328,9 @@ def _make_actor():  # Ray is imported only where actors are made, never by the p
 
         async def assignment(self) -> list[tuple[str, int]]:
             return sorted((await self._ready()).assignment())
+
+        async def reachable(self, timeout: float = 2.0) -> bool:
+            return await (await self._ready()).reachable(timeout)
 
         async def highwater(self, topic: str, partition: int) -> int | None:
             return (await self._ready()).highwater(topic, partition)

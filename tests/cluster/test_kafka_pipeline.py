@@ -8,8 +8,9 @@ import asyncio
 import json
 import os
 import threading
+import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import pytest
 
@@ -119,7 +120,7 @@ def test_a_second_run_over_the_same_input_writes_nothing_twice(kafka_broker, ray
     skipped as already written, so each output topic still holds every record exactly once."""
     topic = _topic("iot")
     n = produce_traffic(
-        kafka_broker, topic, "iot", 4000, key_path="device_id", partitions=PARTS, seed=3
+        kafka_broker, topic, "iot", 4000, key_path="device.id", partitions=PARTS, seed=3
     )
     common = dict(bootstrap=kafka_broker, keyring=keyring, roles=["analyst"], idle_s=2,
                   consumer_options=FAST)  # fmt: skip
@@ -182,6 +183,13 @@ def test_kills_of_workers_sources_and_sinks_lose_and_double_nothing(
         (int(m.headers["raymask.src.partition"]), int(m.headers["raymask.src.offset"]))
         for m in msgs
     ]
+    if len(src) != len(set(src)):  # say where: which partitions, source and output offsets
+        seen: dict = defaultdict(list)
+        for m, k in zip(msgs, src, strict=True):
+            seen[k].append(m.offset)
+        twice = sorted((k, v) for k, v in seen.items() if len(v) > 1)
+        per = Counter(k[0] for k, _ in twice)
+        raise AssertionError(f"{len(twice)} doubled, per partition {dict(per)}: {twice[:3]}..")
     assert len(src) == len(set(src)) == n, "every input record exactly once"
     last: dict = {}
     for m in sorted(msgs, key=lambda m: (m.partition, m.offset)):
@@ -205,7 +213,8 @@ def test_cli_run_masks_a_topic_into_its_view_topics(kafka_broker, tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "raymask.cli", "run", "-P", str(EXAMPLES / "logs.yaml"),
          "-s", "applogs", "--input-topic", topic, "--bootstrap-servers", kafka_broker,
-         "--no-idempotent", "--idle", "2", "--keys", str(keys), "--roles", "sre"],
+         "--no-idempotent", "--idle", "2", "--keys", str(keys), "--roles", "sre",
+         "--broker-timeout", "30", "--carry-headers", "trace,content-type"],
         capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"},
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
@@ -213,3 +222,161 @@ def test_cli_run_masks_a_topic_into_its_view_topics(kafka_broker, tmp_path):
     assert f"{topic}.masked.sre" in r.stderr and "yes" in r.stderr
     msgs = read_topic(kafka_broker, f"{topic}.masked.sre", PARTS, expect=n + 1, idle_s=2)
     assert len(msgs) == n
+
+
+def _exactly_once_in_order(msgs, n: int, key_of) -> None:
+    """Every input (partition, offset) exactly once in `msgs`, and per key the `seq` rising."""
+    src = [
+        (int(m.headers["raymask.src.partition"]), int(m.headers["raymask.src.offset"]))
+        for m in msgs
+    ]
+    if len(src) != len(set(src)):  # say where: which partitions, source and output offsets
+        seen: dict = defaultdict(list)
+        for m, k in zip(msgs, src, strict=True):
+            seen[k].append(m.offset)
+        twice = sorted((k, v) for k, v in seen.items() if len(v) > 1)
+        per = Counter(k[0] for k, _ in twice)
+        raise AssertionError(f"{len(twice)} doubled, per partition {dict(per)}: {twice[:3]}..")
+    assert len(src) == len(set(src)) == n, "every input record exactly once"
+    last: dict = {}
+    for m in sorted(msgs, key=lambda m: (m.partition, m.offset)):
+        r = json.loads(m.value)
+        key = key_of(r)
+        assert r["seq"] > last.get(key, -1), "per-key order"
+        last[key] = r["seq"]
+
+
+def test_a_broker_restart_mid_run_on_s3_storage_loses_and_doubles_nothing(
+    ray_session, keyring, tmp_path
+):
+    """The broker is stopped while records flow and started again on the same port and the same
+    s3 bucket: the run rides it out (bounded broker calls, writes retried after a tail re-read,
+    commits kept until they get through) and every view holds every input record once, in
+    order per key. `make faults` runs it longer, with several longer outages."""
+    from raymask.cluster.broker import Broker, LoopbackS3
+
+    records = int(os.environ.get("RAYMASK_KAFKA_RESTART_RECORDS", "20000"))
+    down_s = float(os.environ.get("RAYMASK_KAFKA_RESTART_DOWN_S", "3"))
+    restarts = int(os.environ.get("RAYMASK_KAFKA_RESTARTS", "1"))
+    topic, roles = _topic("iot"), ["analyst", "ops"]
+    with LoopbackS3("restart") as s3:
+        broker = Broker(storage=s3.storage, env=s3.env, log_path=tmp_path / "b.log").start()
+        port = broker.port
+        n = produce_traffic(broker.bootstrap, topic, "iot", records, key_path="device.id",
+                            partitions=PARTS, seed=17)  # fmt: skip
+        finished, log = threading.Event(), []
+        done = [0]
+
+        def restart() -> None:  # this thread owns the broker from now on (parent-death signal)
+            for k in range(1, restarts + 1):  # at 1/(R+1), 2/(R+1), .. of the output
+                while done[0] < k * n // (restarts + 1) and not finished.wait(0.05):
+                    pass
+                if finished.is_set():
+                    break
+                log.append(("stopped at", done[0]))
+                broker.stop(timeout=0.5)  # SIGKILL after 0.5 s: tansu drains for ~5 s otherwise
+                time.sleep(down_s)
+                broker.start()
+                log.append(("started on", broker.port, done[0]))
+            finished.wait()
+            broker.stop()
+
+        def progress(summary) -> None:
+            done[0] = min(summary.written[r] + summary.dead[r] for r in roles)
+
+        t = threading.Thread(target=restart, daemon=True)
+        t.start()
+        try:
+            s = run_kafka(EXAMPLES / "iot.yaml", "telemetry", topic, bootstrap=broker.bootstrap,
+                          keyring=keyring, roles=roles, idle_s=90, max_poll_records=1000,
+                          consumer_options=FAST, progress=progress,
+                          should_stop=lambda: done[0] >= n)  # fmt: skip
+        finally:
+            finished.set()
+            t.join(30)
+        assert len(log) == 2 * restarts, log
+        for stopped, started in zip(log[::2], log[1::2], strict=True):
+            assert stopped[0] == "stopped at" and started[:2] == ("started on", port), log
+            assert started[2] < n, "the broker went away and came back mid-run"
+        assert s.balanced and not s.dead
+        with Broker(port=port, storage=s3.storage, env=s3.env) as again:
+            for role in roles:
+                msgs = read_topic(again.bootstrap, s.topics[role], PARTS, expect=n + 1, idle_s=3)
+                _exactly_once_in_order(msgs, n, lambda r: r["device"]["id"])
+
+
+def test_a_broker_away_longer_than_the_limit_ends_the_run_with_a_pipeline_error(
+    ray_session, keyring, tmp_path
+):
+    from raymask.cluster.broker import Broker
+    from raymask.errors import PipelineError
+
+    broker = Broker(log_path=tmp_path / "b.log").start()  # its own: this test stops it
+    topic = _topic("iot")
+    data = generate_bytes("iot", 10000, seed=4)
+    email = json.loads(data.split(b"\n", 1)[0])["owner"]["email"]
+
+    async def setup() -> None:
+        await create_topic(broker.bootstrap, topic, PARTS)
+        await produce(broker.bootstrap, topic, partition_by_key(data, "device.id", PARTS))
+
+    asyncio.run(setup())
+    stopped: list[float] = []
+
+    def progress(summary) -> None:
+        if not stopped and summary.written["analyst"] >= 3000:
+            broker.stop(timeout=0.5)
+            stopped.append(time.monotonic())
+
+    try:
+        with pytest.raises(PipelineError) as info:
+            run_kafka(EXAMPLES / "iot.yaml", "telemetry", topic, bootstrap=broker.bootstrap,
+                      keyring=keyring, roles=["analyst"], idle_s=90, max_poll_records=1000,
+                      consumer_options=FAST, progress=progress, broker_timeout_s=4)  # fmt: skip
+    finally:
+        broker.stop()
+    took = time.monotonic() - stopped[0]
+    msg = str(info.value)
+    assert "unreachable for more than 4 s (broker_timeout_s)" in msg
+    assert broker.bootstrap.split(":")[0] in msg and email not in msg
+    # the limit, plus at most two bounded calls (min(30 s, limit) each) and a poll
+    assert 4 <= took < 4 + 2 * 4 + 10, took
+
+
+def test_two_sources_on_four_partitions_write_every_record_once_per_view_headers_carried(
+    kafka_broker, ray_session, keyring
+):
+    """Two source actors share a 4-partition topic: both read, and each view holds every input
+    offset once, in per-key order. The same run carries the input headers (carry_headers=True):
+    each output record has its own input headers first, then ours; a forged raymask.src.*
+    header in the input is dropped. (One run for both: each run costs ~15 s of actor start-up.)"""
+    topic, roles = _topic("iot"), ["analyst", "ops"]
+    parts = partition_by_key(generate_bytes("iot", 6000, seed=23), "device.id", 4)
+    heads = {
+        p: [[("trace", b"%d-%d" % (p, i)), ("raymask.src.offset", b"0")] if i % 50 else []
+            for i in range(len(v))]
+        for p, v in parts.items()
+    }  # fmt: skip
+
+    async def setup() -> int:
+        await create_topic(kafka_broker, topic, 4)
+        return await produce(kafka_broker, topic, parts, headers=heads)
+
+    n = asyncio.run(setup())
+    s = run_kafka(EXAMPLES / "iot.yaml", "telemetry", topic, bootstrap=kafka_broker,
+                  keyring=keyring, roles=roles, sources=2, idle_s=3, max_poll_records=500,
+                  consumer_options=FAST, carry_headers=True)  # fmt: skip
+    assert s.records_in == n == 6000 and s.balanced and not s.dead
+    assert sorted(s.source_records) == [0, 1] and all(s.source_records.values()), (
+        "the group spread the partitions over both sources"
+    )
+    assert sum(s.source_records.values()) == s.records_in
+    for role in roles:
+        msgs = read_topic(kafka_broker, s.topics[role], 4, expect=n + 1, idle_s=2)
+        _exactly_once_in_order(msgs, n, lambda r: r["device"]["id"])
+        for m in msgs:
+            i = int(m.headers["raymask.src.offset"])
+            ours = [("raymask.src.topic", topic.encode()),
+                    ("raymask.src.partition", b"%d" % m.partition), ("raymask.src.offset", b"%d" % i)]  # fmt: skip
+            carried = [("trace", b"%d-%d" % (m.partition, i))] if i % 50 else []
+            assert list(m.header_list) == carried + ours

@@ -155,6 +155,35 @@ def _collect(
     return recs, rows, dead
 
 
+DP_EPSILON = "raymask.dp.epsilon"
+DP_DELTA = "raymask.dp.delta"
+
+
+def _with_dp_headers(
+    hdrs: list | None, outputs: Sequence[MaskOutput], rows: np.ndarray, n: int
+) -> list | None:
+    """Records carrying local-DP noise get `raymask.dp.epsilon` (and `raymask.dp.delta`)
+    headers: what the record spent in this view. Carried input headers of those names are
+    dropped (they would forge it)."""
+    if not any(o.privacy is not None for o in outputs):
+        return hdrs
+    eps, delta = np.zeros(n), np.zeros(n)
+    for o in outputs:
+        if o.privacy is not None:
+            eps[o.rows] = o.privacy.epsilon
+            delta[o.rows] = o.privacy.delta
+    out = []
+    base = hdrs if hdrs is not None else [None] * len(rows)
+    for h, e, d in zip(base, eps[rows].tolist(), delta[rows].tolist(), strict=True):
+        kept = [kv for kv in (h or ()) if not kv[0].startswith("raymask.dp.")]
+        if e > 0:
+            kept.append((DP_EPSILON, repr(e).encode()))
+            if d > 0:
+                kept.append((DP_DELTA, repr(d).encode()))
+        out.append(kept)
+    return out
+
+
 def _drop_oversized(
     recs: pa.Array, rows: np.ndarray, limit: int
 ) -> tuple[pa.Array, np.ndarray, list[tuple[int, str, str | None]]]:
@@ -495,6 +524,7 @@ def _round(
                     )
                 if len(offs):
                     hdrs = None if ch.headers is None else [ch.headers[j] for j in src.tolist()]
+                    hdrs = _with_dp_headers(hdrs, outs, rows, routed.records)
                     args = (ch.topic, ch.partition, role, recs, offs, stamps, hdrs)
                     writes.append(
                         (

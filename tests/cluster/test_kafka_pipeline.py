@@ -380,3 +380,32 @@ def test_two_sources_on_four_partitions_write_every_record_once_per_view_headers
                     ("raymask.src.partition", b"%d" % m.partition), ("raymask.src.offset", b"%d" % i)]  # fmt: skip
             carried = [("trace", b"%d-%d" % (m.partition, i))] if i % 50 else []
             assert list(m.header_list) == carried + ours
+
+
+def test_local_dp_records_carry_their_epsilon_and_budgets_hold(
+    kafka_broker, ray_session, keyring, tmp_path
+):
+    """telemetry_dp: noised readings, per-device daily budget; every released record says in its
+    headers what it spent, suppressed ones say nothing, and no device exceeds its allowance."""
+    topic = _topic("iotdp")
+    n = produce_traffic(
+        kafka_broker, topic, "iot", 3000, key_path="device.id", partitions=PARTS, seed=9
+    )
+    s = run_kafka(EXAMPLES / "iot.yaml", "telemetry_dp", topic, bootstrap=kafka_broker,
+                  keyring=keyring, idle_s=2, consumer_options=FAST, state=tmp_path / "state")  # fmt: skip
+    assert s.written["default"] == n
+    msgs = read_topic(kafka_broker, s.topics["default"], PARTS, expect=n + 1, idle_s=2)
+    assert len(msgs) == n
+    pol = load_policy(EXAMPLES / "iot.yaml").streams["telemetry_dp"]
+    per_record = pol.fields["temperature_c"].epsilon + pol.fields["battery_pct"].epsilon
+    released: Counter = Counter()
+    for m in msgs:
+        h = dict(m.headers)
+        rec = json.loads(m.value)
+        if rec["temperature_c"] is None:  # suppressed: spent nothing, says nothing
+            assert "raymask.dp.epsilon" not in h
+            continue
+        assert float(h["raymask.dp.epsilon"]) == pytest.approx(per_record)
+        assert float(h["raymask.dp.delta"]) == pytest.approx(pol.fields["battery_pct"].delta)
+        released[rec["device"]["id"]] += 1
+    assert released and max(released.values()) <= pol.budget.epsilon // per_record

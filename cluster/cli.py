@@ -278,6 +278,13 @@ def print_summary(console: Console, s) -> None:
     for path, tech in s.techniques.items():
         fields.add_row(path, tech, f"{s.changed.get(path, 0):,}" if tech != "keep" else "-")
     console.print(fields)
+    if s.aggregates is not None:
+        a = s.aggregates
+        console.print(
+            f"DP aggregates: {sum(a.windows.values())} windows released, "
+            f"{sum(a.refused.values())} refused by the budget, {sum(a.groups.values())} group "
+            f"rows, epsilon {sum(a.epsilon.values()):g} spent -> {a.output}"
+        )
     if s.dp_records or s.dp_suppressed:
         console.print(
             f"local DP: {s.dp_records:,} records carry noised values (at most epsilon "
@@ -477,6 +484,15 @@ def run(
         typer.Option("--name", help="Pipeline name for push and scale (default: the stream)."),
     ] = None,
     state: StateOpt = None,
+    aggregates: Annotated[
+        str | None,
+        typer.Option(
+            "--aggregates", help="File mode: also release the stream's DP aggregates here."
+        ),
+    ] = None,
+    db: Annotated[
+        Path | None, typer.Option("--db", help="The accountant's ledger (with --aggregates).")
+    ] = None,
 ) -> None:
     """A long-running streaming job. File mode (--input, --output): mask a file and, with
     --follow, what is appended to it. Kafka mode (--input-topic): mask a topic into one topic per
@@ -508,8 +524,9 @@ def run(
             + (" (following; Ctrl-C to stop)" if follow else "")
         )
         summary = run_job(
-            job, output, role=role, workers=workers, address=address, name=name, state=state
-        )
+            job, output, role=role, workers=workers, address=address, name=name, state=state,
+            aggregates=aggregates, accountant_db=db,
+        )  # fmt: skip
     finally:
         signal.signal(signal.SIGINT, previous)
     print_summary(err, summary)

@@ -297,6 +297,13 @@ def print_summary(console: Console, s) -> None:
             console.print(f"  {count:>8,}  {reason}", markup=False)
 
 
+DbOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--db", help="The accountant's SQLite ledger (default: RAYMASK_STATE/accountant.sqlite)."
+    ),
+]
+
 StateOpt = Annotated[
     str | None,
     typer.Option(
@@ -490,9 +497,7 @@ def run(
             "--aggregates", help="File mode: also release the stream's DP aggregates here."
         ),
     ] = None,
-    db: Annotated[
-        Path | None, typer.Option("--db", help="The accountant's ledger (with --aggregates).")
-    ] = None,
+    db: DbOpt = None,
 ) -> None:
     """A long-running streaming job. File mode (--input, --output): mask a file and, with
     --follow, what is appended to it. Kafka mode (--input-topic): mask a topic into one topic per
@@ -600,9 +605,7 @@ def aggregate(
     name: Annotated[
         list[str] | None, typer.Option("--aggregate", "-a", help="Only these aggregates.")
     ] = None,
-    db: Annotated[
-        Path | None, typer.Option("--db", help="The accountant's ledger (default: RAYMASK_STATE).")
-    ] = None,
+    db: DbOpt = None,
     keys: KeysOpt = None,
 ) -> None:
     """The stream's windowed DP aggregates over a file, each window charged to the accountant."""
@@ -623,14 +626,6 @@ def aggregate(
         err.print(f"  {count:>8,}  {reason}", markup=False)
     if s.refused:
         err.print("some windows were refused by the accountant (see raymask budget show)")
-
-
-DbOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--db", help="The accountant's SQLite ledger (default: RAYMASK_STATE/accountant.sqlite)."
-    ),
-]
 
 
 @budget_app.command("set")

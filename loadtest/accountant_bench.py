@@ -18,16 +18,15 @@ from pathlib import Path
 from raymask.actors.accountant import Accountant, Mechanism
 
 
-def direct(callers: int, seconds: float, db: Path) -> float:
-    Accountant(db).set_budget("bench", {"epsilon": 1e9, "delta": 1e-6})
+def _hammer(callers: int, seconds: float, make_pair) -> float:  # noqa: ANN001
+    """Pairs per second from `callers` threads, each looping `make_pair(i)()` until time."""
     counts = [0] * callers
     stop = time.perf_counter() + seconds
 
     def run(i: int) -> None:
-        acc = Accountant(db)
-        m = Mechanism.laplace(100.0)
+        pair = make_pair(i)
         while time.perf_counter() < stop:
-            acc.commit(acc.reserve("bench", m, caller=f"c{i}").id)
+            pair()
             counts[i] += 1
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(callers)]
@@ -39,6 +38,17 @@ def direct(callers: int, seconds: float, db: Path) -> float:
     return sum(counts) / (time.perf_counter() - t0)
 
 
+def direct(callers: int, seconds: float, db: Path) -> float:
+    Accountant(db).set_budget("bench", {"epsilon": 1e9, "delta": 1e-6})
+    m = Mechanism.laplace(100.0)
+
+    def make_pair(i: int):  # noqa: ANN202
+        acc = Accountant(db)  # its own connection, as another process would have
+        return lambda: acc.commit(acc.reserve("bench", m, caller=f"c{i}").id)
+
+    return _hammer(callers, seconds, make_pair)
+
+
 def via_ray(callers: int, seconds: float, db: Path) -> float:
     import ray
 
@@ -48,23 +58,12 @@ def via_ray(callers: int, seconds: float, db: Path) -> float:
     ensure_ray()
     a = get_accountant(str(db))
     ray.get(a.set_budget.remote("bench", {"epsilon": 1e9, "delta": 1e-6}))
-    counts = [0] * callers
-    stop = time.perf_counter() + seconds
     m = Mechanism.laplace(100.0).model_dump()
 
-    def run(i: int) -> None:
-        while time.perf_counter() < stop:
-            g = ray.get(a.reserve.remote(["bench"], m, f"c{i}"))
-            ray.get(a.commit.remote(g.id))
-            counts[i] += 1
+    def make_pair(i: int):  # noqa: ANN202
+        return lambda: ray.get(a.commit.remote(ray.get(a.reserve.remote(["bench"], m, f"c{i}")).id))
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(callers)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    rate = sum(counts) / (time.perf_counter() - t0)
+    rate = _hammer(callers, seconds, make_pair)
     ray.kill(a)
     return rate
 

@@ -12,6 +12,7 @@ import pyarrow as pa
 from numba import njit
 
 from raymask.kernels._arrow import string_array, string_buffers, string_columns
+from raymask.kernels.codecs._utf8 import seq_len
 from raymask.kernels.codecs.spans import K_MISSING, K_NULL, K_STRING, Scan
 
 __all__ = [
@@ -106,29 +107,10 @@ def _utf8_ok(data, s, e):
         if c < 128:
             q += 1
             continue
-        if 0xC2 <= c <= 0xDF:
-            need = 1
-            lo = 0x80
-            hi = 0xBF
-        elif 0xE0 <= c <= 0xEF:
-            need = 2
-            lo = 0xA0 if c == 0xE0 else 0x80
-            hi = 0x9F if c == 0xED else 0xBF
-        elif 0xF0 <= c <= 0xF4:
-            need = 3
-            lo = 0x90 if c == 0xF0 else 0x80
-            hi = 0x8F if c == 0xF4 else 0xBF
-        else:
+        k = seq_len(data, q, e)
+        if k == 0:
             return False
-        if q + need >= e:
-            return False
-        c1 = data[q + 1]
-        if c1 < lo or c1 > hi:
-            return False
-        for j in range(q + 2, q + 1 + need):
-            if (data[j] & 0xC0) != 0x80:
-                return False
-        q += 1 + need
+        q += k
     return True
 
 

@@ -35,6 +35,7 @@ from raymask.kernels.codecs._swar import (
     load_u64,
     string_stop,
 )
+from raymask.kernels.codecs._utf8 import seq_len
 from raymask.kernels.codecs.paths import PathTree
 from raymask.kernels.codecs.spans import (
     K_ARRAY,
@@ -177,29 +178,10 @@ def _scan_string(data, p, end):
         elif c < 128:
             q += 1
         else:
-            if 0xC2 <= c <= 0xDF:
-                need = 1
-                lo = 0x80
-                hi = 0xBF
-            elif 0xE0 <= c <= 0xEF:
-                need = 2
-                lo = 0xA0 if c == 0xE0 else 0x80
-                hi = 0x9F if c == 0xED else 0xBF
-            elif 0xF0 <= c <= 0xF4:
-                need = 3
-                lo = 0x90 if c == 0xF0 else 0x80
-                hi = 0x8F if c == 0xF4 else 0xBF
-            else:
+            k = seq_len(data, q, end)
+            if k == 0:
                 return -3
-            if q + need >= end:
-                return -3
-            c1 = data[q + 1]
-            if c1 < lo or c1 > hi:
-                return -3
-            for j in range(q + 2, q + 1 + need):
-                if (data[j] & 0xC0) != 0x80:
-                    return -3
-            q += 1 + need
+            q += k
     return -1
 
 
@@ -674,29 +656,10 @@ def _fast_string(data, q, end, nd):
         elif c < 128:  # a control character
             return -1, esc
         else:
-            if 0xC2 <= c <= 0xDF:
-                need = 1
-                lo = 0x80
-                hi = 0xBF
-            elif 0xE0 <= c <= 0xEF:
-                need = 2
-                lo = 0xA0 if c == 0xE0 else 0x80
-                hi = 0x9F if c == 0xED else 0xBF
-            elif 0xF0 <= c <= 0xF4:
-                need = 3
-                lo = 0x90 if c == 0xF0 else 0x80
-                hi = 0x8F if c == 0xF4 else 0xBF
-            else:
+            k = seq_len(data, q, end)
+            if k == 0:
                 return -1, esc
-            if q + need >= end:
-                return -1, esc
-            c1 = data[q + 1]
-            if c1 < lo or c1 > hi:
-                return -1, esc
-            for j in range(q + 2, q + 1 + need):
-                if (data[j] & 0xC0) != 0x80:
-                    return -1, esc
-            q += 1 + need
+            q += k
 
 
 @njit(cache=True)

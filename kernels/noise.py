@@ -401,11 +401,16 @@ def _count_f(x, valid):
 @njit(cache=True)
 def _apply_f(x, valid, z, lo, hi, j, integer):
     """One pass of `_grid_values`, the addition and `_finish` for float64 input (the same
-    IEEE operations: clamp, round half to even on the grid, integer addition, ldexp back)."""
+    IEEE operations: clamp, round half to even on the grid, integer addition, ldexp back).
+    Scaling by 2**-j and 2**j is a multiplication when both are normal doubles: a product
+    with a power of two is the correctly rounded x 2**k, which is what ldexp returns."""
     out = np.empty(x.shape[0], np.float64)
     allv = valid.shape[0] == 0
     k = 0
     half = (1 << (j - 1)) if j > 0 else 0
+    mul = -1022 <= j <= 1022
+    sin = math.ldexp(1.0, -j) if mul else 0.0
+    sout = math.ldexp(1.0, j) if mul else 0.0
     for i in range(x.shape[0]):
         if not (allv or valid[i]):
             out[i] = 0.0  # null (masked)
@@ -418,9 +423,12 @@ def _apply_f(x, valid, z, lo, hi, j, integer):
         if integer:
             xi = np.int64(np.rint(v))
             xr = xi if j == 0 else (xi + half) >> j
+        elif mul:
+            xr = np.int64(np.rint(v * sin))
         else:
             xr = np.int64(np.rint(math.ldexp(v, -j)))
-        out[i] = math.ldexp(np.float64(xr + z[k]), j)
+        y = np.float64(xr + z[k])
+        out[i] = y * sout if mul else math.ldexp(y, j)
         k += 1
     return out
 

@@ -339,7 +339,7 @@ def test_table_thresholds_are_the_exact_floors():
 def test_float_column_pass_equals_the_numpy_steps():
     # the one-pass float kernel against _grid_values + addition + _finish, bit for bit
     gen = np.random.default_rng(5)
-    for integer, bounds in ((False, [(0.0, 10.0), (-5.0, 1000.0), (-1e-3, 2e-3)]),
+    for integer, bounds in ((False, [(0.0, 10.0), (-5.0, 1000.0), (-1e-3, 2e-3), (0.0, 1e-305), (-1e300, 1e300)]),
                             (True, [(0.0, 10.0), (-5.0, 1000.0), (0.0, 1e12)])):  # fmt: skip
         for lo, hi in bounds:
             x = gen.normal(0, 3 * (hi - lo), 20_000)

@@ -52,6 +52,9 @@ __all__ = ["LapTables", "GaussTables", "lap_tables", "gauss_tables", "resolve"]
 PREC = 32  # bits of U compared in the kernel (one 32-bit draw per digit; fixed)
 _DIGITS = 80  # decimal digits of the tables' first computation
 _TAIL_BITS = 40  # discrete Gaussian: the table covers all but < 2**-40 of the mass
+# two sentinels end each level's thresholds: no draw steps past them (W <= 2**32 - 1); a draw
+# equal to one reads as a tie that `resolve` decides as the escape digit n
+_SENT = (1 << 32) - 1
 
 
 class _Level:
@@ -117,12 +120,14 @@ class _Tables:
             gbits = min(prec, max(1, int(lvl.n).bit_length()))
             g = _guide(lvl.thr, prec, gbits)
             rows.append((toff, lvl.n, goff, prec - gbits, mult, int(top), 32 - prec))
-            thr.append(np.concatenate([lvl.thr, [1 << 62, 1 << 62]]))  # sentinels
+            thr.append(np.concatenate([lvl.thr, [_SENT, _SENT]]))
             guide.append(g)
             toff += lvl.n + 2
             goff += len(g)
-        self.thr = np.concatenate(thr)
-        self.guide = np.concatenate(guide).astype(np.int32)
+        # 32-bit thresholds and 16-bit guides when they fit: half the cache lines per lookup
+        self.thr = np.concatenate(thr).astype(np.uint32 if prec == 32 else np.int64)
+        big = max(int(r[1]) for r in rows) + 2 >= 1 << 15
+        self.guide = np.concatenate(guide).astype(np.int32 if big else np.int16)
         self.lv = np.array(rows, np.int64)
 
 

@@ -9,10 +9,10 @@ a law on 0..n-1 (or 0..n-1 plus an escape "n or more") has cumulative thresholds
 F(1) < ... < F(n), real numbers. A uniform U in [0, 1) falls in digit d = #{k : F(k) <= U}.
 The kernel knows L_k = floor(2**prec F(k)) exactly and draws the first prec bits W of U:
 W < L_k proves U < F(k) and W > L_k proves U > F(k), so the digit is exact unless W == L_k
-for some k (probability <= n / 2**prec, about 2**-20 per draw at prec = 32). Then the kernel
-stops and `resolve` decides in Python by drawing further bits of U from the secure generator
-and computing F(k) to as many digits as needed, then the kernel reruns that value with the
-decision (the same bits lead to the same tie). No floating point decides anything: L_k are
+for some k (probability <= n / 2**prec, about 2**-20 per draw at prec = 32). The kernel lists
+such draws, and `resolve` decides each in Python by drawing further bits of U from the secure
+generator and computing F(k) to as many digits as needed; the digit is then corrected before
+the values are assembled. No floating point decides anything: L_k are
 integers computed from correctly rounded `decimal` arithmetic with a proven error bound and
 only kept when the bound cannot move the floor; the comparisons are integer.
 
@@ -145,7 +145,7 @@ def _ctx(digits: int) -> Context:
     return Context(prec=digits + 10)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=16)  # a table set holds up to ~12k Decimals (for `resolve`)
 def lap_tables(t: int, s: int, c: int = 12, prec: int = PREC, escape: int = 12) -> LapTables:
     """Digit tables for P[m] ~ exp(-m s/t) (m >= 0), base 2**c, s/t >= 2**-40; the top level
     escapes with probability below e**-escape (c, prec, escape other than the defaults only
@@ -195,7 +195,7 @@ def _lap_cdf(x: Fraction, n: int, N: int, top: bool, folded: bool):
     return cdf
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=16)
 def gauss_tables(sn: int, sd: int, prec: int = PREC, ymax: int | None = None) -> GaussTables:
     """Folded-CDF table of N_Z(0, sn/sd) on |Y| < ymax (default: all but 2**-40 of the mass)."""
     sigma = math.sqrt(sn / sd)

@@ -313,6 +313,8 @@ def _add_valid(x, valid, z):
 def discrete_laplace(n: int, t: int, s: int, rng: SecureRandom) -> np.ndarray:
     """n samples of the discrete Laplace law P[z] ~ exp(-|z| s/t), s/t >= 2**-40 (exact
     table inversion, raymask.kernels._invert)."""
+    if not (0 < t < 1 << 40 and s > 0):
+        raise ValueError("discrete_laplace needs 0 < t < 2**40 and s > 0")
     return _lap_z(n, t, s, rng)
 
 

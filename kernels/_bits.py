@@ -19,6 +19,7 @@ Samplers (Canonne, Kamath, Steinke, "The Discrete Gaussian for Differential Priv
   fraction with the binary expansion of n/d (long division); 2 bits expected, exact.
 - `bern_exp(n, d)`: Bernoulli(exp(-n/d)) (CKS Algorithm 1): exp(-1) floor(n/d) times, then the
   fraction by the alternating-series trick (K odd with A_k ~ Bernoulli(gamma/k)).
+- `geom(t, s)`: geometric P[y] proportional to exp(-y s/t), y >= 0 (CKS Algorithm 2's magnitude).
 - `dlap(t, s)`: discrete Laplace P[z] proportional to exp(-|z| s/t) (CKS Algorithm 2).
 - `dgauss(sn, sd, t, den)`: discrete Gaussian P[z] proportional to exp(-z**2/(2 sigma**2)),
   sigma**2 = sn/sd, t = floor(sigma) + 1, den = 2 sn sd t**2 (CKS Algorithm 3).
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 from numba import njit
 
-__all__ = ["bit", "bits", "bit_length", "uniform", "bern", "bern_exp", "dlap", "dgauss"]
+__all__ = ["bit", "bits", "bit_length", "uniform", "bern", "bern_exp", "geom", "dlap", "dgauss"]
 
 _LIM = 1 << 62
 
@@ -139,8 +140,9 @@ def bern_exp(w, p, left, cur, n, d):
 
 
 @njit(cache=True, inline="always")
-def dlap(w, p, left, cur, t, s, tbits):
-    """Discrete Laplace with P[z] proportional to exp(-|z| s / t) (CKS Algorithm 2);
+def geom(w, p, left, cur, t, s, tbits):
+    """Geometric P[y] proportional to exp(-y s / t), y >= 0 (the magnitude step of CKS
+    Algorithm 2: X = U + t V ~ geometric with ratio exp(-1/t), y = floor(X / s));
     tbits = bit_length(t)."""
     end = w.shape[0]
     while True:
@@ -162,6 +164,18 @@ def dlap(w, p, left, cur, t, s, tbits):
         y = u + t * v
         if s != 1:
             y //= s
+        return y, p, left, cur
+
+
+@njit(cache=True, inline="always")
+def dlap(w, p, left, cur, t, s, tbits):
+    """Discrete Laplace with P[z] proportional to exp(-|z| s / t) (CKS Algorithm 2);
+    tbits = bit_length(t)."""
+    end = w.shape[0]
+    while True:
+        y, p, left, cur = geom(w, p, left, cur, t, s, tbits)
+        if p > end:
+            return 0, p, left, cur
         b, p, left, cur = bit(w, p, left, cur)
         if p > end:
             return 0, p, left, cur

@@ -2,11 +2,14 @@
 
 Method. A value x is clamped to [lo, hi] and rounded to a grid of step g = 2**j (round half to
 even for floats, half up for integers); integer noise Z from an exact sampler is added on that
-grid and the output is (round(x/g) + Z) * g. The samplers (raymask.kernels._bits) are those of
-Canonne, Kamath and Steinke 2020 (CKS, arXiv:2004.00010): discrete Laplace (Algorithm 2) and
-discrete Gaussian (Algorithm 3), built on exact Bernoulli(exp(-gamma)) (Algorithm 1) with
-rational parameters and integer arithmetic only; random bits come from the CTR_DRBG of
-raymask.kernels.rng, never from NumPy's or Numba's generators.
+grid and the output is (round(x/g) + Z) * g. Z is drawn from the exact discrete Laplace and
+discrete Gaussian laws of Canonne, Kamath and Steinke 2020 (CKS, arXiv:2004.00010) by exact
+table inversion (raymask.kernels._invert: 32-bit prefixes of a uniform compared with integer
+floors of the CDF, ties decided by further bits, the Laplace magnitude as independent base-4096
+digits, the Gaussian tail beyond the table by exact rejection); the rare steps use CKS's exact
+samplers with rational parameters and integer arithmetic (raymask.kernels._bits). Random bits
+come from the CTR_DRBG of raymask.kernels.rng, never from NumPy's or Numba's generators. A
+float64 column is clamped, gridded, noised and converted back in one Numba pass.
 
 Why no floating-point attack (Mironov, "On significance of the least significant bits for
 differential privacy", CCS 2012): the attack reads x from which floats x + noise can hit, as
@@ -50,7 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numba import njit
 
-from raymask.kernels import _bits
+from raymask.kernels import _bits, _invert
 from raymask.kernels._arrow import validity
 from raymask.kernels.rng import SecureRandom
 
@@ -66,10 +69,6 @@ __all__ = [
     "bernoulli_exp",
     "gaussian_delta",
 ]
-
-# expected 64-bit words per sample, measured (used to size the first block; refills are exact)
-_WORDS_LAPLACE = 1.6
-_WORDS_GAUSS = 3.2
 
 
 @dataclass(frozen=True)
@@ -222,39 +221,6 @@ def gaussian_plan(
 
 
 @njit(cache=True)
-def _lap_fill(z, valid, start, words, st, t, s):
-    """Add dlap(t, s) to z[i] for valid i >= start; returns where it stopped (words ran out)."""
-    p, left, cur = st[0], st[1], st[3]
-    tbits = _bits.bit_length(t)
-    for i in range(start, z.shape[0]):
-        if valid[i]:
-            v, p2, left2, cur2 = _bits.dlap(words, p, left, cur, t, s, tbits)
-            if p2 > words.shape[0]:
-                st[0], st[1], st[3] = p, left, cur
-                return i
-            p, left, cur = p2, left2, cur2
-            z[i] += v
-    st[0], st[1], st[3] = p, left, cur
-    return z.shape[0]
-
-
-@njit(cache=True)
-def _gauss_fill(z, valid, start, words, st, sn, sd, t, den):
-    p, left, cur = st[0], st[1], st[3]
-    tbits = _bits.bit_length(t)
-    for i in range(start, z.shape[0]):
-        if valid[i]:
-            v, p2, left2, cur2 = _bits.dgauss(words, p, left, cur, sn, sd, t, den, tbits)
-            if p2 > words.shape[0]:
-                st[0], st[1], st[3] = p, left, cur
-                return i
-            p, left, cur = p2, left2, cur2
-            z[i] += v
-    st[0], st[1], st[3] = p, left, cur
-    return z.shape[0]
-
-
-@njit(cache=True)
 def _bexp_fill(z, valid, start, words, st, n, d):
     p, left, cur = st[0], st[1], st[3]
     for i in range(start, z.shape[0]):
@@ -285,25 +251,83 @@ def _run(fill, z: np.ndarray, valid: np.ndarray, rng: SecureRandom, per: float, 
         st[0] = 0
 
 
+def _tab_noise(tab, nv: int, rng: SecureRandom, combine, *args) -> np.ndarray:
+    """nv exact samples by table inversion (raymask.kernels._invert): one block of 32-bit
+    draws per digit level, one block of sign bits, then 64-bit words for the rare steps."""
+    nl = tab.lv.shape[0]
+    n32 = nl * nv + (nv + 31) // 32
+    n32 += n32 & 1
+    words = rng.uint64(n32 // 2 + nv // 256 + 64)
+    w32 = words.view(np.uint32)
+    tw = words[n32 // 2 :].view(np.int64)
+    z = np.empty(nv, np.int64)
+    ties = np.empty(nv, np.int64)  # untouched pages cost nothing
+    for li in range(nl):
+        nt = _invert.digits(w32, li * nv, nv, tab.thr, tab.guide, tab.lv, li, z, ties)
+        if nt:  # decide the ties (in order), then redo the level with the decided digits
+            _resolve_level(tab, li, w32, li * nv, z, ties[:nt].tolist(), rng)
+    st = np.zeros(4, dtype=np.int64)  # p, bits left, (unused), current word of the rare steps
+    k = 0
+    while True:
+        k = combine(z, w32, nl * nv, tw, st, *args, k)
+        if k >= nv:
+            return z
+        tw = np.concatenate([tw[st[0] :], rng.uint64(1024).view(np.int64)])
+        st[0] = 0
+
+
+def _resolve_level(tab, li, w32, base, z, ks, rng) -> None:
+    """Tied digits of level li, decided exactly by `_invert.resolve` from further secure bits,
+    written over the kernel's guess (which counted the thresholds below the tie)."""
+    lv = tab.lv[li]
+    mult, n, top = int(lv[4]), int(lv[1]), bool(lv[5])
+    for k in ks:
+        w = int(w32[base + k]) >> int(lv[6])
+        guess = z[k]
+        v = ~guess if guess < 0 else guess
+        g = int(np.searchsorted(tab.levels[li].thr, w, side="left"))  # the kernel's digit
+        d = _invert.resolve(tab, li, w, lambda: int(rng.uint64(1)[0]))
+        v += (d - g) * mult
+        z[k] = ~v if (top and d == n) else v
+
+
+def _lap_z(nv: int, t: int, s: int, rng: SecureRandom, **kw) -> np.ndarray:
+    tab = _invert.lap_tables(t, s, **kw)
+    return _tab_noise(tab, nv, rng, _invert.lap_combine, tab.lv, tab.folded, t, s)
+
+
+def _gauss_z(nv: int, sn: int, sd: int, rng: SecureRandom, **kw) -> np.ndarray:
+    tab = _invert.gauss_tables(sn, sd, **kw)
+    return _tab_noise(tab, nv, rng, _invert.gauss_combine, tab.ymax, sn, sd)
+
+
+@njit(cache=True)
+def _add_valid(x, valid, z):
+    k = 0
+    for i in range(x.shape[0]):
+        if valid[i]:
+            x[i] += z[k]
+            k += 1
+
+
 def discrete_laplace(n: int, t: int, s: int, rng: SecureRandom) -> np.ndarray:
-    """n samples of the discrete Laplace law P[z] ~ exp(-|z| s/t) (CKS Algorithm 2)."""
-    z = np.zeros(n, dtype=np.int64)
-    _run(_lap_fill, z, np.ones(n, np.bool_), rng, _WORDS_LAPLACE, t, s)
-    return z
+    """n samples of the discrete Laplace law P[z] ~ exp(-|z| s/t), s/t >= 2**-40 (exact
+    table inversion, raymask.kernels._invert)."""
+    if not (0 < t < 1 << 40 and s > 0):
+        raise ValueError("discrete_laplace needs 0 < t < 2**40 and s > 0")
+    return _lap_z(n, t, s, rng)
 
 
 def discrete_gaussian(n: int, sigma2: Fraction, rng: SecureRandom) -> np.ndarray:
     """n samples of the discrete Gaussian N_Z(0, sigma2), sigma2 a positive rational whose
-    numerator and denominator keep 2 sn sd (floor(sigma) + 1)**2 <= 2**46 (CKS Algorithm 3)."""
+    numerator and denominator keep 2 sn sd (floor(sigma) + 1)**2 <= 2**46 (exact table
+    inversion, raymask.kernels._invert; CKS 2020 for the law and the tail)."""
     sigma2 = Fraction(sigma2)
     sn, sd = sigma2.numerator, sigma2.denominator
     t = math.isqrt(sn // sd) + 1
-    den = 2 * sn * sd * t * t
-    if den > 1 << 46:
+    if 2 * sn * sd * t * t > 1 << 46:
         raise ValueError("sigma2's numerator and denominator are too large for this sampler")
-    z = np.zeros(n, dtype=np.int64)
-    _run(_gauss_fill, z, np.ones(n, np.bool_), rng, _WORDS_GAUSS, sn, sd, t, den)
-    return z
+    return _gauss_z(n, sn, sd, rng)
 
 
 def bernoulli_exp(n: int, gamma: Fraction, rng: SecureRandom) -> np.ndarray:
@@ -365,6 +389,73 @@ def _finish(z, valid, nan, out_type, j, integer, round_to) -> pa.Array:
     return pa.array(out, pa.float64(), mask=null if null.any() else None)
 
 
+@njit(cache=True)
+def _count_f(x, valid):
+    """Values that get noise: present (valid is empty when all are) and not NaN."""
+    c = 0
+    allv = valid.shape[0] == 0
+    for i in range(x.shape[0]):
+        if (allv or valid[i]) and not np.isnan(x[i]):
+            c += 1
+    return c
+
+
+@njit(cache=True)
+def _apply_f(x, valid, z, lo, hi, j, integer):
+    """One pass of `_grid_values`, the addition and `_finish` for float64 input (the same
+    IEEE operations: clamp, round half to even on the grid, integer addition, ldexp back).
+    Scaling by 2**-j and 2**j is a multiplication when both are normal doubles: a product
+    with a power of two is the correctly rounded x 2**k, which is what ldexp returns."""
+    out = np.empty(x.shape[0], np.float64)
+    allv = valid.shape[0] == 0
+    k = 0
+    half = (1 << (j - 1)) if j > 0 else 0
+    mul = -1022 <= j <= 1022
+    sin = math.ldexp(1.0, -j) if mul else 0.0
+    sout = math.ldexp(1.0, j) if mul else 0.0
+    for i in range(x.shape[0]):
+        if not (allv or valid[i]):
+            out[i] = 0.0  # null (masked)
+            continue
+        v = x[i]
+        if np.isnan(v):
+            out[i] = v
+            continue
+        v = min(max(v, lo), hi)
+        if integer:
+            xi = np.int64(np.rint(v))
+            xr = xi if j == 0 else (xi + half) >> j
+        elif mul:
+            xr = np.int64(np.rint(v * sin))
+        else:
+            xr = np.int64(np.rint(math.ldexp(v, -j)))
+        y = np.float64(xr + z[k])
+        out[i] = y * sout if mul else math.ldexp(y, j)
+        k += 1
+    return out
+
+
+def _float_noise(values, lo, hi, j, integer, round_to, sample) -> pa.Array | None:
+    """The float64 path in one pass over the values (None: not a float64 column)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if values.type != pa.float64():
+        return None
+    n = len(values)
+    buf = values.buffers()[1]
+    x = (
+        np.frombuffer(buf, np.float64, n, values.offset * 8)
+        if buf is not None
+        else np.zeros(n, np.float64)
+    )
+    valid = validity(values) if values.null_count else np.zeros(0, np.bool_)
+    z = sample(_count_f(x, valid))
+    out = _apply_f(x, valid, z, float(lo), float(hi), j, integer)
+    if round_to is not None:
+        out = np.round(out / round_to) * round_to
+    return pa.array(out, pa.float64(), mask=~valid if values.null_count else None)
+
+
 def _check_round(round_to: float | None, integer: bool) -> None:
     if round_to is None:
         return
@@ -392,9 +483,16 @@ def laplace_noise(
     """
     _check_round(round_to, integer)
     plan = laplace_plan(float(lo), float(hi), float(epsilon), integer)
+    if plan.D > 0:
+        out = _float_noise(
+            values, lo, hi, plan.j, integer, round_to,
+            lambda nv: _lap_z(nv, plan.t, plan.s, rng),
+        )  # fmt: skip
+        if out is not None:
+            return out
     xr, valid, nan, out_type = _grid_values(values, float(lo), float(hi), plan.j, integer)
     if plan.D > 0:
-        _run(_lap_fill, xr, valid, rng, _WORDS_LAPLACE, plan.t, plan.s)
+        _add_valid(xr, valid, _lap_z(int(np.count_nonzero(valid)), plan.t, plan.s, rng))
     return _finish(xr, valid, nan, out_type, plan.j, integer, round_to)
 
 
@@ -413,7 +511,14 @@ def gaussian_noise(
     hi - lo, calibrated by CKS Theorem 7 on the grid); same output rules as `laplace_noise`."""
     _check_round(round_to, integer)
     plan = gaussian_plan(float(lo), float(hi), float(epsilon), float(delta), integer)
+    if plan.D > 0:
+        out = _float_noise(
+            values, lo, hi, plan.j, integer, round_to,
+            lambda nv: _gauss_z(nv, plan.sn, plan.sd, rng),
+        )  # fmt: skip
+        if out is not None:
+            return out
     xr, valid, nan, out_type = _grid_values(values, float(lo), float(hi), plan.j, integer)
     if plan.D > 0:
-        _run(_gauss_fill, xr, valid, rng, _WORDS_GAUSS, plan.sn, plan.sd, plan.t, plan.den)
+        _add_valid(xr, valid, _gauss_z(int(np.count_nonzero(valid)), plan.sn, plan.sd, rng))
     return _finish(xr, valid, nan, out_type, plan.j, integer, round_to)

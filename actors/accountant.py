@@ -51,6 +51,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from raymask.actors._lazy import LazyActor
+from raymask.actors.ledger import period_index, state_base
 from raymask.errors import BudgetRefused, InputError
 
 __all__ = [
@@ -65,7 +66,6 @@ __all__ = [
 ]
 
 ACCOUNTANT_NAME = "raymask-accountant"
-PERIOD_SECONDS = {"hour": 3600, "day": 86400, "week": 7 * 86400, "forever": 0}
 
 
 class Mechanism(BaseModel):
@@ -517,8 +517,7 @@ class Accountant:
 
     @staticmethod
     def _period(b: ScopeBudget, now: float) -> int:
-        p = PERIOD_SECONDS[b.period]
-        return int(now // p) if p else 0
+        return period_index(b.period, now)
 
     def _groups(
         self, scope: str, period: int, now: float, committed_only: bool = False
@@ -600,8 +599,7 @@ class _Tx:
 
 
 def default_db() -> str:
-    base = os.environ.get("RAYMASK_STATE") or "~/.raymask/state"
-    return os.path.join(os.path.abspath(os.path.expanduser(base)), "accountant.sqlite")
+    return f"{state_base()}/accountant.sqlite"
 
 
 def _make_actor():  # Ray is imported only where actors are made

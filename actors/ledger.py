@@ -40,9 +40,34 @@ from raymask.kernels.hashing import jump_hash
 from raymask.kernels.ledger import BASIC, DELTA_UNIT, EPS_UNIT, ZCDP, LedgerTable, units
 from raymask.policy.schema import Budget
 
-__all__ = ["PERIOD_SECONDS", "LedgerStore", "SubjectLedger", "zcdp_allowance", "ledger_lock"]
+__all__ = [
+    "PERIOD_SECONDS",
+    "period_index",
+    "state_base",
+    "LedgerStore",
+    "SubjectLedger",
+    "zcdp_allowance",
+    "ledger_lock",
+]
 
 PERIOD_SECONDS = {"hour": 3600, "day": 86400, "week": 7 * 86400, "forever": 0}
+
+
+def period_index(period: str, now: float) -> int:
+    """Which renewal period `now` falls in (UTC, from the Unix epoch; 0 for forever)."""
+    p = PERIOD_SECONDS[period]
+    return int(now // p) if p else 0
+
+
+def state_base(state: str | os.PathLike[str] | None = None) -> str:
+    """The folder (or URI) of raymask's durable state: `state`, else $RAYMASK_STATE, else
+    ~/.raymask/state; local paths made absolute."""
+    base = str(state or os.environ.get("RAYMASK_STATE") or "~/.raymask/state")
+    if "://" not in base:
+        base = os.path.abspath(os.path.expanduser(base))
+    return base.rstrip("/")
+
+
 _FILE = re.compile(r"^(snap|log)-(\d{12})\.rml$")
 _SHARD = re.compile(r"^shard-\d+$")
 _SCHEMA = pa.schema(
@@ -274,10 +299,9 @@ class SubjectLedger:
             if budget.delta > 0
             else 0
         )
-        self.period_s = PERIOD_SECONDS[budget.period]
 
     def period(self) -> int:
-        return int(self.clock() // self.period_s) if self.period_s else 0
+        return period_index(self.budget.period, self.clock())
 
     def charge(
         self, hashes: np.ndarray, c_eps: np.ndarray, c_rho: np.ndarray, c_delta: np.ndarray

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from raymask.actors.control import ControlCore, key_shapes, make_control_actor
-from raymask.actors.ledger import ledger_lock
+from raymask.actors.ledger import ledger_lock, state_base
 from raymask.actors.metrics import PipelineMetrics
 from raymask.actors.router import DeadLetter, Routed, RouterCore
 from raymask.actors.sinks.deadletters import DEFAULT_KEY_ID, DeadLetterWriter
@@ -91,15 +91,10 @@ class RunSummary:
 
 
 def ledger_root(state: str | Path | None, stream: str) -> str:
-    """Where a stream's per-subject budgets live: `state` (a folder or an s3:// URI), else
+    """Where a stream's per-subject budgets live: under `state` (a folder or an s3:// URI), else
     $RAYMASK_STATE, else ~/.raymask/state; then ledger/STREAM. On a cluster use shared storage
     (s3://...), so a worker restarted on another node finds its shard's files."""
-    import os
-
-    base = str(state or os.environ.get("RAYMASK_STATE") or "~/.raymask/state")
-    if "://" not in base:
-        base = os.path.abspath(os.path.expanduser(base))
-    return f"{base.rstrip('/')}/ledger/{stream}"
+    return f"{state_base(state)}/ledger/{stream}"
 
 
 def default_dead_letter_path(output: str) -> str:

@@ -180,31 +180,28 @@ class LedgerTable:
         grows only as new subjects arrive (at half load it doubles and the pass goes on)."""
         granted = np.zeros(len(hashes), np.bool_)
         h = np.ascontiguousarray(hashes, np.uint64).view(np.int64)
+        self._in_passes(len(h), lambda r, room: _charge(
+            self.t, h, c_eps, c_rho, c_delta, now, mode, b_eps, b_rho, b_delta, granted, r, room,
+        ))  # fmt: skip
+        return granted
+
+    def _in_passes(self, n: int, run) -> None:  # noqa: ANN001
+        """Run a kernel pass `run(start, room) -> (next row, inserted)` over n rows, doubling the
+        table whenever it reaches half load, until every row is done."""
         r = 0
-        while r < len(h):
+        while r < n:
             room = self.capacity // 2 - self.used
             if room <= 0:
                 self._grow(self.used + 1)
                 continue
-            r, added = _charge(
-                self.t, h, c_eps, c_rho, c_delta, now, mode, b_eps, b_rho, b_delta, granted, r,
-                room,
-            )  # fmt: skip
+            r, added = run(r, room)
             self.used += added
-        return granted
 
     def merge(self, keys, period, eps, rho, delta) -> None:  # noqa: ANN001
         """Upsert rows (see `_merge`); they come out dirty."""
         keys = np.ascontiguousarray(keys, np.uint64).view(np.int64)
         cols = [np.ascontiguousarray(c, np.int64) for c in (period, eps, rho, delta)]
-        r = 0
-        while r < len(keys):
-            room = self.capacity // 2 - self.used
-            if room <= 0:
-                self._grow(self.used + 1)
-                continue
-            r, added = _merge(self.t, keys, *cols, r, room)
-            self.used += added
+        self._in_passes(len(keys), lambda r, room: _merge(self.t, keys, *cols, r, room))
 
     def rows(self, which: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """(subject uint64, period, eps, rho, delta) of the occupied slots (or of `which`)."""

@@ -144,6 +144,7 @@ def test_noise_matches_pipelinedp_on_the_same_data_and_bounds(tmp_path, keyring)
     # each: each RMSE has about 6.5% relative std, the ratio 9%, so the band is about 3.2
     # standard deviations: a false failure about 0.2% of runs)
     import pipeline_dp
+
     rng = np.random.default_rng(8)
     lines = []
     for w in range(60):

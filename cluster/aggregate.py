@@ -56,7 +56,11 @@ def spec_for(a: Aggregate) -> WindowSpec:
     return WindowSpec(
         size_s=a.window.size, slide_s=a.window.slide, lateness_s=a.window.lateness,
         max_groups=a.max_groups, max_rows=a.max_rows, delta=a.delta,
-        metrics=tuple(Metric(m.op, m.epsilon, m.field, m.lo, m.hi) for m in a.metrics),
+        metrics=tuple(
+            Metric(m.op, m.epsilon, m.field, m.lo, m.hi, m.bins or 0, tuple(m.quantiles or ()),
+                   m.k or 0)
+            for m in a.metrics
+        ),
     )  # fmt: skip
 
 
@@ -240,6 +244,12 @@ def _chunk(
         values = {}
         for m in a.metrics[1:]:
             k = sc.vkind[:, paths.index(m.field)]
+            if m.op == "top_k":  # a category: text or a number, as text
+                problems.append(
+                    (m.field, (k != K_STRING) & (k != K_NUMBER), "missing or not a string/number")
+                )
+                values[m.field] = cols[m.field].cast(pa.string())
+                continue
             v = pc.cast(
                 pc.if_else(pa.array(k == K_NUMBER), cols[m.field], pa.scalar(None, pa.large_string())),
                 pa.float64(),
@@ -257,7 +267,7 @@ def _chunk(
                 "subject": pa.array(key_hash(cols[subj_path].take(pa.array(rows)))),
                 "time": pa.array(t[rows]),
                 "group": cols[a.group_by].take(pa.array(rows)).cast(pa.string()),
-                **{f: pa.array(v[rows]) for f, v in values.items()},
+                **{f: _take(v, rows) for f, v in values.items()},
             }
         )
         late = agg.add(table)
@@ -272,6 +282,10 @@ def _chunk(
         dead.append(DeadLetter(int(lines[r]), reason, bytes(data[starts[r] : ends[r]]), fld))
     summary.dead_letters += len(dead)
     return dead
+
+
+def _take(v: np.ndarray | pa.Array, rows: np.ndarray) -> pa.Array:
+    return v.take(pa.array(rows)) if isinstance(v, pa.Array) else pa.array(v[rows])
 
 
 def _iso(t: float) -> str:

@@ -111,6 +111,41 @@ def test_noise_off_equals_a_plain_python_reference(tmp_path, keyring, max_groups
     assert s.records_in == 20_000 and s.dead_letters == 0
 
 
+def test_quantiles_and_top_k_through_a_file_equal_a_plain_reference(tmp_path, keyring):
+    doc = _policy(10_000, 10_000).model_dump(exclude_none=True)  # no bounding
+    doc["streams"]["payments"]["aggregates"]["spend"]["metrics"] = [
+        {"op": "count", "epsilon": 1.0},
+        {"op": "quantiles", "field": "amount", "lo": 0, "hi": 500, "quantiles": [0.5, 0.9],
+         "epsilon": 1.0},
+        {"op": "top_k", "field": "merchant.name", "k": 2, "epsilon": 1.0},
+    ]  # fmt: skip
+    src = tmp_path / "in.ndjson"
+    src.write_bytes(generate_bytes("payments", 5_000, seed=4))
+    out = tmp_path / "out.ndjson"
+    aggregate_file(Policy.model_validate(doc), "payments", src, out, keyring=keyring,
+                   db=_db(tmp_path), dead_letter_key="deadletter", noise=False)  # fmt: skip
+    by: dict = defaultdict(list)
+    for line in src.read_text().splitlines():
+        r = json.loads(line)
+        t = datetime.fromisoformat(r["ts"].replace("Z", "+00:00")).timestamp()
+        by[(math.floor(t / SIZE) * SIZE, r["currency"])].append(r)
+    step = 500 / 16**4
+    n = 0
+    for line in out.read_text().splitlines():
+        r = json.loads(line)
+        w = datetime.fromisoformat(r["window_start"].replace("Z", "+00:00")).timestamp()
+        recs = by[(w, r["group"])]
+        xs = sorted(min(max(x["amount"], 0.0), 500.0) for x in recs)
+        for q, got in zip((0.5, 0.9), r["quantiles_amount"], strict=True):
+            assert abs(got - xs[math.floor(q * len(xs))]) <= step + 1e-9
+        from collections import Counter
+
+        want = Counter(x["merchant"]["name"] for x in recs).most_common(2)
+        assert [(d["value"], d["count"]) for d in r["top_merchant.name"]] == want
+        n += 1
+    assert n == len(by)
+
+
 def test_bad_and_late_records_go_to_the_dead_letters(tmp_path, keyring):
     good = json.loads(generate_bytes("payments", 1, seed=1))
     recs = []

@@ -485,6 +485,43 @@ class Aggregate(BaseModel):
         return self
 
 
+class Continual(BaseModel):
+    """A running count or sum released after every step (raymask.actors.continual)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    time: FieldPath = Field(description="Event time: ISO 8601 text or epoch seconds.")
+    step: Duration = Field(description="A release after every step of event time.")
+    lateness: Duration = Field(0.0, description="How long after its end a step waits.")
+    horizon: int = Field(
+        1024, ge=1, le=16_384, description="Steps per counter; each horizon is charged once."
+    )
+    mechanism: Literal["sqrt", "tree"] = Field(
+        "sqrt", description="Square-root factorization (lower error) or binary tree."
+    )
+    epsilon: float = Field(gt=0, le=50, description="Per horizon.")
+    delta: float = Field(1e-6, gt=0, lt=0.01, description="Per horizon.")
+    op: Literal["count", "sum"] = "count"
+    field: FieldPath | None = Field(None, description="sum: the numeric field.")
+    lo: float = Field(0.0, description="sum: values are clamped to [lo, hi].")
+    hi: float = Field(0.0, description="sum: upper clamp.")
+    subject: FieldPath | None = Field(None, description="Whose rows are bounded (key).")
+    max_rows: int = Field(1, ge=1, le=10_000, description="Rows per subject per horizon.")
+    scopes: list[str] | None = Field(
+        None, description="Accountant scopes charged per horizon (default: stream:NAME)."
+    )
+
+    @model_validator(mode="after")
+    def _needs(self) -> Continual:
+        if self.step <= 0:
+            raise ValueError("step must be > 0")
+        if self.op == "sum" and (self.field is None or not self.lo < self.hi):
+            raise ValueError("sum needs a field and bounds lo < hi")
+        if self.op == "count" and self.field is not None:
+            raise ValueError("count takes no field")
+        return self
+
+
 class Stream(BaseModel):
     """One stream of records: its format, sharding key and per-field techniques."""
 
@@ -508,9 +545,15 @@ class Stream(BaseModel):
     aggregates: dict[Name, Aggregate] = Field(
         default_factory=dict, description="Windowed DP aggregates (raymask aggregate)."
     )
+    continual: dict[Name, Continual] = Field(
+        default_factory=dict, description="Running DP counts and sums (raymask aggregate)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Stream:
+        both = sorted(set(self.aggregates) & set(self.continual))
+        if both:
+            raise ValueError(f"{both[0]} is both an aggregate and a continual release")
         paths = sorted(self.fields)
         for a, b in zip(paths, paths[1:], strict=False):
             if b.startswith(a + "."):

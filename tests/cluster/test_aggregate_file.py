@@ -146,6 +146,37 @@ def test_quantiles_and_top_k_through_a_file_equal_a_plain_reference(tmp_path, ke
     assert n == len(by)
 
 
+def test_a_continual_running_sum_through_a_file_equals_the_exact_one(tmp_path, keyring):
+    doc = _policy().model_dump(exclude_none=True)
+    doc["streams"]["payments"]["continual"] = {
+        "running_spend": {"time": "ts", "step": "1m", "horizon": 16, "op": "sum",
+                          "field": "amount", "lo": 0, "hi": 512, "epsilon": 1.0,
+                          "max_rows": 10_000},
+    }  # fmt: skip
+    src = tmp_path / "in.ndjson"
+    src.write_bytes(generate_bytes("payments", 5_000, seed=5))
+    out = tmp_path / "out.ndjson"
+    s = aggregate_file(Policy.model_validate(doc), "payments", src, out, keyring=keyring,
+                       names=["running_spend"], db=_db(tmp_path), dead_letter_key="deadletter",
+                       noise=False)  # fmt: skip
+    g = 1.0  # the sum's grid for bounds up to 512: 2**(frexp(512)[1] - 10)
+    per_step: dict = defaultdict(float)
+    for line in src.read_text().splitlines():
+        r = json.loads(line)
+        t = datetime.fromisoformat(r["ts"].replace("Z", "+00:00")).timestamp()
+        per_step[math.floor(t / SIZE)] += round(min(max(r["amount"], 0.0), 512.0) / g) * g
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    steps = sorted(per_step)
+    assert len(got) == steps[-1] - steps[0] + 1 == s.windows["running_spend"]
+    total = 0.0
+    for k, r in zip(range(steps[0], steps[-1] + 1), got, strict=True):
+        if (k - steps[0]) % 16 == 0:
+            total = 0.0  # a new horizon: the running total starts again
+        total += per_step.get(k, 0.0)
+        assert r["continual"] == "running_spend" and r["value"] == pytest.approx(total)
+    assert s.dead_letters == 0
+
+
 def test_bad_and_late_records_go_to_the_dead_letters(tmp_path, keyring):
     good = json.loads(generate_bytes("payments", 1, seed=1))
     recs = []

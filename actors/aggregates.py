@@ -4,7 +4,8 @@ budget accountant before it leaves.
 
 `WindowAggregator` is plain logic (no Ray). Rows arrive as Arrow columns (subject digest, event
 time, group key, metric values); windows are tumbling (`slide == size`) or hopping; a window
-closes when the watermark (largest event time seen, minus the allowed lateness) passes its end;
+closes when the watermark (largest event time seen, minus the allowed lateness; the least over
+the inputs when there are several, `Watermark`) passes its end;
 rows for a closed window are late and come back for the dead letters.
 
 At close, per window (Wilson et al., "Differentially Private SQL with Bounded User
@@ -121,6 +122,24 @@ class Release:
     refused: str | None = None  # the accountant's reason when the window could not be paid
 
 
+class Watermark:
+    """Event-time progress over one or more inputs (e.g. Kafka partitions): each input's largest
+    event time seen; the watermark is the least of them minus the allowed lateness, so rows of a
+    partition that lags are not declared late because another ran ahead (Flink's rule). An input
+    that stops sending holds the watermark back until the run ends (the final flush)."""
+
+    def __init__(self, lateness_s: float) -> None:
+        self.lateness_s = lateness_s
+        self.marks: dict[Any, float] = {}
+
+    def see(self, t_max: float, source: Any = None) -> None:
+        self.marks[source] = max(self.marks.get(source, -math.inf), t_max)
+
+    @property
+    def value(self) -> float:
+        return min(self.marks.values()) - self.lateness_s if self.marks else -math.inf
+
+
 @dataclass
 class _Open:
     parts: list[pa.Table] = field(default_factory=list)
@@ -146,7 +165,7 @@ class WindowAggregator:
         self.caller = caller
         self.noise = noise
         self.open: dict[int, _Open] = {}  # window index (start / slide) -> rows
-        self.watermark = -math.inf
+        self.marks = Watermark(spec.lateness_s)
         self.closed_before = -math.inf  # windows starting before this are released
 
     def _windows(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,9 +176,14 @@ class WindowAggregator:
         idx = np.repeat(last, k) - np.tile(np.arange(k), len(t))
         return rows, idx
 
-    def add(self, table: pa.Table) -> np.ndarray:
-        """Take rows (columns subject uint64, time float64 seconds, group string, metric fields);
-        returns the indices of late rows (every window they belong to has been released)."""
+    @property
+    def watermark(self) -> float:
+        return self.marks.value
+
+    def add(self, table: pa.Table, source: Any = None) -> np.ndarray:
+        """Take rows (columns subject uint64, time float64 seconds, group string, metric fields)
+        from input `source`; returns the indices of late rows (every window they belong to has
+        been released)."""
         t = table.column("time").to_numpy(zero_copy_only=False).astype(np.float64)
         rows, idx = self._windows(t)
         start = idx * self.spec.slide
@@ -172,7 +196,7 @@ class WindowAggregator:
                 part = sel.filter(pc.equal(sel.column("window"), w))
                 self.open.setdefault(w, _Open()).parts.append(part)
         if len(t):
-            self.watermark = max(self.watermark, float(t.max()) - self.spec.lateness_s)
+            self.marks.see(float(t.max()), source)
         return late
 
     def flush(self, final: bool = False) -> list[Release]:
@@ -314,28 +338,27 @@ def _top_k(
     one cell), a cell is released only if its noisy count reaches max_rows + k_delta, so a
     value that one subject alone brings is shown with probability at most delta over all of its
     cells (the groups' selection rule, again), and the k largest noisy counts of each released
-    group are kept (post-processing; equal noisy counts are ordered by the value, never by
-    arrival, which is data). With noise off, ties go to the value seen first in the group."""
+    group are kept (post-processing; equal counts are ordered by the value, never by arrival,
+    which is data)."""
     vals = pc.dictionary_encode(kept.column(m.field).combine_chunks().cast(pa.string()))
     vi = vals.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     nv = max(len(vals.dictionary), 1)
-    cells, first, c = np.unique(idx * nv + vi, return_index=True, return_counts=True)
+    cells, c = np.unique(idx * nv + vi, return_counts=True)
     c = c.astype(np.int64)
     if rng is not None:
         c, q = _noisy_counts(c, gc, m.epsilon, rng)
         ok = c >= spec.max_rows + _threshold(q, spec.delta / gc)
-        cells, first, c = cells[ok], first[ok], c[ok]
+        cells, c = cells[ok], c[ok]
     grp = cells // nv
     if keep is not None:  # only the released groups, renumbered in release order
         pos = np.cumsum(keep) - 1
         live = keep[grp]
-        cells, first, c, grp = cells[live], first[live], c[live], pos[grp[live]]
+        cells, c, grp = cells[live], c[live], pos[grp[live]]
         n = int(keep.sum())
-    if rng is not None:  # ties by the value itself: arrival order is data, not noisy output
-        rank = np.empty(nv, np.int64)
-        rank[pc.sort_indices(vals.dictionary).to_numpy()] = np.arange(len(vals.dictionary))
-        first = rank[cells % nv]
-    o = np.lexsort((first, -c, grp))  # per group: count descending, then first seen
+    # ties by the value itself: arrival order is data (and differs between inputs)
+    by_value = np.empty(nv, np.int64)
+    by_value[pc.sort_indices(vals.dictionary).to_numpy()] = np.arange(len(vals.dictionary))
+    o = np.lexsort((by_value[cells % nv], -c, grp))  # per group: count descending, then value
     grp, cells, c = grp[o], cells[o], c[o]
     starts = np.searchsorted(grp, np.arange(n))
     rank = np.arange(len(grp)) - starts[grp]

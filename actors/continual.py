@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from raymask.actors.accountant import Mechanism
+from raymask.actors.aggregates import Watermark
 from raymask.actors.ledger import zcdp_allowance
 from raymask.errors import BudgetRefused
 from raymask.kernels.continual import SqrtCounter, TreeCounter
@@ -114,13 +115,17 @@ class ContinualRelease:
         self.noise = noise
         self.rho = zcdp_allowance(spec.epsilon, spec.delta)
         self.pending: dict[int, list[pa.Table]] = {}  # step index -> rows
-        self.watermark = -math.inf
+        self.marks = Watermark(spec.lateness_s)
         self.next_step: int | None = None  # the first step not yet released
         self.horizon: _Horizon | None = None
 
-    def add(self, table: pa.Table) -> np.ndarray:
-        """Take rows (subject uint64, time float64 seconds, and the sum's field); returns the
-        indices of late rows (their step was released)."""
+    @property
+    def watermark(self) -> float:
+        return self.marks.value
+
+    def add(self, table: pa.Table, source: Any = None) -> np.ndarray:
+        """Take rows (subject uint64, time float64 seconds, and the sum's field) from input
+        `source`; returns the indices of late rows (their step was released)."""
         t = table.column("time").to_numpy(zero_copy_only=False).astype(np.float64)
         step = np.floor(t / self.spec.step_s).astype(np.int64)
         live = step >= (self.next_step if self.next_step is not None else np.iinfo(np.int64).min)
@@ -134,14 +139,14 @@ class ContinualRelease:
             if self.next_step is None:
                 self.next_step = int(s[0])
         if len(t):
-            self.watermark = max(self.watermark, float(t.max()) - self.spec.lateness_s)
+            self.marks.see(float(t.max()), source)
         return np.flatnonzero(~live)
 
     def flush(self, final: bool = False) -> list[StepRelease]:
         """Release every step whose end the watermark passed, empty steps included (all steps
         with rows when `final`)."""
         out: list[StepRelease] = []
-        if self.next_step is None:
+        if self.next_step is None or not (final or math.isfinite(self.watermark)):
             return out
         last = (
             max(self.pending, default=self.next_step - 1)

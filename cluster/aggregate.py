@@ -12,7 +12,7 @@ import json
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC
 from pathlib import Path
 from typing import IO, Any
@@ -165,10 +165,24 @@ class AggregateRunner:
         self.summary = AggregateSummary(stream, chosen, output=str(output))
         self._t = 0.0
 
-    def chunk(self, fmt: Any, data: np.ndarray, base_line: int) -> None:
+    def expect(self, sources: list[Any]) -> None:
+        """Inputs known from the start (Kafka partitions): the watermark waits for all of them."""
+        for _, agg in self.aggs.values():
+            for src in sources:
+                agg.marks.marks.setdefault(src, -math.inf)
+
+    def chunk(
+        self, fmt: Any, data: np.ndarray, base_line: int, offsets: np.ndarray | None = None,
+        source: Any = None,
+    ) -> None:  # fmt: skip
+        """Feed one chunk of records from input `source` (Kafka: its topic and partition, which
+        keeps a watermark of its own). `offsets` (Kafka: message i's offset) replace the line
+        numbers in the dead letters."""
         t0 = time.perf_counter()
         dead = _chunk(fmt, data, base_line, self.tree, self.paths, self.aggs, self.key, self.out,
-                      self.summary)  # fmt: skip
+                      self.summary, source)  # fmt: skip
+        if offsets is not None:
+            dead = [replace(d, line=int(offsets[d.line - base_line])) for d in dead]
         self.writer.write(dead)
         self._t += time.perf_counter() - t0
 
@@ -228,7 +242,7 @@ def aggregate_file(
 
 
 def _chunk(
-    fmt, data, base_line, tree, paths, aggs, stream_key, out: IO[str], summary
+    fmt, data, base_line, tree, paths, aggs, stream_key, out: IO[str], summary, source=None
 ) -> list[DeadLetter]:  # noqa: ANN001
     starts, ends, lines = fmt.split(data, base_line)
     sc = fmt.scan(data, starts, ends, tree)
@@ -284,7 +298,7 @@ def _chunk(
                 **{f: _take(v, rows) for f, v in values.items()},
             }
         )  # fmt: skip
-        late = agg.add(table)
+        late = agg.add(table, source)
         for r in rows[late]:
             reasons.setdefault(int(r), (f"aggregate {name}: late: its window was released", None))
             dead_rows.add(int(r))

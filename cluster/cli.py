@@ -278,13 +278,7 @@ def print_summary(console: Console, s) -> None:
     for path, tech in s.techniques.items():
         fields.add_row(path, tech, f"{s.changed.get(path, 0):,}" if tech != "keep" else "-")
     console.print(fields)
-    if s.aggregates is not None:
-        a = s.aggregates
-        console.print(
-            f"DP aggregates: {sum(a.windows.values())} windows released, "
-            f"{sum(a.refused.values())} refused by the budget, {sum(a.groups.values())} group "
-            f"rows, epsilon {sum(a.epsilon.values()):g} spent -> {a.output}"
-        )
+    _print_aggregates(console, s.aggregates)
     if s.dp_records or s.dp_suppressed:
         console.print(
             f"local DP: {s.dp_records:,} records carry noised values (at most epsilon "
@@ -375,6 +369,16 @@ def mask(
     print_summary(console, summary)
 
 
+def _print_aggregates(console: Console, a) -> None:  # noqa: ANN001
+    if a is not None:
+        console.print(
+            f"DP aggregates: {sum(a.windows.values())} windows and steps released, "
+            f"{sum(a.refused.values())} refused by the budget, {sum(a.groups.values())} rows, "
+            f"epsilon {sum(a.epsilon.values()):g} spent, {a.dead_letters} dead letters -> "
+            f"{a.output}"
+        )
+
+
 def print_kafka_summary(console: Console, s) -> None:
     table = Table(
         title=f"raymask: stream {s.stream}, topic {s.input_topic} at {s.bootstrap}",
@@ -404,6 +408,7 @@ def print_kafka_summary(console: Console, s) -> None:
     for r in s.roles:
         views.add_row(r, s.topics[r], f"{s.written[r]:,}", f"{s.skipped[r]:,}", f"{s.dead[r]:,}")
     console.print(views)
+    _print_aggregates(console, s.aggregates)
     if any(s.dead.values()):
         console.print(f"dead letters (encrypted) in {', '.join(s.dead_topics.values())}:")
         for reason, count in s.dead_reasons.most_common(5):
@@ -494,7 +499,8 @@ def run(
     aggregates: Annotated[
         str | None,
         typer.Option(
-            "--aggregates", help="File mode: also release the stream's DP aggregates here."
+            "--aggregates",
+            help="Also release the stream's DP aggregates and continual releases here (NDJSON).",
         ),
     ] = None,
     db: DbOpt = None,
@@ -515,7 +521,7 @@ def run(
             carry = True if names == ["all"] else names
         _run_kafka(policy, stream, input_topic, bootstrap_servers, roles, sources, group, idle,
                    _kafka_options(kafka_option), workers, address, keys, name, idempotent,
-                   broker_timeout, carry, state)  # fmt: skip
+                   broker_timeout, carry, state, aggregates, db)  # fmt: skip
         return
     if input is None or output is None:
         raise InputError("give --input and --output (file mode) or --input-topic (Kafka mode)")
@@ -539,7 +545,7 @@ def run(
 
 def _run_kafka(policy, stream, topic, bootstrap, roles, sources, group, idle, options, workers,
                address, keys, name, idempotent, broker_timeout=60.0, carry=False,
-               state=None) -> None:  # fmt: skip
+               state=None, aggregates=None, db=None) -> None:  # fmt: skip
     import asyncio
     import signal
 
@@ -567,7 +573,7 @@ def _run_kafka(policy, stream, topic, bootstrap, roles, sources, group, idle, op
             sources=sources, group_id=group, idle_s=idle if idle > 0 else float("inf"),
             address=address, name=name, client_options=options or None,
             should_stop=lambda: stop[0], idempotent=idempotent, broker_timeout_s=broker_timeout,
-            carry_headers=carry, state=state,
+            carry_headers=carry, state=state, aggregates=aggregates, accountant_db=db,
         )  # fmt: skip
     finally:
         signal.signal(signal.SIGINT, previous)

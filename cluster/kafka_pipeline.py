@@ -78,6 +78,7 @@ class KafkaRunSummary:
     uncommitted: int = 0  # partitions whose last commit never got through (re-read next run)
     source_records: Counter = field(default_factory=Counter)  # source index -> messages read
     latencies_ms: list = field(default_factory=list, repr=False)  # produce time -> written
+    aggregates: Any = None  # AggregateSummary when the run also released DP aggregates
 
     def latency_ms(self, q: float) -> float:
         """A percentile (0-100) of produce-to-written latency over all records written."""
@@ -234,6 +235,9 @@ def run_kafka(
     carry_headers: bool | Sequence[str] = False,
     balance_s: float = 20.0,
     state: str | Path | None = None,
+    aggregates: str | Path | None = None,
+    accountant_db: str | Path | None = None,
+    aggregate_options: dict[str, Any] | None = None,
 ) -> KafkaRunSummary:
     """Mask `input_topic` into one topic per role view until the input is idle for `idle_s`
     (or `max_records` were read, or `should_stop()`), and return the summary.
@@ -253,6 +257,13 @@ def run_kafka(
     named `kworker|ksource|ksink|kdead:NAME:i` in namespace "raymask" (NAME: default the stream),
     so fault tests and operators can find them. A policy with a `budget` keeps its per-subject
     ledger under `state` (see raymask.cluster.pipeline.ledger_root).
+
+    With `aggregates` (a file), the stream's windowed aggregates and continual releases run on
+    the same chunks in the driver, charged to the accountant at `accountant_db`; their dead
+    letters (with the message offsets) go beside that file. Their open windows live in the
+    driver's memory: a run that ends releases them all, a driver that crashes loses the open
+    ones (the released ones are in the file, and what was spent stays spent).
+    `aggregate_options` go to the AggregateRunner (tests only: {"noise": False}).
     """
     pol, plan, ring = _checked(policy, stream, keyring, dead_letter_key)
     if plan.format != "ndjson":
@@ -289,6 +300,8 @@ def run_kafka(
     started = ensure_ray(address)
     actors: list[Any] = []
     lock = ledger_lock(ledger) if ledger is not None else None
+    runner = None
+    ok = False
     try:
         if lock is not None:
             lock.__enter__()  # one run at a time writes a stream's budgets
@@ -335,6 +348,14 @@ def run_kafka(
         ray.get([dsink.ensure_topic.remote(t, parts) for t in summary.dead_topics.values()])
         router = RouterCore(plan, fmt, workers)
         metrics = KafkaMetrics(stream)
+        if aggregates is not None:
+            from raymask.cluster.aggregate import AggregateRunner
+
+            runner = AggregateRunner(
+                pol, stream, aggregates, keyring=ring, db=accountant_db,
+                dead_letter_key=dead_letter_key, **(aggregate_options or {}),
+            )  # fmt: skip
+            runner.expect([(input_topic, p) for p in range(parts)])
         if on_ready is not None:  # actors up, topics there: the first poll comes next
             on_ready()
         t0 = time.perf_counter()
@@ -377,11 +398,17 @@ def run_kafka(
             idle_since, down_since = time.monotonic(), None
             _round(polled, router, pool, srcs, sink, dsink, views, stream, dl_key, summary, metrics,
                    broker_timeout_s=broker_timeout_s, pending=pending)  # fmt: skip
+            if runner is not None:
+                for _, ch in polled:
+                    if len(ch):
+                        runner.chunk(fmt, ch.data, 0, offsets=ch.offsets,
+                                     source=(ch.topic, ch.partition))  # fmt: skip
             summary.rounds += 1
             summary.seconds = time.perf_counter() - t0  # up to the last record, not the idle wait
             if progress is not None:
                 progress(summary)
         _flush_commits(srcs, pending, summary)
+        ok = True
     except ray.exceptions.RayActorError:
         raise PipelineError("an actor of the Kafka pipeline died; see the Ray logs") from None
     except ray.exceptions.RayTaskError as exc:  # our own errors raised inside an actor
@@ -390,6 +417,8 @@ def run_kafka(
             raise type(cause)(str(cause)) from None
         raise
     finally:
+        if runner is not None:
+            summary.aggregates = runner.close(final=ok)
         for a in actors:
             ray.kill(a)
         if started:

@@ -227,7 +227,8 @@ def test_histograms_quantiles_and_top_k_noise_off_equal_a_plain_reference(tmp_pa
             xs = np.sort(x)
             for q, got in zip((0.1, 0.5, 0.9), qs, strict=True):
                 assert abs(got - xs[math.floor(q * len(xs))]) <= step + 1e-9
-            counts = Counter(sel["merchant"].to_pylist()).most_common(3)  # ties: first seen
+            counts = Counter(sel["merchant"].to_pylist())
+            counts = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]  # ties: by value
             assert [(d["value"], d["count"]) for d in top] == counts
 
 

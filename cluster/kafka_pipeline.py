@@ -42,7 +42,7 @@ from raymask.actors.sinks.deadletters import DEFAULT_KEY_ID, seal
 from raymask.actors.sinks.kafka import DEFAULT_TOPIC_TEMPLATE
 from raymask.actors.sources.kafka import PartitionChunk
 from raymask.actors.worker import MaskOutput, merge_outputs
-from raymask.cluster.pipeline import MAX_RESENDS, _checked, ledger_root
+from raymask.cluster.pipeline import _checked, ledger_root, resend_backoff
 from raymask.errors import BrokerUnreachable, InputError, PipelineError
 from raymask.kernels.codecs.formats import format_for
 from raymask.memory import tune_malloc
@@ -118,15 +118,14 @@ def _get_with_resend(
 
     out = []
     for fut, resend in calls:
-        deaths, deadline = 0, None
+        deaths, deadline, first = 0, None, time.monotonic()
         while True:
             try:
                 out.append(ray.get(fut))
                 break
             except ray.exceptions.RayActorError:
                 deaths += 1
-                if deaths > MAX_RESENDS:
-                    raise PipelineError("an actor kept dying; see the Ray logs") from None
+                resend_backoff(deaths, first)
             except ray.exceptions.RayTaskError as exc:
                 if (
                     not isinstance(getattr(exc, "cause", None), BrokerUnreachable)

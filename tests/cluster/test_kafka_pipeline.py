@@ -132,6 +132,22 @@ def test_a_second_run_over_the_same_input_writes_nothing_twice(kafka_broker, ray
     assert len(msgs) == n
 
 
+def _kill_loop(pipeline: str, cycles: int, gap_s: float, running, stop, log: list) -> None:  # noqa: ANN001
+    """Once records flow, kill `cycles` times: a worker, the sink, the other worker, the source
+    (Ray restarts each), `gap_s` apart; the names killed go to `log`."""
+    import ray
+
+    running.wait(120)
+    for name in ["kworker:{}:0", "ksink:{}", "kworker:{}:1", "ksource:{}:0"] * cycles:
+        if stop.wait(gap_s):
+            return
+        try:
+            ray.kill(ray.get_actor(name.format(pipeline), namespace="raymask"), no_restart=False)
+            log.append(name)
+        except ValueError:
+            pass  # gone with the run
+
+
 def test_kills_of_workers_sources_and_sinks_lose_and_double_nothing(
     kafka_broker, ray_session, keyring
 ):
@@ -144,29 +160,15 @@ def test_kills_of_workers_sources_and_sinks_lose_and_double_nothing(
                         partitions=PARTS, seed=9)  # fmt: skip
     stop, running, log = threading.Event(), threading.Event(), []
     pipeline = "faults-" + topic
-
-    def kill_loop() -> None:  # once records flow: a worker, the sink, the other worker, the source
-        import ray
-
-        running.wait(120)
-        for name in ["kworker:{}:0", "ksink:{}", "kworker:{}:1", "ksource:{}:0"] * cycles:
-            if stop.wait(gap_s):
-                return
-            try:
-                ray.kill(
-                    ray.get_actor(name.format(pipeline), namespace="raymask"), no_restart=False
-                )
-                log.append(name)
-            except ValueError:
-                pass  # gone with the run
-
     done = [0]
 
     def progress(summary) -> None:  # a streaming run stops when every record is out, once
         running.set()
         done[0] = summary.written["ops"] + summary.dead["ops"]
 
-    killer = threading.Thread(target=kill_loop, daemon=True)
+    killer = threading.Thread(
+        target=_kill_loop, args=(pipeline, cycles, gap_s, running, stop, log), daemon=True
+    )
     killer.start()
     try:
         s = run_kafka(EXAMPLES / "payments.yaml", "payments", topic, bootstrap=kafka_broker,
@@ -258,13 +260,17 @@ def test_a_broker_restart_mid_run_on_s3_storage_loses_and_doubles_nothing(
     records = int(os.environ.get("RAYMASK_KAFKA_RESTART_RECORDS", "20000"))
     down_s = float(os.environ.get("RAYMASK_KAFKA_RESTART_DOWN_S", "3"))
     restarts = int(os.environ.get("RAYMASK_KAFKA_RESTARTS", "1"))
+    # `make faults` also kills actors during the run (cycles of four kills, this far apart)
+    kill_cycles = int(os.environ.get("RAYMASK_KAFKA_RESTART_KILL_CYCLES", "0"))
+    kill_gap_s = float(os.environ.get("RAYMASK_KAFKA_RESTART_KILL_GAP_S", "4"))
     topic, roles = _topic("iot"), ["analyst", "ops"]
+    pipeline = "restart-" + topic
     with LoopbackS3("restart") as s3:
         broker = Broker(storage=s3.storage, env=s3.env, log_path=tmp_path / "b.log").start()
         port = broker.port
         n = produce_traffic(broker.bootstrap, topic, "iot", records, key_path="device.id",
                             partitions=PARTS, seed=17)  # fmt: skip
-        finished, log = threading.Event(), []
+        finished, log, running, kills = threading.Event(), [], threading.Event(), []
         done = [0]
 
         def restart() -> None:  # this thread owns the broker from now on (parent-death signal)
@@ -282,19 +288,27 @@ def test_a_broker_restart_mid_run_on_s3_storage_loses_and_doubles_nothing(
             broker.stop()
 
         def progress(summary) -> None:
+            running.set()
             done[0] = min(summary.written[r] + summary.dead[r] for r in roles)
 
         t = threading.Thread(target=restart, daemon=True)
         t.start()
+        killer = threading.Thread(
+            target=_kill_loop, args=(pipeline, kill_cycles, kill_gap_s, running, finished, kills),
+            daemon=True,
+        )  # fmt: skip
+        killer.start()
         try:
             s = run_kafka(EXAMPLES / "iot.yaml", "telemetry", topic, bootstrap=broker.bootstrap,
-                          keyring=keyring, roles=roles, idle_s=90, max_poll_records=1000,
-                          consumer_options=FAST, progress=progress,
+                          keyring=keyring, roles=roles, name=pipeline, idle_s=90,
+                          max_poll_records=1000, consumer_options=FAST, progress=progress,
                           should_stop=lambda: done[0] >= n)  # fmt: skip
         finally:
             finished.set()
             t.join(30)
+            killer.join(30)
         assert len(log) == 2 * restarts, log
+        assert len(kills) == 4 * kill_cycles, kills
         for stopped, started in zip(log[::2], log[1::2], strict=True):
             assert stopped[0] == "stopped at" and started[:2] == ("started on", port), log
             assert started[2] < n, "the broker went away and came back mid-run"

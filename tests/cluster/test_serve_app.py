@@ -1,0 +1,171 @@
+"""HTTP ingress: the request logic without Ray (IngressCore with the real masking core in
+process), then the Serve application on a loopback port with real MaskWorker actors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import numpy as np
+import pytest
+
+from raymask.actors.router import RouterCore
+from raymask.actors.worker import MaskCore
+from raymask.cluster.serve_app import IngressCore, Request, masked_from
+from raymask.kernels.codecs.formats import format_for
+from raymask.loadtest.traffic import generate_bytes
+from raymask.policy.compile import compile_stream
+from raymask.policy.loader import load_policy
+from tests.cluster.test_pipeline_local import check_output
+from tests.conftest import EXAMPLES
+
+POLICY = load_policy(EXAMPLES / "payments.yaml")
+
+
+def _local_core(keyring, max_body_bytes: int = 1 << 20) -> IngressCore:  # noqa: ANN001
+    cores, routers = {}, {}
+
+    async def mask(stream, view, data):  # noqa: ANN001
+        if stream not in cores:
+            cores[stream] = MaskCore(POLICY, stream, keyring, format_for("ndjson"))
+            routers[stream] = RouterCore(compile_stream(POLICY, stream), format_for("ndjson"), 1)
+        routed = routers[stream].route(data, 0)
+        rows = routed.shards[0]
+        outs = (
+            []
+            if rows is None
+            else cores[stream].process_views(routed.batch, [view or "default"], rows)
+        )
+        return masked_from(routed, outs)
+
+    return IngressCore(POLICY, mask, max_body_bytes)
+
+
+def test_requests_are_checked_before_anything_is_masked(keyring):
+    core = _local_core(keyring, max_body_bytes=100)
+    assert core.parse("nope", None, b"{}\n", None).status == 404
+    assert core.parse("payments", "nobody-such", b"{}\n", None).status == 404
+    assert core.parse("payments", None, b"x" * 101, None).status == 413
+    assert core.parse("payments", None, b"{}", "text/csv").status == 415
+    bad = core.parse("payments", None, b'[{"a": 1},, {"b": 2}]', "application/json")
+    assert bad.status == 400
+    assert json.loads(bad.body) == {"error": "an empty element in the JSON array (at byte 10)"}
+    ok = core.parse("payments", "ops", b'{"a":1}\n{"b":2}', "application/x-ndjson; charset=utf-8")
+    assert isinstance(ok, Request) and ok.records == 2 and not ok.array
+
+
+def test_a_batch_of_callers_gets_each_its_own_records_masked_as_the_reference(keyring):
+    core = _local_core(keyring)
+    data = generate_bytes("payments", 300, seed=5)
+    lines = data.splitlines(keepends=True)
+    a, b, c = b"".join(lines[:100]), lines[100:200], b"".join(lines[200:])
+    b_bad = list(b)
+    b_bad[7] = b'{"account": {"id": "acc-1"}, "amount": canary-4111}\n'  # not JSON, but balanced
+    arr = b"[\n" + b",\n".join(x.rstrip(b"\n") for x in b_bad) + b"\n]"
+    reqs = [
+        core.parse("payments", "ops", a, "application/x-ndjson"),
+        core.parse("payments", "ops", arr, "application/json"),
+        core.parse("payments", None, c, None),
+    ]
+    ans = asyncio.run(core.answer(reqs))
+    assert [x.status for x in ans] == [200, 200, 200]
+    check_output(a, ans[0].body, POLICY, "payments", "ops", keyring, set())
+    assert ans[0].headers["raymask-records"] == "100" and "raymask-errors" not in ans[0].headers
+    # the array: 99 records back as an array, the broken one listed by its index
+    got = json.loads(ans[1].body)
+    assert len(got) == 99 and ans[1].media_type == "application/json"
+    errs = json.loads(ans[1].headers["raymask-errors"])
+    assert [e["index"] for e in errs] == [7] and "canary" not in ans[1].headers["raymask-errors"]
+    good = b"".join(x for i, x in enumerate(b) if i != 7)
+    out = b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in got)
+    check_output(good, out, POLICY, "payments", "ops", keyring, set())
+    check_output(c, ans[2].body, POLICY, "payments", None, keyring, set())
+
+
+# ------------------------------------------------------------------------- through Ray Serve
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(ray_session):
+    from ray import serve
+
+    from raymask.cluster.serve_app import build_app
+    from raymask.policy.keys import Key, Keyring
+
+    ring = Keyring([Key(k, 1, k[0].encode() * 32) for k in
+                    ("tok", "fpe", "sealed", "shift", "deadletter", "ledger")])  # fmt: skip
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(POLICY, ring, workers=2, app="t-serve", max_body_bytes=1 << 20),
+              name="t-serve", route_prefix="/")  # fmt: skip
+    yield f"http://127.0.0.1:{port}", ring
+    serve.delete("t-serve")
+    serve.shutdown()
+    import ray
+
+    for i in range(2):  # the app's detached workers
+        for stream in POLICY.streams:
+            try:
+                ray.kill(ray.get_actor(f"sworker:t-serve:{stream}:{i}", namespace="raymask"))
+            except ValueError:
+                pass
+
+
+@pytest.mark.integration
+def test_serve_masks_ndjson_and_arrays_from_concurrent_callers(served):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    url, ring = served
+    data = generate_bytes("payments", 2000, seed=9)
+    lines = data.splitlines(keepends=True)
+    bodies = [b"".join(lines[i : i + 100]) for i in range(0, 2000, 100)]
+
+    def post(i: int):
+        if i % 2:
+            arr = b"[" + b",".join(x.rstrip(b"\n") for x in lines[i * 100 : i * 100 + 100]) + b"]"
+            return requests.post(f"{url}/v1/streams/payments/mask?view=ops", data=arr,
+                                 headers={"content-type": "application/json"}, timeout=60)  # fmt: skip
+        return requests.post(f"{url}/v1/streams/payments/mask?view=ops", data=bodies[i],
+                             headers={"content-type": "application/x-ndjson"}, timeout=60)  # fmt: skip
+
+    with ThreadPoolExecutor(8) as pool:
+        res = list(pool.map(post, range(20)))
+    for i, r in enumerate(res):
+        assert r.status_code == 200, r.text
+        assert r.headers["raymask-records"] == "100" and r.headers["raymask-error-count"] == "0"
+        out = r.content
+        if i % 2:
+            out = b"".join(json.dumps(x, ensure_ascii=False).encode() + b"\n" for x in r.json())
+        check_output(bodies[i], out, POLICY, "payments", "ops", ring, set())
+
+
+@pytest.mark.integration
+def test_serve_answers_errors_in_one_line_and_documents_itself(served):
+    import requests
+
+    url, _ = served
+    assert requests.get(f"{url}/healthz", timeout=30).json()["status"] == "ok"
+    spec = requests.get(f"{url}/openapi.json", timeout=30).json()
+    assert "/v1/streams/{stream}/mask" in spec["paths"]
+    r = requests.post(f"{url}/v1/streams/nope/mask", data=b"{}\n", timeout=30)
+    assert r.status_code == 404 and r.json() == {"error": "no stream nope here"}
+    r = requests.post(f"{url}/v1/streams/payments/mask", data=b"x" * (2 << 20), timeout=30)
+    assert r.status_code == 413
+    r = requests.post(f"{url}/v1/streams/payments/mask", data=b"[1,", timeout=30,
+                      headers={"content-type": "application/json"})  # fmt: skip
+    assert r.status_code == 400 and "Traceback" not in r.text
+    body = generate_bytes("payments", 1, seed=2) + b'{"card": {"number": "canary-5555"}, "x\n'
+    r = requests.post(f"{url}/v1/streams/payments/mask", data=body, timeout=30)
+    assert r.status_code == 200 and "canary" not in json.dumps(dict(r.headers))
+    assert r.headers["raymask-error-count"] == "1"
+    assert [e["index"] for e in json.loads(r.headers["raymask-errors"])] == [1]
+    np.testing.assert_equal(len(r.content.splitlines()), 1)

@@ -599,6 +599,63 @@ def scale(
     print(f"pipeline {pipeline} will run {n} workers from its next chunk")
 
 
+@app.command()
+def serve(
+    policy: Annotated[Path, typer.Option("--policy", "-P", help="Policy file.")],
+    port: Annotated[int, typer.Option("--port", help="HTTP port.")] = 8000,
+    host: Annotated[str, typer.Option("--host", help="Listen address.")] = "127.0.0.1",
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="MaskWorker actors.")] = 2,
+    pipeline: Annotated[
+        str | None,
+        typer.Option("--pipeline", help="Use this running Kafka pipeline's workers (and ledger)."),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray address (default: RAY_ADDRESS or local).")
+    ] = None,
+    keys: KeysOpt = None,
+    state: StateOpt = None,
+    seconds: Annotated[
+        float, typer.Option("--seconds", help="Stop after this long (0: until Ctrl-C).")
+    ] = 0.0,
+) -> None:
+    """Serve POST /v1/streams/{stream}/mask?view=ROLE over HTTP on Ray Serve (NDJSON or a JSON
+    array in, the same out), until Ctrl-C."""
+    import signal
+    import time
+
+    from ray import serve as ray_serve
+
+    from raymask.cluster.runtime import ensure_ray
+    from raymask.cluster.serve_app import build_app
+    from raymask.policy.loader import load_policy
+
+    pol = load_policy(policy)
+    ring = _keyring(keys)
+    started = ensure_ray(address)
+    stop = [False]
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.__setitem__(0, True))
+    try:
+        ray_serve.start(http_options={"host": host, "port": port})
+        ray_serve.run(build_app(pol, ring, workers=workers, pipeline=pipeline,
+                                state=str(state) if state else None),
+                      name="raymask", route_prefix="/")  # fmt: skip
+        err.print(f"serving on http://{host}:{port}/v1/streams/{{stream}}/mask (Ctrl-C to stop)")
+        t0 = time.monotonic()
+        while not stop[0] and not (seconds and time.monotonic() - t0 > seconds):
+            time.sleep(0.2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        try:
+            ray_serve.delete("raymask")
+            ray_serve.shutdown()
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+    err.print("stopped")
+
+
 # ---------------------------------------------------------------- budgets
 
 

@@ -169,3 +169,21 @@ def test_serve_answers_errors_in_one_line_and_documents_itself(served):
     assert r.headers["raymask-error-count"] == "1"
     assert [e["index"] for e in json.loads(r.headers["raymask-errors"])] == [1]
     np.testing.assert_equal(len(r.content.splitlines()), 1)
+
+
+def test_the_serve_config_file_is_valid_and_its_builder_resolves(monkeypatch, tmp_path):
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from raymask.cluster.serve_app import app_builder
+    from raymask.policy.keys import generate_key_file
+    from tests.conftest import REPO as ROOT
+
+    doc = yaml.safe_load((ROOT / "cluster" / "serve.yaml").read_text())
+    cfg = ServeDeploySchema.model_validate(doc)
+    (a,) = cfg.applications
+    assert a.import_path == "raymask.cluster.serve_app:app_builder"
+    keys = generate_key_file(tmp_path / "k.json", ["tok", "fpe", "sealed", "shift", "deadletter"])
+    monkeypatch.setenv("RAYMASK_KEYRING", str(keys))
+    app = app_builder({**a.args, "policy": str(ROOT / a.args["policy"])})
+    assert type(app).__name__ == "Application"

@@ -187,3 +187,47 @@ def test_the_serve_config_file_is_valid_and_its_builder_resolves(monkeypatch, tm
     monkeypatch.setenv("RAYMASK_KEYRING", str(keys))
     app = app_builder({**a.args, "policy": str(ROOT / a.args["policy"])})
     assert type(app).__name__ == "Application"
+
+
+@pytest.mark.integration
+def test_a_stream_with_budgets_goes_to_the_key_sharded_workers_whose_ledger_spans_requests(
+    served, tmp_path
+):
+    """telemetry_dp spends 2 epsilon of a device's 50 a day per record: over two requests of 20
+    records of one device, the first 25 leave noised and the rest suppressed, because the same
+    worker (the device's shard) keeps the ledger between requests."""
+    import requests
+    from ray import serve
+
+    from raymask.cluster.serve_app import build_app
+
+    _, ring = served
+    iot = load_policy(EXAMPLES / "iot.yaml")
+    port = int(served[0].rsplit(":", 1)[1])
+    serve.run(build_app(iot, ring, workers=2, app="t-iot", state=str(tmp_path / "state")),
+              name="t-iot", route_prefix="/iot")  # fmt: skip
+    try:
+        rec = json.loads(generate_bytes("iot", 1, seed=4))
+        body = b"".join(
+            json.dumps({**rec, "seq": i}).encode() + b"\n" for i in range(20)
+        )  # fmt: skip
+        noised = suppressed = 0
+        for _ in range(2):
+            r = requests.post(f"http://127.0.0.1:{port}/iot/v1/streams/telemetry_dp/mask",
+                              data=body, timeout=60)  # fmt: skip
+            assert r.status_code == 200 and r.headers["raymask-records"] == "20", r.text
+            for line in r.content.splitlines():
+                t = json.loads(line)["temperature_c"]
+                noised += t is not None
+                suppressed += t is None
+        assert (noised, suppressed) == (25, 15)
+    finally:
+        serve.delete("t-iot")
+        import ray
+
+        for i in range(2):
+            for stream in iot.streams:
+                try:
+                    ray.kill(ray.get_actor(f"sworker:t-iot:{stream}:{i}", namespace="raymask"))
+                except ValueError:
+                    pass

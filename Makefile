@@ -47,13 +47,13 @@ bench: $(STAMP)
 # during a storm of reserves and commits (the short ones are part of `make test`)
 faults: $(STAMP)
 	@mkdir -p $(RAY_TMPDIR)
-	RAYMASK_FAULT_RECORDS=1000000 RAYMASK_FAULT_KILLS=10 $(BIN)/python -m pytest -q tests/actors/test_faults.py
+	RAYMASK_FAULT_RECORDS=1000000 RAYMASK_FAULT_KILLS=10 $(BIN)/python -m pytest -q --timeout 3600 tests/actors/test_faults.py
 	RAYMASK_KAFKA_FAULT_RECORDS=1000000 RAYMASK_KAFKA_FAULT_CYCLES=4 RAYMASK_KAFKA_FAULT_GAP_S=3 \
-		$(BIN)/python -m pytest -q tests/cluster/test_kafka_pipeline.py -k kills
+		$(BIN)/python -m pytest -q --timeout 3600 tests/cluster/test_kafka_pipeline.py -k kills
 	RAYMASK_KAFKA_RESTART_RECORDS=1000000 RAYMASK_KAFKA_RESTARTS=2 RAYMASK_KAFKA_RESTART_DOWN_S=10 \
 		RAYMASK_KAFKA_RESTART_KILL_CYCLES=4 RAYMASK_KAFKA_RESTART_KILL_GAP_S=4 \
-		$(BIN)/python -m pytest -q tests/cluster/test_kafka_pipeline.py -k restart
-	RAYMASK_ACCOUNTANT_KILLS=200 $(BIN)/python -m pytest -q tests/actors/test_accountant.py -k kill_9
+		$(BIN)/python -m pytest -q --timeout 3600 tests/cluster/test_kafka_pipeline.py -k restart
+	RAYMASK_ACCOUNTANT_KILLS=200 $(BIN)/python -m pytest -q --timeout 3600 tests/actors/test_accountant.py -k kill_9
 
 # the long overload run: 2M records (about 900 MB) through throttled workers, memory bounded
 soak: $(STAMP)

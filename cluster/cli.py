@@ -617,6 +617,10 @@ def serve(
     seconds: Annotated[
         float, typer.Option("--seconds", help="Stop after this long (0: until Ctrl-C).")
     ] = 0.0,
+    aggregates: Annotated[
+        str | None,
+        typer.Option("--aggregates", help="Serve the latest releases of this aggregates file."),
+    ] = None,
 ) -> None:
     """Serve POST /v1/streams/{stream}/mask?view=ROLE over HTTP on Ray Serve (NDJSON or a JSON
     array in, the same out), until Ctrl-C."""
@@ -637,7 +641,7 @@ def serve(
     try:
         ray_serve.start(http_options={"host": host, "port": port})
         ray_serve.run(build_app(pol, ring, workers=workers, pipeline=pipeline,
-                                state=str(state) if state else None),
+                                state=str(state) if state else None, aggregates_file=aggregates),
                       name="raymask", route_prefix="/")  # fmt: skip
         err.print(f"serving on http://{host}:{port}/v1/streams/{{stream}}/mask (Ctrl-C to stop)")
         t0 = time.monotonic()

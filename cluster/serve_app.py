@@ -243,6 +243,7 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
         def __init__(
             self, policy: dict, keyring: Any, workers: int = 2, pipeline: str | None = None,
             app: str = "raymask", state: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+            aggregates_file: str | None = None,
         ) -> None:  # fmt: skip
             from raymask.actors.router import RouterCore
             from raymask.actors.worker import MaskCore
@@ -251,6 +252,7 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
 
             pol = Policy.model_validate(policy)
             self.core = IngressCore(pol, self._mask, max_body_bytes)
+            self.aggregates_file = aggregates_file
             self.routers: dict[str, Any] = {}
             self.pools: dict[str, list] = {}
             self.local: dict[str, Any] = {}
@@ -316,6 +318,17 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
                 a.headers = {**a.headers, "server-timing": f"mask;dur={ms:.2f}"}
             return Response(a.body, a.status, a.headers, a.media_type)
 
+        @api.get("/v1/streams/{stream}/aggregates", summary="The latest DP releases")
+        async def aggregates(self, stream: str) -> Response:
+            if stream not in self.core.plans:
+                a = _error(404, f"no stream {stream} here")
+            elif self.aggregates_file is None:
+                a = _error(404, "this app was started without an aggregates file")
+            else:
+                a = Answer(200, json.dumps(latest_releases(self.aggregates_file)).encode(),
+                           "application/json")  # fmt: skip
+            return Response(a.body, a.status, a.headers, a.media_type)
+
         @api.get("/healthz", summary="Liveness")
         async def healthz(self) -> dict:
             return {"status": "ok", "streams": sorted(self.core.plans)}
@@ -332,11 +345,46 @@ async def _gather(futs: list) -> list:
 def build_app(
     policy: Policy, keyring: Any, *, workers: int = 2, pipeline: str | None = None,
     app: str = "raymask", state: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+    aggregates_file: str | None = None,
 ) -> Any:  # fmt: skip
-    """The Serve application (bind it with `serve.run(build_app(...))`)."""
+    """The Serve application (bind it with `serve.run(build_app(...))`). `aggregates_file`: the
+    releases a `raymask run --aggregates F` writes, served by GET .../aggregates."""
     return _make_deployment().bind(
-        policy.model_dump(), keyring, workers, pipeline, app, state, max_body_bytes
-    )
+        policy.model_dump(), keyring, workers, pipeline, app, state, max_body_bytes,
+        aggregates_file,
+    )  # fmt: skip
+
+
+def latest_releases(path: str, tail_bytes: int = 4 << 20) -> dict[str, list[dict]]:
+    """Per aggregate (or continual release), the rows of its newest window (or step) in an
+    aggregates file, read from its last `tail_bytes`."""
+    import os
+
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - tail_bytes))
+            chunk = f.read()
+    except OSError:
+        return {}
+    if size > tail_bytes:
+        chunk = chunk[chunk.find(b"\n") + 1 :]  # drop the partial first line
+    newest: dict[str, tuple[str, list[dict]]] = {}
+    for line in chunk.splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue  # a line being written
+        name = r.get("aggregate") or r.get("continual")
+        start = r.get("window_start") or r.get("step_start") or ""
+        if not name:
+            continue
+        have = newest.get(name)
+        if have is None or start > have[0]:
+            newest[name] = (start, [r])
+        elif start == have[0]:
+            have[1].append(r)
+    return {k: v for k, (_, v) in sorted(newest.items())}
 
 
 def app_builder(args: dict[str, str]) -> Any:
@@ -350,4 +398,5 @@ def app_builder(args: dict[str, str]) -> Any:
     return build_app(
         load_policy(args["policy"]), Keyring.from_env(), workers=int(args.get("workers", 2)),
         pipeline=args.get("pipeline"), app=args.get("app", "raymask"), state=args.get("state"),
+        aggregates_file=args.get("aggregates"),
     )  # fmt: skip

@@ -92,8 +92,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+AGG_LINES = [
+    {"aggregate": "spend", "window_start": "2026-11-23T08:00:00.000Z", "group": "EUR", "count": 5},
+    {"aggregate": "spend", "window_start": "2026-11-23T08:01:00.000Z", "group": "EUR", "count": 7},
+    {"aggregate": "spend", "window_start": "2026-11-23T08:01:00.000Z", "group": "USD", "count": 9},
+    {"continual": "so_far", "step_start": "2026-11-23T08:00:00.000Z", "value": 3.0},
+    {"continual": "so_far", "step_start": "2026-11-23T08:01:00.000Z", "value": 8.0},
+]
+
+
+def test_latest_releases_keeps_each_aggregates_newest_window(tmp_path):
+    from raymask.cluster.serve_app import latest_releases
+
+    p = tmp_path / "agg.ndjson"
+    p.write_text("".join(json.dumps(r) + "\n" for r in AGG_LINES) + '{"aggregate": "sp')
+    got = latest_releases(str(p))
+    assert got == {"so_far": [AGG_LINES[4]], "spend": AGG_LINES[1:3]}
+    assert latest_releases(str(tmp_path / "none")) == {}
+
+
 @pytest.fixture(scope="module")
-def served(ray_session):
+def served(ray_session, tmp_path_factory):
     from ray import serve
 
     from raymask.cluster.serve_app import build_app
@@ -103,8 +122,10 @@ def served(ray_session):
                     ("tok", "fpe", "sealed", "shift", "deadletter", "ledger")])  # fmt: skip
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(POLICY, ring, workers=2, app="t-serve", max_body_bytes=1 << 20),
-              name="t-serve", route_prefix="/")  # fmt: skip
+    agg = tmp_path_factory.mktemp("agg") / "agg.ndjson"
+    agg.write_text("".join(json.dumps(r) + "\n" for r in AGG_LINES))
+    serve.run(build_app(POLICY, ring, workers=2, app="t-serve", max_body_bytes=1 << 20,
+                        aggregates_file=str(agg)), name="t-serve", route_prefix="/")  # fmt: skip
     yield f"http://127.0.0.1:{port}", ring
     serve.delete("t-serve")
     serve.shutdown()
@@ -154,6 +175,9 @@ def test_serve_answers_errors_in_one_line_and_documents_itself(served):
 
     url, _ = served
     assert requests.get(f"{url}/healthz", timeout=30).json()["status"] == "ok"
+    got = requests.get(f"{url}/v1/streams/payments/aggregates", timeout=30).json()
+    assert got == {"so_far": [AGG_LINES[4]], "spend": AGG_LINES[1:3]}
+    assert requests.get(f"{url}/v1/streams/nope/aggregates", timeout=30).status_code == 404
     spec = requests.get(f"{url}/openapi.json", timeout=30).json()
     assert "/v1/streams/{stream}/mask" in spec["paths"]
     r = requests.post(f"{url}/v1/streams/nope/mask", data=b"{}\n", timeout=30)

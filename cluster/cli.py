@@ -7,6 +7,7 @@ Errors are one line on stderr and exit 2 (usage, policy, keys, input) or 1 (pipe
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,10 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(broker_app, name="broker")
 budget_app = typer.Typer(help="The privacy-budget accountant's ledger.", no_args_is_help=True)
 app.add_typer(budget_app, name="budget")
+audit_app = typer.Typer(
+    help="Verify and read the tamper-evident audit trail.", no_args_is_help=True
+)
+app.add_typer(audit_app, name="audit")
 
 err = Console(stderr=True, highlight=False)
 _state = {"debug": False}
@@ -693,6 +698,81 @@ def aggregate(
         err.print(f"  {count:>8,}  {reason}", markup=False)
     if s.refused:
         err.print("some windows were refused by the accountant (see raymask budget show)")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    file: Annotated[Path, typer.Argument(help="An audit log.")],
+    keys: KeysOpt = None,
+    key_id: Annotated[str, typer.Option("--key-id", help="The signing key's id.")] = "audit",
+) -> None:
+    """Check the hash chain and the signed anchors; exit 1 and name the first bad line if any
+    record was edited, dropped, inserted or reordered, or the log was cut."""
+    from raymask.actors.audit import signing_key, verify
+
+    public = signing_key(_keyring(keys).get(key_id).material).public_key()
+    v = verify(file, public)
+    if v.ok:
+        print(f"{file}: ok, {v.records} records, all under signed anchors")
+        return
+    where = f"line {v.bad_line}: " if v.bad_line else ""
+    print(f"{file}: NOT OK at {where}{v.reason}", file=sys.stderr)
+    raise typer.Exit(1)
+
+
+@audit_app.command("show")
+def audit_show(
+    file: Annotated[Path, typer.Argument(help="An audit log.")],
+    kind: Annotated[str | None, typer.Option("--kind", help="Only this kind.")] = None,
+    caller: Annotated[str | None, typer.Option("--caller", help="Only this caller.")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="ISO 8601 time or epoch seconds.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="ISO 8601 time or epoch seconds.")
+    ] = None,
+    anchors: Annotated[bool, typer.Option("--anchors", help="Show the anchors too.")] = False,
+) -> None:
+    """The audit records as a table, filtered by kind, caller and time (it does not verify: use
+    raymask audit verify)."""
+    from raymask.actors.audit import read_records
+
+    lo, hi = _when(since, "--since"), _when(until, "--until")
+    table = Table(title=str(file))
+    for col in ("seq", "time (UTC)", "kind", "caller", "details"):
+        table.add_column(col, justify="right" if col == "seq" else "left")
+    shown = 0
+    for r in read_records(file):
+        if (r["kind"] == "anchor" and not anchors) or (kind and r["kind"] != kind):
+            continue
+        if (caller and r.get("caller") != caller) or not lo <= r["ts"] <= hi:
+            continue
+        rest = {
+            k: v for k, v in r.items() if k not in ("seq", "ts", "kind", "caller", "prev", "sig")
+        }
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["ts"]))
+        table.add_row(str(r["seq"]), when, r["kind"], str(r.get("caller", "")),
+                      " ".join(f"{k}={v}" for k, v in sorted(rest.items())))  # fmt: skip
+        shown += 1
+    console = Console(width=160) if not sys.stdout.isatty() else Console()
+    console.print(table, markup=False)
+    print(f"{shown} record(s)")
+
+
+def _when(text: str | None, opt: str) -> float:
+    if text is None:
+        return -math.inf if opt == "--since" else math.inf
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    from datetime import UTC, datetime
+
+    try:
+        d = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(f"{opt}: expected an ISO 8601 time or epoch seconds") from None
+    return (d if d.tzinfo else d.replace(tzinfo=UTC)).timestamp()
 
 
 @budget_app.command("set")

@@ -968,21 +968,33 @@ def reveal(
         int | None, typer.Option("--key-version", help="Older fpe key version.")
     ] = None,
     keys: KeysOpt = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why (goes into the audit trail).")
+    ] = None,
 ) -> None:
     """Decrypt fpe and encrypt outputs (tokens are one-way and cannot be revealed)."""
+    import getpass
+
+    from raymask.actors.audit import Auditor
     from raymask.cluster.reveal import reveal_values
 
     vals = values if values else [line.rstrip("\n") for line in sys.stdin]
+    ring = _keyring(keys)
     res = reveal_values(
         policy,
         stream,
         field,
         vals,
-        keyring=_keyring(keys),
+        keyring=ring,
         role=role,
         tweak=tweak,
         key_version=key_version,
     )
+    auditor = Auditor.from_env(ring)  # RAYMASK_AUDIT=FILE: who revealed what, and why
+    auditor.emit("reveal", caller=getpass.getuser(), stream=stream, field=field, role=role,
+                 values=len(vals), failed=sum(e is not None for e in res.errors),
+                 reason=reason or "(none given)")  # fmt: skip
+    auditor.close()
     failed = 0
     for i, (v, e) in enumerate(zip(res.values, res.errors, strict=True), start=1):
         if e is None:

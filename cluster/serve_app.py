@@ -23,7 +23,7 @@ takes its masking function as an argument, so unit tests drive it without Ray.
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ from fastapi import Response
 
 from raymask.errors import InputError
 from raymask.kernels.codecs.jsonarray import ArrayError, array_to_lines, join_lines
+from raymask.policy.access import Authenticator, Denied, allowed_view
 from raymask.policy.compile import compile_stream
 from raymask.policy.schema import Policy
 
@@ -110,15 +111,39 @@ class IngressCore:
 
     def __init__(
         self, policy: Policy, mask: Callable[[str, str | None, np.ndarray], Awaitable[Masked]],
-        max_body_bytes: int = MAX_BODY_BYTES,
+        max_body_bytes: int = MAX_BODY_BYTES, auth: Authenticator | None = None,
+        audit: Callable[..., None] | None = None,
     ) -> None:  # fmt: skip
+        """`auth`: who may call (None: anyone, every view); `audit(kind, **fields)`: where
+        access denials go."""
         self.policy = policy
         self.mask = mask
         self.max_body_bytes = max_body_bytes
+        self.auth = auth if auth is not None and auth.on else None
+        self.audit = audit
         self.plans = {}
         for name, s in policy.streams.items():
             if s.format == "ndjson":  # other formats over HTTP come with their codecs
                 self.plans[name] = compile_stream(policy, name)
+
+    def authorize(
+        self, headers: Mapping[str, str], stream: str, view: str | None
+    ) -> str | None | Answer:
+        """The view the caller reads (None: no access control here), or the 401/403 answer
+        (a stream the caller may not see and a stream that does not exist get the same 403)."""
+        if self.auth is None:
+            return view
+        name = "unknown"
+        try:
+            caller = self.auth.identify(headers)
+            name = caller.name
+            plan = self.plans.get(stream)
+            return allowed_view(caller, stream, list(plan.views) if plan else None, view)
+        except Denied as exc:
+            if self.audit is not None:
+                self.audit("access_denied", caller=name, stream=stream, view=view or "default",
+                           status=exc.status)  # fmt: skip
+            return _error(exc.status, str(exc))
 
     def parse(
         self, stream: str, view: str | None, body: bytes, content_type: str | None
@@ -243,15 +268,20 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
         def __init__(
             self, policy: dict, keyring: Any, workers: int = 2, pipeline: str | None = None,
             app: str = "raymask", state: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-            aggregates_file: str | None = None,
+            aggregates_file: str | None = None, access: dict | None = None,
         ) -> None:  # fmt: skip
+            from raymask.actors.audit import Auditor
             from raymask.actors.router import RouterCore
             from raymask.actors.worker import MaskCore
             from raymask.cluster.pipeline import ledger_root
             from raymask.kernels.codecs.formats import format_for
 
             pol = Policy.model_validate(policy)
-            self.core = IngressCore(pol, self._mask, max_body_bytes)
+            self.auditor = Auditor.from_env(keyring)  # RAYMASK_AUDIT=FILE: access denials
+            self.core = IngressCore(
+                pol, self._mask, max_body_bytes, authenticator(access),
+                self.auditor.emit if self.auditor.on else None,
+            )  # fmt: skip
             self.aggregates_file = aggregates_file
             self.routers: dict[str, Any] = {}
             self.pools: dict[str, list] = {}
@@ -309,18 +339,23 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
             size = request.headers.get("content-length")
             if size is not None and size.isdigit() and int(size) > self.core.max_body_bytes:
                 a = _error(413, f"the body is over {self.core.max_body_bytes} bytes")
+            elif isinstance(v := self.core.authorize(request.headers, stream, view), Answer):
+                a = v
             else:
                 t0 = time.perf_counter()
                 body = await request.body()
-                parsed = self.core.parse(stream, view, body, request.headers.get("content-type"))
+                parsed = self.core.parse(stream, v, body, request.headers.get("content-type"))
                 a = parsed if isinstance(parsed, Answer) else await self._batched(parsed)
                 ms = (time.perf_counter() - t0) * 1e3
                 a.headers = {**a.headers, "server-timing": f"mask;dur={ms:.2f}"}
             return Response(a.body, a.status, a.headers, a.media_type)
 
         @api.get("/v1/streams/{stream}/aggregates", summary="The latest DP releases")
-        async def aggregates(self, stream: str) -> Response:
-            if stream not in self.core.plans:
+        async def aggregates(self, stream: str, request: HttpRequest) -> Response:
+            v = self.core.authorize(request.headers, stream, request.query_params.get("view"))
+            if isinstance(v, Answer):
+                a = v
+            elif stream not in self.core.plans:
                 a = _error(404, f"no stream {stream} here")
             elif self.aggregates_file is None:
                 a = _error(404, "this app was started without an aggregates file")
@@ -345,14 +380,34 @@ async def _gather(futs: list) -> list:
 def build_app(
     policy: Policy, keyring: Any, *, workers: int = 2, pipeline: str | None = None,
     app: str = "raymask", state: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-    aggregates_file: str | None = None,
+    aggregates_file: str | None = None, access: dict | None = None,
 ) -> Any:  # fmt: skip
     """The Serve application (bind it with `serve.run(build_app(...))`). `aggregates_file`: the
-    releases a `raymask run --aggregates F` writes, served by GET .../aggregates."""
+    releases a `raymask run --aggregates F` writes, served by GET .../aggregates. `access`:
+    {"api_keys": FILE, "jwt": {"keys": [PEM or secret], "issuer", "audience", "algorithms",
+    "roles_claim"}}; without it every caller reads every view."""
     return _make_deployment().bind(
         policy.model_dump(), keyring, workers, pipeline, app, state, max_body_bytes,
-        aggregates_file,
+        aggregates_file, access,
     )  # fmt: skip
+
+
+def authenticator(access: dict | None) -> Authenticator | None:
+    """The Authenticator an `access` dict describes (see build_app)."""
+    from raymask.policy.access import AccessFile, JwtVerifier
+
+    if not access:
+        return None
+    api = AccessFile.load(access["api_keys"]) if access.get("api_keys") else None
+    jwt_cfg = access.get("jwt")
+    verifier = None
+    if jwt_cfg:
+        verifier = JwtVerifier(
+            keys=jwt_cfg["keys"], algorithms=tuple(jwt_cfg.get("algorithms", ("RS256", "ES256",
+            "EdDSA"))), issuer=jwt_cfg.get("issuer"), audience=jwt_cfg.get("audience"),
+            roles_claim=jwt_cfg.get("roles_claim", "roles"),
+        )  # fmt: skip
+    return Authenticator(api, verifier)
 
 
 def latest_releases(path: str, tail_bytes: int = 4 << 20) -> dict[str, list[dict]]:

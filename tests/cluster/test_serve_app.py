@@ -255,3 +255,81 @@ def test_a_stream_with_budgets_goes_to_the_key_sharded_workers_whose_ledger_span
                     ray.kill(ray.get_actor(f"sworker:t-iot:{stream}:{i}", namespace="raymask"))
                 except ValueError:
                     pass
+
+
+def test_authorize_answers_401_and_403_and_audits_the_denials(keyring, tmp_path):
+    from raymask.policy.access import AccessFile, Authenticator
+
+    f = AccessFile.load(tmp_path / "access.json")
+    ops = f.add("olga", ["ops"])
+    denials = []
+    core = _local_core(keyring)
+    core.auth = Authenticator(f)
+    core.audit = lambda kind, **kw: denials.append((kind, kw))
+    assert core.authorize({"x-api-key": ops}, "payments", "ops") == "ops"
+    assert core.authorize({}, "payments", "ops").status == 401
+    a = core.authorize({"x-api-key": ops}, "payments", "support")
+    b = core.authorize({"x-api-key": ops}, "no-such-stream", "support")
+    assert a.status == b.status == 403
+    assert json.loads(b.body)["error"] == "not allowed: stream no-such-stream, view support"
+    assert [k for k, _ in denials] == ["access_denied"] * 3
+    assert denials[0][1] == {
+        "caller": "unknown",
+        "stream": "payments",
+        "view": "ops",
+        "status": 401,
+    }
+    assert denials[1][1]["caller"] == "olga" and ops not in json.dumps(denials)
+
+
+@pytest.mark.integration
+def test_serve_with_api_keys_enforces_roles(served, tmp_path):
+    import requests
+    from ray import serve
+
+    from raymask.cluster.serve_app import build_app
+    from raymask.policy.access import AccessFile
+
+    url, ring = served
+    f = AccessFile.load(tmp_path / "access.json")
+    ops = f.add("olga", ["ops"])
+    f.save()
+    serve.run(build_app(POLICY, ring, app="t-auth", access={"api_keys": str(f.path)}),
+              name="t-auth", route_prefix="/auth")  # fmt: skip
+    try:
+        body = generate_bytes("payments", 3, seed=1)
+        post = lambda q, h: requests.post(f"{url}/auth/v1/streams/{q}", data=body, headers=h,  # noqa: E731
+                                          timeout=30)  # fmt: skip
+        assert post("payments/mask?view=ops", {}).status_code == 401
+        assert post("payments/mask?view=support", {"x-api-key": ops}).status_code == 403
+        assert post("nope/mask?view=ops", {"x-api-key": ops}).status_code == 403
+        r = post("payments/mask?view=ops", {"x-api-key": ops})
+        assert r.status_code == 200 and r.headers["raymask-records"] == "3"
+        f.revoke(ops.split("_")[1])
+        f.save()
+        import os
+        import time
+
+        os.utime(f.path, (time.time() + 5, time.time() + 5))
+        assert post("payments/mask?view=ops", {"x-api-key": ops}).status_code == 401
+    finally:
+        serve.delete("t-auth")
+
+
+def test_cli_access_add_list_revoke(tmp_path):
+    from typer.testing import CliRunner
+
+    from raymask.cluster.cli import app
+    from raymask.policy.access import AccessFile
+
+    p = tmp_path / "access.json"
+    r = CliRunner().invoke(
+        app, ["access", "add", str(p), "--name", "alice", "--roles", "ops,support"]
+    )
+    assert r.exit_code == 0, r.output
+    key = r.stdout.strip().splitlines()[-1]
+    assert AccessFile.load(p).check(key).name == "alice"
+    r = CliRunner().invoke(app, ["access", "list", str(p)])
+    assert "alice" in r.output and "active" in r.output and key.split("_")[2] not in r.output
+    r = CliRunner().invoke(app, ["access", "revoke", str(p), "--id", key.split("_")[1]])
+    assert r.exit_code == 0 and AccessFile.load(p).check(key) is None

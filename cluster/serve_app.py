@@ -32,7 +32,7 @@ import pyarrow as pa
 from fastapi import Request as HttpRequest  # real annotations (no __future__): FastAPI reads them
 from fastapi import Response
 
-from raymask.errors import InputError
+from raymask.errors import InputError, RaymaskError
 from raymask.kernels.codecs.jsonarray import ArrayError, array_to_lines, join_lines
 from raymask.policy.access import Authenticator, Denied, allowed_view
 from raymask.policy.compile import compile_stream
@@ -105,6 +105,24 @@ def media_kind(content_type: str | None) -> str | None:
     return None
 
 
+class RateLimiter:
+    """Per-caller token buckets of `per_minute` tokens, refilled continuously (per replica)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.buckets: dict[str, tuple[float, float]] = {}  # caller -> (tokens, at)
+
+    def take(self, caller: str, n: int, per_minute: int) -> bool:
+        now = self.clock()
+        tokens, at = self.buckets.get(caller, (float(per_minute), now))
+        tokens = min(float(per_minute), tokens + (now - at) * per_minute / 60.0)
+        if n > tokens:
+            self.buckets[caller] = (tokens, now)
+            return False
+        self.buckets[caller] = (tokens - n, now)
+        return True
+
+
 class IngressCore:
     """The ingress logic: parse and check requests, batch them per stream and view, split the
     answers. `mask(stream, view, data)` masks one NDJSON buffer (awaitable)."""
@@ -121,6 +139,7 @@ class IngressCore:
         self.max_body_bytes = max_body_bytes
         self.auth = auth if auth is not None and auth.on else None
         self.audit = audit
+        self.limiter = RateLimiter()
         self.plans = {}
         for name, s in policy.streams.items():
             if s.format == "ndjson":  # other formats over HTTP come with their codecs
@@ -144,6 +163,54 @@ class IngressCore:
                 self.audit("access_denied", caller=name, stream=stream, view=view or "default",
                            status=exc.status)  # fmt: skip
             return _error(exc.status, str(exc))
+
+    def reveal(self, headers: Mapping[str, str], stream: str, view: str | None, body: bytes,
+               keyring: Any) -> Answer:  # fmt: skip
+        """Clear values of an fpe or encrypt field, for a caller whose roles include one of the
+        stream's `reveal.roles` and the view that wrote the values; a JSON body {"field",
+        "values", "reason", optional "tweak", optional "record_keys" (the records' key tokens,
+        for the audit)}. Rate-limited per caller; every reveal (and refusal) is audited with
+        caller, reason, stream, field, count and key tokens, never a value."""
+        from raymask.cluster.reveal import reveal_values
+
+        if self.auth is None:
+            return _error(403, "reveal needs access control (start with --api-keys or --jwt-key)")
+        v = self.authorize(headers, stream, view)
+        if isinstance(v, Answer):
+            return v
+        caller = self.auth.identify(headers)
+        rule = self.policy.streams[stream].reveal
+        if rule is None or not caller.roles & set(rule.roles):
+            if self.audit is not None:
+                self.audit("reveal_denied", caller=caller.name, stream=stream, status=403)
+            return _error(403, f"not allowed: reveal on stream {stream}")
+        try:
+            req = json.loads(body)
+            field_, values = req["field"], req["values"]
+            reason = req["reason"]
+            if not (isinstance(field_, str) and isinstance(values, list) and isinstance(reason, str)
+                    and reason.strip()):  # fmt: skip
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return _error(400, 'send {"field": PATH, "values": [...], "reason": WHY}')
+        if not self.limiter.take(caller.name, len(values), rule.per_minute):
+            if self.audit is not None:
+                self.audit("reveal_limited", caller=caller.name, stream=stream, field=field_,
+                           values=len(values))  # fmt: skip
+            return _error(429, f"over {rule.per_minute} values a minute: try again later")
+        try:
+            res = reveal_values(self.policy, stream, field_, values, keyring=keyring, role=v,
+                                tweak=req.get("tweak"))  # fmt: skip
+        except RaymaskError as exc:
+            return _error(400, str(exc))
+        keys = req.get("record_keys") or []
+        if self.audit is not None:
+            self.audit("reveal", caller=caller.name, stream=stream, view=v, field=field_,
+                       values=len(values), failed=sum(e is not None for e in res.errors),
+                       reason=reason[:200],
+                       record_keys=",".join(str(k) for k in keys[:50]) or None)  # fmt: skip
+        return Answer(200, json.dumps({"values": res.values, "errors": res.errors}).encode(),
+                      "application/json")  # fmt: skip
 
     def parse(
         self, stream: str, view: str | None, body: bytes, content_type: str | None
@@ -283,6 +350,7 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
                 self.auditor.emit if self.auditor.on else None,
             )  # fmt: skip
             self.aggregates_file = aggregates_file
+            self.keyring = keyring
             self.routers: dict[str, Any] = {}
             self.pools: dict[str, list] = {}
             self.local: dict[str, Any] = {}
@@ -348,6 +416,17 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
                 a = parsed if isinstance(parsed, Answer) else await self._batched(parsed)
                 ms = (time.perf_counter() - t0) * 1e3
                 a.headers = {**a.headers, "server-timing": f"mask;dur={ms:.2f}"}
+            return Response(a.body, a.status, a.headers, a.media_type)
+
+        @api.post("/v1/streams/{stream}/reveal", summary="Clear values of fpe/encrypt fields")
+        async def reveal(
+            self, stream: str, request: HttpRequest, view: str | None = None
+        ) -> Response:
+            body = await request.body()
+            if len(body) > self.core.max_body_bytes:
+                a = _error(413, f"the body is over {self.core.max_body_bytes} bytes")
+            else:
+                a = self.core.reveal(request.headers, stream, view, body, self.keyring)
             return Response(a.body, a.status, a.headers, a.media_type)
 
         @api.get("/v1/streams/{stream}/aggregates", summary="The latest DP releases")

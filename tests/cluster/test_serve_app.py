@@ -333,3 +333,42 @@ def test_cli_access_add_list_revoke(tmp_path):
     assert "alice" in r.output and "active" in r.output and key.split("_")[2] not in r.output
     r = CliRunner().invoke(app, ["access", "revoke", str(p), "--id", key.split("_")[1]])
     assert r.exit_code == 0 and AccessFile.load(p).check(key) is None
+
+
+def test_reveal_needs_the_role_a_reason_and_the_rate_and_is_audited(keyring, tmp_path):
+    from raymask.policy.access import AccessFile, Authenticator
+
+    f = AccessFile.load(tmp_path / "access.json")
+    lead = f.add("lena", ["fraud", "fraud-lead"])
+    analyst = f.add("anna", ["fraud"])
+    events = []
+    core = _local_core(keyring)
+    core.auth = Authenticator(f)
+    core.audit = lambda kind, **kw: events.append((kind, kw))
+    from raymask.cluster.serve_app import RateLimiter
+
+    core.limiter = RateLimiter(clock=lambda: 0.0)  # time stands still: no refill
+    data = generate_bytes("payments", 5, seed=3)
+    req = core.parse("payments", "fraud", data, None)
+    (ans,) = asyncio.run(core.answer([req]))
+    masked = [json.loads(x) for x in ans.body.splitlines()]
+    clear = [json.loads(x)["card"]["number"] for x in data.splitlines()]
+    body = json.dumps({"field": "card.number", "values": [m["card"]["number"] for m in masked],
+                       "reason": "chargeback 42",
+                       "record_keys": [m["account"]["id"] for m in masked]}).encode()  # fmt: skip
+    r = core.reveal({"x-api-key": lead}, "payments", "fraud", body, keyring)
+    assert r.status == 200 and json.loads(r.body)["values"] == clear
+    kind, rec = events[-1]
+    assert kind == "reveal" and rec["caller"] == "lena" and rec["reason"] == "chargeback 42"
+    assert rec["record_keys"].startswith("acc_") and not any(c in json.dumps(events) for c in clear)
+    assert core.reveal({"x-api-key": analyst}, "payments", "fraud", body, keyring).status == 403
+    assert events[-1][0] == "reveal_denied"
+    no_reason = json.dumps({"field": "card.number", "values": ["1"], "reason": " "}).encode()
+    assert core.reveal({"x-api-key": lead}, "payments", "fraud", no_reason, keyring).status == 400
+    assert core.reveal({}, "payments", "fraud", body, keyring).status == 401
+    # 60 values a minute: 5 went, 11 more times 5 is 60 > 55 left -> the 12th call is refused
+    codes = [core.reveal({"x-api-key": lead}, "payments", "fraud", body, keyring).status
+             for _ in range(11)]  # fmt: skip
+    assert codes == [200] * 11
+    assert core.reveal({"x-api-key": lead}, "payments", "fraud", body, keyring).status == 429
+    assert events[-1][0] == "reveal_limited"

@@ -50,6 +50,7 @@ class MaskOutput:
     counts: dict[str, int] = field(default_factory=dict)  # field -> values the technique changed
     seconds: dict[str, float] = field(default_factory=dict)  # stage (decode, mask, encode) -> time
     privacy: PrivacyMeta | None = None  # local-DP fields of the view: what the records spent
+    vault: pa.Table | None = None  # segregated values of emitted records (row = input row)
 
 
 @dataclass
@@ -250,6 +251,12 @@ class MaskCore:
             seconds["budget"] = t1 - t_budget
         else:
             seconds["mask"] += t1 - t_budget
+        vault = None
+        sides = [a.side for a in applieds if a.side is not None]
+        if sides:  # the vault rows of the records that leave, by input row
+            t = pa.concat_tables(sides)
+            t = t.filter(pa.array(emit[t.column("row").to_numpy()]))
+            vault = t.set_column(0, "row", pa.array(rows[t.column("row").to_numpy()]))
         privacy = None
         if dp.fields:
             privacy = PrivacyMeta(
@@ -270,6 +277,7 @@ class MaskCore:
             counts=counts,
             seconds=seconds,
             privacy=privacy,
+            vault=vault,
         )
 
     def _privacy(self, ops, applieds, edits, emit, subjects) -> _Spend:  # noqa: ANN001

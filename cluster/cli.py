@@ -286,6 +286,8 @@ def print_summary(console: Console, s) -> None:
         fields.add_row(path, tech, f"{s.changed.get(path, 0):,}" if tech != "keep" else "-")
     console.print(fields)
     _print_aggregates(console, s.aggregates)
+    if s.vault:
+        console.print(f"segregated values: {s.vault_rows:,} in the vault {s.vault}")
     if s.dp_records or s.dp_suppressed:
         console.print(
             f"local DP: {s.dp_records:,} records carry noised values (at most epsilon "
@@ -1035,8 +1037,12 @@ def reveal(
     reason: Annotated[
         str | None, typer.Option("--reason", help="Why (goes into the audit trail).")
     ] = None,
+    vault: Annotated[
+        Path | None, typer.Option("--vault", help="The vault folder of a segregated field.")
+    ] = None,
 ) -> None:
-    """Decrypt fpe and encrypt outputs (tokens are one-way and cannot be revealed)."""
+    """Decrypt fpe and encrypt outputs, and look up segregated values in their vault (tokens are
+    one-way and cannot be revealed)."""
     import getpass
 
     from raymask.actors.audit import Auditor
@@ -1053,6 +1059,7 @@ def reveal(
         role=role,
         tweak=tweak,
         key_version=key_version,
+        vault=vault,
     )
     auditor = Auditor.from_env(ring)  # RAYMASK_AUDIT=FILE: who revealed what, and why
     auditor.emit("reveal", caller=getpass.getuser(), stream=stream, field=field, role=role,

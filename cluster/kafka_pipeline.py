@@ -276,6 +276,8 @@ def run_kafka(
     unknown = [r for r in views if r not in plan.views]
     if unknown:
         raise InputError(f"stream {stream} has no view {unknown[0]!r}")
+    if any(op.technique == "segregate" for r in views for op in plan.view(r).ops):
+        raise InputError(f"stream {stream}: segregate runs on files so far, not on Kafka")
     broker = None
     if bootstrap is None:
         from raymask.cluster.broker import Broker

@@ -9,6 +9,7 @@ follows), and records in = records out + dead letters is checked at the end of e
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import Counter, deque
@@ -73,6 +74,8 @@ class RunSummary:
     dp_max_epsilon: float = 0.0
     ledger: str | None = None  # where the per-subject budgets are checkpointed
     aggregates: Any = None  # AggregateSummary when the run also released DP aggregates
+    vault: str | None = None  # the folder of segregated values, when the view has any
+    vault_rows: int = 0
 
     def latency(self, q: float) -> float:
         """A percentile (0-100) of the per-chunk latency."""
@@ -152,6 +155,29 @@ def _write_records(out: IO[bytes], records: pa.Array) -> None:
     out.write(memoryview(bufs[2])[int(offs[0]) : int(offs[-1])])
 
 
+class VaultWriter:
+    """Segregated values, as Parquet parts in a folder (one per chunk that has any): the vault
+    `raymask reveal --vault` reads. Written after the chunk's records, so a reference in the
+    output has its vault row by the end of the run."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.parts = 0
+        self.rows = 0
+
+    def write(self, tables: list[pa.Table]) -> None:
+        tables = [t for t in tables if t.num_rows]
+        if not tables:
+            return
+        import pyarrow.parquet as pq
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        t = pa.concat_tables(tables).drop_columns(["row"])
+        pq.write_table(t, self.folder / f"part-{os.getpid()}-{self.parts:06d}.parquet")
+        self.parts += 1
+        self.rows += t.num_rows
+
+
 def run_pipeline(
     plan: StreamPlan,
     source: FileSource,
@@ -174,6 +200,7 @@ def run_pipeline(
     share: Callable[[pa.RecordBatch], Any] | None = None,
     tap: Callable[[Any], None] | None = None,
     audit: Callable[..., None] | None = None,
+    vault: VaultWriter | None = None,
 ) -> RunSummary:
     """Stream `source` through `workers`; `submit(worker, chunk, rows, role)` starts one worker's
     share of a chunk, `fetch` waits for a chunk's results. `share(batch)` turns a routed chunk into
@@ -229,6 +256,8 @@ def run_pipeline(
             out.flush()
         summary.stage_seconds["write"] += time.perf_counter() - tw
         dead_writer.write(dead)
+        if vault is not None:
+            vault.write([o.vault for o in outputs if o.vault is not None])
         if audit is not None and dead:
             audit("dead_letters", stream=plan.stream, count=len(dead), policy_version=v,
                   first_line=int(dead[0].line))  # fmt: skip
@@ -500,6 +529,12 @@ def _run_locked(
     from raymask.actors.audit import Auditor
 
     auditor = Auditor.from_env(ring)  # RAYMASK_AUDIT=FILE turns it on
+    segregated = any(op.technique == "segregate" for op in view.ops)
+    vault_writer = (
+        VaultWriter(f"{out_name}.vault" if out_name != "-" else "raymask.vault")
+        if segregated
+        else None
+    )
     emit = auditor.emit if auditor.on else None
     auditor.emit("run_start", stream=stream, view=view.role, policy_version=plan.version,
                  source=Path(str(src.path)).name)  # fmt: skip
@@ -533,6 +568,7 @@ def _run_locked(
             run_pipeline(
                 plan, src, cores, lambda w, b, i, r: w.process(b, r, i), lambda fs: list(fs), out_f, writer,
                 role, summary, progress=progress, poll=poll, switch=switch, tap=tap, audit=emit,
+                vault=vault_writer,
             )  # fmt: skip
         else:
             import ray
@@ -615,7 +651,7 @@ def _run_locked(
                     role, summary, progress=progress,
                     poll=lambda: tuple(ray.get(ctl.state.remote())), switch=switch_ray,
                     metrics=PipelineMetrics(stream), recover=recover,
-                    resize=resize, share=ray.put, tap=tap, audit=emit,
+                    resize=resize, share=ray.put, tap=tap, audit=emit, vault=vault_writer,
                 )  # fmt: skip
             except ray.exceptions.RayActorError:
                 raise PipelineError("a mask worker died; see the Ray logs") from None
@@ -640,4 +676,6 @@ def _run_locked(
                      records_out=summary.records_out, dead_letters=summary.dead_letters)  # fmt: skip
         auditor.close()
     summary.dead_letter_file = dl_path if summary.dead_letters else None
+    if vault_writer is not None:
+        summary.vault, summary.vault_rows = str(vault_writer.folder), vault_writer.rows
     return summary

@@ -18,9 +18,9 @@ from raymask.kernels import siv as siv_kernel
 from raymask.policy.compile import compile_stream
 from raymask.policy.keys import Keyring
 from raymask.policy.loader import load_policy
-from raymask.policy.schema import Encrypt, Fpe, Policy
+from raymask.policy.schema import Encrypt, Fpe, Policy, Segregate
 
-__all__ = ["reveal_values", "RevealResult"]
+__all__ = ["reveal_values", "reveal_vault", "RevealResult"]
 
 
 class RevealResult:
@@ -41,6 +41,7 @@ def reveal_values(
     role: str | None = None,
     tweak: str | Sequence[str] | None = None,
     key_version: int | None = None,
+    vault: str | Path | None = None,
 ) -> RevealResult:
     """Decrypt `values` of `field` as the role's view of `stream` wrote them.
 
@@ -78,6 +79,10 @@ def reveal_values(
             luhn=spec.luhn,
         )
         msgs = fpe_kernel.ERRORS
+    elif isinstance(spec, Segregate):
+        if vault is None:
+            raise InputError(f"field {field} is segregated: give the vault folder (--vault)")
+        return reveal_vault(vault, arr, field, ring, spec.key)
     elif isinstance(spec, Encrypt):
         kid = ring.resolve(spec.key).id
         keys = {v: ring.get(kid, v).material for v in ring.versions(kid)}
@@ -94,3 +99,43 @@ def reveal_values(
         None if e == 0 else msgs.get(int(e), "cannot reveal") for e in np.asarray(err).tolist()
     ]
     return RevealResult(out.to_pylist(), errors)
+
+
+def reveal_vault(
+    vault: str | Path, refs: pa.Array, field: str, ring: Keyring, key_id: str
+) -> RevealResult:
+    """The values behind `vault:` references of a segregated field: the vault's rows for those
+    references (Parquet parts, read with a filter), opened with the key (any version) and checked
+    to be bound to their own reference."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    from raymask.policy.registry import VAULT_SEP
+
+    folder = Path(vault)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no vault here")
+    want = pc.unique(refs.drop_null()) if refs.null_count else pc.unique(refs)
+    table = ds.dataset(folder, format="parquet").to_table(
+        columns=["ref", "field", "sealed"],
+        filter=(ds.field("field") == field) & ds.field("ref").isin(want),
+    )
+    kid = ring.resolve(key_id).id
+    keys = {v: ring.get(kid, v).material for v in ring.versions(kid)}
+    if table.num_rows:  # a retried batch may have written a row twice: any copy opens
+        idx = pc.index_in(want, table.column("ref")).to_numpy(zero_copy_only=False)
+        table = table.take(pa.array(idx[~np.isnan(idx.astype(float))].astype(np.int64)))
+    opened, err = siv_kernel.decrypt_column(table.column("sealed"), keys, ad=field.encode())
+    found: dict[str, str] = {}
+    for ref, text, e in zip(table.column("ref").to_pylist(), opened.to_pylist(), err.tolist(),
+                            strict=True):  # fmt: skip
+        if e == 0 and text is not None:
+            head, sep, value = text.partition(VAULT_SEP)
+            if sep and head == ref:  # bound to its own reference
+                found[ref] = value
+    values, errors = [], []
+    for r in refs.to_pylist():
+        v = found.get(r) if r is not None else None
+        values.append(v)
+        errors.append(None if v is not None else "no such reference in the vault")
+    return RevealResult(values, errors)

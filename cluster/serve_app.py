@@ -142,8 +142,12 @@ class IngressCore:
         self.limiter = RateLimiter()
         self.plans = {}
         for name, s in policy.streams.items():
-            if s.format == "ndjson":  # other formats over HTTP come with their codecs
-                self.plans[name] = compile_stream(policy, name)
+            if s.format != "ndjson":  # other formats over HTTP come with their codecs
+                continue
+            plan = compile_stream(policy, name)
+            if any(op.technique == "segregate" for v in plan.views.values() for op in v.ops):
+                continue  # its vault rows have no sink here yet: not served
+            self.plans[name] = plan
 
     def authorize(
         self, headers: Mapping[str, str], stream: str, view: str | None

@@ -25,7 +25,7 @@ from raymask.kernels import noise as noise_kernel
 from raymask.kernels import rr as rr_kernel
 from raymask.kernels import siv as siv_kernel
 from raymask.kernels import tokenize as tok_kernel
-from raymask.kernels._arrow import validity
+from raymask.kernels._arrow import as_text, validity
 from raymask.kernels.codecs.spans import (
     K_ARRAY,
     K_FALSE,
@@ -47,6 +47,7 @@ from raymask.policy.schema import (
     Noise,
     RandomizedResponse,
     Redact,
+    Segregate,
     Tokenize,
 )
 
@@ -70,6 +71,7 @@ class Applied:
     values: pa.Array  # new value per row; null = JSON null / empty CSV cell
     raw: np.ndarray | None  # bool per row: value is a literal (number, boolean), not a string
     err: np.ndarray  # int16 per row, 0 = ok
+    side: pa.Table | None = None  # rows for a side sink (segregate: the vault), with a `row` column
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,54 @@ def _apply_encrypt(
         _only_ok(values, err), key.material, key.version, prefix=spec.prefix, ad=ad
     )
     return Applied(out, None, err)
+
+
+VAULT_REF_CONTEXT = b"raymask/vault/ref/v1"
+VAULT_SEP = "\x1f"
+
+
+def _apply_segregate(
+    values: pa.Array,
+    kinds: np.ndarray,
+    spec: Segregate,
+    keyring: Keyring,
+    ctx: FieldContext | None = None,
+) -> Applied:
+    """Reference = "vault:" + base32(HMAC(k_ref, subject, path, value))[:26], k_ref derived from
+    the key; the vault row holds the reference, the subject's token (HMAC of the record key
+    under k_ref: a vault can be searched per subject, e.g. to erase one) and the AES-SIV
+    ciphertext of reference + value bound to the field path, so a ciphertext opens only as the
+    value of its own reference (raymask.cluster.reveal.reveal_vault)."""
+    if ctx is None:
+        raise ValueError("segregate needs the record's key field")
+    err = _kind_check(kinds, (K_STRING, K_NUMBER))
+    key = keyring.resolve(spec.key)
+    k_ref = hmac.digest(key.material, VAULT_REF_CONTEXT, "sha256")
+    text = pc.cast(as_text(_only_ok(values, err)), pa.large_string())
+    subject = pc.cast(as_text(ctx.column(ctx.key_path)), pa.large_string())
+    joined = pc.binary_join_element_wise(
+        subject, pa.scalar(ctx.path, pa.large_string()), text,
+        pa.scalar(VAULT_SEP, pa.large_string()),
+    )  # fmt: skip
+    ref = tok_kernel.tokenize(joined, k_ref, encoding="base32", length=26, prefix="vault:")
+    sealed = siv_kernel.encrypt_column(
+        pc.binary_join_element_wise(
+            pc.cast(ref, pa.large_string()), text, pa.scalar(VAULT_SEP, pa.large_string())
+        ),
+        key.material, key.version, ad=ctx.path.encode(),
+    )  # fmt: skip
+    has = np.asarray(ref.is_valid().to_numpy(zero_copy_only=False), np.bool_)
+    rows = np.flatnonzero(has)
+    side = pa.table({
+        "row": pa.array(rows),
+        "ref": ref.take(pa.array(rows)),
+        "subject": tok_kernel.tokenize(
+            subject.take(pa.array(rows)), k_ref, encoding="base32", length=26, prefix="sub_"
+        ),
+        "field": pa.array([ctx.path] * len(rows), pa.string()),
+        "sealed": sealed.take(pa.array(rows)),
+    })  # fmt: skip
+    return Applied(ref, None, err, side)
 
 
 DATE_SHIFT_CONTEXT = b"raymask/date_shift/v1"
@@ -372,7 +422,7 @@ def check_key(technique: str, spec: object, keyring: Keyring) -> None:
     if not isinstance(kid, str):
         return
     key = keyring.resolve(kid)
-    sizes = {"fpe": (16, 24, 32), "encrypt": (32, 48, 64)}.get(technique)
+    sizes = {"fpe": (16, 24, 32), "encrypt": (32, 48, 64), "segregate": (32, 48, 64)}.get(technique)
     if sizes and len(key.material) not in sizes:
         raise KeyringError(
             f"key '{kid}' has {len(key.material)} bytes; {technique} needs {' or '.join(map(str, sizes))}"
@@ -388,6 +438,7 @@ REGISTRY: dict[str, Technique] = {
     "tokenize": Technique("tokenize", Tokenize, _apply_tokenize, {}, (K_STRING, K_NUMBER)),
     "fpe": Technique("fpe", Fpe, _apply_fpe, dict(fpe_kernel.ERRORS), (K_STRING, K_NUMBER)),
     "encrypt": Technique("encrypt", Encrypt, _apply_encrypt, {}, (K_STRING, K_NUMBER)),
+    "segregate": Technique("segregate", Segregate, _apply_segregate, {}, (K_STRING, K_NUMBER)),
     "generalize": Technique(
         "generalize", Generalize, _apply_generalize, dict(gen_kernel.ERRORS), (K_STRING, K_NUMBER)
     ),

@@ -208,6 +208,14 @@ class Encrypt(_Spec):
     )
 
 
+class Segregate(_Spec):
+    """The value leaves for a vault (sealed with AES-SIV, bound to its reference); the record
+    keeps only the reference `vault:<26 base32>`, which `raymask reveal --vault` turns back."""
+
+    technique: Literal["segregate"]
+    key: Annotated[KeyId, BeforeValidator(lambda v: _key_id(v) if isinstance(v, str) else v)]
+
+
 class Generalize(_Spec):
     """Coarser values: rounded numbers, buckets, truncated timestamps, IP prefixes, rounded
     coordinates, age bands."""
@@ -332,6 +340,7 @@ FieldSpec = Annotated[
     | Tokenize
     | Fpe
     | Encrypt
+    | Segregate
     | Generalize
     | DateShift
     | Noise

@@ -137,6 +137,8 @@ def _describe(spec) -> tuple[str, str]:
         width = spec.length or {"hex": 64, "base32": 52, "base64url": 43}[spec.encoding]
         tag = "v<N>_" if spec.version_tag else ""
         return params, f"{spec.prefix}{tag}<{width} {spec.encoding} chars, keyed by '{spec.key}'>"
+    if t == "segregate":
+        return params, f"vault:<26 base32 chars>; the value sealed in the vault with '{spec.key}'"
     return params, "(not supported yet)"
 
 

@@ -20,18 +20,37 @@ import pyarrow.compute as pc
 from raymask.actors._lazy import LazyActor
 from raymask.actors.ledger import SubjectLedger
 from raymask.actors.router import batch_records, scan_reason
+from raymask.kernels import detect as detect_kernel
+from raymask.kernels._arrow import string_buffers
+from raymask.kernels.codecs import json_values, ndjson
 from raymask.kernels.codecs.formats import Format
-from raymask.kernels.codecs.spans import K_MISSING, K_NULL
+from raymask.kernels.codecs.spans import K_MISSING, K_NULL, Scan
 from raymask.kernels.hashing import key_hash
 from raymask.kernels.ledger import DELTA_UNIT, EPS_UNIT, units
 from raymask.kernels.rng import SecureRandom
 from raymask.memory import tune_malloc
 from raymask.policy.compile import StreamPlan, compile_stream
 from raymask.policy.keys import Keyring
-from raymask.policy.registry import REGISTRY, Applied, FieldContext, error_message, privacy_cost
-from raymask.policy.schema import Policy
+from raymask.policy.registry import (
+    REGISTRY,
+    Applied,
+    FieldContext,
+    detect_and_replace,
+    error_message,
+    privacy_cost,
+)
+from raymask.policy.schema import Detect, Policy
 
-__all__ = ["MaskOutput", "MaskCore", "MaskWorker", "PrivacyMeta", "merge_outputs", "BUDGET_REASON"]
+__all__ = [
+    "MaskOutput",
+    "MaskCore",
+    "MaskWorker",
+    "PrivacyMeta",
+    "merge_outputs",
+    "BUDGET_REASON",
+    "detect_unknown_fields",
+    "scan_records",
+]
 
 BUDGET_REASON = "budget subject {path}: privacy allowance for this period is used up"
 
@@ -50,6 +69,9 @@ class MaskOutput:
     counts: dict[str, int] = field(default_factory=dict)  # field -> values the technique changed
     seconds: dict[str, float] = field(default_factory=dict)  # stage (decode, mask, encode) -> time
     privacy: PrivacyMeta | None = None  # local-DP fields of the view: what the records spent
+    detected: dict[str, int] = field(default_factory=dict)  # unknown fields: spans masked per type
+    leaks: list[tuple[str, str, int]] = field(default_factory=list)  # (field, type, count) found
+    leak_sampled: int = 0  # records the leak monitor scanned
 
 
 @dataclass
@@ -88,6 +110,7 @@ class MaskCore:
         shards: int = 1,
         rng: SecureRandom | None = None,
         clock: Callable[[], float] = time.time,
+        leak_rng: np.random.Generator | None = None,
     ) -> None:
         """`ledger_uri`: the folder or s3:// prefix under which the pool's shards checkpoint their
         per-subject budgets (None: memory only); this core is shard `shard` of `shards`.
@@ -101,6 +124,8 @@ class MaskCore:
         self.rng = rng
         self.clock = clock
         self.ledger: SubjectLedger | None = None
+        # the leak monitor's sampling (not a secret, not DP: an ordinary generator will do)
+        self.leak_rng = leak_rng if leak_rng is not None else np.random.default_rng()
         self.set_policy(policy)
 
     def set_policy(self, policy: Policy | dict) -> int:
@@ -149,6 +174,13 @@ class MaskCore:
         else:
             starts, ends = starts[rows], ends[rows]
         sc = fmt.scan(data, starts, ends, plan.tree)
+        detected: dict[str, int] = {}
+        if plan.unknown_detect is not None:  # rewrite unknown fields, then locate again
+            data, starts, ends, detected = detect_unknown_fields(
+                data, sc, plan.unknown_detect, self.keyring
+            )
+            if detected:
+                sc = fmt.scan(data, starts, ends, plan.tree)
         views = [plan.view(r) for r in roles]
         # every column the techniques read (and the key, which subject-keyed techniques use),
         # extracted in one pass over the records; anything else on demand
@@ -177,6 +209,10 @@ class MaskCore:
             self._view(view, data, sc, rows, column, subjects, decode_s if i == 0 else 0.0)
             for i, view in enumerate(views)
         ]
+        for o in outs:
+            o.detected = dict(detected)
+            if plan.leak_check is not None:
+                o.leaks, o.leak_sampled = self._leak_check(o, plan.view(o.role))
         if self.ledger is not None:
             t = time.perf_counter()
             self.ledger.commit()  # before any record of the batch leaves this worker
@@ -272,6 +308,20 @@ class MaskCore:
             privacy=privacy,
         )
 
+    def _leak_check(self, out: MaskOutput, view) -> tuple[list[tuple[str, str, int]], int]:  # noqa: ANN001
+        """Scan a sample of the view's masked records for values still detectable."""
+        lc = self.plan.leak_check
+        n = len(out.records)
+        if lc is None or n == 0 or self.fmt.name != "ndjson":
+            return [], 0
+        pick = np.flatnonzero(self.leak_rng.random(n) < lc.sample)
+        if len(pick) == 0:
+            return [], 0
+        ignore = {op.path for op in view.ops if op.technique == "keep"} if lc.ignore_kept else set()
+        found = scan_records(out.records.take(pa.array(pick)), lc.types)
+        leaks = [(f, t, c) for (f, t), c in sorted(found.items()) if f not in ignore]
+        return leaks, len(pick)
+
     def _privacy(self, ops, applieds, edits, emit, subjects) -> _Spend:  # noqa: ANN001
         """What each record's local-DP values cost, charged to its subject's allowance; records
         whose subject cannot pay are suppressed (noised fields null, no cost) or dropped."""
@@ -309,6 +359,57 @@ class MaskCore:
             a = applieds[oi]
             a.values = pc.if_else(keep, a.values, pa.scalar(None, a.values.type))
         return _Spend(fields, eps, delta, refused, none)
+
+
+def detect_unknown_fields(
+    data: np.ndarray, sc: Scan, spec: Detect, keyring: Keyring
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """NDJSON records with what `spec` finds in the values of fields the policy does not name
+    replaced (strings and numbers at any depth; numbers with a span become strings). Returns
+    the new (data, starts, ends) and the spans replaced per type; the records are unchanged
+    (same buffer) when nothing was found. Invalid records are left for the dead letters."""
+    rec, vs, ve, vk = json_values.scalar_values(
+        data, sc.starts, sc.ends, sc.err == 0, sc.vstart, sc.vend, sc.vkind
+    )
+    if len(rec) == 0:
+        return data, sc.starts, sc.ends, {}
+    values = ndjson.extract(data, vs, ve, vk)
+    new, spans = detect_and_replace(values, spec, keyring)
+    if len(spans) == 0:
+        return data, sc.starts, sc.ends, {}
+    hit = np.unique(spans.record)
+    rep_off, rep_data = ndjson.quote(new.take(pa.array(hit)))
+    out, starts, ends = json_values.rewrite(
+        data, sc.starts, sc.ends, rec[hit], vs[hit], ve[hit], rep_off, rep_data
+    )
+    return out, starts, ends, spans.counts()
+
+
+def scan_records(records: pa.Array, types: list[str] | None = None) -> dict[tuple[str, str], int]:
+    """Detectable values in NDJSON records (a binary array, one record each, newline optional):
+    counts per (field path, type), never the values. Invalid records count as field `<invalid>`
+    only when nothing can be read; their readable values are scanned all the same."""
+    b = string_buffers(records)
+    starts = b.offsets[:-1]
+    ends = b.offsets[1:].copy()
+    nl = (ends > starts) & (b.data[np.maximum(ends - 1, 0)] == 10) if len(b.data) else ends > ends
+    ends[nl] -= 1
+    rec, vs, ve, vk = json_values.scalar_values(b.data, starts, ends, b.valid)
+    if len(rec) == 0:
+        return {}
+    values = ndjson.extract(b.data, vs, ve, vk)
+    spans = detect_kernel.detect(values, types)
+    if len(spans) == 0:
+        return {}
+    # the field of each value with a span (one path look-up per such value)
+    vals = np.unique(spans.record)
+    paths = json_values.paths_at(b.data, starts, ends, rec[vals], vs[vals])
+    path_of = dict(zip(vals.tolist(), paths, strict=True))
+    counts: dict[tuple[str, str], int] = {}
+    for v, t in zip(spans.record.tolist(), spans.type.tolist(), strict=True):
+        key = (path_of[v], spans.names[t])
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def merge_outputs(outputs: list[MaskOutput]) -> tuple[pa.Array, np.ndarray]:

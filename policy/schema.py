@@ -598,9 +598,16 @@ class Stream(BaseModel):
     leak_check: LeakCheck | None = Field(
         None, description="Sampled scan of every output view for values that got through."
     )
+    unknown_detect: Detect | None = Field(
+        None,
+        description="unknown_fields: detect: what to find and how to replace it "
+        "(default: every type, replaced by <TYPE>).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Stream:
+        if self.unknown_detect is not None and self.unknown_fields != "detect":
+            raise ValueError("unknown_detect is used only with unknown_fields: detect")
         paths = sorted(self.fields)
         for a, b in zip(paths, paths[1:], strict=False):
             if b.startswith(a + "."):

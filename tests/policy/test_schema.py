@@ -197,11 +197,6 @@ def test_messages_never_quote_values():
     ("old", "new", "message"),
     [
         ("format: ndjson", "format: xml", "streams.payments.format: xml is not supported yet"),
-        (
-            "unknown_fields: keep",
-            "unknown_fields: detect",
-            "unknown_fields: detect is not supported yet",
-        ),
     ],
 )
 def test_techniques_not_built_are_accepted_by_schema_and_refused_at_compile(old, new, message):

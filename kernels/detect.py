@@ -221,6 +221,8 @@ def _ipv4(cls, data, p, e):
         return -1
     if q + 1 < e and data[q] == 46 and _d(data, q + 1, e):  # a fifth part: not an address
         return -1
+    if q + 1 < e and data[q] == 45 and (cls[data[q + 1]] & C_ALNUM) != 0:  # 1.2.3.4-rc1
+        return -1
     return q
 
 
@@ -361,15 +363,19 @@ def _card(cls, data, p, e):
     bounds = np.empty(24, np.int64)  # end of each digit group
     counts = np.empty(24, np.int64)
     ng = 0
-    while True:
+    while ng < 24:
+        g0 = q
         while _d(data, q, e):
             q += 1
-            nd += 1
-        if nd > 19 or ng >= 24:
+        glen = q - g0
+        if ng > 0 and not (3 <= glen <= 6):  # printed cards group 3-6 digits
             break
+        nd += glen
         bounds[ng] = q
         counts[ng] = nd
         ng += 1
+        if nd > 19 or (ng == 1 and glen > 6):  # a plain number takes no separated groups
+            break
         if (
             q + 1 < e
             and (data[q] == 32 or data[q] == 45)
@@ -383,7 +389,7 @@ def _card(cls, data, p, e):
     for g in range(ng - 1, -1, -1):  # longest first
         if 13 <= counts[g] <= 19:
             end = bounds[g]
-            if g == ng - 1 and nd <= 19 and not _end_ok(cls, data, end, e):
+            if g == ng - 1 and not _end_ok(cls, data, end, e):
                 continue
             if luhn_ok(data, p, end):
                 return end
@@ -427,7 +433,7 @@ def _phone_groups(cls, data, p, e):
             s = q
             while _d(data, q, e):
                 q += 1
-            if q - s < 2:
+            if q - s < 2 or (ng == 0 and q - s > 5):
                 return -1
             nd += q - s
             ng += 1
@@ -505,7 +511,9 @@ def _iban(cls, iban, data, p, e):
             break
     if m != need or not _end_ok(cls, data, q, e):
         return -1
-    return q if mod97_ok(data, p, q) else -1
+    # IBAN-shaped but the check fails: -2 - end, so the scan skips it whole (its digit groups
+    # are not phone numbers)
+    return q if mod97_ok(data, p, q) else -2 - q
 
 
 @njit(cache=True)
@@ -770,6 +778,9 @@ def _scan(offsets, data, valid, enabled, cls, iban):
                     r = _iban(cls, iban, data, p, e)
                     if r > 0:
                         t = T_IBAN
+                    elif r < -1:
+                        p = -2 - r
+                        continue
                 if t < 0 and (k & C_HEX) != 0:
                     if (k & C_DIGIT) != 0:
                         if enabled[T_IPV4]:

@@ -20,14 +20,13 @@ import pyarrow.compute as pc
 from raymask.actors._lazy import LazyActor
 from raymask.actors.ledger import SubjectLedger
 from raymask.actors.router import batch_records, scan_reason
-from raymask.kernels import detect as detect_kernel
-from raymask.kernels._arrow import string_buffers
 from raymask.kernels.codecs import json_values, ndjson
 from raymask.kernels.codecs.formats import Format
 from raymask.kernels.codecs.spans import K_MISSING, K_NULL, Scan
 from raymask.kernels.hashing import key_hash
 from raymask.kernels.ledger import DELTA_UNIT, EPS_UNIT, units
 from raymask.kernels.rng import SecureRandom
+from raymask.kernels.scan import scan_records
 from raymask.memory import tune_malloc
 from raymask.policy.compile import StreamPlan, compile_stream
 from raymask.policy.keys import Keyring
@@ -49,7 +48,6 @@ __all__ = [
     "merge_outputs",
     "BUDGET_REASON",
     "detect_unknown_fields",
-    "scan_records",
 ]
 
 BUDGET_REASON = "budget subject {path}: privacy allowance for this period is used up"
@@ -383,33 +381,6 @@ def detect_unknown_fields(
         data, sc.starts, sc.ends, rec[hit], vs[hit], ve[hit], rep_off, rep_data
     )
     return out, starts, ends, spans.counts()
-
-
-def scan_records(records: pa.Array, types: list[str] | None = None) -> dict[tuple[str, str], int]:
-    """Detectable values in NDJSON records (a binary array, one record each, newline optional):
-    counts per (field path, type), never the values. Invalid records count as field `<invalid>`
-    only when nothing can be read; their readable values are scanned all the same."""
-    b = string_buffers(records)
-    starts = b.offsets[:-1]
-    ends = b.offsets[1:].copy()
-    nl = (ends > starts) & (b.data[np.maximum(ends - 1, 0)] == 10) if len(b.data) else ends > ends
-    ends[nl] -= 1
-    rec, vs, ve, vk = json_values.scalar_values(b.data, starts, ends, b.valid)
-    if len(rec) == 0:
-        return {}
-    values = ndjson.extract(b.data, vs, ve, vk)
-    spans = detect_kernel.detect(values, types)
-    if len(spans) == 0:
-        return {}
-    # the field of each value with a span (one path look-up per such value)
-    vals = np.unique(spans.record)
-    paths = json_values.paths_at(b.data, starts, ends, rec[vals], vs[vals])
-    path_of = dict(zip(vals.tolist(), paths, strict=True))
-    counts: dict[tuple[str, str], int] = {}
-    for v, t in zip(spans.record.tolist(), spans.type.tolist(), strict=True):
-        key = (path_of[v], spans.names[t])
-        counts[key] = counts.get(key, 0) + 1
-    return counts
 
 
 def merge_outputs(outputs: list[MaskOutput]) -> tuple[pa.Array, np.ndarray]:

@@ -9,10 +9,11 @@ import pyarrow as pa
 import pytest
 
 from raymask.actors.router import RouterCore
-from raymask.actors.worker import MaskCore, scan_records
+from raymask.actors.worker import MaskCore
 from raymask.errors import PolicyError
 from raymask.kernels.codecs import json_values
 from raymask.kernels.codecs.formats import NdjsonFormat
+from raymask.kernels.scan import scan_records
 from raymask.policy.compile import compile_stream
 from raymask.policy.keys import Key, Keyring
 from raymask.policy.schema import Policy

@@ -291,6 +291,19 @@ def print_summary(console: Console, s) -> None:
             f"{s.dp_max_epsilon:g} each); {s.dp_suppressed:,} suppressed, their subjects' "
             "allowance used up" + (f"; budgets in {s.ledger}" if s.ledger else "")
         )
+    if s.detected:
+        kinds = ", ".join(f"{t} {c:,}" for t, c in s.detected.most_common())
+        console.print(f"unknown fields: {sum(s.detected.values()):,} spans masked ({kinds})")
+    if s.leak_sampled:
+        found = sum(s.leaks.values())
+        console.print(
+            f"leak monitor: {s.leak_sampled:,} output records scanned, "
+            + (
+                f"{found:,} detectable values found; events in {s.audit_file}"
+                if found
+                else "nothing found"
+            )
+        )
     if s.dead_letters:
         console.print(f"dead letters (encrypted) in {s.dead_letter_file}:")
         for reason, count in s.dead_reasons.most_common(5):

@@ -20,6 +20,7 @@ from typing import IO, Any
 import numpy as np
 import pyarrow as pa
 
+from raymask.actors.audit import LeakAudit, leak_events
 from raymask.actors.control import ControlCore, key_shapes, make_control_actor
 from raymask.actors.ledger import ledger_lock, state_base
 from raymask.actors.metrics import PipelineMetrics
@@ -72,6 +73,10 @@ class RunSummary:
     dp_suppressed: int = 0
     dp_max_epsilon: float = 0.0
     ledger: str | None = None  # where the per-subject budgets are checkpointed
+    detected: Counter = field(default_factory=Counter)  # unknown fields: type -> spans masked
+    leaks: Counter = field(default_factory=Counter)  # leak monitor: (field, type) -> spans found
+    leak_sampled: int = 0  # records the leak monitor scanned
+    audit_file: str | None = None  # where the leak monitor's events went (when there were any)
     aggregates: Any = None  # AggregateSummary when the run also released DP aggregates
 
     def latency(self, q: float) -> float:
@@ -125,6 +130,10 @@ def _collect(
             summary.dp_suppressed += o.privacy.suppressed
             if len(spent):
                 summary.dp_max_epsilon = max(summary.dp_max_epsilon, float(spent.max()))
+        summary.detected.update(o.detected)
+        summary.leak_sampled += o.leak_sampled
+        for fld, typ, c in o.leaks:
+            summary.leaks[(fld, typ)] += c
         if o.policy_version != version:
             raise PipelineError(
                 f"a worker masked a batch with policy version {o.policy_version}, not {version}"
@@ -162,6 +171,7 @@ def run_pipeline(
     resize: Callable[[int, int], list[Any]] | None = None,
     share: Callable[[pa.RecordBatch], Any] | None = None,
     tap: Callable[[Any], None] | None = None,
+    audit: Any | None = None,
 ) -> RunSummary:
     """Stream `source` through `workers`; `submit(worker, chunk, rows, role)` starts one worker's
     share of a chunk, `fetch` waits for a chunk's results. `share(batch)` turns a routed chunk into
@@ -208,6 +218,15 @@ def run_pipeline(
                 changed={k: n - before.get(k, 0) for k, n in summary.changed.items()},
                 techniques=summary.techniques, version=v,
             )  # fmt: skip
+        if audit is not None or metrics is not None:
+            events = leak_events(plan.stream, outputs)
+            if audit is not None:
+                audit.write(events)
+            if metrics is not None and hasattr(metrics, "leak_events"):
+                detected: Counter = Counter()
+                for o in outputs:
+                    detected.update(o.detected)
+                metrics.leak_events(events, detected)
         tw = time.perf_counter()
         _write_records(out, records)
         if source.follow:
@@ -476,6 +495,9 @@ def _run_locked(
     started = False
     runner = tap = None
     ok = False
+    audit = None
+    if plan.leak_check is not None:
+        audit = LeakAudit("raymask.audit.ndjson" if out_name == "-" else f"{out_name}.audit.ndjson")
     try:
         if aggregates is not None:
             from raymask.cluster.aggregate import AggregateRunner
@@ -505,7 +527,7 @@ def _run_locked(
 
             run_pipeline(
                 plan, src, cores, lambda w, b, i, r: w.process(b, r, i), lambda fs: list(fs), out_f, writer,
-                role, summary, progress=progress, poll=poll, switch=switch, tap=tap,
+                role, summary, progress=progress, poll=poll, switch=switch, tap=tap, audit=audit,
             )  # fmt: skip
         else:
             import ray
@@ -587,7 +609,7 @@ def _run_locked(
                     role, summary, progress=progress,
                     poll=lambda: tuple(ray.get(ctl.state.remote())), switch=switch_ray,
                     metrics=PipelineMetrics(stream), recover=recover,
-                    resize=resize, share=ray.put, tap=tap,
+                    resize=resize, share=ray.put, tap=tap, audit=audit,
                 )  # fmt: skip
             except ray.exceptions.RayActorError:
                 raise PipelineError("a mask worker died; see the Ray logs") from None
@@ -609,4 +631,6 @@ def _run_locked(
 
             ray.shutdown()
     summary.dead_letter_file = dl_path if summary.dead_letters else None
+    if audit is not None and audit.events:
+        summary.audit_file = str(audit.path)
     return summary

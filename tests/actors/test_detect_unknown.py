@@ -18,7 +18,7 @@ from raymask.policy.compile import compile_stream
 from raymask.policy.keys import Key, Keyring
 from raymask.policy.schema import Policy
 
-RING = Keyring([Key("tok", 1, b"t" * 32)])
+RING = Keyring([Key("tok", 1, b"t" * 32), Key("deadletter", 1, b"d" * 32)])
 
 
 def _policy(**stream) -> Policy:  # noqa: ANN003
@@ -119,3 +119,30 @@ def test_scalar_values_skips_spans_and_keys():
     assert [data[s:e].tobytes() for s, e in zip(vs, ve, strict=True)] == [b'"v"', b"-1.5e3", b'"s"']
     paths = json_values.paths_at(data, np.array([0]), np.array([len(data)]), rec, vs)
     assert paths == ["k", "n", "o.z"]
+
+
+def test_leak_events_go_to_the_audit_file_through_a_local_pipeline(tmp_path):
+    from raymask.cluster.pipeline import mask_file
+
+    pol = _policy(unknown_fields="keep", leak_check={"sample": 1.0})
+    src = tmp_path / "in.ndjson"
+    src.write_text("".join(json.dumps({"id": str(i), "email": "a@b.io",
+                                       "note": f"x {CANARY} y"}) + "\n" for i in range(50)))  # fmt: skip
+    out = tmp_path / "out.ndjson"
+    s = mask_file(pol, "s", src, out, keyring=RING, local=True, workers=2)
+    assert s.leaks == {("note", "email"): 50} and s.leak_sampled == 50
+    events = [
+        json.loads(x) for x in (tmp_path / "out.ndjson.audit.ndjson").read_text().splitlines()
+    ]
+    assert {
+        (e["stream"], e["view"], e["field"], e["type"], e["policy_version"]) for e in events
+    } == {("s", "default", "note", "email", 7)}
+    assert sum(e["count"] for e in events) == 50
+    text = (tmp_path / "out.ndjson.audit.ndjson").read_text()
+    assert CANARY not in text and "a@b.io" not in text
+    # with unknown_fields: detect the same note is masked, and the monitor finds nothing
+    pol2 = _policy(unknown_fields="detect", leak_check={"sample": 1.0})
+    out2 = tmp_path / "out2.ndjson"
+    s2 = mask_file(pol2, "s", src, out2, keyring=RING, local=True, workers=2)
+    assert s2.leaks == {} and s2.detected == {"email": 50} and s2.audit_file is None
+    assert CANARY not in out2.read_text()

@@ -64,27 +64,36 @@ def luhn_ok(data, s, e):
     return nd >= 2 and total % 10 == 0
 
 
+@njit(cache=True, inline="always")
+def _mod97_step(r, c):
+    if _digit(c):
+        return (r * 10 + (c - 48)) % 97
+    return (r * 100 + (c - 65 if c <= 90 else c - 97) + 10) % 97
+
+
 @njit(cache=True)
 def mod97_ok(data, s, e):
     """ISO 7064 MOD 97-10 over the letters and digits of data[s:e] (spaces skipped): the first
-    four characters move to the end, letters count as 10..35, the number mod 97 must be 1."""
-    idx = np.empty(e - s, np.int64)
+    four characters move to the end, letters count as 10..35, the number mod 97 must be 1.
+    Two passes instead of a rearranged copy (no allocation in the scanner's loop)."""
+    r = 0
     m = 0
-    for q in range(s, e):
+    for q in range(s, e):  # everything after the first four characters
         c = data[q]
         if _digit(c) or (65 <= c <= 90) or (97 <= c <= 122):
-            idx[m] = q
+            if m >= 4:
+                r = _mod97_step(r, c)
             m += 1
     if m < 5:
         return False
-    r = 0
-    for k in range(m):
-        c = data[idx[(k + 4) % m]]
-        if _digit(c):
-            r = (r * 10 + (c - 48)) % 97
-        else:
-            v = (c - 65 if c <= 90 else c - 97) + 10
-            r = (r * 100 + v) % 97
+    k = 0
+    for q in range(s, e):  # then the first four
+        c = data[q]
+        if _digit(c) or (65 <= c <= 90) or (97 <= c <= 122):
+            r = _mod97_step(r, c)
+            k += 1
+            if k == 4:
+                break
     return r == 1
 
 

@@ -354,14 +354,14 @@ def _iin_ok(data, p, e):
 
 
 @njit(cache=True)
-def _card(cls, data, p, e):
+def _card(cls, data, p, e, scratch):
     if not _iin_ok(data, p, e):
         return -1
     q = p
     nd = 0
     sep = 0
-    bounds = np.empty(24, np.int64)  # end of each digit group
-    counts = np.empty(24, np.int64)
+    bounds = scratch[:24]  # end of each digit group (scratch: no allocation per candidate)
+    counts = scratch[24:48]
     ng = 0
     while ng < 24:
         g0 = q
@@ -696,6 +696,8 @@ def _scan(offsets, data, valid, enabled, cls, iban):
     typ = np.empty(cap, np.int8)
     conf = np.empty(cap, np.float32)
     m = 0
+    scratch = np.empty(48, np.int64)
+    run_end = -1  # end of the current run of email-local-part bytes (found once per run)
     any_secret = False
     for t in range(T_AWS, len(enabled)):
         any_secret = any_secret or enabled[t]
@@ -705,6 +707,7 @@ def _scan(offsets, data, valid, enabled, cls, iban):
         s = offsets[i]
         e = offsets[i + 1]
         p = s
+        run_end = -1
         while p < e:
             c = data[p]
             k = cls[c]
@@ -745,7 +748,14 @@ def _scan(offsets, data, valid, enabled, cls, iban):
                     if r > 0:
                         t = T_IPV6
             elif (k & C_ALNUM) != 0:
-                if (k & C_DIGIT) == 0 and enabled[T_URLCRED]:
+                if p >= run_end:
+                    run_end = p + 1
+                    while run_end < e and (cls[data[run_end]] & C_LOCAL) != 0:
+                        run_end += 1
+                # an email needs '@' after the run, a URL with credentials "://"
+                at_run = run_end < e and data[run_end] == 64
+                url_run = run_end + 2 < e and data[run_end] == 58 and data[run_end + 1] == 47
+                if (k & C_DIGIT) == 0 and url_run and enabled[T_URLCRED]:
                     a, r = _url_credentials(cls, data, p, e)
                     if r > 0:
                         t = T_URLCRED
@@ -770,7 +780,7 @@ def _scan(offsets, data, valid, enabled, cls, iban):
                         r, tt = _token_prefixed(cls, data, p, e)
                         if r > 0 and enabled[tt]:
                             t = tt
-                if t < 0 and enabled[T_EMAIL]:
+                if t < 0 and at_run and enabled[T_EMAIL]:
                     r = _email(cls, data, p, e)
                     if r > 0:
                         t = T_EMAIL
@@ -782,28 +792,55 @@ def _scan(offsets, data, valid, enabled, cls, iban):
                         p = -2 - r
                         continue
                 if t < 0 and (k & C_HEX) != 0:
-                    if (k & C_DIGIT) != 0:
-                        if enabled[T_IPV4]:
+                    # the digit and hex runs and the byte after them gate every matcher, so
+                    # most numbers (ids, amounts, times) are rejected in a few instructions
+                    dr = p
+                    while dr < e and 48 <= data[dr] <= 57:
+                        dr += 1
+                    hr = dr
+                    while hr < e and (cls[data[hr]] & C_HEX) != 0:
+                        hr += 1
+                    nd = dr - p
+                    nx = data[dr] if dr < e else 0
+                    hx = data[hr] if hr < e else 0
+                    if nd > 0:
+                        if t < 0 and nd <= 3 and nx == 46 and enabled[T_IPV4]:
                             r = _ipv4(cls, data, p, e)
                             if r > 0:
                                 t = T_IPV4
-                        if t < 0 and enabled[T_SSN]:
+                        if t < 0 and nd == 3 and nx == 45 and enabled[T_SSN]:
                             r = _ssn(cls, data, p, e)
                             if r > 0:
                                 t = T_SSN
-                        if t < 0 and enabled[T_PHONE]:
+                        if (
+                            t < 0
+                            and enabled[T_PHONE]
+                            and (
+                                (nd == 3 and (nx == 45 or nx == 46 or nx == 32))
+                                or (c == 48 and 2 <= nd <= 5 and (nx == 32 or nx == 45))
+                            )
+                        ):
                             r = _phone_groups(cls, data, p, e)
                             if r > 0:
                                 t = T_PHONE
-                        if t < 0 and enabled[T_CARD]:
-                            r = _card(cls, data, p, e)
+                        if (
+                            t < 0
+                            and enabled[T_CARD]
+                            and (nd >= 13 or (3 <= nd <= 6 and (nx == 32 or nx == 45)))
+                        ):
+                            r = _card(cls, data, p, e, scratch)
                             if r > 0:
                                 t = T_CARD
-                    if t < 0 and enabled[T_MAC]:
+                    hl = hr - p
+                    if (
+                        t < 0
+                        and enabled[T_MAC]
+                        and ((hl == 2 and (hx == 58 or hx == 45)) or (hl == 4 and hx == 46))
+                    ):
                         r = _mac(cls, data, p, e)
                         if r > 0:
                             t = T_MAC
-                    if t < 0 and enabled[T_IPV6]:
+                    if t < 0 and enabled[T_IPV6] and 1 <= hl <= 4 and (hx == 58 or hx == 46):
                         r = _ipv6(cls, data, p, e)
                         if r > 0:
                             t = T_IPV6
@@ -819,6 +856,12 @@ def _scan(offsets, data, valid, enabled, cls, iban):
                         if (k & C_DIGIT) != 0:
                             p = q
                             continue
+                if t < 0:  # nothing starts inside a word: jump to its end
+                    q = p + 1
+                    while q < e and (cls[data[q]] & C_ALNUM) != 0:
+                        q += 1
+                    p = q
+                    continue
             if t >= 0:
                 if m == rec.shape[0]:
                     rec, sst, sen, typ, conf = (_grow(rec, m), _grow(sst, m), _grow(sen, m),

@@ -36,11 +36,17 @@ def scan_ndjson(
     spans = detect_kernel.detect(ndjson.extract(data, vs, ve, vk), types)
     if len(spans) == 0:
         return found
-    vals = np.unique(spans.record)  # one path look-up per value with a span
+    # one path look-up per value with a span (a Python call each: meant for masked output, where
+    # findings are rare; a raw file with millions of values to report takes seconds more)
+    vals, which = np.unique(spans.record, return_inverse=True)
     paths = json_values.paths_at(data, starts, ends, rec[vals], vs[vals])
-    path_of = dict(zip(vals.tolist(), paths, strict=True))
-    for v, t in zip(spans.record.tolist(), spans.type.tolist(), strict=True):
-        found[(path_of[v], spans.names[t])] += 1
+    ids = {p: i for i, p in enumerate(dict.fromkeys(paths))}
+    pid = np.array([ids[p] for p in paths], np.int64)[which]
+    names = list(ids)
+    nt = len(spans.names)
+    keys, counts = np.unique(pid * nt + spans.type, return_counts=True)
+    for k, c in zip(keys.tolist(), counts.tolist(), strict=True):
+        found[(names[k // nt], spans.names[k % nt])] += c
     return found
 
 

@@ -375,7 +375,7 @@ def detect_and_replace(
         return r if r is not None else f"<{name.upper()}>"
 
     rules = [rule(n) for n in names]
-    table = [r.encode() for r in rules]
+    table: list[bytes] | pa.Array = [r.encode() for r in rules]
     idx = spans.type.astype(np.int64)
     tok_types = [t for t, r in enumerate(rules) if r == "token"]
     if tok_types and len(spans):
@@ -386,7 +386,10 @@ def detect_and_replace(
             tokens = tok_kernel.tokenize(
                 texts, key.material, encoding=spec.encoding, length=spec.length, prefix=spec.prefix
             )
-            table = table + [t.encode() for t in tokens.to_pylist()]
+            # the table: one entry per type, then one token per tokenized span (all Arrow)
+            table = pa.concat_arrays(
+                [pa.array(rules, pa.large_string()), tokens.cast(pa.large_string())]
+            )
             idx[is_tok] = len(names) + np.arange(int(is_tok.sum()))
     return detect_kernel.splice(values, spans, table, idx), spans
 

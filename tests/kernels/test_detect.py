@@ -204,3 +204,20 @@ def test_user_pattern_positions_match_python_re() -> None:
     want = [(i, m.start(), m.end()) for i, v in enumerate(vals.to_pylist())
             for m in re.finditer(rb"[0-9]+", v.encode())]  # fmt: skip
     assert list(zip(s.record.tolist(), s.start.tolist(), s.end.tolist(), strict=True)) == want
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.binary(max_size=80),
+                          st.text(alphabet="0123456789abcdefABCDEF:.-@ +()/_eyJxoAKI", max_size=80)
+                          .map(str.encode)), max_size=8))  # fmt: skip
+def test_any_bytes_give_in_bounds_sorted_spans_and_keep_every_record(rows: list[bytes | None]) -> None:
+    vals = pa.array(rows, pa.binary())
+    s = detect(vals)
+    for k in range(len(s)):
+        n = len(rows[s.record[k]])
+        assert 0 <= s.start[k] < s.end[k] <= n
+        if k:
+            assert (s.record[k], s.start[k]) >= (s.record[k - 1], s.end[k - 1])
+    out = splice(vals, s, [b"<X>"] * len(TYPES))
+    assert len(out) == len(rows)
+    assert [v is None for v in out.to_pylist()] == [v is None for v in rows]

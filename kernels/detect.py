@@ -416,6 +416,15 @@ def _phone_groups(cls, data, p, e):
             return -1
         q += 14
         return q if _end_ok(cls, data, q, e) else -1
+    if (  # a leading 1 (US trunk prefix): 1-800-555-0199
+        p + 14 <= e
+        and data[p] == 49
+        and (data[p + 1] == 45 or data[p + 1] == 46 or data[p + 1] == 32)
+        and data[p + 5] == data[p + 1]
+    ):
+        r = _phone_groups(cls, data, p + 2, e)
+        if r > 0 and data[p + 2] != 40:
+            return r
     if p + 12 <= e and data[p] >= 50 and data[p + 4] >= 50:
         sep = data[p + 3]
         if (sep == 45 or sep == 46 or sep == 32) and data[p + 7] == sep:
@@ -607,9 +616,9 @@ def _bearer(cls, data, p, e):
         if (data[p + 1 + j] | 32) != _EARER[j]:
             return -1, -1
     q = p + 6
-    if q >= e or data[q] != 32:
+    if q >= e or (data[q] != 32 and data[q] != 9):
         return -1, -1
-    while q < e and data[q] == 32:
+    while q < e and (data[q] == 32 or data[q] == 9):
         q += 1
     r = _run(cls, data, q, e, C_URLSAFE)
     while r < e and data[r] == 61:
@@ -823,6 +832,7 @@ def _scan(offsets, data, valid, enabled, cls, iban):
                             and (
                                 (nd == 3 and (nx == 45 or nx == 46 or nx == 32))
                                 or (c == 48 and 2 <= nd <= 5 and (nx == 32 or nx == 45))
+                                or (nd == 1 and c == 49 and (nx == 45 or nx == 46 or nx == 32))
                             )
                         ):
                             r = _phone_groups(cls, data, p, e)

@@ -74,6 +74,23 @@ CASES = [
     ("cut -----BEGIN PRIVATE KEY-----\nMIIE", [("private_key", "-----BEGIN PRIVATE KEY-----\nMIIE")]),
     ("naïve café 4111111111111111 €", [("card", "4111111111111111")]),  # multi-byte neighbours
     ("", []),
+    # --- more traps and real-world shapes
+    ("isbn 978-3-16-148410-0, coords 52.5200,13.4050, date 2024-01-15 12:34:56.789", []),
+    ("sha 3f786850e387550fdab836ed7e6dc881de23001b price 4111.11 eur 10.0.0.256", []),
+    ("tel:+14155552671 or +1-212-555-0199.", [("phone", "+14155552671"), ("phone", "+1-212-555-0199")]),
+    ("toll free 1-800-555-0199", [("phone", "1-800-555-0199")]),
+    ("zone fe80::1%eth0 slaac fe80::a00:27ff:fe4e:66a1", [("ipv6", "fe80::1"),
+                                                         ("ipv6", "fe80::a00:27ff:fe4e:66a1")]),
+    ('{"card":"4012888888881881","mc":"5555555555554444"}', [("card", "4012888888881881"),
+                                                              ("card", "5555555555554444")]),
+    ("John.Doe@Example.COM cc user@sub.domain.example.co.uk", [("email", "John.Doe@Example.COM"),
+        ("email", "user@sub.domain.example.co.uk")]),
+    ("bad domains a@b-.com a@-b.com", []),
+    ("Bearer\tabcdefghijklmnopqrstu", [("bearer_token", "abcdefghijklmnopqrstu")]),
+    ("unsigned eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.", [("jwt", "eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.")]),
+    ("ftp://user:p%40ss@host and https://user:@host", [("url_credentials", "user:p%40ss")]),
+    ("short ones: github_pat_11ABC_short xoxb-123", []),
+    ("known limits: de89370400440532013000, ssn 123 45 6789", []),  # lower-case IBAN, SSN with spaces
 ]  # fmt: skip
 
 
@@ -210,7 +227,9 @@ def test_user_pattern_positions_match_python_re() -> None:
 @given(st.lists(st.one_of(st.none(), st.binary(max_size=80),
                           st.text(alphabet="0123456789abcdefABCDEF:.-@ +()/_eyJxoAKI", max_size=80)
                           .map(str.encode)), max_size=8))  # fmt: skip
-def test_any_bytes_give_in_bounds_sorted_spans_and_keep_every_record(rows: list[bytes | None]) -> None:
+def test_any_bytes_give_in_bounds_sorted_spans_and_keep_every_record(
+    rows: list[bytes | None],
+) -> None:
     vals = pa.array(rows, pa.binary())
     s = detect(vals)
     for k in range(len(s)):

@@ -20,13 +20,15 @@ import pyarrow.compute as pc
 from raymask.actors._lazy import LazyActor
 from raymask.actors.ledger import SubjectLedger
 from raymask.actors.router import batch_records, scan_reason
+from raymask.kernels._arrow import string_buffers
+from raymask.kernels.codecs import csv as csv_codec
 from raymask.kernels.codecs import json_values, ndjson
-from raymask.kernels.codecs.formats import Format
-from raymask.kernels.codecs.spans import K_MISSING, K_NULL, Scan
+from raymask.kernels.codecs.formats import CsvFormat, Format, format_for
+from raymask.kernels.codecs.spans import K_MISSING, K_NULL, Scan, splice
 from raymask.kernels.hashing import key_hash
 from raymask.kernels.ledger import DELTA_UNIT, EPS_UNIT, units
 from raymask.kernels.rng import SecureRandom
-from raymask.kernels.scan import scan_records
+from raymask.kernels.scan import scan_csv_batch, scan_records
 from raymask.memory import tune_malloc
 from raymask.policy.compile import StreamPlan, compile_stream
 from raymask.policy.keys import Keyring
@@ -48,6 +50,7 @@ __all__ = [
     "merge_outputs",
     "BUDGET_REASON",
     "detect_unknown_fields",
+    "detect_unknown_columns",
 ]
 
 BUDGET_REASON = "budget subject {path}: privacy allowance for this period is used up"
@@ -174,9 +177,14 @@ class MaskCore:
         sc = fmt.scan(data, starts, ends, plan.tree)
         detected: dict[str, int] = {}
         if plan.unknown_detect is not None:  # rewrite unknown fields, then locate again
-            data, starts, ends, detected = detect_unknown_fields(
-                data, sc, plan.unknown_detect, self.keyring
-            )
+            if isinstance(fmt, CsvFormat):
+                data, starts, ends, detected = detect_unknown_columns(
+                    data, sc, fmt, plan.paths, plan.unknown_detect, self.keyring
+                )
+            else:
+                data, starts, ends, detected = detect_unknown_fields(
+                    data, sc, plan.unknown_detect, self.keyring
+                )
             if detected:
                 sc = fmt.scan(data, starts, ends, plan.tree)
         views = [plan.view(r) for r in roles]
@@ -310,13 +318,21 @@ class MaskCore:
         """Scan a sample of the view's masked records for values still detectable."""
         lc = self.plan.leak_check
         n = len(out.records)
-        if lc is None or n == 0 or self.fmt.name != "ndjson":
+        if lc is None or n == 0:
             return [], 0
         pick = np.flatnonzero(self.leak_rng.random(n) < lc.sample)
         if len(pick) == 0:
             return [], 0
         ignore = {op.path for op in view.ops if op.technique == "keep"} if lc.ignore_kept else set()
-        found = scan_records(out.records.take(pa.array(pick)), lc.types)
+        sample = out.records.take(pa.array(pick))
+        if isinstance(self.fmt, CsvFormat):  # the output's own header (drop changes it)
+            plan = self.plan
+            header = self.fmt.header(plan.tree, plan.unknown_fields == "drop", plan.named)
+            ofmt = format_for("csv", header_line=header, delimiter=self.fmt.delimiter)
+            b = string_buffers(sample)
+            found = scan_csv_batch(ofmt, b.data, b.offsets[:-1], b.offsets[1:] - 1, lc.types)
+        else:
+            found = scan_records(sample, lc.types)
         leaks = [(f, t, c) for (f, t), c in sorted(found.items()) if f not in ignore]
         return leaks, len(pick)
 
@@ -381,6 +397,38 @@ def detect_unknown_fields(
         data, sc.starts, sc.ends, rec[hit], vs[hit], ve[hit], rep_off, rep_data
     )
     return out, starts, ends, spans.counts()
+
+
+def detect_unknown_columns(
+    data: np.ndarray, sc: Scan, fmt: CsvFormat, known: tuple[str, ...], spec: Detect,
+    keyring: Keyring,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:  # fmt: skip
+    """`detect_unknown_fields` for CSV: the columns of the header that the policy does not
+    mention are located, scanned as whole columns, and the cells with a span rewritten."""
+    cols = [c for c in dict.fromkeys(fmt.columns) if c not in set(known)]
+    ok = sc.err == 0
+    if not cols or not ok.any():
+        return data, sc.starts, sc.ends, {}
+    usc = csv_codec.scan(data, sc.starts, sc.ends, fmt.columns, cols, fmt.delimiter)
+    values = fmt.extract_many(data, usc, list(range(len(cols))))
+    edit = np.zeros((len(sc.starts), len(cols)), np.bool_)
+    reps = []
+    found: dict[str, int] = {}
+    for j, col in enumerate(values):
+        new, spans = detect_and_replace(col, spec, keyring)
+        edit[spans.record, j] = True
+        reps.append(fmt.write_values(new, None))
+        for t, c in spans.counts().items():
+            found[t] = found.get(t, 0) + c
+    edit &= ok[:, None] & (usc.err == 0)[:, None]
+    if not edit.any():
+        return data, sc.starts, sc.ends, {}
+    out = splice(data, usc, np.ones(len(sc.starts), np.bool_), list(range(len(cols))), edit, reps,
+                 empty_as=b'""')  # fmt: skip
+    b = string_buffers(out)
+    starts = b.offsets[:-1] - b.offsets[0]
+    ends = b.offsets[1:] - b.offsets[0] - 1  # without the newline
+    return b.data[b.offsets[0] : b.offsets[-1]], starts, ends, found
 
 
 def merge_outputs(outputs: list[MaskOutput]) -> tuple[pa.Array, np.ndarray]:

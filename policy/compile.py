@@ -100,11 +100,6 @@ def compile_stream(policy: Policy, stream: str, source: str = "<policy>") -> Str
         problems.append(
             f"{where}.format: {s.format} is not supported yet (supported: {', '.join(BUILT_FORMATS)})"
         )
-    if s.unknown_fields == "detect" and s.format != "ndjson":
-        problems.append(
-            f"{where}.unknown_fields: detect is supported for ndjson only (name the {s.format} "
-            "columns with a technique, detect included, or use keep or drop)"
-        )
     paths = list(s.fields)
     extra = [s.key] + [
         getattr(spec, attr)

@@ -7,14 +7,13 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
+from pydantic import ValidationError
 
 from raymask.actors.router import RouterCore
 from raymask.actors.worker import MaskCore
-from raymask.errors import PolicyError
 from raymask.kernels.codecs import json_values
-from raymask.kernels.codecs.formats import NdjsonFormat
+from raymask.kernels.codecs.formats import NdjsonFormat, format_for
 from raymask.kernels.scan import scan_records
-from raymask.policy.compile import compile_stream
 from raymask.policy.keys import Key, Keyring
 from raymask.policy.schema import Policy
 
@@ -62,15 +61,49 @@ def test_unknown_fields_are_scanned_at_any_depth_and_named_fields_left_to_their_
     assert default.records.to_pylist()[1] == (lines[1] + "\n").encode()
 
 
-def test_unknown_detect_takes_its_own_settings_and_is_refused_for_csv():
+def test_unknown_detect_takes_its_own_settings():
     pol = _policy(unknown_fields="detect",
                   unknown_detect={"technique": "detect", "types": ["ipv4"], "replace": {"ipv4": "IP"}})  # fmt: skip
     (out,) = _run(pol, [json.dumps({"id": "a", "x": "1.2.3.4 c@d.io"})])
     assert json.loads(out.records.to_pylist()[0])["x"] == "IP c@d.io"
-    csv = Policy.model_validate({"version": 1, "streams": {"s": {"format": "csv", "key": "id",
-                                "unknown_fields": "detect", "fields": {"a": "redact"}}}})  # fmt: skip
-    with pytest.raises(PolicyError, match="detect is supported for ndjson only"):
-        compile_stream(csv, "s")
+    with pytest.raises(ValidationError, match="unknown_detect is used only with unknown_fields"):
+        _policy(unknown_detect={"technique": "detect"})
+
+
+def test_unknown_csv_columns_are_scanned_and_cells_rewritten_in_csv_syntax():
+    pol = Policy.model_validate({"version": 1, "streams": {"s": {"format": "csv", "key": "id",
+        "unknown_fields": "detect", "fields": {"name": "redact"}}}})  # fmt: skip
+    header = b"id,name,note,ip\n"
+    rows = [
+        b'a@x.io,Ann,"mail b@y.io, call +1 (555) 123-4567",10.0.0.1',
+        b"u2,Bob,nothing,none",
+        b'u3,Cy,"say ""hi"" to c@z.io",',
+    ]
+    fmt = format_for("csv", header_line=header)
+    core = MaskCore(pol, "s", RING, fmt)
+    routed = RouterCore(core.plan, fmt, 1).route(
+        np.frombuffer(b"\n".join(rows) + b"\n", np.uint8), 1
+    )
+    out = core.process(routed.batch, None, routed.shards[0])
+    got = [r.decode() for r in out.records.to_pylist()]
+    assert got[0] == 'a@x.io,[REDACTED],"mail <EMAIL>, call <PHONE>",<IPV4>\n'
+    assert got[1] == "u2,[REDACTED],nothing,none\n"
+    assert got[2].startswith("u3,[REDACTED],") and "c@z.io" not in got[2] and "<EMAIL>" in got[2]
+    assert out.detected == {"email": 2, "phone": 1, "ipv4": 1}
+    assert len(got) == 3 and len(out.dead_rows) == 0
+
+
+def test_leak_monitor_on_csv_output_uses_the_output_header():
+    for unknown, want in (("keep", [("note", "email", 2)]), ("drop", [])):
+        pol = Policy.model_validate({"version": 1, "streams": {"s": {"format": "csv", "key": "id",
+            "unknown_fields": unknown, "leak_check": {"sample": 1.0},
+            "fields": {"id": "keep", "name": "redact"}}}})  # fmt: skip
+        fmt = format_for("csv", header_line=b"id,name,note\n")
+        core = MaskCore(pol, "s", RING, fmt, leak_rng=np.random.default_rng(1))
+        data = b"u1,Ann,mail a@b.io\nu2,Bob,c@d.io\n"
+        routed = RouterCore(core.plan, fmt, 1).route(np.frombuffer(data, np.uint8), 1)
+        out = core.process(routed.batch, None, routed.shards[0])
+        assert (out.leaks, out.leak_sampled) == (want, 2)
 
 
 CANARY = "canary.7c1d@leak-test.example"

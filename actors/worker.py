@@ -51,6 +51,7 @@ __all__ = [
     "BUDGET_REASON",
     "detect_unknown_fields",
     "detect_unknown_columns",
+    "released",
 ]
 
 BUDGET_REASON = "budget subject {path}: privacy allowance for this period is used up"
@@ -323,7 +324,7 @@ class MaskCore:
         pick = np.flatnonzero(self.leak_rng.random(n) < lc.sample)
         if len(pick) == 0:
             return [], 0
-        ignore = {op.path for op in view.ops if op.technique == "keep"} if lc.ignore_kept else set()
+        ignore = released(view) if lc.ignore_kept else set()
         sample = out.records.take(pa.array(pick))
         if isinstance(self.fmt, CsvFormat):  # the output's own header (drop changes it)
             plan = self.plan
@@ -373,6 +374,12 @@ class MaskCore:
             a = applieds[oi]
             a.values = pc.if_else(keep, a.values, pa.scalar(None, a.values.type))
         return _Spend(fields, eps, delta, refused, none)
+
+
+def released(view) -> set[str]:  # noqa: ANN001
+    """Fields a view releases on purpose in a form a detector may still recognise (keep, and
+    generalize: an IP prefix is an IP): the leak monitor does not report them."""
+    return {op.path for op in view.ops if op.technique in ("keep", "generalize")}
 
 
 def detect_unknown_fields(

@@ -130,6 +130,15 @@ def _describe(spec) -> tuple[str, str]:
         width = spec.length or {"hex": 64, "base32": 52, "base64url": 43}[spec.encoding]
         tag = "v<N>_" if spec.version_tag else ""
         return params, f"{spec.prefix}{tag}<{width} {spec.encoding} chars, keyed by '{spec.key}'>"
+    if t == "detect":
+        from raymask.policy.keys import Key, Keyring
+        from raymask.policy.registry import detect_and_replace
+
+        sample = "login ann@example.com from 10.1.2.3 card 4111 1111 1111 1111"
+        # a throwaway key only shapes the example token; it is never a keyring's key
+        ring = Keyring([Key(spec.key, 1, b"\0" * 32)]) if spec.key else Keyring()
+        out, _ = detect_and_replace(pa.array([sample]), spec, ring)
+        return params, f"{sample} -> {out[0].as_py()}"
     return params, "(not supported yet)"
 
 
@@ -166,7 +175,7 @@ def policy_explain(
     unk = {
         "keep": "passed unchanged",
         "drop": "removed",
-        "detect": "scanned for PII (not supported yet)",
+        "detect": "scanned for PII and secrets, what is found masked",
     }
     out.print(table)
     out.print(f"key: {s.key}   format: {s.format}   fields not named: {unk[s.unknown_fields]}")
@@ -936,7 +945,10 @@ def scan(
     stream: Annotated[str | None, typer.Option("--stream", help="The policy's stream.")] = None,
     role: Annotated[
         str | None,
-        typer.Option("--role", help="The view the file holds: fields it keeps are not findings."),
+        typer.Option(
+            "--role",
+            help="The view the file holds: fields it keeps or generalizes are not findings.",
+        ),
     ] = None,
     fmt: Annotated[
         str | None, typer.Option("--format", help="ndjson or csv (default: from the file name).")
@@ -965,7 +977,9 @@ def scan(
         plan = compile_stream(pol, stream, str(policy))
         fmt = fmt or plan.format
         delimiter = plan.delimiter
-        kept = {op.path for op in plan.view(role).ops if op.technique == "keep"}
+        from raymask.actors.worker import released
+
+        kept = released(plan.view(role))
     fmt = fmt or ("csv" if file.suffix.lower() == ".csv" else "ndjson")
     if fmt not in ("ndjson", "csv"):
         raise typer.BadParameter("ndjson or csv", param_hint="--format")
@@ -982,7 +996,7 @@ def scan(
         print(json.dumps({
             "records": report.records,
             "found": [{"field": f, "type": t, "count": c} for (f, t), c in sorted(findings.items())],
-            "kept_by_policy": [{"field": f, "type": t, "count": c} for (f, t), c in sorted(ignored.items())],
+            "released_by_policy": [{"field": f, "type": t, "count": c} for (f, t), c in sorted(ignored.items())],
         }))  # fmt: skip
     else:
         out = Console(highlight=False)
@@ -991,7 +1005,7 @@ def scan(
             for (f, t), c in sorted(findings.items()):
                 table.add_row(f, t, str(c))
             for (f, t), c in sorted(ignored.items()):
-                table.add_row(f, t, f"{c} (kept by the policy)")
+                table.add_row(f, t, f"{c} (released by the policy)")
             out.print(table)
         total = sum(findings.values())
         out.print(f"{total} detectable value(s) in {report.records} records" if total else

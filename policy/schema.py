@@ -568,7 +568,9 @@ class LeakCheck(BaseModel):
     sample: float = Field(gt=0, le=1, description="Share of output records scanned (0.01 = 1%).")
     types: list[DetectType] | None = Field(None, min_length=1, description="What to look for.")
     ignore_kept: bool = Field(
-        True, description="Do not report fields the view keeps on purpose (technique keep)."
+        True,
+        description="Do not report fields the view releases on purpose (keep, generalize: an "
+        "IP prefix is still an IP).",
     )
 
 

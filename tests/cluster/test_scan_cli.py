@@ -59,7 +59,7 @@ def test_policy_role_keeps_are_reported_apart_and_do_not_fail(tmp_path):
     )
     got = json.loads(p.stdout)
     assert p.returncode == 0, p.stderr
-    assert got["kept_by_policy"] == [{"field": "customer.email", "type": "email", "count": 1}]
+    assert got["released_by_policy"] == [{"field": "customer.email", "type": "email", "count": 1}]
     p = run(["scan", str(f), "--policy", str(pol), "--stream", "payments", "--json"])
     assert p.returncode == 1
 
@@ -70,3 +70,27 @@ def test_bad_type_is_a_usage_error(tmp_path):
     p = run(["scan", str(f), "--type", "nope"])
     assert p.returncode == 2
     assert "Traceback" not in p.stderr
+
+
+def test_masked_example_logs_hold_nothing_detectable_and_the_raw_ones_do(tmp_path):
+    from raymask.cluster.pipeline import mask_file
+    from raymask.loadtest.traffic import generate_bytes
+    from raymask.policy.keys import Key, Keyring
+
+    ring = Keyring([Key("tok", 1, b"t" * 32), Key("deadletter", 1, b"d" * 32)])
+    raw = tmp_path / "logs.ndjson"
+    raw.write_bytes(generate_bytes("logs", 3000, seed=8))
+    out = tmp_path / "masked.ndjson"
+    s = mask_file(EXAMPLES / "logs.yaml", "applogs_text", raw, out, keyring=ring, local=True)
+    assert s.records_out == 3000 and s.dead_letters == 0
+    before = scan_file(raw)
+    assert {t for _, t in before.found} >= {"email", "card", "ipv4", "aws_key", "github_token"}
+    after = scan_file(out)  # only the /24 prefixes the policy releases on purpose
+    assert dict(after.found) == {("client_ip", "ipv4"): 3000}, after.found
+    p = run(["scan", str(out), "--policy", str(EXAMPLES / "logs.yaml"), "--stream", "applogs_text"])
+    assert p.returncode == 0, p.stdout
+    assert s.leaks == {} and s.leak_sampled > 0
+    # the email in a message became the same token as the user.email field of its record
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    joined = [r for r in recs if r["message"].startswith("login ok for eml_")]
+    assert joined and all(r["user"]["email"] in r["message"] for r in joined)

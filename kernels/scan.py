@@ -19,9 +19,23 @@ from raymask.kernels import detect as detect_kernel
 from raymask.kernels._arrow import string_buffers
 from raymask.kernels.codecs import json_values, ndjson
 
-__all__ = ["scan_ndjson", "scan_records", "scan_csv_batch", "scan_file", "ScanReport"]
+__all__ = ["scan_ndjson", "scan_records", "scan_csv_batch", "scan_file", "ScanReport", "safe_names"]
 
 Counts = Counter  # (field, type) -> spans
+
+
+def safe_names(names: list[str]) -> list[str]:
+    """Field names as they may be reported: a name in which something is detectable (a drifting
+    schema can use data as keys, `{"ann@example.com": 3}`) is reported with those parts
+    replaced by `<TYPE>`, so a report, metric label or audit record never carries them."""
+    if not names:
+        return names
+    arr = pa.array(names, pa.large_string())
+    spans = detect_kernel.detect(arr)
+    if len(spans) == 0:
+        return names
+    reps = [f"<{t.upper()}>".encode() for t in spans.names]
+    return detect_kernel.splice(arr, spans, reps).to_pylist()
 
 
 def scan_ndjson(
@@ -42,7 +56,7 @@ def scan_ndjson(
     paths = json_values.paths_at(data, starts, ends, rec[vals], vs[vals])
     ids = {p: i for i, p in enumerate(dict.fromkeys(paths))}
     pid = np.array([ids[p] for p in paths], np.int64)[which]
-    names = list(ids)
+    names = safe_names(list(ids))
     nt = len(spans.names)
     keys, counts = np.unique(pid * nt + spans.type, return_counts=True)
     for k, c in zip(keys.tolist(), counts.tolist(), strict=True):
@@ -73,7 +87,7 @@ def scan_csv_batch(
     sc = fmt.scan(data, starts, ends, tree)
     found: Counter = Counter()
     columns = fmt.extract_many(data, sc, list(range(len(cols))))
-    for name, col in zip(cols, columns, strict=True):
+    for name, col in zip(safe_names(cols), columns, strict=True):
         spans = detect_kernel.detect(col, types)
         for t, c in spans.counts().items():
             found[(name, t)] += c

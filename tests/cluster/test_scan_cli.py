@@ -37,6 +37,16 @@ def test_ndjson_findings_exit_1_and_never_show_values(tmp_path):
         assert CANARY_EMAIL not in out and CANARY_CARD not in out and "4000" not in out
 
 
+def test_field_names_that_are_data_are_reported_masked(tmp_path):
+    f = tmp_path / "drift.ndjson"
+    f.write_text(json.dumps({"by_user": {CANARY_EMAIL: "10.0.0.1"}}) + "\n")
+    rep = scan_file(f)
+    assert dict(rep.found) == {("<EMAIL>", "ipv4"): 1}  # the joined path reads as one email
+    csv = tmp_path / "drift.csv"
+    csv.write_text(f"id,{CANARY_EMAIL}\n1,10.0.0.2\n")
+    assert dict(scan_file(csv, "csv").found) == {("<EMAIL>", "ipv4"): 1}
+
+
 def test_clean_file_exits_0_and_csv_counts_per_column(tmp_path):
     clean = tmp_path / "clean.ndjson"
     clean.write_text('{"a": "nothing"}\n{"b": 3}\n')

@@ -240,3 +240,11 @@ def test_any_bytes_give_in_bounds_sorted_spans_and_keep_every_record(
     out = splice(vals, s, [b"<X>"] * len(TYPES))
     assert len(out) == len(rows)
     assert [v is None for v in out.to_pylist()] == [v is None for v in rows]
+
+
+def test_context_words_raise_confidence_and_min_confidence_filters():
+    vals = pa.array(["call 212-555-0199 or 212-555-0198", "ref 212-555-0197", "SSN: 123-45-6789"])
+    s = detect(vals)
+    assert [round(float(x), 2) for x in s.confidence] == [0.75, 0.75, 0.6, 1.0]
+    kept = detect(vals, min_confidence=0.7)
+    assert span_texts(vals, kept).to_pylist() == ["212-555-0199", "212-555-0198", "123-45-6789"]

@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from raymask.errors import InputError
 
 __all__ = [
     "AuditLog", "Auditor", "Verdict", "verify", "read_records", "signing_key", "AuditActor",
+    "LeakAudit", "leak_events",
 ]  # fmt: skip
 
 GENESIS = "0" * 64
@@ -256,6 +258,43 @@ class Auditor:
     def close(self) -> None:
         if self.log is not None:
             self.log.close()
+
+
+# ------------------------------------------------ the leak monitor's own events file (OUTPUT.audit.ndjson)
+# One JSON line per (view, field, type) a sampled output batch still held something detectable
+# in: stream, view, field path, type, policy version, spans among sampled records; never a value.
+# With RAYMASK_AUDIT on, the same findings also go to the tamper-evident trail (kind "leak").
+
+
+def leak_events(stream: str, outputs, clock: Callable[[], float] = time.time) -> list[dict]:  # noqa: ANN001
+    """Audit events for the leaks in the MaskOutputs of one chunk."""
+    events = []
+    for o in outputs:
+        for fld, typ, count in o.leaks:
+            events.append({
+                "ts": round(clock(), 3), "event": "leak", "stream": stream, "view": o.role,
+                "field": fld, "type": typ, "count": int(count), "sampled": int(o.leak_sampled),
+                "policy_version": int(o.policy_version),
+            })  # fmt: skip
+    return events
+
+
+class LeakAudit:
+    """Appends events to a file (created at the first event, fsynced per write)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.events = 0
+        self._lock = threading.Lock()
+
+    def write(self, events: list[dict]) -> None:
+        if not events:
+            return
+        with self._lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(e, sort_keys=True) + "\n" for e in events))
+            f.flush()
+            os.fsync(f.fileno())
+            self.events += len(events)
 
 
 def _make_actor():

@@ -44,6 +44,16 @@ class PipelineMetrics:
             description="Values a technique changed.",
             tag_keys=("stream", "field", "technique"),
         )
+        self.leaks = Counter(
+            "raymask_leaks",
+            description="Detectable values the leak monitor found in sampled output.",
+            tag_keys=("stream", "view", "field", "type"),
+        )
+        self.detected = Counter(
+            "raymask_unknown_field_detections",
+            description="Spans masked in fields the policy does not name (unknown_fields: detect).",
+            tag_keys=("stream", "type"),
+        )
         self.version = Gauge(
             "raymask_policy_version", description="Policy version in force.", tag_keys=("stream",)
         )
@@ -66,6 +76,18 @@ class PipelineMetrics:
                 self.values.inc(
                     n, tags={**t, "field": path, "technique": techniques.get(path, "?")}
                 )
+
+    def leak_events(self, events: list[dict], detected: Mapping[str, int]) -> None:
+        """The leak monitor's findings and the unknown-field detections of one chunk (labels:
+        names from the policy and detector types, never values)."""
+        for e in events:
+            self.leaks.inc(
+                e["count"],
+                tags={**self.tags, "view": e["view"], "field": e["field"], "type": e["type"]},
+            )
+        for typ, n in detected.items():
+            if n:
+                self.detected.inc(n, tags={**self.tags, "type": typ})
 
 
 class KafkaMetrics:

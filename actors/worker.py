@@ -20,18 +20,39 @@ import pyarrow.compute as pc
 from raymask.actors._lazy import LazyActor
 from raymask.actors.ledger import SubjectLedger
 from raymask.actors.router import batch_records, scan_reason
-from raymask.kernels.codecs.formats import Format
-from raymask.kernels.codecs.spans import K_MISSING, K_NULL
+from raymask.kernels._arrow import string_buffers
+from raymask.kernels.codecs import csv as csv_codec
+from raymask.kernels.codecs import json_values, ndjson
+from raymask.kernels.codecs.formats import CsvFormat, Format, format_for
+from raymask.kernels.codecs.spans import K_MISSING, K_NULL, Scan, splice
 from raymask.kernels.hashing import key_hash
 from raymask.kernels.ledger import DELTA_UNIT, EPS_UNIT, units
 from raymask.kernels.rng import SecureRandom
+from raymask.kernels.scan import scan_csv_batch, scan_records
 from raymask.memory import tune_malloc
 from raymask.policy.compile import StreamPlan, compile_stream
 from raymask.policy.keys import Keyring
-from raymask.policy.registry import REGISTRY, Applied, FieldContext, error_message, privacy_cost
-from raymask.policy.schema import Policy
+from raymask.policy.registry import (
+    REGISTRY,
+    Applied,
+    FieldContext,
+    detect_and_replace,
+    error_message,
+    privacy_cost,
+)
+from raymask.policy.schema import Detect, Policy
 
-__all__ = ["MaskOutput", "MaskCore", "MaskWorker", "PrivacyMeta", "merge_outputs", "BUDGET_REASON"]
+__all__ = [
+    "MaskOutput",
+    "MaskCore",
+    "MaskWorker",
+    "PrivacyMeta",
+    "merge_outputs",
+    "BUDGET_REASON",
+    "detect_unknown_fields",
+    "detect_unknown_columns",
+    "released",
+]
 
 BUDGET_REASON = "budget subject {path}: privacy allowance for this period is used up"
 
@@ -51,6 +72,9 @@ class MaskOutput:
     seconds: dict[str, float] = field(default_factory=dict)  # stage (decode, mask, encode) -> time
     privacy: PrivacyMeta | None = None  # local-DP fields of the view: what the records spent
     vault: pa.Table | None = None  # segregated values of emitted records (row = input row)
+    detected: dict[str, int] = field(default_factory=dict)  # unknown fields: spans masked per type
+    leaks: list[tuple[str, str, int]] = field(default_factory=list)  # (field, type, count) found
+    leak_sampled: int = 0  # records the leak monitor scanned
 
 
 @dataclass
@@ -89,6 +113,7 @@ class MaskCore:
         shards: int = 1,
         rng: SecureRandom | None = None,
         clock: Callable[[], float] = time.time,
+        leak_rng: np.random.Generator | None = None,
     ) -> None:
         """`ledger_uri`: the folder or s3:// prefix under which the pool's shards checkpoint their
         per-subject budgets (None: memory only); this core is shard `shard` of `shards`.
@@ -102,6 +127,8 @@ class MaskCore:
         self.rng = rng
         self.clock = clock
         self.ledger: SubjectLedger | None = None
+        # the leak monitor's sampling (not a secret, not DP: an ordinary generator will do)
+        self.leak_rng = leak_rng if leak_rng is not None else np.random.default_rng()
         self.set_policy(policy)
 
     def set_policy(self, policy: Policy | dict) -> int:
@@ -150,6 +177,18 @@ class MaskCore:
         else:
             starts, ends = starts[rows], ends[rows]
         sc = fmt.scan(data, starts, ends, plan.tree)
+        detected: dict[str, int] = {}
+        if plan.unknown_detect is not None:  # rewrite unknown fields, then locate again
+            if isinstance(fmt, CsvFormat):
+                data, starts, ends, detected = detect_unknown_columns(
+                    data, sc, fmt, plan.paths, plan.unknown_detect, self.keyring
+                )
+            else:
+                data, starts, ends, detected = detect_unknown_fields(
+                    data, sc, plan.unknown_detect, self.keyring
+                )
+            if detected:
+                sc = fmt.scan(data, starts, ends, plan.tree)
         views = [plan.view(r) for r in roles]
         # every column the techniques read (and the key, which subject-keyed techniques use),
         # extracted in one pass over the records; anything else on demand
@@ -178,6 +217,10 @@ class MaskCore:
             self._view(view, data, sc, rows, column, subjects, decode_s if i == 0 else 0.0)
             for i, view in enumerate(views)
         ]
+        for o in outs:
+            o.detected = dict(detected)
+            if plan.leak_check is not None:
+                o.leaks, o.leak_sampled = self._leak_check(o, plan.view(o.role))
         if self.ledger is not None:
             t = time.perf_counter()
             self.ledger.commit()  # before any record of the batch leaves this worker
@@ -280,6 +323,28 @@ class MaskCore:
             vault=vault,
         )
 
+    def _leak_check(self, out: MaskOutput, view) -> tuple[list[tuple[str, str, int]], int]:  # noqa: ANN001
+        """Scan a sample of the view's masked records for values still detectable."""
+        lc = self.plan.leak_check
+        n = len(out.records)
+        if lc is None or n == 0:
+            return [], 0
+        pick = np.flatnonzero(self.leak_rng.random(n) < lc.sample)
+        if len(pick) == 0:
+            return [], 0
+        ignore = released(view) if lc.ignore_kept else set()
+        sample = out.records.take(pa.array(pick))
+        if isinstance(self.fmt, CsvFormat):  # the output's own header (drop changes it)
+            plan = self.plan
+            header = self.fmt.header(plan.tree, plan.unknown_fields == "drop", plan.named)
+            ofmt = format_for("csv", header_line=header, delimiter=self.fmt.delimiter)
+            b = string_buffers(sample)
+            found = scan_csv_batch(ofmt, b.data, b.offsets[:-1], b.offsets[1:] - 1, lc.types)
+        else:
+            found = scan_records(sample, lc.types)
+        leaks = [(f, t, c) for (f, t), c in sorted(found.items()) if f not in ignore]
+        return leaks, len(pick)
+
     def _privacy(self, ops, applieds, edits, emit, subjects) -> _Spend:  # noqa: ANN001
         """What each record's local-DP values cost, charged to its subject's allowance; records
         whose subject cannot pay are suppressed (noised fields null, no cost) or dropped."""
@@ -317,6 +382,68 @@ class MaskCore:
             a = applieds[oi]
             a.values = pc.if_else(keep, a.values, pa.scalar(None, a.values.type))
         return _Spend(fields, eps, delta, refused, none)
+
+
+def released(view) -> set[str]:  # noqa: ANN001
+    """Fields a view releases on purpose in a form a detector may still recognise (keep, and
+    generalize: an IP prefix is an IP): the leak monitor does not report them."""
+    return {op.path for op in view.ops if op.technique in ("keep", "generalize")}
+
+
+def detect_unknown_fields(
+    data: np.ndarray, sc: Scan, spec: Detect, keyring: Keyring
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """NDJSON records with what `spec` finds in the values of fields the policy does not name
+    replaced (strings and numbers at any depth; numbers with a span become strings). Returns
+    the new (data, starts, ends) and the spans replaced per type; the records are unchanged
+    (same buffer) when nothing was found. Invalid records are left for the dead letters."""
+    rec, vs, ve, vk = json_values.scalar_values(
+        data, sc.starts, sc.ends, sc.err == 0, sc.vstart, sc.vend, sc.vkind
+    )
+    if len(rec) == 0:
+        return data, sc.starts, sc.ends, {}
+    values = ndjson.extract(data, vs, ve, vk)
+    new, spans = detect_and_replace(values, spec, keyring)
+    if len(spans) == 0:
+        return data, sc.starts, sc.ends, {}
+    hit = np.unique(spans.record)
+    rep_off, rep_data = ndjson.quote(new.take(pa.array(hit)))
+    out, starts, ends = json_values.rewrite(
+        data, sc.starts, sc.ends, rec[hit], vs[hit], ve[hit], rep_off, rep_data
+    )
+    return out, starts, ends, spans.counts()
+
+
+def detect_unknown_columns(
+    data: np.ndarray, sc: Scan, fmt: CsvFormat, known: tuple[str, ...], spec: Detect,
+    keyring: Keyring,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:  # fmt: skip
+    """`detect_unknown_fields` for CSV: the columns of the header that the policy does not
+    mention are located, scanned as whole columns, and the cells with a span rewritten."""
+    cols = [c for c in dict.fromkeys(fmt.columns) if c not in set(known)]
+    ok = sc.err == 0
+    if not cols or not ok.any():
+        return data, sc.starts, sc.ends, {}
+    usc = csv_codec.scan(data, sc.starts, sc.ends, fmt.columns, cols, fmt.delimiter)
+    values = fmt.extract_many(data, usc, list(range(len(cols))))
+    edit = np.zeros((len(sc.starts), len(cols)), np.bool_)
+    reps = []
+    found: dict[str, int] = {}
+    for j, col in enumerate(values):
+        new, spans = detect_and_replace(col, spec, keyring)
+        edit[spans.record, j] = True
+        reps.append(fmt.write_values(new, None))
+        for t, c in spans.counts().items():
+            found[t] = found.get(t, 0) + c
+    edit &= ok[:, None] & (usc.err == 0)[:, None]
+    if not edit.any():
+        return data, sc.starts, sc.ends, {}
+    out = splice(data, usc, np.ones(len(sc.starts), np.bool_), list(range(len(cols))), edit, reps,
+                 empty_as=b'""')  # fmt: skip
+    b = string_buffers(out)
+    starts = b.offsets[:-1] - b.offsets[0]
+    ends = b.offsets[1:] - b.offsets[0] - 1  # without the newline
+    return b.data[b.offsets[0] : b.offsets[-1]], starts, ends, found
 
 
 def merge_outputs(outputs: list[MaskOutput]) -> tuple[pa.Array, np.ndarray]:

@@ -139,6 +139,15 @@ def _describe(spec) -> tuple[str, str]:
         return params, f"{spec.prefix}{tag}<{width} {spec.encoding} chars, keyed by '{spec.key}'>"
     if t == "segregate":
         return params, f"vault:<26 base32 chars>; the value sealed in the vault with '{spec.key}'"
+    if t == "detect":
+        from raymask.policy.keys import Key, Keyring
+        from raymask.policy.registry import detect_and_replace
+
+        sample = "login ann@example.com from 10.1.2.3 card 4111 1111 1111 1111"
+        # a throwaway key only shapes the example token; it is never a keyring's key
+        ring = Keyring([Key(spec.key, 1, b"\0" * 32)]) if spec.key else Keyring()
+        out, _ = detect_and_replace(pa.array([sample]), spec, ring)
+        return params, f"{sample} -> {out[0].as_py()}"
     return params, "(not supported yet)"
 
 
@@ -175,7 +184,7 @@ def policy_explain(
     unk = {
         "keep": "passed unchanged",
         "drop": "removed",
-        "detect": "scanned for PII (not supported yet)",
+        "detect": "scanned for PII and secrets, what is found masked",
     }
     out.print(table)
     out.print(f"key: {s.key}   format: {s.format}   fields not named: {unk[s.unknown_fields]}")
@@ -295,6 +304,19 @@ def print_summary(console: Console, s) -> None:
             f"local DP: {s.dp_records:,} records carry noised values (at most epsilon "
             f"{s.dp_max_epsilon:g} each); {s.dp_suppressed:,} suppressed, their subjects' "
             "allowance used up" + (f"; budgets in {s.ledger}" if s.ledger else "")
+        )
+    if s.detected:
+        kinds = ", ".join(f"{t} {c:,}" for t, c in s.detected.most_common())
+        console.print(f"unknown fields: {sum(s.detected.values()):,} spans masked ({kinds})")
+    if s.leak_sampled:
+        found = sum(s.leaks.values())
+        console.print(
+            f"leak monitor: {s.leak_sampled:,} output records scanned, "
+            + (
+                f"{found:,} detectable values found; events in {s.audit_file}"
+                if found
+                else "nothing found"
+            )
         )
     if s.dead_letters:
         console.print(f"dead letters (encrypted) in {s.dead_letter_file}:")
@@ -1144,6 +1166,84 @@ def broker_stop(state_dir: StateDirOpt = Path(".raymask")) -> None:
 
 
 # ---------------------------------------------------------------- demo
+
+
+@app.command()
+def scan(
+    file: Annotated[Path, typer.Argument(help="NDJSON or CSV file (a masked output, say).")],
+    policy: Annotated[
+        Path | None, typer.Option("--policy", help="Take format and delimiter from a policy.")
+    ] = None,
+    stream: Annotated[str | None, typer.Option("--stream", help="The policy's stream.")] = None,
+    role: Annotated[
+        str | None,
+        typer.Option(
+            "--role",
+            help="The view the file holds: fields it keeps or generalizes are not findings.",
+        ),
+    ] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="ndjson or csv (default: from the file name).")
+    ] = None,
+    delimiter: Annotated[str, typer.Option("--delimiter", help="CSV delimiter.")] = ",",
+    types: Annotated[
+        list[str] | None,
+        typer.Option("--type", help="Only this type (repeatable; secret: all secrets)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")] = False,
+) -> None:
+    """Count what is still detectable (PII, secrets) per field and type, never the values.
+    Exit code 1 when anything is found, 0 when nothing is."""
+    from raymask.errors import PolicyError
+    from raymask.kernels.detect import type_codes
+    from raymask.kernels.scan import scan_file
+
+    kept: set[str] = set()
+    if policy is not None:
+        from raymask.policy.compile import compile_stream
+        from raymask.policy.loader import load_policy
+
+        pol = load_policy(policy)
+        if stream is None:
+            raise PolicyError([f"{policy}: --stream is needed with --policy"])
+        plan = compile_stream(pol, stream, str(policy))
+        fmt = fmt or plan.format
+        delimiter = plan.delimiter
+        from raymask.actors.worker import released
+
+        kept = released(plan.view(role))
+    fmt = fmt or ("csv" if file.suffix.lower() == ".csv" else "ndjson")
+    if fmt not in ("ndjson", "csv"):
+        raise typer.BadParameter("ndjson or csv", param_hint="--format")
+    try:
+        type_codes(types)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--type") from None
+    if not file.is_file():
+        raise InputError(f"{file}: no such file")
+    report = scan_file(file, fmt, delimiter=delimiter, types=types)
+    findings = {k: v for k, v in report.found.items() if k[0] not in kept}
+    ignored = {k: v for k, v in report.found.items() if k[0] in kept}
+    if as_json:
+        print(json.dumps({
+            "records": report.records,
+            "found": [{"field": f, "type": t, "count": c} for (f, t), c in sorted(findings.items())],
+            "released_by_policy": [{"field": f, "type": t, "count": c} for (f, t), c in sorted(ignored.items())],
+        }))  # fmt: skip
+    else:
+        out = Console(highlight=False)
+        if findings or ignored:
+            table = Table("field", "type", "count", title=f"{file}: {report.records} records")
+            for (f, t), c in sorted(findings.items()):
+                table.add_row(f, t, str(c))
+            for (f, t), c in sorted(ignored.items()):
+                table.add_row(f, t, f"{c} (released by the policy)")
+            out.print(table)
+        total = sum(findings.values())
+        out.print(f"{total} detectable value(s) in {report.records} records" if total else
+                  f"nothing detectable in {report.records} records")  # fmt: skip
+    if findings:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -21,6 +21,7 @@ from typing import IO, Any
 import numpy as np
 import pyarrow as pa
 
+from raymask.actors.audit import LeakAudit, leak_events
 from raymask.actors.control import ControlCore, key_shapes, make_control_actor
 from raymask.actors.ledger import ledger_lock, state_base
 from raymask.actors.metrics import PipelineMetrics
@@ -73,6 +74,10 @@ class RunSummary:
     dp_suppressed: int = 0
     dp_max_epsilon: float = 0.0
     ledger: str | None = None  # where the per-subject budgets are checkpointed
+    detected: Counter = field(default_factory=Counter)  # unknown fields: type -> spans masked
+    leaks: Counter = field(default_factory=Counter)  # leak monitor: (field, type) -> spans found
+    leak_sampled: int = 0  # records the leak monitor scanned
+    audit_file: str | None = None  # where the leak monitor's events went (when there were any)
     aggregates: Any = None  # AggregateSummary when the run also released DP aggregates
     vault: str | None = None  # the folder of segregated values, when the view has any
     vault_rows: int = 0
@@ -139,6 +144,10 @@ def _collect(
             summary.dp_suppressed += o.privacy.suppressed
             if len(spent):
                 summary.dp_max_epsilon = max(summary.dp_max_epsilon, float(spent.max()))
+        summary.detected.update(o.detected)
+        summary.leak_sampled += o.leak_sampled
+        for fld, typ, c in o.leaks:
+            summary.leaks[(fld, typ)] += c
         if o.policy_version != version:
             raise PipelineError(
                 f"a worker masked a batch with policy version {o.policy_version}, not {version}"
@@ -201,6 +210,7 @@ def run_pipeline(
     tap: Callable[[Any], None] | None = None,
     audit: Callable[..., None] | None = None,
     vault: VaultWriter | None = None,
+    leak_audit: Any | None = None,
 ) -> RunSummary:
     """Stream `source` through `workers`; `submit(worker, chunk, rows, role)` starts one worker's
     share of a chunk, `fetch` waits for a chunk's results. `share(batch)` turns a routed chunk into
@@ -250,6 +260,18 @@ def run_pipeline(
                 changed={k: n - before.get(k, 0) for k, n in summary.changed.items()},
                 techniques=summary.techniques, version=v,
             )  # fmt: skip
+        if leak_audit is not None or metrics is not None or audit is not None:
+            events = leak_events(plan.stream, outputs)
+            if leak_audit is not None:
+                leak_audit.write(events)
+            if audit is not None:  # the tamper-evident trail gets the same findings
+                for e in events:
+                    audit("leak", **{k: v for k, v in e.items() if k not in ("ts", "event")})
+            if metrics is not None and hasattr(metrics, "leak_events"):
+                detected: Counter = Counter()
+                for o in outputs:
+                    detected.update(o.detected)
+                metrics.leak_events(events, detected)
         tw = time.perf_counter()
         _write_records(out, records)
         if source.follow:
@@ -538,6 +560,11 @@ def _run_locked(
     emit = auditor.emit if auditor.on else None
     auditor.emit("run_start", stream=stream, view=view.role, policy_version=plan.version,
                  source=Path(str(src.path)).name)  # fmt: skip
+    leak_audit = None
+    if plan.leak_check is not None:
+        leak_audit = LeakAudit(
+            "raymask.audit.ndjson" if out_name == "-" else f"{out_name}.audit.ndjson"
+        )
     try:
         if aggregates is not None:
             from raymask.cluster.aggregate import AggregateRunner
@@ -568,7 +595,7 @@ def _run_locked(
             run_pipeline(
                 plan, src, cores, lambda w, b, i, r: w.process(b, r, i), lambda fs: list(fs), out_f, writer,
                 role, summary, progress=progress, poll=poll, switch=switch, tap=tap, audit=emit,
-                vault=vault_writer,
+                vault=vault_writer, leak_audit=leak_audit,
             )  # fmt: skip
         else:
             import ray
@@ -652,6 +679,7 @@ def _run_locked(
                     poll=lambda: tuple(ray.get(ctl.state.remote())), switch=switch_ray,
                     metrics=PipelineMetrics(stream), recover=recover,
                     resize=resize, share=ray.put, tap=tap, audit=emit, vault=vault_writer,
+                    leak_audit=leak_audit,
                 )  # fmt: skip
             except ray.exceptions.RayActorError:
                 raise PipelineError("a mask worker died; see the Ray logs") from None
@@ -678,4 +706,6 @@ def _run_locked(
     summary.dead_letter_file = dl_path if summary.dead_letters else None
     if vault_writer is not None:
         summary.vault, summary.vault_rows = str(vault_writer.folder), vault_writer.rows
+    if leak_audit is not None and leak_audit.events:
+        summary.audit_file = str(leak_audit.path)
     return summary

@@ -12,7 +12,7 @@ from raymask.errors import PolicyError
 from raymask.kernels.codecs.paths import PathTree, build_tree
 from raymask.policy.keys import Keyring
 from raymask.policy.registry import REGISTRY, privacy_cost
-from raymask.policy.schema import Budget, Policy, Stream
+from raymask.policy.schema import Budget, Detect, LeakCheck, Policy, Stream
 
 __all__ = ["FieldOp", "ViewPlan", "StreamPlan", "compile_stream", "BUILT_FORMATS", "DEFAULT_ROLE"]
 
@@ -54,6 +54,8 @@ class StreamPlan:
     budget: Budget | None = None  # per-subject local-DP allowance
     route_path: str = ""  # what the router shards by: the budget's subject, else the key
     route_index: int = 0
+    unknown_detect: Detect | None = None  # unknown_fields: detect: what to find, how to replace
+    leak_check: LeakCheck | None = None  # sampled scan of every output view
 
     @property
     def private(self) -> bool:
@@ -81,6 +83,8 @@ class StreamPlan:
                     ids.add(k)
         if self.budget is not None:
             ids.add(self.budget.key)
+        if self.unknown_detect is not None and self.unknown_detect.key is not None:
+            ids.add(self.unknown_detect.key)
         return ids
 
 
@@ -96,8 +100,6 @@ def compile_stream(policy: Policy, stream: str, source: str = "<policy>") -> Str
         problems.append(
             f"{where}.format: {s.format} is not supported yet (supported: {', '.join(BUILT_FORMATS)})"
         )
-    if s.unknown_fields == "detect":
-        problems.append(f"{where}.unknown_fields: detect is not supported yet (use keep or drop)")
     paths = list(s.fields)
     extra = [s.key] + [
         getattr(spec, attr)
@@ -152,4 +154,10 @@ def compile_stream(policy: Policy, stream: str, source: str = "<policy>") -> Str
         budget=s.budget,
         route_path=route,
         route_index=index[route],
+        unknown_detect=(
+            (s.unknown_detect or Detect(technique="detect"))
+            if s.unknown_fields == "detect"
+            else None
+        ),
+        leak_check=s.leak_check,
     )

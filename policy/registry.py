@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from raymask.errors import KeyringError
 from raymask.kernels import date_shift as shift_kernel
+from raymask.kernels import detect as detect_kernel
 from raymask.kernels import fpe as fpe_kernel
 from raymask.kernels import generalize as gen_kernel
 from raymask.kernels import mask as mask_kernel
@@ -39,6 +40,7 @@ from raymask.kernels.rng import SecureRandom
 from raymask.policy.keys import Keyring
 from raymask.policy.schema import (
     DateShift,
+    Detect,
     Encrypt,
     Fpe,
     Generalize,
@@ -57,6 +59,7 @@ __all__ = [
     "Technique",
     "REGISTRY",
     "check_key",
+    "detect_and_replace",
     "kind_error_code",
     "error_message",
     "privacy_cost",
@@ -399,6 +402,63 @@ def _apply_rr(
     return Applied(new, kinds != K_STRING, err)
 
 
+def detect_patterns(spec: Detect) -> list[detect_kernel.Pattern]:
+    return [
+        detect_kernel.Pattern(p.name, p.regex, p.validator, p.confidence) for p in spec.patterns
+    ]
+
+
+def detect_and_replace(
+    values: pa.Array, spec: Detect, keyring: Keyring
+) -> tuple[pa.Array, detect_kernel.Spans]:
+    """`values` with every span `spec` finds replaced (per type: `<TYPE>`, the text in
+    `spec.replace`, or the span's keyed token); also returns the spans."""
+    types = list(spec.types) if spec.types is not None else None
+    spans = detect_kernel.detect(values, types, detect_patterns(spec), spec.min_confidence)
+    names = spans.names
+    secret = set(detect_kernel.SECRET_TYPES)
+
+    def rule(name: str) -> str:
+        r = spec.replace.get(name)
+        if r is None and name in secret:
+            r = spec.replace.get("secret")
+        return r if r is not None else f"<{name.upper()}>"
+
+    rules = [rule(n) for n in names]
+    table: list[bytes] | pa.Array = [r.encode() for r in rules]
+    idx = spans.type.astype(np.int64)
+    tok_types = [t for t, r in enumerate(rules) if r == "token"]
+    if tok_types and len(spans):
+        is_tok = np.isin(spans.type, tok_types)
+        if is_tok.any():
+            key = keyring.resolve(spec.key)  # type: ignore[arg-type]
+            texts = detect_kernel.span_texts(values, spans.take(is_tok))
+            tokens = tok_kernel.tokenize(
+                texts, key.material, encoding=spec.encoding, length=spec.length, prefix=spec.prefix
+            )
+            # the table: one entry per type, then one token per tokenized span (all Arrow)
+            table = pa.concat_arrays(
+                [pa.array(rules, pa.large_string()), tokens.cast(pa.large_string())]
+            )
+            idx[is_tok] = len(names) + np.arange(int(is_tok.sum()))
+    return detect_kernel.splice(values, spans, table, idx), spans
+
+
+def _apply_detect(
+    values: pa.Array,
+    kinds: np.ndarray,
+    spec: Detect,
+    keyring: Keyring,
+    ctx: FieldContext | None = None,
+) -> Applied:
+    err = _kind_check(kinds, (K_STRING, K_NUMBER))
+    out, spans = detect_and_replace(_only_ok(values, err), spec, keyring)
+    hit = np.zeros(len(values), np.bool_)
+    hit[spans.record] = True
+    # a number nothing was found in stays a number; one with a span becomes a string
+    return Applied(out.cast(pa.large_string()), (kinds == K_NUMBER) & ~hit, err)
+
+
 def privacy_cost(spec: object) -> tuple[float, float, float] | None:
     """(epsilon, delta, rho) one value of a local-DP technique spends, None for the others.
 
@@ -446,6 +506,7 @@ REGISTRY: dict[str, Technique] = {
         "date_shift", DateShift, _apply_date_shift, dict(shift_kernel.ERRORS), (K_STRING,)
     ),
     "noise": Technique("noise", Noise, _apply_noise, NOISE_ERRORS, (K_STRING, K_NUMBER)),
+    "detect": Technique("detect", Detect, _apply_detect, {}, (K_STRING, K_NUMBER)),
     "randomized_response": Technique(
         "randomized_response",
         RandomizedResponse,

@@ -6,7 +6,7 @@ streams:
   payments:                     # stream name
     format: ndjson              # ndjson | csv (xml, protobuf: accepted, not built yet)
     key: account.id             # sharding key, and the DP subject unless a field says otherwise
-    unknown_fields: keep        # fields the policy does not name: keep | drop | detect (later)
+    unknown_fields: keep        # fields the policy does not name: keep | drop | detect
     fields:                     # the default view: the strictest, what an unnamed role sees
       account.id:     {technique: tokenize, key: tok, encoding: base32, length: 16}
       card.number:    {technique: mask, preset: card}
@@ -53,6 +53,10 @@ __all__ = [
     "RandomizedResponse",
     "Budget",
     "Aggregate",
+    "Detect",
+    "DetectPattern",
+    "DETECT_TYPES",
+    "LeakCheck",
 ]
 
 TECHNIQUES = (
@@ -325,8 +329,102 @@ class RandomizedResponse(_Spec):
         return v
 
 
-class Detect(_NotBuilt):
+DETECT_TYPES = (
+    "email",
+    "card",
+    "iban",
+    "phone",
+    "ipv4",
+    "ipv6",
+    "ssn",
+    "mac",
+    "aws_key",
+    "github_token",
+    "slack_token",
+    "stripe_key",
+    "jwt",
+    "bearer_token",
+    "private_key",
+    "url_credentials",
+)  # fmt: skip  (the order of raymask.kernels.detect.TYPES; a test keeps them equal)
+DetectType = Literal[
+    "email", "card", "iban", "phone", "ipv4", "ipv6", "ssn", "mac", "aws_key", "github_token",
+    "slack_token", "stripe_key", "jwt", "bearer_token", "private_key", "url_credentials", "secret",
+]  # fmt: skip
+
+
+class DetectPattern(BaseModel):
+    """A pattern of your own: a regex (Python `re` syntax that RE2 also takes) and an optional
+    check of the matched text."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = Field(
+        description="Type name reported for matches (lower case)."
+    )
+    regex: str = Field(min_length=1, max_length=1000, description="What to find.")
+    validator: Literal["luhn", "mod97", "ipv4"] | None = Field(
+        None, description="Keep only matches that pass: luhn, mod97 (IBAN) or ipv4 (octets)."
+    )
+    confidence: float = Field(0.8, ge=0, le=1, description="Confidence reported for matches.")
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            rx = re.compile(v)
+        except re.error as e:
+            raise ValueError(f"does not compile: {e.msg} at position {e.pos}") from None
+        if rx.match(""):
+            raise ValueError("matches the empty string; it would find a span everywhere")
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        try:
+            pc.match_substring_regex(pa.array([""]), v)
+        except pa.ArrowInvalid:
+            raise ValueError("RE2 does not take it (no backreferences or lookarounds)") from None
+        return v
+
+
+class Detect(_Spec):
+    """Finds PII and secrets in free text and replaces each span: by `<TYPE>` (or the text in
+    `replace`), or by its keyed token (`replace: {email: token}`), so mentions stay joinable
+    with the fields tokenized under the same key, encoding, length and prefix."""
+
     technique: Literal["detect"]
+    types: list[DetectType] | None = Field(
+        None, min_length=1, description="What to find (secret: every secret type); none: all."
+    )
+    replace: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per type: the replacement text, or `token` for a keyed token (default <TYPE>).",
+    )
+    patterns: list[DetectPattern] = Field(default_factory=list, description="Your own patterns.")
+    min_confidence: float = Field(0.0, ge=0, le=1, description="Ignore spans below this.")
+    key: (
+        Annotated[KeyId, BeforeValidator(lambda v: _key_id(v) if isinstance(v, str) else v)] | None
+    ) = Field(None, description="Tokens: the key id (as in tokenize).")
+    encoding: Literal["hex", "base32", "base64url"] = "base32"
+    length: int | None = Field(None, ge=8, description="Tokens: characters kept.")
+    prefix: str = Field("", pattern=r"^[A-Za-z0-9_:.-]{0,16}$", description="Tokens: prefix.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Detect:
+        known = set(DETECT_TYPES) | {p.name for p in self.patterns} | {"secret"}
+        for t in self.replace:
+            if t not in known:
+                raise ValueError(f"replace names type {t}, which is neither built in nor a pattern")
+        if "token" in self.replace.values() and self.key is None:
+            raise ValueError("replace uses token: give the key id (key:)")
+        names = [p.name for p in self.patterns]
+        if len(set(names)) != len(names) or set(names) & set(DETECT_TYPES):
+            raise ValueError("pattern names must be distinct and not a built-in type")
+        if self.length is not None and self.length > _TOKEN_CHARS[self.encoding]:
+            raise ValueError(
+                f"length must be <= {_TOKEN_CHARS[self.encoding]} for encoding {self.encoding}"
+            )
+        return self
 
 
 def _shorthand(v: Any) -> Any:
@@ -540,6 +638,21 @@ class RevealRule(BaseModel):
     per_minute: int = Field(60, ge=1, le=100_000, description="Values per caller per minute.")
 
 
+class LeakCheck(BaseModel):
+    """Sampled scan of the masked output: a value that is still detectable raises a metric and
+    an audit record (stream, field, type, policy version; never the value)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sample: float = Field(gt=0, le=1, description="Share of output records scanned (0.01 = 1%).")
+    types: list[DetectType] | None = Field(None, min_length=1, description="What to look for.")
+    ignore_kept: bool = Field(
+        True,
+        description="Do not report fields the view releases on purpose (keep, generalize: an "
+        "IP prefix is still an IP).",
+    )
+
+
 class Stream(BaseModel):
     """One stream of records: its format, sharding key and per-field techniques."""
 
@@ -569,12 +682,22 @@ class Stream(BaseModel):
     reveal: RevealRule | None = Field(
         None, description="Who may reveal fpe and encrypt fields over HTTP (none: nobody)."
     )
+    leak_check: LeakCheck | None = Field(
+        None, description="Sampled scan of every output view for values that got through."
+    )
+    unknown_detect: Detect | None = Field(
+        None,
+        description="unknown_fields: detect: what to find and how to replace it "
+        "(default: every type, replaced by <TYPE>).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Stream:
         both = sorted(set(self.aggregates) & set(self.continual))
         if both:
             raise ValueError(f"{both[0]} is both an aggregate and a continual release")
+        if self.unknown_detect is not None and self.unknown_fields != "detect":
+            raise ValueError("unknown_detect is used only with unknown_fields: detect")
         paths = sorted(self.fields)
         for a, b in zip(paths, paths[1:], strict=False):
             if b.startswith(a + "."):

@@ -52,8 +52,8 @@ def test_push_accepts_a_newer_valid_version(keyring):
             "format: cannot change from ndjson to csv while running",
         ),
         (
-            lambda d: d["streams"]["payments"]["fields"].update({"note": {"technique": "detect"}}),
-            "technique detect is not supported yet",
+            lambda d: d["streams"]["payments"].update(format="xml"),
+            "format: xml is not supported yet",
         ),
         (
             lambda d: d["streams"]["payments"].update(

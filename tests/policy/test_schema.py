@@ -215,22 +215,7 @@ def test_messages_never_quote_values():
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
-        (
-            "technique: redact",
-            "technique: detect",
-            "streams.payments.fields.customer.name: technique detect is not supported yet",
-        ),
         ("format: ndjson", "format: xml", "streams.payments.format: xml is not supported yet"),
-        (
-            "unknown_fields: keep",
-            "unknown_fields: detect",
-            "unknown_fields: detect is not supported yet",
-        ),
-        (
-            "customer.email: keep",
-            "customer.email: {technique: detect}",
-            "views.ops.customer.email: technique detect is not supported yet",
-        ),
     ],
 )
 def test_techniques_not_built_are_accepted_by_schema_and_refused_at_compile(old, new, message):

@@ -155,7 +155,9 @@ class XmlFormat(Format):
     name = "xml"
     errors = xml_codec.ERRORS
 
-    def __init__(self, record: str, namespaces: dict[str, str] | None = None, prolog: bytes = b"") -> None:
+    def __init__(
+        self, record: str, namespaces: dict[str, str] | None = None, prolog: bytes = b""
+    ) -> None:
         self.record = record
         self.namespaces = dict(namespaces or {})
         self.prolog = prolog

@@ -156,7 +156,9 @@ class ProtoLayout:
     depth: int
 
 
-def load_layout(descriptor_set: bytes, message: str, paths: tuple[str, ...] | list[str]) -> ProtoLayout:
+def load_layout(
+    descriptor_set: bytes, message: str, paths: tuple[str, ...] | list[str]
+) -> ProtoLayout:
     """Resolve dotted field-name paths against `message`; ValueError names what does not fit."""
     pool = _pool(descriptor_set)
     try:
@@ -172,7 +174,9 @@ def load_layout(descriptor_set: bytes, message: str, paths: tuple[str, ...] | li
         for d, part in enumerate(parts):
             md = desc[node]
             if md is None or part not in md.fields_by_name:
-                raise ValueError(f"field {path}: {part} is not a field of {md.full_name if md else 'a scalar'}")
+                raise ValueError(
+                    f"field {path}: {part} is not a field of {md.full_name if md else 'a scalar'}"
+                )
             fd = md.fields_by_name[part]
             t = _type_code(fd)
             if t < 0:
@@ -185,7 +189,9 @@ def load_layout(descriptor_set: bytes, message: str, paths: tuple[str, ...] | li
             if last and t == T_BYTES:
                 raise ValueError(f"field {path}: bytes fields cannot be masked yet")
             if last and _is_repeated(fd) and t != T_STRING:
-                raise ValueError(f"field {path}: repeated numeric fields (packed) cannot be masked yet")
+                raise ValueError(
+                    f"field {path}: repeated numeric fields (packed) cannot be masked yet"
+                )
             found = next((c for c in kids[node] if fieldno[c] == fd.number), -1)
             if found < 0:
                 found = len(parent)
@@ -522,7 +528,9 @@ def scan(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, lay: ProtoLayou
         lay.ch_count, lay.children, len(lay.paths), lay.depth, _WIRE_OF, _first_leaf(lay),
     )  # fmt: skip
     vs, ve, vk, err, errpos, errfield, fstart, lstart, body, mls, mvs, mve, mseen = out
-    return ProtoScan(starts, ends, vs, ve, vk, err, errpos, errfield, fstart, lstart, body, mls, mvs, mve, mseen)
+    return ProtoScan(
+        starts, ends, vs, ve, vk, err, errpos, errfield, fstart, lstart, body, mls, mvs, mve, mseen
+    )
 
 
 # ---------------------------------------------------------------- extract
@@ -591,7 +599,9 @@ def _numbers(data, vstart, ok, t):
     return ints, uints, floats
 
 
-def extract_columns(data: np.ndarray, sc: ProtoScan, lay: ProtoLayout, leaves: list[int]) -> list[pa.Array]:
+def extract_columns(
+    data: np.ndarray, sc: ProtoScan, lay: ProtoLayout, leaves: list[int]
+) -> list[pa.Array]:
     """The fields' values as large_string columns: strings as they are, numbers as their decimal
     text (Arrow's cast: shortest round-trip text for floats), booleans as true/false."""
     cols = []
@@ -658,7 +668,9 @@ def _as_numbers(values: pa.Array, t: int, path: str) -> tuple[np.ndarray, np.nda
             x = pc.cast(pc.round(pc.cast(values, pa.float64())), big)
         xv = x.fill_null(0).to_numpy(zero_copy_only=False)
         if len(xv) and (xv.min() < lo or xv.max() > hi):
-            raise EncodeError(f"field {path}: a masked value is out of the range of {TYPE_NAMES[t]}")
+            raise EncodeError(
+                f"field {path}: a masked value is out of the range of {TYPE_NAMES[t]}"
+            )
         if t in (T_SINT32, T_SINT64):
             v = xv.astype(np.int64)
             return ((v << 1) ^ (v >> 63)).view(np.uint64), valid
@@ -711,7 +723,13 @@ def encode_values(values: pa.Array, t: int, path: str) -> tuple[np.ndarray, np.n
         off, out = _encode(t, np.zeros(len(b), np.uint64), b.valid, b.offsets, b.data)
         return off, out, b.valid
     bits, valid = _as_numbers(pc.cast(values, pa.large_string()), t, path)
-    off, out = _encode(t, np.ascontiguousarray(bits, np.uint64), valid, np.zeros(1, np.int64), np.zeros(1, np.uint8))
+    off, out = _encode(
+        t,
+        np.ascontiguousarray(bits, np.uint64),
+        valid,
+        np.zeros(1, np.int64),
+        np.zeros(1, np.uint8),
+    )
     return off, out, valid
 
 
@@ -824,7 +842,9 @@ def emit(
         base += len(d)
     rep_data = np.concatenate(chunks) if chunks and base else np.zeros(1, np.uint8)
     cols = np.array(edited, np.int64)
-    inner = np.array([i for i in range(len(lay.parent)) if lay.leaf[i] < 0 and i > 0] or [], np.int64)
+    inner = np.array(
+        [i for i in range(len(lay.parent)) if lay.leaf[i] < 0 and i > 0] or [], np.int64
+    )
     lnode = lay.leaf_node[cols] if k else np.zeros(0, np.int64)
 
     def pick(a: np.ndarray) -> np.ndarray:
@@ -835,7 +855,7 @@ def emit(
 
     off, out = _emit(
         data, sc.starts, sc.ends, emit_mask, sc.body, lay.parent, inner, lnode, pick(sc.fstart),
-        pick(sc.lstart), pick(sc.vend), present, 
+        pick(sc.lstart), pick(sc.vend), present,
         rep_off, rep_data, rep_valid, sc.mls, sc.mvs, sc.mve, sc.mseen, prefix,
     )  # fmt: skip
     return string_array(off, out, None, binary=True)

@@ -365,7 +365,9 @@ def boundary(data: np.ndarray, lay: XmlLayout) -> int:
     return int(s[-1]) if len(s) > 1 else -1
 
 
-def split(data: np.ndarray, base_line: int, lay: XmlLayout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split(
+    data: np.ndarray, base_line: int, lay: XmlLayout
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(starts, ends, lines): record i runs from its element's start to the next record's
     start (the last to the end of `data`); lines are those of the element starts."""
     s, _ = _records(data, lay.rec_names, lay.rec_off, len(lay.record) - 1, False)
@@ -601,7 +603,9 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves):
                     if leaf[pn] >= 0:  # a child element inside a field: the field is an object
                         vkind[r, leaf[pn]] = K_OBJECT
                     else:
-                        node = _child(parent, is_attr, names, name_off, pn, False, data, ns, ne, True)
+                        node = _child(
+                            parent, is_attr, names, name_off, pn, False, data, ns, ne, True
+                        )
             # attributes
             q = ne
             empty = False
@@ -746,7 +750,9 @@ def _unescape(data, vstart, vend, vkind, attr):
                             if data[q + 2] == 120:
                                 for k in range(q + 3, r - 1):
                                     h = data[k]
-                                    v = v * 16 + (h - 48 if h <= 57 else (h - 87 if h >= 97 else h - 55))
+                                    v = v * 16 + (
+                                        h - 48 if h <= 57 else (h - 87 if h >= 97 else h - 55)
+                                    )
                             else:
                                 for k in range(q + 2, r - 1):
                                     v = v * 10 + data[k] - 48
@@ -800,7 +806,9 @@ def _unescape(data, vstart, vend, vkind, attr):
     return off, out, valid, base, pos
 
 
-def extract_columns(data: np.ndarray, sc: Scan, lay: XmlLayout, leaves: list[int]) -> list[pa.Array]:
+def extract_columns(
+    data: np.ndarray, sc: Scan, lay: XmlLayout, leaves: list[int]
+) -> list[pa.Array]:
     """The fields' text as large_string columns (null where missing, empty or not text)."""
     leaves_a = np.array(leaves, np.int64)
     node_of = {int(lf): i for i, lf in enumerate(lay.leaf) if lf >= 0}

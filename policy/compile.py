@@ -16,7 +16,7 @@ from raymask.policy.schema import Budget, Policy, Stream
 
 __all__ = ["FieldOp", "ViewPlan", "StreamPlan", "compile_stream", "BUILT_FORMATS", "DEFAULT_ROLE"]
 
-BUILT_FORMATS = ("ndjson", "csv")
+BUILT_FORMATS = ("ndjson", "csv", "xml", "protobuf")
 DEFAULT_ROLE = "default"
 
 
@@ -54,6 +54,7 @@ class StreamPlan:
     budget: Budget | None = None  # per-subject local-DP allowance
     route_path: str = ""  # what the router shards by: the budget's subject, else the key
     route_index: int = 0
+    format_options: dict = field(default_factory=dict, repr=False)  # the stream's xml:/protobuf:
 
     @property
     def private(self) -> bool:
@@ -95,6 +96,10 @@ def compile_stream(policy: Policy, stream: str, source: str = "<policy>") -> Str
     if s.format not in BUILT_FORMATS:
         problems.append(
             f"{where}.format: {s.format} is not supported yet (supported: {', '.join(BUILT_FORMATS)})"
+        )
+    if s.format in ("xml", "protobuf") and s.unknown_fields == "drop":
+        problems.append(
+            f"{where}.unknown_fields: drop is not supported for {s.format} yet (use keep)"
         )
     if s.unknown_fields == "detect":
         problems.append(f"{where}.unknown_fields: detect is not supported yet (use keep or drop)")
@@ -152,4 +157,7 @@ def compile_stream(policy: Policy, stream: str, source: str = "<policy>") -> Str
         budget=s.budget,
         route_path=route,
         route_index=index[route],
+        format_options=opts.model_dump()
+        if (opts := getattr(s, s.format, None)) is not None
+        else {},
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pyarrow as pa
 
@@ -12,6 +14,9 @@ from raymask.kernels.codecs import xml as xml_codec
 from raymask.kernels.codecs.paths import PathTree
 from raymask.kernels.codecs.spans import Scan, splice
 
+if TYPE_CHECKING:
+    from raymask.policy.compile import StreamPlan
+
 __all__ = ["Format", "NdjsonFormat", "CsvFormat", "XmlFormat", "ProtobufFormat", "format_for"]
 
 
@@ -20,6 +25,7 @@ class Format:
 
     name = ""
     errors: dict[int, str] = {}
+    keeps_tails = False  # does `tail` keep part of a dead record in the output?
 
     def boundary(self, data: np.ndarray) -> int:
         """Position after the last complete record in `data` (-1 if none)."""
@@ -65,6 +71,10 @@ class Format:
 
     def header(self, tree: PathTree, drop_unknown: bool, named: int) -> bytes:
         return b""
+
+    def check(self, plan: StreamPlan) -> list[str]:
+        """What of a compiled plan this format cannot run (located messages), before data moves."""
+        return []
 
 
 class NdjsonFormat(Format):
@@ -154,6 +164,7 @@ class XmlFormat(Format):
 
     name = "xml"
     errors = xml_codec.ERRORS
+    keeps_tails = True
 
     def __init__(
         self, record: str, namespaces: dict[str, str] | None = None, prolog: bytes = b""
@@ -194,6 +205,15 @@ class XmlFormat(Format):
 
     def tail(self, raw):
         return xml_codec.tail(raw)
+
+    def check(self, plan):
+        problems = []
+        for paths in (plan.paths, (plan.route_path,)):
+            try:
+                self.layout(tuple(paths))
+            except ValueError as exc:
+                problems.append(f"streams.{plan.stream}.fields: {exc}")
+        return problems
 
 
 class ProtobufFormat(Format):
@@ -237,6 +257,29 @@ class ProtobufFormat(Format):
 
     def emit(self, data, sc, tree, drop_unknown, named, emit, edited, edit, reps):
         return pb.emit(data, sc, self.layout(sc.paths), emit, edited, edit, reps)
+
+    # techniques whose output is a number (or boolean) for a number (or boolean) value
+    NUMERIC_TECHNIQUES = ("keep", "redact", "generalize", "noise", "randomized_response")
+
+    def check(self, plan):
+        where = f"streams.{plan.stream}"
+        try:
+            lay = self.layout(tuple(plan.paths))
+            self.layout((plan.route_path,))
+        except ValueError as exc:
+            return [f"{where}.fields: {exc} (message {self.message})"]
+        problems = []
+        for role, view in plan.views.items():
+            label = "fields" if role == "default" else f"views.{role}"
+            for op in view.ops:
+                t = int(lay.ftype[lay.leaf_node[op.index]])
+                if t != pb.T_STRING and op.technique not in self.NUMERIC_TECHNIQUES:
+                    problems.append(
+                        f"{where}.{label}.{op.path}: technique {op.technique} writes text, but the "
+                        f"field is a protobuf {pb.TYPE_NAMES[t]} (numeric and bool fields take "
+                        f"{', '.join(self.NUMERIC_TECHNIQUES)})"
+                    )
+        return problems
 
 
 def format_for(

@@ -859,3 +859,11 @@ def emit(
         rep_off, rep_data, rep_valid, sc.mls, sc.mvs, sc.mve, sc.mseen, prefix,
     )  # fmt: skip
     return string_array(off, out, None, binary=True)
+
+
+def load_descriptor_set(options: dict) -> bytes:
+    """The compiled descriptor set a stream's `protobuf:` options name: the `descriptor_set`
+    file's bytes, or its `proto` file compiled with protoc. OSError / ValueError when missing."""
+    if options.get("descriptor_set"):
+        return Path(options["descriptor_set"]).read_bytes()
+    return compile_proto(options["proto"], options.get("include") or [])

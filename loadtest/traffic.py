@@ -444,6 +444,8 @@ def _xml_escape(values: pa.Array) -> pa.Array:
 def _xml(cols: list[_Col], profile: str) -> bytes:
     root, rec = XML_RECORDS[profile]
     attrs = _XML_ATTRS.get(profile, {})
+    if not len(cols[0].values):
+        return f'<?xml version="1.0" encoding="UTF-8"?>\n<{root}>\n</{root}>\n'.encode()
     head: list[pa.Array | str] = [f"  <{rec}"]
     for c in cols:
         if c.path in attrs:

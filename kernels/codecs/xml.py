@@ -71,6 +71,7 @@ ERRORS = {
     E_DEPTH: "elements nested deeper than 256 levels",
 }
 MAX_DEPTH = 256
+MAX_ATTRS = 256  # per element
 
 
 class XmlError(ValueError):
@@ -507,6 +508,8 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves):
     estart = np.zeros(MAX_DEPTH + 1, np.int64)  # name span of each open element
     eend = np.zeros(MAX_DEPTH + 1, np.int64)
     enode = np.zeros(MAX_DEPTH + 1, np.int64)  # layout node of each open element, -1 if none
+    attr_s = np.zeros(MAX_ATTRS, np.int64)  # the attribute names of the current start tag
+    attr_e = np.zeros(MAX_ATTRS, np.int64)
     for r in range(n):
         s = starts[r]
         e = ends[r]
@@ -523,6 +526,8 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves):
                     q += 1
                 if d > 0:
                     code = _text_ok(data, p, q)
+                    if code == 0 and _find(data, p, q, 93, 93, 62) >= 0:
+                        code = E_SYNTAX  # "]]>" may not appear in content (XML 1.0, 2.4)
                     if code != 0:
                         # find the exact position for the message
                         while p < q and data[p] != 38 and data[p] >= 32:
@@ -609,6 +614,7 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves):
             # attributes
             q = ne
             empty = False
+            nattr = 0
             while code == 0:
                 while q < e and _is_ws(data[q]):
                     q += 1
@@ -630,9 +636,18 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves):
                     break
                 an = q
                 ae = _name_end(data, an, e)
-                if not _name_ok(data, an, ae):
+                if not _name_ok(data, an, ae) or nattr == MAX_ATTRS:
                     code = E_SYNTAX
                     break
+                for k in range(nattr):  # an attribute twice is not well-formed (XML 1.0, 3.1)
+                    if _raw_eq(data, an, ae, attr_s[k], attr_e[k]):
+                        code = E_SYNTAX
+                        break
+                if code != 0:
+                    break
+                attr_s[nattr] = an
+                attr_e[nattr] = ae
+                nattr += 1
                 q = ae
                 while q < e and _is_ws(data[q]):
                     q += 1

@@ -210,3 +210,46 @@ def test_protobuf_policy_problems_are_located(tmp_path, keyring):
         PolicyError, match="streams.payments.fields.seq: technique tokenize writes text"
     ):
         mask_file(pol, "payments", src, tmp_path / "o.pb", keyring=keyring, local=True)
+
+
+PAIN_POLICY = """
+version: 1
+streams:
+  payments_xml:
+    format: xml
+    xml:
+      record: p:Document/p:CstmrCdtTrfInitn/p:PmtInf/p:CdtTrfTxInf
+      namespaces: {p: "urn:iso:std:iso:20022:tech:xsd:pain.001.001.09"}
+    key: CdtrAcct/Id/IBAN
+    fields:
+      CdtrAcct/Id/IBAN: {technique: tokenize, key: tok}
+      Cdtr/Nm: redact
+      Amt/InstdAmt/@Ccy: keep
+"""
+
+
+def test_the_readme_pain001_policy_masks_credit_transfers(tmp_path, keyring):
+    from tests.kernels.codecs.test_xml import PAIN, PAIN_NS
+
+    src, dst, pol = tmp_path / "in.xml", tmp_path / "out.xml", tmp_path / "p.yaml"
+    src.write_bytes(PAIN)
+    pol.write_text(PAIN_POLICY)
+    s = mask_file(pol, "payments_xml", src, dst, keyring=keyring, local=True, workers=2)
+    # the fourth transfer has no IBAN (no key): a dead letter, and the document stays whole
+    assert (s.records_in, s.records_out, s.dead_letters) == (4, 3, 1)
+    ns = {"p": PAIN_NS}
+    a, b = etree.fromstring(PAIN), etree.fromstring(dst.read_bytes())
+    ra = a.findall(".//p:CdtTrfTxInf", ns)[:3]
+    rb = b.findall(".//p:CdtTrfTxInf", ns)
+    assert len(rb) == 3
+    ibans = [r.findtext("p:CdtrAcct/p:Id/p:IBAN", namespaces=ns) for r in ra]
+    assert [r.findtext("p:CdtrAcct/p:Id/p:IBAN", namespaces=ns) for r in rb] == _tokens(
+        ibans, keyring
+    )
+    assert [r.findtext("p:Cdtr/p:Nm", namespaces=ns) for r in rb] == [
+        "[REDACTED]",
+        "[REDACTED]",
+        "",
+    ]  # <Nm/> stays
+    assert b.findtext(".//p:GrpHdr/p:MsgId", namespaces=ns) == "M1"  # the prolog, kept
+    assert [e.text for e in b.iterfind(".//p:PmtInfId", ns)] == ["A", "B"]  # group markup, kept

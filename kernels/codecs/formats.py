@@ -187,7 +187,7 @@ class XmlFormat(Format):
         return xml_codec.split(data, base_line, self.layout(()))
 
     def scan(self, data, starts, ends, tree, locate_only=False):
-        sc = xml_codec.scan(data, starts, ends, self.layout(tree.paths))
+        sc = xml_codec.scan(data, starts, ends, self.layout(tree.paths), locate_only)
         sc.paths = tree.paths  # type: ignore[attr-defined]
         return sc
 

@@ -497,7 +497,7 @@ def _child(parent, is_attr, names, name_off, node, attr, data, s, e, local):
 
 
 @njit(cache=True)
-def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves):
+def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves, locate_only):
     n = starts.shape[0]
     vstart = np.zeros((n, nleaves), np.int64)
     vend = np.zeros((n, nleaves), np.int64)
@@ -518,7 +518,11 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves):
         code = 0
         efield = -1
         done = -1  # end of the record element
+        found = 0  # fields located (with `locate_only`, the scan stops when all are)
         while p < e and code == 0:
+            if locate_only and found == nleaves and nleaves > 0:
+                done = p
+                break
             c = data[p]
             if c != 60:  # character data
                 q = p
@@ -584,6 +588,7 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves):
                 if node >= 0 and leaf[node] >= 0:
                     lf = leaf[node]
                     vend[r, lf] = p
+                    found += 1
                     if vkind[r, lf] == K_MISSING:
                         vkind[r, lf] = K_STRING
                 p = q + 1
@@ -682,6 +687,7 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves):
                         vstart[r, lf] = vs
                         vend[r, lf] = ve
                         vkind[r, lf] = K_STRING
+                        found += 1
                 q = ve + 1
             if code != 0:
                 p = q
@@ -696,6 +702,7 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves):
                 vend[r, lf] = q
                 if empty:
                     vkind[r, lf] = K_NULL
+                    found += 1
             if empty:
                 if d == 0:
                     done = q
@@ -716,11 +723,19 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves):
     return vstart, vend, vkind, err, errpos, errfield
 
 
-def scan(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, lay: XmlLayout) -> Scan:
-    """Validate each record element and locate the layout's fields (text or attribute spans)."""
+def scan(
+    data: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    lay: XmlLayout,
+    locate_only: bool = False,
+) -> Scan:
+    """Validate each record element and locate the layout's fields (text or attribute spans).
+    `locate_only` (the router, which needs the key alone) stops reading a record once every
+    field is found; the worker's full scan validates the rest."""
     vs, ve, vk, err, errpos, errfield = _scan(
         data, starts, ends, lay.parent, lay.is_attr, lay.leaf, lay.names, lay.name_off,
-        len(lay.paths),
+        len(lay.paths), locate_only,
     )  # fmt: skip
     return Scan(starts, ends, vs, ve, vk, err, errpos, errfield)
 

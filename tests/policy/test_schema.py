@@ -201,7 +201,6 @@ def test_messages_never_quote_values():
             "technique: detect",
             "streams.payments.fields.customer.name: technique detect is not supported yet",
         ),
-        ("format: ndjson", "format: xml", "streams.payments.format: xml is not supported yet"),
         (
             "unknown_fields: keep",
             "unknown_fields: detect",

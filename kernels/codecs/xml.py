@@ -175,7 +175,7 @@ def _name_end(data, p, end):
     return q
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _find(data, p, end, a, b, c):
     """Position of the 3-byte (or 2-byte when c == 0) sequence a b c at or after p; -1 if none."""
     q = p
@@ -214,7 +214,7 @@ def _raw_eq(data, s1, e1, s2, e2):
     return True
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _skip_markup(data, p, end):
     """data[p] is '<' and not a start or end tag: the position after the comment, CDATA section,
     processing instruction or declaration (end when unterminated)."""
@@ -233,7 +233,7 @@ def _skip_markup(data, p, end):
     return min(q + 1, end)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _tag_end(data, p, end):
     """data[p] is '<' of a start or end tag: (position after '>', self-closing); end when cut."""
     q = p + 1
@@ -385,7 +385,7 @@ def split(
 # ---------------------------------------------------------------- scan
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _ref_end(data, p, end):
     """data[p] is '&': the position after a valid reference, or -1."""
     q = p + 1
@@ -431,7 +431,7 @@ def _ref_end(data, p, end):
     return -1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _text_ok(data, s, e):
     """0 when data[s:e] is valid character data, else an error code."""
     q = s
@@ -456,7 +456,7 @@ def _text_ok(data, s, e):
     return 0
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _name_ok(data, s, e):
     if e <= s:
         return False
@@ -471,7 +471,7 @@ def _name_ok(data, s, e):
     return True
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _child(parent, is_attr, names, name_off, node, attr, data, s, e, local):
     """The layout child of `node` named data[s:e] (by local name when `local`), or -1."""
     ls = s

@@ -219,3 +219,10 @@ def test_fuzz_no_crash_no_loss_and_accepted_records_are_well_formed(doc):
         el = etree.fromstring(rec[:end])
         if edit[i, 0]:
             assert el.get("deviceId") == "T&<"
+
+
+def test_prefixed_field_steps_match_by_local_name():
+    _, body, lay, sc, _ = _split(PAIN, RECORD, ("p:Cdtr/p:Nm", "p:Amt/p:InstdAmt/@Ccy"))
+    cols = X.extract_columns(body, sc, lay, [0, 1])
+    assert cols[1].to_pylist() == ["EUR", "USD", None, None]
+    assert cols[0].to_pylist()[0] == "Anna & Bob \u263a \u00e9"

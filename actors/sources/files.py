@@ -19,7 +19,9 @@ __all__ = ["Chunk", "FileSource", "open_input"]
 MAX_PROLOG = 64 << 20
 
 
-def _protobuf_format(path: str, options: dict) -> Format:
+def protobuf_format(path: str, options: dict) -> Format:
+    """The Protobuf format of a stream's `protobuf:` options (the schema loaded or compiled);
+    InputError naming what cannot be read. `path` names the input in messages."""
     from raymask.kernels.codecs.protobuf import load_descriptor_set
 
     try:
@@ -89,7 +91,7 @@ class FileSource:
             self.format = self._xml_prolog(options or {})
         elif fmt_name == "protobuf":
             self.header_line = None
-            self.format = _protobuf_format(path, options or {})
+            self.format = protobuf_format(path, options or {})
         else:
             self.header_line = None
             self.format = format_for(fmt_name)

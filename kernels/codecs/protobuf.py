@@ -334,10 +334,10 @@ def frame(values: list[bytes]) -> bytes:
     return b"".join(_VarintBytes(len(v)) + v for v in values)
 
 
-def unframe(records: pa.Array) -> list[bytes]:
+def unframe(records: pa.Array | list[bytes]) -> list[bytes]:
     """The messages of emitted records (each a delimited frame) without their prefixes."""
     out = []
-    for r in records.to_pylist():
+    for r in records.to_pylist() if isinstance(records, pa.Array) else records:
         _, q = _varint(np.frombuffer(r, np.uint8), 0, len(r))
         out.append(r[q:])
     return out

@@ -440,9 +440,12 @@ def replay_dead_letters(
         if not names and entries:
             raise InputError(f"{file}: CSV entries carry no header; cannot replay")
         header = (names.pop() + "\n").encode() if names else b""
-    if plan.format == "xml":
-        raise InputError(f"{file}: replaying XML dead letters is not supported yet")
-    if plan.format == "protobuf":  # each entry is a whole length-delimited frame
+    if plan.format == "xml":  # the record elements inside the record path's ancestors
+        from raymask.kernels.codecs.xml import replay_document
+
+        o = plan.format_options
+        body = replay_document([d.raw for d in entries], o["record"], o.get("namespaces") or {})
+    elif plan.format == "protobuf":  # each entry is a whole length-delimited frame
         body = b"".join(d.raw for d in entries)
     else:
         body = header + b"".join(d.raw.rstrip(b"\r\n") + b"\n" for d in entries)

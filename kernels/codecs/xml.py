@@ -983,3 +983,23 @@ def tail(raw: bytes) -> bytes:
     data = np.frombuffer(raw, np.uint8)
     end = int(_element_end(data, 0, len(data)))
     return raw[end:] if end < len(raw) else b""
+
+
+def replay_document(raws: list[bytes], record: str, namespaces: dict[str, str]) -> bytes:
+    """A document holding dead-letter records again (each dead letter is a record element and
+    the markup after it; the element alone is kept), inside the record path's ancestors, with
+    the path's namespace prefixes declared: what `dead-letters replay` feeds the pipeline."""
+    steps = record.strip("/").split("/")
+    decls = "".join(
+        f' xmlns:{p}="{uri}"'
+        for p, uri in namespaces.items()
+        if any(s.startswith(p + ":") for s in steps)
+    )
+    opening = "".join(f"<{s}{decls if i == 0 else ''}>" for i, s in enumerate(steps[:-1]))
+    closing = "".join(f"</{s}>" for s in reversed(steps[:-1]))
+    parts = [f'<?xml version="1.0" encoding="UTF-8"?>\n{opening}\n'.encode()]
+    for raw in raws:
+        data = np.frombuffer(raw, np.uint8)
+        parts.append(raw[: int(_element_end(data, 0, len(data)))] + b"\n")
+    parts.append(f"{closing}\n".encode())
+    return b"".join(parts)

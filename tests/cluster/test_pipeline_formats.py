@@ -339,3 +339,21 @@ def test_dp_aggregates_over_protobuf_equal_those_over_the_same_ndjson(tmp_path, 
         assert s.records_in == 3000 and s.dead_letters == 0
         got.append(_read(out))
     assert got[0] == got[1] and got[0]
+
+
+def test_xml_dead_letters_replay_through_a_fixed_policy(tmp_path, keyring):
+    src, pol, fixed = tmp_path / "in.xml", tmp_path / "bad.yaml", tmp_path / "fixed.yaml"
+    src.write_bytes(generate_bytes("iot", 30, seed=2, fmt="xml"))
+    pol.write_text(
+        XML_POLICY.replace("{technique: mask, preset: email}", "{technique: mask, preset: card}")
+    )
+    fixed.write_text(XML_POLICY)
+    s = mask_file(pol, "telemetry", src, tmp_path / "o.xml", keyring=keyring, local=True)
+    assert s.dead_letters == 30  # an email is not a card number
+    r = replay_dead_letters(s.dead_letter_file, fixed, "telemetry", tmp_path / "again.xml",
+                            keyring=keyring, local=True)  # fmt: skip
+    assert (r.records_in, r.records_out, r.dead_letters) == (30, 30, 0)
+    a = etree.fromstring(src.read_bytes()).findall("Reading")
+    b = etree.fromstring((tmp_path / "again.xml").read_bytes()).findall("Reading")
+    assert [x.findtext("message") for x in a] == [y.findtext("message") for y in b]
+    assert all(y.findtext("owner/phone") in ("[REDACTED]", None) for y in b)

@@ -226,3 +226,13 @@ def test_prefixed_field_steps_match_by_local_name():
     cols = X.extract_columns(body, sc, lay, [0, 1])
     assert cols[1].to_pylist() == ["EUR", "USD", None, None]
     assert cols[0].to_pylist()[0] == "Anna & Bob \u263a \u00e9"
+
+
+def test_replay_document_wraps_dead_records_in_their_namespaced_ancestors():
+    _, body, lay, sc, _ = _split(PAIN)
+    raws = [body[s:e].tobytes() for s, e in zip(sc.starts, sc.ends, strict=True)]
+    doc = X.replay_document(raws, RECORD, {"p": PAIN_NS})
+    recs = etree.fromstring(doc).findall(".//p:CdtTrfTxInf", {"p": PAIN_NS})
+    assert len(recs) == 4
+    _, body2, lay2, sc2, _ = _split(doc)
+    assert len(sc2.starts) == 4 and (sc2.err == 0).all()

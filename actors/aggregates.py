@@ -4,7 +4,8 @@ budget accountant before it leaves.
 
 `WindowAggregator` is plain logic (no Ray). Rows arrive as Arrow columns (subject digest, event
 time, group key, metric values); windows are tumbling (`slide == size`) or hopping; a window
-closes when the watermark (largest event time seen, minus the allowed lateness) passes its end;
+closes when the watermark (largest event time seen, minus the allowed lateness; the least over
+the inputs when there are several, `Watermark`) passes its end;
 rows for a closed window are late and come back for the dead letters.
 
 At close, per window (Wilson et al., "Differentially Private SQL with Bounded User
@@ -15,12 +16,22 @@ Contribution", PETS 2020):
   sensitivity over all groups), sums Laplace on a 2^-k grid of scale
   max_groups * max_rows * max(|lo|, |hi|) / eps_sum (exact samplers of raymask.kernels.noise);
   a mean is its noisy sum over the noisy count (post-processing), clamped to [lo, hi];
+  histograms get discrete Laplace noise per bin (one row is in one bin); quantiles come from a
+  noisy quantile tree (`_tree_quantiles`); top_k from noisy (group, value) counts with their
+  own selection (`_top_k`);
 - partition selection: a group is released only if its noisy count reaches max_rows + k, k
   from the discrete Laplace's exact tail, so a group that one subject alone makes appear is
   released with probability at most delta / max_groups, delta over all its groups (Korolova et
   al. 2009; the continuous form is tau = max_rows + b ln(max_groups / (2 delta)));
-- the window is (eps, delta)-DP with eps the sum of the metrics' epsilons; it is reserved at the
-  accountant before the noise is drawn and committed before the release is returned.
+- the window is (eps, delta)-DP with eps the sum of the metrics' epsilons and delta one
+  `delta` for the groups plus one per top_k metric; it is reserved at the accountant before
+  the noise is drawn and committed before the release is returned. Released groups are sorted
+  by key: their arrival order is data.
+
+Hopping windows: a row lies in size/slide windows, and each of them is a release of its own,
+reserved and committed on its own, so a subject's total spend over overlapping windows is
+size/slide times the window's epsilon by basic composition, and the accountant sees exactly
+that (the multiplier is paid, not assumed away).
 """
 
 from __future__ import annotations
@@ -42,13 +53,25 @@ from raymask.kernels.rng import SecureRandom
 __all__ = ["Metric", "WindowSpec", "Release", "WindowAggregator"]
 
 
+OPS = ("count", "sum", "mean", "histogram", "quantiles", "top_k")
+TREE_BRANCHING = 16  # the quantile tree: 16**4 = 65,536 leaves over [lo, hi]
+TREE_HEIGHT = 4
+
+
 @dataclass(frozen=True)
 class Metric:
-    op: str  # count | sum | mean
+    op: str  # one of OPS
     epsilon: float
-    field: str | None = None  # sum: the value column
-    lo: float = 0.0
+    field: str | None = None  # the value column (every op but count)
+    lo: float = 0.0  # sum, mean, histogram, quantiles: values clamped to [lo, hi]
     hi: float = 0.0
+    bins: int = 0  # histogram: equal-width bins over [lo, hi]
+    quantiles: tuple[float, ...] = ()  # quantiles: the ranks in (0, 1)
+    k: int = 0  # top_k: values released per group
+
+    @property
+    def column(self) -> str:
+        return "top_" + str(self.field) if self.op == "top_k" else f"{self.op}_{self.field}"
 
 
 @dataclass(frozen=True)
@@ -77,6 +100,12 @@ class WindowSpec:
         return sum(m.epsilon for m in self.metrics)
 
     @property
+    def total_delta(self) -> float:
+        """The window's delta: one `delta` for the groups' selection and one for each top_k
+        metric's selection of values."""
+        return self.delta * (1 + sum(m.op == "top_k" for m in self.metrics))
+
+    @property
     def slide(self) -> float:
         return self.slide_s or self.size_s
 
@@ -91,6 +120,24 @@ class Release:
     groups_in: int  # groups before selection (not released: only for tests and metrics)
     grant_id: str = ""
     refused: str | None = None  # the accountant's reason when the window could not be paid
+
+
+class Watermark:
+    """Event-time progress over one or more inputs (e.g. Kafka partitions): each input's largest
+    event time seen; the watermark is the least of them minus the allowed lateness, so rows of a
+    partition that lags are not declared late because another ran ahead (Flink's rule). An input
+    that stops sending holds the watermark back until the run ends (the final flush)."""
+
+    def __init__(self, lateness_s: float) -> None:
+        self.lateness_s = lateness_s
+        self.marks: dict[Any, float] = {}
+
+    def see(self, t_max: float, source: Any = None) -> None:
+        self.marks[source] = max(self.marks.get(source, -math.inf), t_max)
+
+    @property
+    def value(self) -> float:
+        return min(self.marks.values()) - self.lateness_s if self.marks else -math.inf
 
 
 @dataclass
@@ -118,7 +165,7 @@ class WindowAggregator:
         self.caller = caller
         self.noise = noise
         self.open: dict[int, _Open] = {}  # window index (start / slide) -> rows
-        self.watermark = -math.inf
+        self.marks = Watermark(spec.lateness_s)
         self.closed_before = -math.inf  # windows starting before this are released
 
     def _windows(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -129,9 +176,14 @@ class WindowAggregator:
         idx = np.repeat(last, k) - np.tile(np.arange(k), len(t))
         return rows, idx
 
-    def add(self, table: pa.Table) -> np.ndarray:
-        """Take rows (columns subject uint64, time float64 seconds, group string, metric fields);
-        returns the indices of late rows (every window they belong to has been released)."""
+    @property
+    def watermark(self) -> float:
+        return self.marks.value
+
+    def add(self, table: pa.Table, source: Any = None) -> np.ndarray:
+        """Take rows (columns subject uint64, time float64 seconds, group string, metric fields)
+        from input `source`; returns the indices of late rows (every window they belong to has
+        been released)."""
         t = table.column("time").to_numpy(zero_copy_only=False).astype(np.float64)
         rows, idx = self._windows(t)
         start = idx * self.spec.slide
@@ -144,7 +196,7 @@ class WindowAggregator:
                 part = sel.filter(pc.equal(sel.column("window"), w))
                 self.open.setdefault(w, _Open()).parts.append(part)
         if len(t):
-            self.watermark = max(self.watermark, float(t.max()) - self.spec.lateness_s)
+            self.marks.see(float(t.max()), source)
         return late
 
     def flush(self, final: bool = False) -> list[Release]:
@@ -167,17 +219,12 @@ class WindowAggregator:
         idx = pc.index_in(kept.column("group"), value_set=groups).to_numpy()
         n = len(groups)
         counts = np.bincount(idx, minlength=n).astype(np.int64)
-        cols: dict[str, Any] = {"group": groups}
-        sums = []
-        for m in spec.metrics[1:]:
-            x = np.clip(kept.column(m.field).to_numpy(zero_copy_only=False), m.lo, m.hi)
-            sums.append((m, np.bincount(idx, weights=x, minlength=n)))
         if not self.noise:
-            cols["count"] = counts
-            for m, s in sums:
-                cols[f"{m.op}_{m.field}"] = s if m.op == "sum" else s / np.maximum(counts, 1)
-            return Release(start, end, pa.table(cols), 0.0, 0.0, n)
-        eps, delta = spec.epsilon, spec.delta
+            cols: dict[str, Any] = {"group": groups, "count": counts}
+            for m in spec.metrics[1:]:
+                cols[m.column] = _metric(m, kept, idx, n, counts, spec, None, None)
+            return Release(start, end, pa.table(cols).sort_by("group"), 0.0, 0.0, n)
+        eps, delta = spec.epsilon, spec.total_delta
         try:
             grant = self.acc.reserve(
                 self.scopes, Mechanism(kind="approx", epsilon=eps, delta=delta),
@@ -189,18 +236,139 @@ class WindowAggregator:
             )
             return Release(start, end, empty, 0.0, 0.0, n, refused=str(exc))
         gc = spec.max_groups * spec.max_rows  # L1 sensitivity of the counts, over all groups
-        count_m = spec.metrics[0]
-        noisy, q = _noisy_counts(counts, gc, count_m.epsilon, self.rng)
-        keep = noisy >= spec.max_rows + _threshold(q, delta / spec.max_groups)
+        noisy, q = _noisy_counts(counts, gc, spec.metrics[0].epsilon, self.rng)
+        keep = noisy >= spec.max_rows + _threshold(q, spec.delta / spec.max_groups)
         cols = {"group": groups.filter(pa.array(keep)), "count": noisy[keep]}
-        for m, s in sums:
-            sens = gc * max(abs(m.lo), abs(m.hi))
-            noisy_sum = _noisy_sums(s, sens, m.epsilon, self.rng)[keep]
-            if m.op == "mean":  # noisy sum over noisy count (post-processing), kept in bounds
-                noisy_sum = np.clip(noisy_sum / np.maximum(noisy[keep], 1), m.lo, m.hi)
-            cols[f"{m.op}_{m.field}"] = noisy_sum
+        for m in spec.metrics[1:]:
+            cols[m.column] = _metric(m, kept, idx, n, noisy, spec, keep, self.rng)
         self.acc.commit(grant.id, caller=self.caller)
-        return Release(start, end, pa.table(cols), eps, delta, n, grant.id)
+        return Release(start, end, pa.table(cols).sort_by("group"), eps, delta, n, grant.id)
+
+
+def _metric(
+    m: Metric, kept: pa.Table, idx: np.ndarray, n: int, counts: np.ndarray, spec: WindowSpec,
+    keep: np.ndarray | None, rng: SecureRandom | None,
+) -> Any:  # fmt: skip
+    """One metric's column over the n groups (`idx`: each kept row's group), exact when `rng`
+    is None, else noisy and filtered to the groups in `keep`. `counts` are the groups' (noisy)
+    counts, for the mean."""
+    gc = spec.max_groups * spec.max_rows  # rows one subject adds to a window, over all groups
+    if m.op == "top_k":
+        return _top_k(m, kept, idx, n, gc, spec, keep, rng)
+    x = np.clip(kept.column(m.field).to_numpy(zero_copy_only=False).astype(np.float64), m.lo, m.hi)
+    if m.op in ("sum", "mean"):
+        s = np.bincount(idx, weights=x, minlength=n)
+        if rng is None:
+            return s if m.op == "sum" else s / np.maximum(counts, 1)
+        noisy_sum = _noisy_sums(s, gc * max(abs(m.lo), abs(m.hi)), m.epsilon, rng)[keep]
+        if m.op == "mean":  # noisy sum over noisy count (post-processing), kept in bounds
+            return np.clip(noisy_sum / np.maximum(counts[keep], 1), m.lo, m.hi)
+        return noisy_sum
+    if m.op == "histogram":
+        b = np.minimum(((x - m.lo) / (m.hi - m.lo) * m.bins).astype(np.int64), m.bins - 1)
+        h = np.bincount(idx * m.bins + b, minlength=n * m.bins).astype(np.int64)
+        if rng is not None:  # each row is in one cell: L1 sensitivity gc over all cells
+            h = np.maximum(_noisy_counts(h, gc, m.epsilon, rng)[0], 0)  # clamp: post-processing
+        return _lists(h.reshape(n, m.bins), keep)
+    return _lists(_tree_quantiles(m, x, idx, n, gc, rng), keep)  # quantiles
+
+
+def _lists(rows: np.ndarray, keep: np.ndarray | None) -> pa.Array:
+    """A (groups, width) matrix as a list column (the kept groups' rows)."""
+    if keep is not None:
+        rows = rows[keep]
+    width = rows.shape[1]
+    offsets = np.arange(0, (len(rows) + 1) * width, width, dtype=np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(rows.reshape(-1)))
+
+
+def _tree_quantiles(
+    m: Metric, x: np.ndarray, idx: np.ndarray, n: int, gc: int, rng: SecureRandom | None
+) -> np.ndarray:
+    """Quantiles per group from a noisy hierarchical histogram (the quantile tree of Google's
+    differential-privacy library and PipelineDP): [lo, hi] is cut into 16 children per node over
+    4 levels; every row is in one node per level, so one subject moves the node counts by at
+    most 4 gc in L1 and each node gets discrete Laplace noise of scale 4 gc / epsilon. A
+    quantile walks down from the root: at each node it picks the child where the rank falls
+    among the children's noisy counts (negatives read as 0) and carries the rank's fraction
+    into that child; in the leaf it interpolates. Only the nodes visited get noise drawn (the
+    others are never read, so drawing theirs would change nothing), once per node, shared by
+    every quantile of the group. Returns a (groups, quantiles) matrix."""
+    B, H = TREE_BRANCHING, TREE_HEIGHT
+    leaves = B**H
+    leaf = np.minimum(((x - m.lo) / (m.hi - m.lo) * leaves).astype(np.int64), leaves - 1)
+    order = np.lexsort((leaf, idx))
+    key = idx[order] * leaves + leaf[order]  # sorted: group-major, then leaf
+    Q = len(m.quantiles)
+    g = np.repeat(np.arange(n, dtype=np.int64), Q)
+    frac = np.tile(np.asarray(m.quantiles, np.float64), n)
+    node = np.zeros(n * Q, np.int64)  # index of the current node within its level
+    plan = None if rng is None else _unit_plan(float(H * gc), m.epsilon)
+    kids = np.arange(B, dtype=np.int64)
+    for level in range(1, H + 1):
+        width = B ** (H - level)  # leaves under one node of this level
+        child = node[:, None] * B + kids  # (n Q, B) node indices at this level
+        lo_key = g[:, None] * leaves + child * width
+        c = (np.searchsorted(key, lo_key + width) - np.searchsorted(key, lo_key)).astype(np.int64)
+        if plan is not None:  # one draw per distinct node
+            ids = (g[:, None] * (leaves // width) + child).reshape(-1)
+            uniq, inv = np.unique(ids, return_inverse=True)
+            z = noise_kernel.discrete_laplace(len(uniq), plan.t, plan.s, rng)
+            c = np.maximum(c + z[inv].reshape(c.shape), 0)
+        total = c.sum(axis=1)
+        cum = np.cumsum(c, axis=1)
+        r = frac * total
+        pick = np.minimum((cum <= r[:, None]).sum(axis=1), B - 1)
+        empty = total == 0
+        pick[empty] = B // 2  # nothing below this node: its middle
+        before = np.where(pick > 0, cum[np.arange(len(pick)), np.maximum(pick - 1, 0)], 0)
+        here = c[np.arange(len(pick)), pick]
+        frac = np.where(here > 0, np.clip((r - before) / np.maximum(here, 1), 0.0, 1.0), 0.5)
+        node = child[np.arange(len(pick)), pick]
+    step = (m.hi - m.lo) / leaves
+    return (m.lo + (node + frac) * step).reshape(n, Q)
+
+
+def _top_k(
+    m: Metric, kept: pa.Table, idx: np.ndarray, n: int, gc: int, spec: WindowSpec,
+    keep: np.ndarray | None, rng: SecureRandom | None,
+) -> pa.Array:  # fmt: skip
+    """The k most frequent values of a field per group, with their counts. Noisy: each
+    (group, value) cell's count gets discrete Laplace noise of scale gc / epsilon (one row is in
+    one cell), a cell is released only if its noisy count reaches max_rows + k_delta, so a
+    value that one subject alone brings is shown with probability at most delta over all of its
+    cells (the groups' selection rule, again), and the k largest noisy counts of each released
+    group are kept (post-processing; equal counts are ordered by the value, never by arrival,
+    which is data)."""
+    vals = pc.dictionary_encode(kept.column(m.field).combine_chunks().cast(pa.string()))
+    vi = vals.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    nv = max(len(vals.dictionary), 1)
+    cells, c = np.unique(idx * nv + vi, return_counts=True)
+    c = c.astype(np.int64)
+    if rng is not None:
+        c, q = _noisy_counts(c, gc, m.epsilon, rng)
+        ok = c >= spec.max_rows + _threshold(q, spec.delta / gc)
+        cells, c = cells[ok], c[ok]
+    grp = cells // nv
+    if keep is not None:  # only the released groups, renumbered in release order
+        pos = np.cumsum(keep) - 1
+        live = keep[grp]
+        cells, c, grp = cells[live], c[live], pos[grp[live]]
+        n = int(keep.sum())
+    # ties by the value itself: arrival order is data (and differs between inputs)
+    by_value = np.empty(nv, np.int64)
+    by_value[pc.sort_indices(vals.dictionary).to_numpy()] = np.arange(len(vals.dictionary))
+    o = np.lexsort((by_value[cells % nv], -c, grp))  # per group: count descending, then value
+    grp, cells, c = grp[o], cells[o], c[o]
+    starts = np.searchsorted(grp, np.arange(n))
+    rank = np.arange(len(grp)) - starts[grp]
+    top = rank < m.k
+    grp, cells, c = grp[top], cells[top], c[top]
+    offsets = np.searchsorted(grp, np.arange(n + 1)).astype(np.int32)
+    items = pa.StructArray.from_arrays(
+        [vals.dictionary.take(pa.array(cells % nv)), pa.array(c)], names=["value", "count"]
+    )
+    return pa.ListArray.from_arrays(pa.array(offsets), items)
 
 
 def _unit_plan(sensitivity: float, epsilon: float) -> noise_kernel.LaplacePlan:

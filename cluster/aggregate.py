@@ -12,7 +12,7 @@ import json
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from raymask.actors.accountant import Accountant, default_db
 from raymask.actors.aggregates import Metric, Release, WindowAggregator, WindowSpec
+from raymask.actors.continual import ContinualRelease, ContinualSpec, StepRelease
 from raymask.actors.router import DeadLetter, scan_reason
 from raymask.actors.sinks.deadletters import DEFAULT_KEY_ID, DeadLetterWriter
 from raymask.actors.sources.files import FileSource
@@ -32,7 +33,7 @@ from raymask.kernels.codecs.spans import K_NUMBER, K_STRING
 from raymask.kernels.hashing import key_hash
 from raymask.kernels.rng import SecureRandom
 from raymask.policy.keys import Keyring
-from raymask.policy.schema import Aggregate, Policy
+from raymask.policy.schema import Aggregate, Continual, Policy
 
 __all__ = ["AggregateSummary", "AggregateRunner", "aggregate_file", "spec_for"]
 
@@ -52,11 +53,28 @@ class AggregateSummary:
     output: str = ""
 
 
-def spec_for(a: Aggregate) -> WindowSpec:
+def _fields(a: Aggregate | Continual) -> list[str]:
+    """The value fields an aggregate reads."""
+    if isinstance(a, Continual):
+        return [a.field] if a.field else []
+    return [m.field for m in a.metrics if m.field]
+
+
+def spec_for(a: Aggregate | Continual) -> WindowSpec | ContinualSpec:
+    if isinstance(a, Continual):
+        return ContinualSpec(
+            step_s=a.step, horizon=a.horizon, epsilon=a.epsilon, delta=a.delta,
+            mechanism=a.mechanism, op=a.op, field=a.field, lo=a.lo, hi=a.hi,
+            max_rows=a.max_rows, lateness_s=a.lateness,
+        )  # fmt: skip
     return WindowSpec(
         size_s=a.window.size, slide_s=a.window.slide, lateness_s=a.window.lateness,
         max_groups=a.max_groups, max_rows=a.max_rows, delta=a.delta,
-        metrics=tuple(Metric(m.op, m.epsilon, m.field, m.lo, m.hi) for m in a.metrics),
+        metrics=tuple(
+            Metric(m.op, m.epsilon, m.field, m.lo, m.hi, m.bins or 0, tuple(m.quantiles or ()),
+                   m.k or 0)
+            for m in a.metrics
+        ),
     )  # fmt: skip
 
 
@@ -103,18 +121,19 @@ class AggregateRunner:
         if stream not in policy.streams:
             raise InputError(f"no stream {stream!r} in the policy")
         s = policy.streams[stream]
-        chosen = names or list(s.aggregates)
+        every = {**s.aggregates, **s.continual}
+        chosen = names or list(every)
         if not chosen:
             raise InputError(f"stream {stream} has no aggregates")
-        unknown = [n for n in chosen if n not in s.aggregates]
+        unknown = [n for n in chosen if n not in every]
         if unknown:
             raise InputError(f"stream {stream} has no aggregate {unknown[0]!r}")
         self.key = s.key
         self.acc = Accountant(db or default_db())
-        self.aggs: dict[str, tuple[Aggregate, WindowAggregator]] = {}
+        self.aggs: dict[str, tuple[Any, Any]] = {}  # name -> (spec, its aggregator)
         rng = rng or SecureRandom(personalization=b"raymask aggregates")
         for name in chosen:
-            a = s.aggregates[name]
+            a = every[name]
             scopes = a.scopes or [f"stream:{stream}"]
             for sc in scopes:
                 if self.acc.budget(sc) is None:
@@ -123,19 +142,15 @@ class AggregateRunner:
                         f"scope {sc} has no budget; set one with raymask budget set {sc} "
                         "--epsilon E"
                     )
-            self.aggs[name] = (a, WindowAggregator(
+            kind = ContinualRelease if isinstance(a, Continual) else WindowAggregator
+            self.aggs[name] = (a, kind(
                 spec_for(a), accountant=self.acc, scopes=scopes, rng=rng,
                 caller=f"aggregate:{stream}.{name}", noise=noise,
             ))  # fmt: skip
         self.paths: list[str] = []
         for a, _ in self.aggs.values():
-            for p in [
-                a.time,
-                a.group_by,
-                a.subject or s.key,
-                *(m.field for m in a.metrics if m.field),
-            ]:
-                if p not in self.paths:
+            for p in [a.time, getattr(a, "group_by", None), a.subject or s.key, *_fields(a)]:
+                if p is not None and p not in self.paths:
                     self.paths.append(p)
         try:
             self.tree = build_tree(self.paths)
@@ -150,10 +165,24 @@ class AggregateRunner:
         self.summary = AggregateSummary(stream, chosen, output=str(output))
         self._t = 0.0
 
-    def chunk(self, fmt: Any, data: np.ndarray, base_line: int) -> None:
+    def expect(self, sources: list[Any]) -> None:
+        """Inputs known from the start (Kafka partitions): the watermark waits for all of them."""
+        for _, agg in self.aggs.values():
+            for src in sources:
+                agg.marks.marks.setdefault(src, -math.inf)
+
+    def chunk(
+        self, fmt: Any, data: np.ndarray, base_line: int, offsets: np.ndarray | None = None,
+        source: Any = None,
+    ) -> None:  # fmt: skip
+        """Feed one chunk of records from input `source` (Kafka: its topic and partition, which
+        keeps a watermark of its own). `offsets` (Kafka: message i's offset) replace the line
+        numbers in the dead letters."""
         t0 = time.perf_counter()
         dead = _chunk(fmt, data, base_line, self.tree, self.paths, self.aggs, self.key, self.out,
-                      self.summary)  # fmt: skip
+                      self.summary, source)  # fmt: skip
+        if offsets is not None:
+            dead = [replace(d, line=int(offsets[d.line - base_line])) for d in dead]
         self.writer.write(dead)
         self._t += time.perf_counter() - t0
 
@@ -215,7 +244,7 @@ def aggregate_file(
 
 
 def _chunk(
-    fmt, data, base_line, tree, paths, aggs, stream_key, out: IO[str], summary
+    fmt, data, base_line, tree, paths, aggs, stream_key, out: IO[str], summary, source=None
 ) -> list[DeadLetter]:  # noqa: ANN001
     starts, ends, lines = fmt.split(data, base_line)
     sc = fmt.scan(data, starts, ends, tree)
@@ -234,14 +263,22 @@ def _chunk(
         t = _times(cols[a.time], sc.vkind[:, paths.index(a.time)])
         t_bad = np.isnan(t)
         problems = [(a.time, t_bad, "not a timestamp (ISO 8601 or epoch seconds)")]
-        for p in (a.group_by, subj_path):
+        group_by = getattr(a, "group_by", None)
+        for p in (group_by, subj_path) if group_by else (subj_path,):
             k = sc.vkind[:, paths.index(p)]
             problems.append(
                 (p, (k != K_STRING) & (k != K_NUMBER), "missing or not a string/number")
             )
         values = {}
-        for m in a.metrics[1:]:
+        metrics = [a] if isinstance(a, Continual) and a.field else getattr(a, "metrics", [])[1:]
+        for m in metrics:
             k = sc.vkind[:, paths.index(m.field)]
+            if m.op == "top_k":  # a category: text or a number, as text
+                problems.append(
+                    (m.field, (k != K_STRING) & (k != K_NUMBER), "missing or not a string/number")
+                )
+                values[m.field] = cols[m.field].cast(pa.string())
+                continue
             v = pc.cast(
                 pc.if_else(pa.array(k == K_NUMBER), cols[m.field], pa.scalar(None, pa.large_string())),
                 pa.float64(),
@@ -258,11 +295,12 @@ def _chunk(
             {
                 "subject": pa.array(key_hash(cols[subj_path].take(pa.array(rows)))),
                 "time": pa.array(t[rows]),
-                "group": cols[a.group_by].take(pa.array(rows)).cast(pa.string()),
-                **{f: pa.array(v[rows]) for f, v in values.items()},
+                **({"group": cols[group_by].take(pa.array(rows)).cast(pa.string())}
+                   if group_by else {}),
+                **{f: _take(v, rows) for f, v in values.items()},
             }
-        )
-        late = agg.add(table)
+        )  # fmt: skip
+        late = agg.add(table, source)
         for r in rows[late]:
             reasons.setdefault(int(r), (f"aggregate {name}: late: its window was released", None))
             dead_rows.add(int(r))
@@ -276,14 +314,23 @@ def _chunk(
     return dead
 
 
+def _take(v: np.ndarray | pa.Array, rows: np.ndarray) -> pa.Array:
+    return v.take(pa.array(rows)) if isinstance(v, pa.Array) else pa.array(v[rows])
+
+
 def _iso(t: float) -> str:
     return (
         time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(round((t % 1) * 1000)):03d}Z"
     )
 
 
-def _write(out: IO[str], name: str, releases: list[Release], summary: AggregateSummary) -> None:
+def _write(
+    out: IO[str], name: str, releases: list[Release] | list[StepRelease], summary: AggregateSummary
+) -> None:
     for r in releases:
+        if isinstance(r, StepRelease):
+            _write_step(out, name, r, summary)
+            continue
         if r.refused:
             summary.refused[name] += 1
             continue
@@ -294,3 +341,20 @@ def _write(out: IO[str], name: str, releases: list[Release], summary: AggregateS
         tail = {"epsilon": r.epsilon, "delta": r.delta}
         for row in r.table.to_pylist():  # released groups only: a few per window
             out.write(json.dumps({**head, **row, **tail}) + "\n")
+
+
+def _write_step(out: IO[str], name: str, r: StepRelease, summary: AggregateSummary) -> None:
+    """One continual release: the running total after step r (the `epsilon` is the horizon's,
+    paid once, by its first step)."""
+    if r.refused:
+        summary.refused[name] += 1
+        return
+    summary.windows[name] += 1
+    summary.groups[name] += 1
+    if r.charged:
+        summary.epsilon[name] += r.epsilon
+    out.write(json.dumps({
+        "continual": name, "step_start": _iso(r.start), "step_end": _iso(r.end),
+        "horizon_start": _iso(r.horizon_start), "value": r.value, "epsilon": r.epsilon,
+        "delta": r.delta,
+    }) + "\n")  # fmt: skip

@@ -7,6 +7,7 @@ Errors are one line on stderr and exit 2 (usage, policy, keys, input) or 1 (pipe
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,10 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(broker_app, name="broker")
 budget_app = typer.Typer(help="The privacy-budget accountant's ledger.", no_args_is_help=True)
 app.add_typer(budget_app, name="budget")
+audit_app = typer.Typer(
+    help="Verify and read the tamper-evident audit trail.", no_args_is_help=True
+)
+app.add_typer(audit_app, name="audit")
 
 err = Console(stderr=True, highlight=False)
 _state = {"debug": False}
@@ -284,13 +289,7 @@ def print_summary(console: Console, s) -> None:
     for path, tech in s.techniques.items():
         fields.add_row(path, tech, f"{s.changed.get(path, 0):,}" if tech != "keep" else "-")
     console.print(fields)
-    if s.aggregates is not None:
-        a = s.aggregates
-        console.print(
-            f"DP aggregates: {sum(a.windows.values())} windows released, "
-            f"{sum(a.refused.values())} refused by the budget, {sum(a.groups.values())} group "
-            f"rows, epsilon {sum(a.epsilon.values()):g} spent -> {a.output}"
-        )
+    _print_aggregates(console, s.aggregates)
     if s.dp_records or s.dp_suppressed:
         console.print(
             f"local DP: {s.dp_records:,} records carry noised values (at most epsilon "
@@ -381,6 +380,16 @@ def mask(
     print_summary(console, summary)
 
 
+def _print_aggregates(console: Console, a) -> None:  # noqa: ANN001
+    if a is not None:
+        console.print(
+            f"DP aggregates: {sum(a.windows.values())} windows and steps released, "
+            f"{sum(a.refused.values())} refused by the budget, {sum(a.groups.values())} rows, "
+            f"epsilon {sum(a.epsilon.values()):g} spent, {a.dead_letters} dead letters -> "
+            f"{a.output}"
+        )
+
+
 def print_kafka_summary(console: Console, s) -> None:
     table = Table(
         title=f"raymask: stream {s.stream}, topic {s.input_topic} at {s.bootstrap}",
@@ -410,6 +419,7 @@ def print_kafka_summary(console: Console, s) -> None:
     for r in s.roles:
         views.add_row(r, s.topics[r], f"{s.written[r]:,}", f"{s.skipped[r]:,}", f"{s.dead[r]:,}")
     console.print(views)
+    _print_aggregates(console, s.aggregates)
     if any(s.dead.values()):
         console.print(f"dead letters (encrypted) in {', '.join(s.dead_topics.values())}:")
         for reason, count in s.dead_reasons.most_common(5):
@@ -500,7 +510,8 @@ def run(
     aggregates: Annotated[
         str | None,
         typer.Option(
-            "--aggregates", help="File mode: also release the stream's DP aggregates here."
+            "--aggregates",
+            help="Also release the stream's DP aggregates and continual releases here (NDJSON).",
         ),
     ] = None,
     db: DbOpt = None,
@@ -521,7 +532,7 @@ def run(
             carry = True if names == ["all"] else names
         _run_kafka(policy, stream, input_topic, bootstrap_servers, roles, sources, group, idle,
                    _kafka_options(kafka_option), workers, address, keys, name, idempotent,
-                   broker_timeout, carry, state)  # fmt: skip
+                   broker_timeout, carry, state, aggregates, db)  # fmt: skip
         return
     if input is None or output is None:
         raise InputError("give --input and --output (file mode) or --input-topic (Kafka mode)")
@@ -545,7 +556,7 @@ def run(
 
 def _run_kafka(policy, stream, topic, bootstrap, roles, sources, group, idle, options, workers,
                address, keys, name, idempotent, broker_timeout=60.0, carry=False,
-               state=None) -> None:  # fmt: skip
+               state=None, aggregates=None, db=None) -> None:  # fmt: skip
     import asyncio
     import signal
 
@@ -573,7 +584,7 @@ def _run_kafka(policy, stream, topic, bootstrap, roles, sources, group, idle, op
             sources=sources, group_id=group, idle_s=idle if idle > 0 else float("inf"),
             address=address, name=name, client_options=options or None,
             should_stop=lambda: stop[0], idempotent=idempotent, broker_timeout_s=broker_timeout,
-            carry_headers=carry, state=state,
+            carry_headers=carry, state=state, aggregates=aggregates, accountant_db=db,
         )  # fmt: skip
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -597,6 +608,67 @@ def scale(
 
     n = scale_pipeline(pipeline, workers, address=address)
     print(f"pipeline {pipeline} will run {n} workers from its next chunk")
+
+
+@app.command()
+def serve(
+    policy: Annotated[Path, typer.Option("--policy", "-P", help="Policy file.")],
+    port: Annotated[int, typer.Option("--port", help="HTTP port.")] = 8000,
+    host: Annotated[str, typer.Option("--host", help="Listen address.")] = "127.0.0.1",
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="MaskWorker actors.")] = 2,
+    pipeline: Annotated[
+        str | None,
+        typer.Option("--pipeline", help="Use this running Kafka pipeline's workers (and ledger)."),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray address (default: RAY_ADDRESS or local).")
+    ] = None,
+    keys: KeysOpt = None,
+    state: StateOpt = None,
+    seconds: Annotated[
+        float, typer.Option("--seconds", help="Stop after this long (0: until Ctrl-C).")
+    ] = 0.0,
+    aggregates: Annotated[
+        str | None,
+        typer.Option("--aggregates", help="Serve the latest releases of this aggregates file."),
+    ] = None,
+) -> None:
+    """Serve POST /v1/streams/{stream}/mask?view=ROLE over HTTP on Ray Serve (NDJSON or a JSON
+    array in, the same out), until Ctrl-C."""
+    import signal
+    import time
+
+    from ray import serve as ray_serve
+
+    from raymask.cluster.runtime import ensure_ray
+    from raymask.cluster.serve_app import build_app
+    from raymask.policy.loader import load_policy
+
+    pol = load_policy(policy)
+    ring = _keyring(keys)
+    started = ensure_ray(address)
+    stop = [False]
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.__setitem__(0, True))
+    try:
+        ray_serve.start(http_options={"host": host, "port": port})
+        ray_serve.run(build_app(pol, ring, workers=workers, pipeline=pipeline,
+                                state=str(state) if state else None, aggregates_file=aggregates),
+                      name="raymask", route_prefix="/")  # fmt: skip
+        err.print(f"serving on http://{host}:{port}/v1/streams/{{stream}}/mask (Ctrl-C to stop)")
+        t0 = time.monotonic()
+        while not stop[0] and not (seconds and time.monotonic() - t0 > seconds):
+            time.sleep(0.2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        try:
+            ray_serve.delete("raymask")
+            ray_serve.shutdown()
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+    err.print("stopped")
 
 
 # ---------------------------------------------------------------- budgets
@@ -632,6 +704,81 @@ def aggregate(
         err.print(f"  {count:>8,}  {reason}", markup=False)
     if s.refused:
         err.print("some windows were refused by the accountant (see raymask budget show)")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    file: Annotated[Path, typer.Argument(help="An audit log.")],
+    keys: KeysOpt = None,
+    key_id: Annotated[str, typer.Option("--key-id", help="The signing key's id.")] = "audit",
+) -> None:
+    """Check the hash chain and the signed anchors; exit 1 and name the first bad line if any
+    record was edited, dropped, inserted or reordered, or the log was cut."""
+    from raymask.actors.audit import signing_key, verify
+
+    public = signing_key(_keyring(keys).get(key_id).material).public_key()
+    v = verify(file, public)
+    if v.ok:
+        print(f"{file}: ok, {v.records} records, all under signed anchors")
+        return
+    where = f"line {v.bad_line}: " if v.bad_line else ""
+    print(f"{file}: NOT OK at {where}{v.reason}", file=sys.stderr)
+    raise typer.Exit(1)
+
+
+@audit_app.command("show")
+def audit_show(
+    file: Annotated[Path, typer.Argument(help="An audit log.")],
+    kind: Annotated[str | None, typer.Option("--kind", help="Only this kind.")] = None,
+    caller: Annotated[str | None, typer.Option("--caller", help="Only this caller.")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="ISO 8601 time or epoch seconds.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="ISO 8601 time or epoch seconds.")
+    ] = None,
+    anchors: Annotated[bool, typer.Option("--anchors", help="Show the anchors too.")] = False,
+) -> None:
+    """The audit records as a table, filtered by kind, caller and time (it does not verify: use
+    raymask audit verify)."""
+    from raymask.actors.audit import read_records
+
+    lo, hi = _when(since, "--since"), _when(until, "--until")
+    table = Table(title=str(file))
+    for col in ("seq", "time (UTC)", "kind", "caller", "details"):
+        table.add_column(col, justify="right" if col == "seq" else "left")
+    shown = 0
+    for r in read_records(file):
+        if (r["kind"] == "anchor" and not anchors) or (kind and r["kind"] != kind):
+            continue
+        if (caller and r.get("caller") != caller) or not lo <= r["ts"] <= hi:
+            continue
+        rest = {
+            k: v for k, v in r.items() if k not in ("seq", "ts", "kind", "caller", "prev", "sig")
+        }
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["ts"]))
+        table.add_row(str(r["seq"]), when, r["kind"], str(r.get("caller", "")),
+                      " ".join(f"{k}={v}" for k, v in sorted(rest.items())))  # fmt: skip
+        shown += 1
+    console = Console(width=160) if not sys.stdout.isatty() else Console()
+    console.print(table, markup=False)
+    print(f"{shown} record(s)")
+
+
+def _when(text: str | None, opt: str) -> float:
+    if text is None:
+        return -math.inf if opt == "--since" else math.inf
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    from datetime import UTC, datetime
+
+    try:
+        d = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(f"{opt}: expected an ISO 8601 time or epoch seconds") from None
+    return (d if d.tzinfo else d.replace(tzinfo=UTC)).timestamp()
 
 
 @budget_app.command("set")

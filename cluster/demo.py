@@ -168,7 +168,9 @@ def _aggregate_part(console: Console, out_dir: Path, ring) -> None:  # noqa: ANN
     from raymask.cluster.aggregate import aggregate_file
     from raymask.policy.loader import load_policy
 
-    console.rule("[bold]payments -> windowed DP aggregate spend_by_currency (central DP)")
+    console.rule(
+        "[bold]payments -> DP aggregates spend_by_currency, top_merchants, payments_so_far (central DP)"
+    )
     db = out_dir / "state" / "accountant.sqlite"
     acc = Accountant(db)
     acc.set_budget("stream:payments", {"epsilon": 20.0, "delta": 1e-4, "accounting": "basic"})
@@ -182,14 +184,30 @@ def _aggregate_part(console: Console, out_dir: Path, ring) -> None:  # noqa: ANN
         f"{sum(s.groups.values())} group rows, epsilon {sum(s.epsilon.values()):g} spent; "
         f"{s.dead_letters} dead letters (records it could not use) -> {out}"
     )
-    table = Table(title="the first released windows (noisy counts and sums)")
-    for col in ("window", "currency", "payments", "total amount"):
-        table.add_column(col, justify="right" if col in ("payments", "total amount") else "left")
-    for line in out.read_text().splitlines()[:6]:
-        r = json.loads(line)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    table = Table(title="spend_by_currency: the first released windows (all figures noisy)")
+    for col in ("window", "currency", "payments", "total amount", "median", "p90"):
+        table.add_column(col, justify="left" if col in ("window", "currency") else "right")
+    for r in [r for r in rows if r.get("aggregate") == "spend_by_currency"][:6]:
+        med, p90 = r["quantiles_amount"]
         table.add_row(f"{r['window_start'][11:16]}-{r['window_end'][11:16]}", r["group"],
-                      f"{r['count']:,}", f"{r['sum_amount']:,.0f}")  # fmt: skip
+                      f"{r['count']:,}", f"{r['sum_amount']:,.0f}", f"{med:,.2f}",
+                      f"{p90:,.2f}")  # fmt: skip
     console.print(table)
+    for r in [r for r in rows if r.get("aggregate") == "top_merchants"][:3]:
+        top = ", ".join(f"{d['value']} ({d['count']})" for d in r["top_merchant.name"])
+        console.print(
+            f"top_merchants {r['window_start'][11:16]}-{r['window_end'][11:16]} {r['group']}: "
+            f"{top or '(none above the selection threshold)'}"
+        )
+    steps = [r for r in rows if r.get("continual") == "payments_so_far"]
+    if steps:
+        console.print(
+            f"payments_so_far (continual release, one release a minute): "
+            f"{steps[-1]['value']:,.0f} payments by {steps[-1]['step_end'][11:16]} "
+            f"after {len(steps)} releases, epsilon {steps[-1]['epsilon']:g} for all of them "
+            "(an account counts up to 100 payments per horizon: the bound that fixes the noise)"
+        )
     console.print("budgets: .venv/bin/raymask budget show --db " + str(db))
 
 

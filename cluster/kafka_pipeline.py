@@ -42,7 +42,7 @@ from raymask.actors.sinks.deadletters import DEFAULT_KEY_ID, seal
 from raymask.actors.sinks.kafka import DEFAULT_TOPIC_TEMPLATE
 from raymask.actors.sources.kafka import PartitionChunk
 from raymask.actors.worker import MaskOutput, merge_outputs
-from raymask.cluster.pipeline import MAX_RESENDS, _checked, ledger_root
+from raymask.cluster.pipeline import _checked, ledger_root, resend_backoff
 from raymask.errors import BrokerUnreachable, InputError, PipelineError, PolicyError
 from raymask.kernels.codecs.formats import format_for
 from raymask.memory import tune_malloc
@@ -78,6 +78,7 @@ class KafkaRunSummary:
     uncommitted: int = 0  # partitions whose last commit never got through (re-read next run)
     source_records: Counter = field(default_factory=Counter)  # source index -> messages read
     latencies_ms: list = field(default_factory=list, repr=False)  # produce time -> written
+    aggregates: Any = None  # AggregateSummary when the run also released DP aggregates
 
     def latency_ms(self, q: float) -> float:
         """A percentile (0-100) of produce-to-written latency over all records written."""
@@ -117,15 +118,14 @@ def _get_with_resend(
 
     out = []
     for fut, resend in calls:
-        deaths, deadline = 0, None
+        deaths, deadline, first = 0, None, time.monotonic()
         while True:
             try:
                 out.append(ray.get(fut))
                 break
             except ray.exceptions.RayActorError:
                 deaths += 1
-                if deaths > MAX_RESENDS:
-                    raise PipelineError("an actor kept dying; see the Ray logs") from None
+                resend_backoff(deaths, first)
             except ray.exceptions.RayTaskError as exc:
                 if (
                     not isinstance(getattr(exc, "cause", None), BrokerUnreachable)
@@ -234,6 +234,9 @@ def run_kafka(
     carry_headers: bool | Sequence[str] = False,
     balance_s: float = 20.0,
     state: str | Path | None = None,
+    aggregates: str | Path | None = None,
+    accountant_db: str | Path | None = None,
+    aggregate_options: dict[str, Any] | None = None,
 ) -> KafkaRunSummary:
     """Mask `input_topic` into one topic per role view until the input is idle for `idle_s`
     (or `max_records` were read, or `should_stop()`), and return the summary.
@@ -253,6 +256,13 @@ def run_kafka(
     named `kworker|ksource|ksink|kdead:NAME:i` in namespace "raymask" (NAME: default the stream),
     so fault tests and operators can find them. A policy with a `budget` keeps its per-subject
     ledger under `state` (see raymask.cluster.pipeline.ledger_root).
+
+    With `aggregates` (a file), the stream's windowed aggregates and continual releases run on
+    the same chunks in the driver, charged to the accountant at `accountant_db`; their dead
+    letters (with the message offsets) go beside that file. Their open windows live in the
+    driver's memory: a run that ends releases them all, a driver that crashes loses the open
+    ones (the released ones are in the file, and what was spent stays spent).
+    `aggregate_options` go to the AggregateRunner (tests only: {"noise": False}).
     """
     pol, plan, ring = _checked(policy, stream, keyring, dead_letter_key)
     if plan.format not in ("ndjson", "protobuf"):
@@ -300,6 +310,8 @@ def run_kafka(
     started = ensure_ray(address)
     actors: list[Any] = []
     lock = ledger_lock(ledger) if ledger is not None else None
+    runner = None
+    ok = False
     try:
         if lock is not None:
             lock.__enter__()  # one run at a time writes a stream's budgets
@@ -347,6 +359,14 @@ def run_kafka(
         ray.get([dsink.ensure_topic.remote(t, parts) for t in summary.dead_topics.values()])
         router = RouterCore(plan, fmt, workers)
         metrics = KafkaMetrics(stream)
+        if aggregates is not None:
+            from raymask.cluster.aggregate import AggregateRunner
+
+            runner = AggregateRunner(
+                pol, stream, aggregates, keyring=ring, db=accountant_db,
+                dead_letter_key=dead_letter_key, **(aggregate_options or {}),
+            )  # fmt: skip
+            runner.expect([(input_topic, p) for p in range(parts)])
         if on_ready is not None:  # actors up, topics there: the first poll comes next
             on_ready()
         t0 = time.perf_counter()
@@ -389,11 +409,17 @@ def run_kafka(
             idle_since, down_since = time.monotonic(), None
             _round(polled, router, pool, srcs, sink, dsink, views, stream, dl_key, summary, metrics,
                    broker_timeout_s=broker_timeout_s, pending=pending)  # fmt: skip
+            if runner is not None:
+                for _, ch in polled:
+                    if len(ch):
+                        runner.chunk(fmt, ch.data, 0, offsets=ch.offsets,
+                                     source=(ch.topic, ch.partition))  # fmt: skip
             summary.rounds += 1
             summary.seconds = time.perf_counter() - t0  # up to the last record, not the idle wait
             if progress is not None:
                 progress(summary)
         _flush_commits(srcs, pending, summary)
+        ok = True
     except ray.exceptions.RayActorError:
         raise PipelineError("an actor of the Kafka pipeline died; see the Ray logs") from None
     except ray.exceptions.RayTaskError as exc:  # our own errors raised inside an actor
@@ -402,6 +428,8 @@ def run_kafka(
             raise type(cause)(str(cause)) from None
         raise
     finally:
+        if runner is not None:
+            summary.aggregates = runner.close(final=ok)
         for a in actors:
             ray.kill(a)
         if started:

@@ -101,7 +101,18 @@ def default_dead_letter_path(output: str) -> str:
     return "raymask.deadletters.ndjson" if output == "-" else f"{output}.deadletters.ndjson"
 
 
-MAX_RESENDS = 5  # per batch, before the run fails
+MAX_RESENDS = 5  # per batch: a run fails after more deaths than this in a row ...
+RESEND_WINDOW_S = 60.0  # ... spread over at least this long (a loaded machine restarts slowly)
+
+
+def resend_backoff(deaths: int, first_death: float) -> None:
+    """Wait before sending a call again to an actor that died `deaths` times in a row since
+    `first_death` (monotonic); raise PipelineError once it keeps dying past the limits."""
+    if deaths > MAX_RESENDS and time.monotonic() - first_death > RESEND_WINDOW_S:
+        raise PipelineError("an actor kept dying; see the Ray logs")
+    time.sleep(min(0.1 * deaths, 2.0))
+
+
 ProgressFn = Callable[[int, int, int], None]  # (records so far, bytes so far, bytes total)
 
 
@@ -601,13 +612,14 @@ def _run_locked(
                 restarted the worker, after handing it the chunk's policy version."""
                 outs = []
                 for f, (wi, batch, idx) in zip(futures, jobs, strict=True):
-                    for attempt in range(MAX_RESENDS + 1):
+                    deaths, first = 0, time.monotonic()
+                    while True:
                         try:
                             outs.append(ray.get(f))
                             break
                         except ray.exceptions.RayActorError:
-                            if attempt == MAX_RESENDS:
-                                raise
+                            deaths += 1
+                            resend_backoff(deaths, first)
                             summary.resent += 1
                             a = actors[wi]
                             try:  # a restarted worker runs __init__ again: policy and layout

@@ -426,18 +426,36 @@ class Window(BaseModel):
 class AggMetric(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    op: Literal["count", "sum", "mean"]
+    op: Literal["count", "sum", "mean", "histogram", "quantiles", "top_k"]
     epsilon: float = Field(gt=0, le=50, description="This metric's share of the window's epsilon.")
-    field: FieldPath | None = Field(None, description="sum: the numeric field.")
-    lo: float = Field(0.0, description="sum: values are clamped to [lo, hi].")
-    hi: float = Field(0.0, description="sum: upper clamp.")
+    field: FieldPath | None = Field(None, description="The value field (all but count).")
+    lo: float = Field(0.0, description="sum, mean, histogram, quantiles: clamp to [lo, hi].")
+    hi: float = Field(0.0, description="The upper clamp.")
+    bins: int | None = Field(None, ge=1, le=4096, description="histogram: equal-width bins.")
+    quantiles: list[float] | None = Field(
+        None, min_length=1, max_length=64, description="quantiles: ranks in (0, 1)."
+    )
+    k: int | None = Field(None, ge=1, le=1000, description="top_k: values shown per group.")
 
     @model_validator(mode="after")
     def _needs(self) -> AggMetric:
-        if self.op != "count" and (self.field is None or not self.lo < self.hi):
-            raise ValueError(f"{self.op} needs a field and bounds lo < hi")
-        if self.op == "count" and self.field is not None:
-            raise ValueError("count takes no field")
+        op = self.op
+        if op == "count":
+            if self.field is not None:
+                raise ValueError("count takes no field")
+        elif self.field is None:
+            raise ValueError(f"{op} needs a field")
+        elif op != "top_k" and not self.lo < self.hi:
+            raise ValueError(f"{op} needs bounds lo < hi")
+        wants = {"histogram": "bins", "quantiles": "quantiles", "top_k": "k"}
+        for o, name in wants.items():
+            given = getattr(self, name) is not None
+            if given and op != o:
+                raise ValueError(f"{name} belongs to {o}, not {op}")
+            if not given and op == o:
+                raise ValueError(f"{op} needs {name}")
+        if self.quantiles is not None and not all(0 < q < 1 for q in self.quantiles):
+            raise ValueError("quantiles must lie strictly between 0 and 1")
         return self
 
 
@@ -453,7 +471,9 @@ class Aggregate(BaseModel):
     max_groups: int = Field(1, ge=1, le=10_000, description="Groups per subject per window.")
     max_rows: int = Field(1, ge=1, le=10_000, description="Rows per subject, group and window.")
     delta: float = Field(1e-6, gt=0, lt=0.01, description="Partition selection's delta.")
-    metrics: list[AggMetric] = Field(min_length=1, description="count first, then sums and means.")
+    metrics: list[AggMetric] = Field(
+        min_length=1, description="count first, then sums, means, histograms, quantiles, top_k."
+    )
     scopes: list[str] | None = Field(
         None, description="Accountant scopes charged per window (default: stream:NAME)."
     )
@@ -462,6 +482,47 @@ class Aggregate(BaseModel):
     def _count_first(self) -> Aggregate:
         if self.metrics[0].op != "count" or any(m.op == "count" for m in self.metrics[1:]):
             raise ValueError("metrics: exactly one count, first (it selects the groups)")
+        cats = {m.field for m in self.metrics if m.op == "top_k"}
+        nums = {m.field for m in self.metrics if m.op not in ("count", "top_k")}
+        if cats & nums:
+            raise ValueError(f"field {sorted(cats & nums)[0]} cannot be both top_k and numeric")
+        return self
+
+
+class Continual(BaseModel):
+    """A running count or sum released after every step (raymask.actors.continual)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    time: FieldPath = Field(description="Event time: ISO 8601 text or epoch seconds.")
+    step: Duration = Field(description="A release after every step of event time.")
+    lateness: Duration = Field(0.0, description="How long after its end a step waits.")
+    horizon: int = Field(
+        1024, ge=1, le=16_384, description="Steps per counter; each horizon is charged once."
+    )
+    mechanism: Literal["sqrt", "tree"] = Field(
+        "sqrt", description="Square-root factorization (lower error) or binary tree."
+    )
+    epsilon: float = Field(gt=0, le=50, description="Per horizon.")
+    delta: float = Field(1e-6, gt=0, lt=0.01, description="Per horizon.")
+    op: Literal["count", "sum"] = "count"
+    field: FieldPath | None = Field(None, description="sum: the numeric field.")
+    lo: float = Field(0.0, description="sum: values are clamped to [lo, hi].")
+    hi: float = Field(0.0, description="sum: upper clamp.")
+    subject: FieldPath | None = Field(None, description="Whose rows are bounded (key).")
+    max_rows: int = Field(1, ge=1, le=10_000, description="Rows per subject per horizon.")
+    scopes: list[str] | None = Field(
+        None, description="Accountant scopes charged per horizon (default: stream:NAME)."
+    )
+
+    @model_validator(mode="after")
+    def _needs(self) -> Continual:
+        if self.step <= 0:
+            raise ValueError("step must be > 0")
+        if self.op == "sum" and (self.field is None or not self.lo < self.hi):
+            raise ValueError("sum needs a field and bounds lo < hi")
+        if self.op == "count" and self.field is not None:
+            raise ValueError("count takes no field")
         return self
 
 
@@ -544,9 +605,15 @@ class Stream(BaseModel):
     aggregates: dict[Name, Aggregate] = Field(
         default_factory=dict, description="Windowed DP aggregates (raymask aggregate)."
     )
+    continual: dict[Name, Continual] = Field(
+        default_factory=dict, description="Running DP counts and sums (raymask aggregate)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Stream:
+        both = sorted(set(self.aggregates) & set(self.continual))
+        if both:
+            raise ValueError(f"{both[0]} is both an aggregate and a continual release")
         for fmt in ("xml", "protobuf"):
             if self.format == fmt and getattr(self, fmt) is None:
                 raise ValueError(f"format {fmt} needs its {fmt}: options")

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from raymask.actors._lazy import LazyActor
 from raymask.errors import BrokerUnreachable, PipelineError
@@ -78,6 +79,36 @@ class PartitionChunk:
     @property
     def nbytes(self) -> int:
         return int(self.data.shape[0])
+
+    def table(self) -> pa.Table:
+        """The chunk as an Arrow table, a row per message: topic, partition, offset, timestamp,
+        value (binary, without the separator) and, when carried, headers. For consumers of the
+        source outside the pipeline; the pipeline itself routes `data` as it is (one buffer,
+        which the codecs scan in place)."""
+        n = len(self)
+        sep = np.flatnonzero(self.data == _NL)[:n]  # the separators, one per value
+        ends = sep - np.arange(n)  # value ends in the buffer without separators
+        offsets = np.concatenate([[0], ends]).astype(np.int64)
+        values = pa.LargeBinaryArray.from_buffers(
+            pa.large_binary(),
+            n,
+            [None, pa.py_buffer(offsets), pa.py_buffer(np.delete(self.data, sep))],
+        )
+        cols = {
+            "topic": pa.DictionaryArray.from_arrays(
+                pa.array(np.zeros(n, np.int32)), pa.array([self.topic])
+            ),
+            "partition": pa.array(np.full(n, self.partition, np.int32)),
+            "offset": pa.array(self.offsets),
+            "timestamp": pa.array(self.timestamps, pa.timestamp("ms", tz="UTC")),
+            "value": values,
+        }
+        if self.headers is not None:
+            kv = pa.struct([("key", pa.string()), ("value", pa.binary())])
+            cols["headers"] = pa.array(
+                [[{"key": k, "value": v} for k, v in h] for h in self.headers], pa.list_(kv)
+            )
+        return pa.table(cols)
 
 
 def frame_values(

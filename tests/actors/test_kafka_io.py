@@ -146,6 +146,11 @@ def test_twenty_thousand_messages_arrive_in_chunks_exact_contiguous_and_identica
                     assert len(ch) == ch.timestamps.shape[0] == int(np.count_nonzero(ch.data == 10))
                     assert ch.next_offset == int(ch.offsets[-1]) + 1
                     data[ch.partition].append(bytes(ch.data))
+                    t = ch.table()  # the same messages as Arrow columns
+                    assert t.column("offset").to_pylist() == ch.offsets.tolist()
+                    assert set(t.column("topic").to_pylist()) == {topic}
+                    assert set(t.column("partition").to_pylist()) == {ch.partition}
+                    assert t.column("value").to_pylist() == bytes(ch.data).split(b"\n")[:-1]
                     offs[ch.partition].append(ch.offsets)
                     got += len(ch)
                     chunks += 1
@@ -381,6 +386,13 @@ def test_a_source_carries_input_headers_only_when_asked(kafka_broker, carry, exp
     (chunk,) = asyncio.run(run())
     assert chunk.offsets.tolist() == [0, 1, 3] and [b.offset for b in chunk.bad] == [2]
     assert chunk.headers == expect  # one list per record, record i = line i
+    t = chunk.table()
+    assert t.column("value").to_pylist() == [b'{"a":0}', b'{"a":1}', b'{"a":3}']
+    if expect is None:
+        assert "headers" not in t.column_names
+    else:
+        got = [[(h["key"], h["value"]) for h in row] for row in t.column("headers").to_pylist()]
+        assert got == expect
 
 
 @pytest.mark.kafka

@@ -111,6 +111,73 @@ def test_noise_off_equals_a_plain_python_reference(tmp_path, keyring, max_groups
     assert s.records_in == 20_000 and s.dead_letters == 0
 
 
+def test_quantiles_and_top_k_through_a_file_equal_a_plain_reference(tmp_path, keyring):
+    doc = _policy(10_000, 10_000).model_dump(exclude_none=True)  # no bounding
+    doc["streams"]["payments"]["aggregates"]["spend"]["metrics"] = [
+        {"op": "count", "epsilon": 1.0},
+        {"op": "quantiles", "field": "amount", "lo": 0, "hi": 500, "quantiles": [0.5, 0.9],
+         "epsilon": 1.0},
+        {"op": "top_k", "field": "merchant.name", "k": 2, "epsilon": 1.0},
+    ]  # fmt: skip
+    src = tmp_path / "in.ndjson"
+    src.write_bytes(generate_bytes("payments", 5_000, seed=4))
+    out = tmp_path / "out.ndjson"
+    aggregate_file(Policy.model_validate(doc), "payments", src, out, keyring=keyring,
+                   db=_db(tmp_path), dead_letter_key="deadletter", noise=False)  # fmt: skip
+    by: dict = defaultdict(list)
+    for line in src.read_text().splitlines():
+        r = json.loads(line)
+        t = datetime.fromisoformat(r["ts"].replace("Z", "+00:00")).timestamp()
+        by[(math.floor(t / SIZE) * SIZE, r["currency"])].append(r)
+    step = 500 / 16**4
+    n = 0
+    for line in out.read_text().splitlines():
+        r = json.loads(line)
+        w = datetime.fromisoformat(r["window_start"].replace("Z", "+00:00")).timestamp()
+        recs = by[(w, r["group"])]
+        xs = sorted(min(max(x["amount"], 0.0), 500.0) for x in recs)
+        for q, got in zip((0.5, 0.9), r["quantiles_amount"], strict=True):
+            assert abs(got - xs[math.floor(q * len(xs))]) <= step + 1e-9
+        from collections import Counter
+
+        want = Counter(x["merchant"]["name"] for x in recs)
+        want = sorted(want.items(), key=lambda kv: (-kv[1], kv[0]))[:2]  # ties: by value
+        assert [(d["value"], d["count"]) for d in r["top_merchant.name"]] == want
+        n += 1
+    assert n == len(by)
+
+
+def test_a_continual_running_sum_through_a_file_equals_the_exact_one(tmp_path, keyring):
+    doc = _policy().model_dump(exclude_none=True)
+    doc["streams"]["payments"]["continual"] = {
+        "running_spend": {"time": "ts", "step": "1m", "horizon": 16, "op": "sum",
+                          "field": "amount", "lo": 0, "hi": 512, "epsilon": 1.0,
+                          "max_rows": 10_000},
+    }  # fmt: skip
+    src = tmp_path / "in.ndjson"
+    src.write_bytes(generate_bytes("payments", 5_000, seed=5))
+    out = tmp_path / "out.ndjson"
+    s = aggregate_file(Policy.model_validate(doc), "payments", src, out, keyring=keyring,
+                       names=["running_spend"], db=_db(tmp_path), dead_letter_key="deadletter",
+                       noise=False)  # fmt: skip
+    g = 1.0  # the sum's grid for bounds up to 512: 2**(frexp(512)[1] - 10)
+    per_step: dict = defaultdict(float)
+    for line in src.read_text().splitlines():
+        r = json.loads(line)
+        t = datetime.fromisoformat(r["ts"].replace("Z", "+00:00")).timestamp()
+        per_step[math.floor(t / SIZE)] += round(min(max(r["amount"], 0.0), 512.0) / g) * g
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    steps = sorted(per_step)
+    assert len(got) == steps[-1] - steps[0] + 1 == s.windows["running_spend"]
+    total = 0.0
+    for k, r in zip(range(steps[0], steps[-1] + 1), got, strict=True):
+        if (k - steps[0]) % 16 == 0:
+            total = 0.0  # a new horizon: the running total starts again
+        total += per_step.get(k, 0.0)
+        assert r["continual"] == "running_spend" and r["value"] == pytest.approx(total)
+    assert s.dead_letters == 0
+
+
 def test_bad_and_late_records_go_to_the_dead_letters(tmp_path, keyring):
     good = json.loads(generate_bytes("payments", 1, seed=1))
     recs = []

@@ -132,6 +132,22 @@ def test_a_second_run_over_the_same_input_writes_nothing_twice(kafka_broker, ray
     assert len(msgs) == n
 
 
+def _kill_loop(pipeline: str, cycles: int, gap_s: float, running, stop, log: list) -> None:  # noqa: ANN001
+    """Once records flow, kill `cycles` times: a worker, the sink, the other worker, the source
+    (Ray restarts each), `gap_s` apart; the names killed go to `log`."""
+    import ray
+
+    running.wait(120)
+    for name in ["kworker:{}:0", "ksink:{}", "kworker:{}:1", "ksource:{}:0"] * cycles:
+        if stop.wait(gap_s):
+            return
+        try:
+            ray.kill(ray.get_actor(name.format(pipeline), namespace="raymask"), no_restart=False)
+            log.append(name)
+        except ValueError:
+            pass  # gone with the run
+
+
 def test_kills_of_workers_sources_and_sinks_lose_and_double_nothing(
     kafka_broker, ray_session, keyring
 ):
@@ -144,29 +160,15 @@ def test_kills_of_workers_sources_and_sinks_lose_and_double_nothing(
                         partitions=PARTS, seed=9)  # fmt: skip
     stop, running, log = threading.Event(), threading.Event(), []
     pipeline = "faults-" + topic
-
-    def kill_loop() -> None:  # once records flow: a worker, the sink, the other worker, the source
-        import ray
-
-        running.wait(120)
-        for name in ["kworker:{}:0", "ksink:{}", "kworker:{}:1", "ksource:{}:0"] * cycles:
-            if stop.wait(gap_s):
-                return
-            try:
-                ray.kill(
-                    ray.get_actor(name.format(pipeline), namespace="raymask"), no_restart=False
-                )
-                log.append(name)
-            except ValueError:
-                pass  # gone with the run
-
     done = [0]
 
     def progress(summary) -> None:  # a streaming run stops when every record is out, once
         running.set()
         done[0] = summary.written["ops"] + summary.dead["ops"]
 
-    killer = threading.Thread(target=kill_loop, daemon=True)
+    killer = threading.Thread(
+        target=_kill_loop, args=(pipeline, cycles, gap_s, running, stop, log), daemon=True
+    )
     killer.start()
     try:
         s = run_kafka(EXAMPLES / "payments.yaml", "payments", topic, bootstrap=kafka_broker,
@@ -258,13 +260,17 @@ def test_a_broker_restart_mid_run_on_s3_storage_loses_and_doubles_nothing(
     records = int(os.environ.get("RAYMASK_KAFKA_RESTART_RECORDS", "20000"))
     down_s = float(os.environ.get("RAYMASK_KAFKA_RESTART_DOWN_S", "3"))
     restarts = int(os.environ.get("RAYMASK_KAFKA_RESTARTS", "1"))
+    # `make faults` also kills actors during the run (cycles of four kills, this far apart)
+    kill_cycles = int(os.environ.get("RAYMASK_KAFKA_RESTART_KILL_CYCLES", "0"))
+    kill_gap_s = float(os.environ.get("RAYMASK_KAFKA_RESTART_KILL_GAP_S", "4"))
     topic, roles = _topic("iot"), ["analyst", "ops"]
+    pipeline = "restart-" + topic
     with LoopbackS3("restart") as s3:
         broker = Broker(storage=s3.storage, env=s3.env, log_path=tmp_path / "b.log").start()
         port = broker.port
         n = produce_traffic(broker.bootstrap, topic, "iot", records, key_path="device.id",
                             partitions=PARTS, seed=17)  # fmt: skip
-        finished, log = threading.Event(), []
+        finished, log, running, kills = threading.Event(), [], threading.Event(), []
         done = [0]
 
         def restart() -> None:  # this thread owns the broker from now on (parent-death signal)
@@ -282,19 +288,27 @@ def test_a_broker_restart_mid_run_on_s3_storage_loses_and_doubles_nothing(
             broker.stop()
 
         def progress(summary) -> None:
+            running.set()
             done[0] = min(summary.written[r] + summary.dead[r] for r in roles)
 
         t = threading.Thread(target=restart, daemon=True)
         t.start()
+        killer = threading.Thread(
+            target=_kill_loop, args=(pipeline, kill_cycles, kill_gap_s, running, finished, kills),
+            daemon=True,
+        )  # fmt: skip
+        killer.start()
         try:
             s = run_kafka(EXAMPLES / "iot.yaml", "telemetry", topic, bootstrap=broker.bootstrap,
-                          keyring=keyring, roles=roles, idle_s=90, max_poll_records=1000,
-                          consumer_options=FAST, progress=progress,
+                          keyring=keyring, roles=roles, name=pipeline, idle_s=90,
+                          max_poll_records=1000, consumer_options=FAST, progress=progress,
                           should_stop=lambda: done[0] >= n)  # fmt: skip
         finally:
             finished.set()
             t.join(30)
+            killer.join(30)
         assert len(log) == 2 * restarts, log
+        assert len(kills) == 4 * kill_cycles, kills
         for stopped, started in zip(log[::2], log[1::2], strict=True):
             assert stopped[0] == "stopped at" and started[:2] == ("started on", port), log
             assert started[2] < n, "the broker went away and came back mid-run"
@@ -409,3 +423,48 @@ def test_local_dp_records_carry_their_epsilon_and_budgets_hold(
         assert float(h["raymask.dp.delta"]) == pytest.approx(pol.fields["battery_pct"].delta)
         released[rec["device"]["id"]] += 1
     assert released and max(released.values()) <= pol.budget.epsilon // per_record
+
+
+def test_aggregates_beside_the_masking_equal_the_file_run_on_the_same_records(
+    kafka_broker, ray_session, keyring, tmp_path
+):
+    """The payments aggregates (windows, top-k, a continual count) in a Kafka run, noise off:
+    each partition keeps its own watermark, so no record is late and the releases equal those
+    of `raymask aggregate` over the same records as one file."""
+    from raymask.actors.accountant import Accountant
+    from raymask.cluster.aggregate import aggregate_file
+
+    topic = _topic("payagg")
+    data = generate_bytes("payments", 6000, seed=23)
+    parts = partition_by_key(data, "account.id", PARTS)
+
+    async def setup() -> None:
+        await create_topic(kafka_broker, topic, PARTS)
+        await produce(kafka_broker, topic, parts)
+
+    asyncio.run(setup())
+    db = str(tmp_path / "acc.sqlite")
+    Accountant(db).set_budget("stream:payments", {"epsilon": 1e6, "delta": 0.5})
+    out = tmp_path / "kafka.aggregates.ndjson"
+    s = run_kafka(EXAMPLES / "payments.yaml", "payments", topic, bootstrap=kafka_broker,
+                  keyring=keyring, idle_s=2, consumer_options=FAST, aggregates=out,
+                  accountant_db=db, aggregate_options={"noise": False})  # fmt: skip
+    assert s.records_in == 6000 and s.aggregates.records_in == 6000
+    ref = tmp_path / "file.aggregates.ndjson"
+    src = tmp_path / "in.ndjson"
+    src.write_bytes(data)
+    f = aggregate_file(load_policy(EXAMPLES / "payments.yaml"), "payments", src, ref,
+                       keyring=keyring, db=db, noise=False)  # fmt: skip
+    assert s.aggregates.dead_letters == f.dead_letters and f.dead_letters < 10
+
+    def rows(path) -> list[dict]:  # noqa: ANN001
+        key = lambda r: (r.get("aggregate") or r["continual"], r.get("window_start") or  # noqa: E731
+                         r["step_start"], r.get("group", ""))  # fmt: skip
+        return sorted((json.loads(x) for x in path.read_text().splitlines()), key=key)
+
+    got, want = rows(out), rows(ref)
+    assert len(got) == len(want) > 10
+    for g, w in zip(got, want, strict=True):  # sums may differ in the last bits (add order)
+        assert g.keys() == w.keys()
+        for k, v in w.items():
+            assert g[k] == (pytest.approx(v, rel=1e-12) if isinstance(v, float) else v), k

@@ -171,6 +171,25 @@ BAD = [
         GOOD + "    budget: {epsilon: 4}\n",
         "p.yaml:16: streams.payments.budget.key: required",
     ),
+    # aggregates: each metric's own parameter, and no other's
+    (
+        GOOD + "    aggregates:\n      a:\n        time: ts\n        window: {size: 1m}\n"
+        "        group_by: currency\n        metrics:\n          - {op: count, epsilon: 1}\n"
+        "          - {op: histogram, field: amount, lo: 0, hi: 9, epsilon: 1}\n",
+        "streams.payments.aggregates.a.metrics.1: histogram needs bins",
+    ),
+    (
+        GOOD + "    aggregates:\n      a:\n        time: ts\n        window: {size: 1m}\n"
+        "        group_by: currency\n        metrics:\n          - {op: count, epsilon: 1}\n"
+        "          - {op: quantiles, field: amount, lo: 0, hi: 9, quantiles: [0.5, 1], epsilon: 1}\n",
+        "streams.payments.aggregates.a.metrics.1: quantiles must lie strictly between 0 and 1",
+    ),
+    (
+        GOOD + "    aggregates:\n      a:\n        time: ts\n        window: {size: 1m}\n"
+        "        group_by: currency\n        metrics:\n          - {op: count, epsilon: 1}\n"
+        "          - {op: top_k, field: amount, k: 3, bins: 4, epsilon: 1}\n",
+        "streams.payments.aggregates.a.metrics.1: bins belongs to histogram, not top_k",
+    ),
     # key id with characters a key id cannot have
     (
         _sub("key: tok,", "key: 'tok/../x',"),

@@ -1,0 +1,222 @@
+"""A tamper-evident audit trail: append-only, hash-chained records with signed anchors.
+
+Each record is one JSON line: `seq` (0, 1, 2, ...), `ts`, `kind`, the caller's metadata fields,
+and `prev`, the SHA-256 of the previous line's bytes (64 zeros for the first). Every
+`anchor_every` records, and when the log is closed, an anchor record follows: it names the last
+`seq` it covers and carries an Ed25519 signature over (path name, seq, hash of the line before it),
+made with the keyring's `audit` key; the file is fsynced after each anchor.
+
+What `verify` finds (and names the first line where the evidence breaks):
+- an edited record: the next line's `prev` no longer matches it; if the editor recomputed every
+  hash after it (the chain alone has no key), the next anchor's signature fails, which places
+  the edit between that anchor and the one before;
+- a dropped, inserted or reordered record: `seq` out of order and the `prev` chain broken;
+- a forged anchor: its signature fails against the audit key's public half;
+- a truncated file: records after the last anchor are reported as not anchored, and a file that
+  ends without the closing anchor says so; a cut exactly at an anchor leaves a valid shorter log,
+  which only a copy of the anchors elsewhere (`anchor_sink`: e.g. a Kafka topic) can show.
+
+Only metadata goes in: the fields are names, counts, versions, reasons and token references;
+`append` refuses values that are not str, int, float, bool or None and keys outside [a-z0-9_.],
+and callers never pass record values (tests seed canaries to check).
+
+`AuditLog` is the plain logic; `AuditActor` (named `raymask-audit`, one per cluster) is the one
+writer every other actor sends to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from raymask.actors._lazy import LazyActor
+from raymask.errors import InputError
+
+__all__ = ["AuditLog", "Verdict", "verify", "read_records", "signing_key", "AuditActor"]
+
+GENESIS = "0" * 64
+_KEY = re.compile(r"[a-z0-9_.]{1,64}\Z")
+_RESERVED = {"seq", "ts", "kind", "prev", "sig", "upto"}
+
+
+def signing_key(material: bytes) -> Ed25519PrivateKey:
+    """The Ed25519 key of the keyring's `audit` key (its first 32 bytes are the seed)."""
+    if len(material) < 32:
+        raise InputError("the audit key needs at least 32 bytes")
+    return Ed25519PrivateKey.from_private_bytes(material[:32])
+
+
+def _line(rec: dict) -> bytes:
+    return json.dumps(rec, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _anchor_message(name: str, seq: int, head: str) -> bytes:
+    return f"raymask-audit-anchor/v1\n{name}\n{seq}\n{head}".encode()
+
+
+class AuditLog:
+    def __init__(
+        self, path: str | Path, key: Ed25519PrivateKey, *, anchor_every: int = 100,
+        clock: Callable[[], float] = time.time,
+        anchor_sink: Callable[[dict], None] | None = None,
+    ) -> None:  # fmt: skip
+        """Open (or continue) the log at `path`. An existing log is verified first and continued
+        from its last line; one that does not verify is refused (never appended to)."""
+        self.path = Path(path)
+        self.key = key
+        self.anchor_every = anchor_every
+        self.clock = clock
+        self.anchor_sink = anchor_sink
+        self.seq = 0
+        self.head = GENESIS
+        self.since_anchor = 0
+        if self.path.exists() and self.path.stat().st_size:
+            v = verify(self.path, key.public_key(), require_closed=False)
+            if not v.ok:
+                raise InputError(f"{self.path}: the audit log does not verify: {v.reason}")
+            self.seq, self.head, self.since_anchor = v.records, v.head, v.unanchored
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(self.path, "ab")  # noqa: SIM115
+
+    def append(self, kind: str, **fields: Any) -> int:
+        """Add one record; returns its seq."""
+        if not _KEY.match(kind):
+            raise ValueError("an audit kind is a short lower-case name")
+        for k, v in fields.items():
+            if not _KEY.match(k) or k in _RESERVED:
+                raise ValueError(f"audit field name {k!r} is not allowed")
+            if v is not None and not isinstance(v, (str, int, float, bool)):
+                raise ValueError(f"audit field {k}: only names, numbers and flags")
+        rec = {**fields, "seq": self.seq, "ts": round(self.clock(), 6), "kind": kind,
+               "prev": self.head}  # fmt: skip
+        self._write(rec)
+        self.since_anchor += 1
+        if self.since_anchor >= self.anchor_every:
+            self.anchor()
+        return rec["seq"]
+
+    def _write(self, rec: dict) -> None:
+        line = _line(rec)
+        self.f.write(line + b"\n")
+        self.head = hashlib.sha256(line).hexdigest()
+        self.seq += 1
+
+    def anchor(self) -> None:
+        """Sign the chain's head, write the anchor, fsync."""
+        upto = self.seq - 1
+        sig = self.key.sign(_anchor_message(self.path.name, upto, self.head)).hex()
+        rec = {"seq": self.seq, "ts": round(self.clock(), 6), "kind": "anchor", "upto": upto,
+               "prev": self.head, "sig": sig}  # fmt: skip
+        self._write(rec)
+        self.since_anchor = 0
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        if self.anchor_sink is not None:
+            self.anchor_sink(rec)
+
+    def close(self) -> None:
+        if self.f.closed:
+            return
+        if self.since_anchor:
+            self.anchor()
+        self.f.close()
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    records: int  # lines read that chain correctly
+    anchored: int  # lines covered by a valid anchor
+    head: str  # hash of the last good line
+    unanchored: int = 0  # good lines after the last anchor
+    bad_line: int | None = None  # 1-based line of the first problem
+    reason: str = ""
+
+
+def read_records(path: str | Path) -> Iterator[dict]:
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def verify(path: str | Path, public: Ed25519PublicKey, *, require_closed: bool = True) -> Verdict:
+    """Check the chain and the anchors of an audit log; the verdict names the first bad line."""
+    name = Path(path).name
+    head, seq, anchored, since = GENESIS, 0, 0, 0
+
+    def bad(line_no: int, why: str) -> Verdict:
+        return Verdict(False, seq, anchored, head, since, line_no, why)
+
+    try:
+        f = open(path, "rb")  # noqa: SIM115
+    except OSError as exc:
+        return Verdict(False, 0, 0, GENESIS, 0, None, f"cannot read ({exc.strerror})")
+    with f:
+        for i, raw in enumerate(f, start=1):
+            line = raw.rstrip(b"\n")
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                return bad(i, "not a JSON record (edited or cut)")
+            if not isinstance(rec, dict) or rec.get("seq") != seq:
+                return bad(i, f"expected record {seq} here (a record dropped, inserted or moved)")
+            if rec.get("prev") != head:
+                if i == 1:
+                    return bad(1, "edited (the first record does not start the chain)")
+                return bad(i - 1, f"edited (line {i} no longer chains to it)")
+            if _line(rec) != line:
+                return bad(i, "not in the canonical form the log writes (edited)")
+            if rec.get("kind") == "anchor":
+                try:
+                    public.verify(bytes.fromhex(rec["sig"]),
+                                  _anchor_message(name, rec["upto"], head))  # fmt: skip
+                except (InvalidSignature, ValueError, KeyError, TypeError):
+                    return bad(i, "the anchor's signature does not verify (forged or edited)")
+                if rec["upto"] != seq - 1:
+                    return bad(i, "the anchor covers the wrong records")
+                anchored, since = seq + 1, -1
+            head = hashlib.sha256(line).hexdigest()
+            seq += 1
+            since += 1
+    if require_closed and since:
+        return Verdict(False, seq, anchored, head, since, anchored + 1,
+                       f"{since} record(s) after the last anchor are not signed "
+                       "(the log was cut, or its writer died)")  # fmt: skip
+    return Verdict(True, seq, anchored, head, since)
+
+
+def _make_actor():
+    import ray
+
+    @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=1)
+    class AuditActor:
+        """The one audit writer of a cluster (named `raymask-audit`); reopens and continues the
+        log after a restart."""
+
+        def __init__(self, path: str, key_material: bytes, anchor_every: int = 100) -> None:
+            self.log = AuditLog(path, signing_key(key_material), anchor_every=anchor_every)
+
+        def append(self, kind: str, fields: dict) -> int:
+            return self.log.append(kind, **fields)
+
+        def anchor(self) -> None:
+            self.log.anchor()
+
+        def close(self) -> None:
+            self.log.close()
+
+    return AuditActor
+
+
+AuditActor = LazyActor(_make_actor)

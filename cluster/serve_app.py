@@ -1,0 +1,402 @@
+"""HTTP ingress on Ray Serve: `POST /v1/streams/{stream}/mask?view=ROLE` masks a body of records
+and answers in the same format with that view.
+
+Requests from many callers are batched (`@serve.batch`): the bodies of one stream and view are
+joined into one buffer, routed by key like a streaming chunk (`RouterCore`) and masked by the
+same key-sharded `MaskWorker` actors, then the masked records are cut back per request. So per-key
+order (within a request, and between requests in arrival order) and per-subject budgets hold as
+in the streaming core; with `pipeline=NAME` the app uses a running Kafka pipeline's workers
+themselves (`kworker:NAME:i`), so HTTP and Kafka share one ledger. Streams without per-subject
+state are masked in the replica itself (`MaskIngress._mask` says why).
+
+Bodies: NDJSON (`application/x-ndjson`), a JSON array (`application/json`: turned into lines and
+back by kernels/codecs/jsonarray.py). A record that cannot be masked is left out of the answer and
+listed in the `raymask-errors` header (`[{"index": i, "reason": ...}]`, index = the record's
+position in the body, reasons name fields, never values); `raymask-records` and
+`raymask-policy-version` say what came back. A body that cannot be read is a 400 with one line, an
+unknown stream or view a 404, a body over the limit a 413, another content type a 415; never a
+stack trace, never a data value.
+
+`MaskIngress` (the Serve deployment) is a thin shell over `IngressCore`, which holds the logic and
+takes its masking function as an argument, so unit tests drive it without Ray.
+"""
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from fastapi import Request as HttpRequest  # real annotations (no __future__): FastAPI reads them
+from fastapi import Response
+
+from raymask.errors import InputError
+from raymask.kernels.codecs.jsonarray import ArrayError, array_to_lines, join_lines
+from raymask.policy.compile import compile_stream
+from raymask.policy.schema import Policy
+
+__all__ = [
+    "Request", "Answer", "Masked", "IngressCore", "masked_from", "build_app", "app_builder",
+    "MAX_BODY_BYTES",
+]  # fmt: skip
+
+MAX_BODY_BYTES = 8 << 20
+MAX_ERRORS_LISTED = 100  # in the header; the count is always whole
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "text/plain")
+
+
+@dataclass
+class Request:
+    stream: str
+    view: str | None
+    lines: np.ndarray  # uint8 NDJSON, one record per line
+    records: int  # lines in it (a JSON array's elements; blank lines in NDJSON count too)
+    array: bool  # answer as a JSON array
+
+
+@dataclass
+class Answer:
+    status: int
+    body: bytes = b""
+    media_type: str = "application/x-ndjson"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Masked:
+    """One stream-and-view batch through the workers: masked records with their line in the
+    joined buffer, failed lines with the reason."""
+
+    records: pa.Array
+    lines: np.ndarray
+    dead_lines: np.ndarray
+    dead_reasons: list[str]
+    policy_version: int
+
+
+def masked_from(routed: Any, outputs: list) -> Masked:
+    """A routed buffer's view from its workers' outputs (MaskOutput, one per worker called)."""
+    from raymask.actors.worker import merge_outputs
+
+    recs, rows = merge_outputs(outputs)
+    dead_lines = [d.line for d in routed.dead]
+    reasons = [d.reason for d in routed.dead]
+    for o in outputs:
+        dead_lines += routed.lines[o.dead_rows].tolist()
+        reasons += list(o.dead_reasons)
+    version = outputs[0].policy_version if outputs else 0
+    return Masked(recs, routed.lines[rows], np.asarray(dead_lines, np.int64), reasons, version)
+
+
+def _error(status: int, message: str) -> Answer:
+    return Answer(status, json.dumps({"error": message}).encode(), "application/json")
+
+
+def media_kind(content_type: str | None) -> str | None:
+    """'ndjson', 'array' or None (not taken) from a Content-Type header."""
+    base = (content_type or "application/x-ndjson").split(";")[0].strip().lower()
+    if base in NDJSON_TYPES:
+        return "ndjson"
+    if base == "application/json":
+        return "array"
+    return None
+
+
+class IngressCore:
+    """The ingress logic: parse and check requests, batch them per stream and view, split the
+    answers. `mask(stream, view, data)` masks one NDJSON buffer (awaitable)."""
+
+    def __init__(
+        self, policy: Policy, mask: Callable[[str, str | None, np.ndarray], Awaitable[Masked]],
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:  # fmt: skip
+        self.policy = policy
+        self.mask = mask
+        self.max_body_bytes = max_body_bytes
+        self.plans = {}
+        for name, s in policy.streams.items():
+            if s.format == "ndjson":  # other formats over HTTP come with their codecs
+                self.plans[name] = compile_stream(policy, name)
+
+    def parse(
+        self, stream: str, view: str | None, body: bytes, content_type: str | None
+    ) -> Request | Answer:
+        """A checked request, or the error answer."""
+        plan = self.plans.get(stream)
+        if plan is None:
+            return _error(404, f"no stream {stream} here")
+        if view is not None and view not in plan.views:
+            return _error(404, f"stream {stream} has no view {view}")
+        if len(body) > self.max_body_bytes:
+            return _error(413, f"the body is over {self.max_body_bytes} bytes")
+        kind = media_kind(content_type)
+        if kind is None:
+            return _error(415, "send application/x-ndjson or application/json (an array)")
+        data = np.frombuffer(body, np.uint8)
+        if kind == "array":
+            try:
+                lines, n = array_to_lines(data)
+            except ArrayError as exc:
+                return _error(400, str(exc))
+        else:
+            lines = (
+                data if body.endswith(b"\n") or not body else np.frombuffer(body + b"\n", np.uint8)
+            )
+            n = int(np.count_nonzero(lines == 10))
+        return Request(stream, view, lines, n, kind == "array")
+
+    async def answer(self, requests: Sequence[Request]) -> list[Answer]:
+        """Mask a batch of requests: one call per stream and view, answers in request order."""
+        out: list[Answer | None] = [None] * len(requests)
+        groups: dict[tuple[str, str | None], list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((r.stream, r.view), []).append(i)
+        for (stream, view), idx in groups.items():
+            parts = [requests[i] for i in idx]
+            bounds = np.cumsum([0] + [p.records for p in parts])
+            data = np.concatenate([p.lines for p in parts]) if parts else np.zeros(0, np.uint8)
+            m = await self.mask(stream, view, data)
+            owner = np.searchsorted(bounds, m.lines, side="right") - 1
+            dead_owner = np.searchsorted(bounds, m.dead_lines, side="right") - 1
+            for k, (i, p) in enumerate(zip(idx, parts, strict=True)):
+                sel = np.flatnonzero(owner == k)
+                recs = m.records.take(pa.array(sel)) if len(sel) else m.records.slice(0, 0)
+                errs = [
+                    {"index": int(m.dead_lines[j] - bounds[k]), "reason": m.dead_reasons[j]}
+                    for j in np.flatnonzero(dead_owner == k)
+                ]
+                out[i] = _ok(recs, errs, p.array, m.policy_version)
+        return out  # type: ignore[return-value]
+
+
+def _ok(recs: pa.Array, errors: list[dict], array: bool, version: int) -> Answer:
+    if array:
+        body, media = join_lines(recs), "application/json"
+    else:  # one record per line, each ending in a newline
+        body = join_lines(recs, b"\n", b"", b"\n") if len(recs) else b""
+        media = "application/x-ndjson"
+    headers = {
+        "raymask-records": str(len(recs)),
+        "raymask-policy-version": str(version),
+        "raymask-error-count": str(len(errors)),
+    }
+    if errors:
+        errors.sort(key=lambda e: e["index"])
+        headers["raymask-errors"] = json.dumps(errors[:MAX_ERRORS_LISTED], ensure_ascii=True)
+    return Answer(200, body, media, headers)
+
+
+# ---------------------------------------------------------------------------- the Ray Serve shell
+
+
+def _workers(policy: Policy, stream: str, keyring: Any, app: str, n: int, pipeline: str | None,
+             ledger: str | None) -> list:  # fmt: skip
+    """The stream's key-sharded workers: a running Kafka pipeline's, or the app's own (shared by
+    every replica: found by name, created by the first)."""
+    import ray
+
+    from raymask.actors.worker import MaskWorker
+    from raymask.kernels.codecs.formats import format_for
+
+    if pipeline is not None:
+        found = []
+        while True:
+            try:
+                found.append(ray.get_actor(f"kworker:{pipeline}:{len(found)}", namespace="raymask"))
+            except ValueError:
+                break
+        if not found:
+            raise InputError(f"no running pipeline {pipeline} (no kworker:{pipeline}:0)")
+        return found
+    return [
+        MaskWorker.options(
+            name=f"sworker:{app}:{stream}:{i}", namespace="raymask", get_if_exists=True,
+            lifetime="detached",
+        ).remote(policy.model_dump(), stream, keyring, format_for("ndjson"), 0.0, ledger, i, n)
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.002):
+    from fastapi import FastAPI
+    from ray import serve
+
+    api = FastAPI(
+        title="raymask",
+        description="Mask records of machine-to-machine streams by policy, per role view.",
+        version="0.1.0",
+    )
+
+    @serve.deployment(
+        ray_actor_options={"num_cpus": 0.25},
+        max_ongoing_requests=64,
+        autoscaling_config={
+            "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8,
+            "metrics_interval_s": 2.0, "look_back_period_s": 4.0,
+            "upscale_delay_s": 2.0, "downscale_delay_s": 30.0,
+        },
+    )  # fmt: skip
+    @serve.ingress(api)
+    class MaskIngress:
+        def __init__(
+            self, policy: dict, keyring: Any, workers: int = 2, pipeline: str | None = None,
+            app: str = "raymask", state: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+            aggregates_file: str | None = None,
+        ) -> None:  # fmt: skip
+            from raymask.actors.router import RouterCore
+            from raymask.actors.worker import MaskCore
+            from raymask.cluster.pipeline import ledger_root
+            from raymask.kernels.codecs.formats import format_for
+
+            pol = Policy.model_validate(policy)
+            self.core = IngressCore(pol, self._mask, max_body_bytes)
+            self.aggregates_file = aggregates_file
+            self.routers: dict[str, Any] = {}
+            self.pools: dict[str, list] = {}
+            self.local: dict[str, Any] = {}
+            for stream, plan in self.core.plans.items():
+                if plan.budget is None and pipeline is None:
+                    # stateless masking: in this replica, no hop to a worker (see _mask)
+                    self.local[stream] = MaskCore(pol, stream, keyring, format_for("ndjson"))
+                    self.routers[stream] = RouterCore(plan, format_for("ndjson"), 1)
+                    continue
+                ledger = ledger_root(state, stream) if plan.budget is not None else None
+                pool = _workers(pol, stream, keyring, app, workers, pipeline, ledger)
+                self.pools[stream] = pool
+                self.routers[stream] = RouterCore(plan, format_for("ndjson"), len(pool))
+
+        async def _mask(self, stream: str, view: str | None, data: np.ndarray) -> Masked:
+            """A stream with per-subject budgets (or a pipeline to share) goes to the key-sharded
+            workers, which own the subjects' ledgers; any other stream is masked here, in the
+            replica: its masking has no per-key state, each caller gets its own records back in
+            order, and the hop to a worker (an object-store put and an actor call, 5-9 ms for a
+            small batch on this machine) would cost more than the masking. Serve's autoscaler
+            then scales the masking with the replicas."""
+            import asyncio
+
+            import ray
+
+            routed = self.routers[stream].route(data, 0)
+            role = view or "default"
+            if stream in self.local:
+                rows = routed.shards[0]
+                if rows is None:
+                    return masked_from(routed, [])
+                core = self.local[stream]
+                outs = await asyncio.to_thread(core.process_views, routed.batch, [role], rows)
+                return masked_from(routed, outs)
+            pool = self.pools[stream]
+            futs = []
+            if routed.records:
+                ref = ray.put(routed.batch) if routed.batch.nbytes > 100_000 else routed.batch
+                futs = [
+                    pool[w].process_views.remote(ref, [role], idx)
+                    for w, idx in enumerate(routed.shards)
+                    if idx is not None
+                ]
+            return masked_from(routed, [o[0] for o in await _gather(futs)])
+
+        @serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s)
+        async def _batched(self, requests: list[Request]) -> list[Answer]:
+            return await self.core.answer(requests)
+
+        @api.post("/v1/streams/{stream}/mask", summary="Mask a body of records for one view")
+        async def mask(
+            self, stream: str, request: HttpRequest, view: str | None = None
+        ) -> Response:
+            size = request.headers.get("content-length")
+            if size is not None and size.isdigit() and int(size) > self.core.max_body_bytes:
+                a = _error(413, f"the body is over {self.core.max_body_bytes} bytes")
+            else:
+                t0 = time.perf_counter()
+                body = await request.body()
+                parsed = self.core.parse(stream, view, body, request.headers.get("content-type"))
+                a = parsed if isinstance(parsed, Answer) else await self._batched(parsed)
+                ms = (time.perf_counter() - t0) * 1e3
+                a.headers = {**a.headers, "server-timing": f"mask;dur={ms:.2f}"}
+            return Response(a.body, a.status, a.headers, a.media_type)
+
+        @api.get("/v1/streams/{stream}/aggregates", summary="The latest DP releases")
+        async def aggregates(self, stream: str) -> Response:
+            if stream not in self.core.plans:
+                a = _error(404, f"no stream {stream} here")
+            elif self.aggregates_file is None:
+                a = _error(404, "this app was started without an aggregates file")
+            else:
+                a = Answer(200, json.dumps(latest_releases(self.aggregates_file)).encode(),
+                           "application/json")  # fmt: skip
+            return Response(a.body, a.status, a.headers, a.media_type)
+
+        @api.get("/healthz", summary="Liveness")
+        async def healthz(self) -> dict:
+            return {"status": "ok", "streams": sorted(self.core.plans)}
+
+    return MaskIngress
+
+
+async def _gather(futs: list) -> list:
+    import asyncio
+
+    return list(await asyncio.gather(*futs)) if futs else []
+
+
+def build_app(
+    policy: Policy, keyring: Any, *, workers: int = 2, pipeline: str | None = None,
+    app: str = "raymask", state: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+    aggregates_file: str | None = None,
+) -> Any:  # fmt: skip
+    """The Serve application (bind it with `serve.run(build_app(...))`). `aggregates_file`: the
+    releases a `raymask run --aggregates F` writes, served by GET .../aggregates."""
+    return _make_deployment().bind(
+        policy.model_dump(), keyring, workers, pipeline, app, state, max_body_bytes,
+        aggregates_file,
+    )  # fmt: skip
+
+
+def latest_releases(path: str, tail_bytes: int = 4 << 20) -> dict[str, list[dict]]:
+    """Per aggregate (or continual release), the rows of its newest window (or step) in an
+    aggregates file, read from its last `tail_bytes`."""
+    import os
+
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - tail_bytes))
+            chunk = f.read()
+    except OSError:
+        return {}
+    if size > tail_bytes:
+        chunk = chunk[chunk.find(b"\n") + 1 :]  # drop the partial first line
+    newest: dict[str, tuple[str, list[dict]]] = {}
+    for line in chunk.splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue  # a line being written
+        name = r.get("aggregate") or r.get("continual")
+        start = r.get("window_start") or r.get("step_start") or ""
+        if not name:
+            continue
+        have = newest.get(name)
+        if have is None or start > have[0]:
+            newest[name] = (start, [r])
+        elif start == have[0]:
+            have[1].append(r)
+    return {k: v for k, (_, v) in sorted(newest.items())}
+
+
+def app_builder(args: dict[str, str]) -> Any:
+    """For `serve run cluster/serve.yaml` (import path raymask.cluster.serve_app:app_builder):
+    args policy (a file), workers, pipeline, state; keys from RAYMASK_KEYRING / RAYMASK_KEY_*."""
+    from raymask.policy.keys import Keyring
+    from raymask.policy.loader import load_policy
+
+    if "policy" not in args:
+        raise InputError("the serve app needs args.policy (a policy file)")
+    return build_app(
+        load_policy(args["policy"]), Keyring.from_env(), workers=int(args.get("workers", 2)),
+        pipeline=args.get("pipeline"), app=args.get("app", "raymask"), state=args.get("state"),
+        aggregates_file=args.get("aggregates"),
+    )  # fmt: skip

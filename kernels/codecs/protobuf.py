@@ -55,6 +55,9 @@ __all__ = [
     "frame",
     "unframe",
     "message_class",
+    "load_descriptor_set",
+    "encode_values",
+    "EncodeError",
 ]
 
 E_FRAMING, E_WIRE, E_GROUP, E_TYPE, E_UTF8, E_DUP, E_TOO_BIG = 1, 2, 3, 4, 5, 6, 7

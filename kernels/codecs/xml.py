@@ -57,6 +57,8 @@ __all__ = [
     "extract_columns",
     "escape",
     "emit",
+    "tail",
+    "replay_document",
 ]
 
 E_SYNTAX, E_UTF8, E_DUP, E_UNCLOSED, E_DTD, E_ENTITY, E_TAG, E_DEPTH = 1, 2, 3, 4, 5, 6, 7, 8
@@ -463,12 +465,38 @@ def _name_ok(data, s, e):
     c = data[s]
     if not ((65 <= c <= 90) or (97 <= c <= 122) or c == 95 or c == 58 or c >= 128):
         return False
-    for q in range(s + 1, e):
+    q = s
+    while q < e:
         c = data[q]
-        if not ((65 <= c <= 90) or (97 <= c <= 122) or (48 <= c <= 57) or c == 95 or c == 58
-                or c == 45 or c == 46 or c >= 128):  # fmt: skip
+        if c >= 128:  # non-ASCII name characters: at least well-formed UTF-8
+            k = seq_len(data, q, e)
+            if k == 0:
+                return False
+            q += k
+            continue
+        if q > s and not ((65 <= c <= 90) or (97 <= c <= 122) or (48 <= c <= 57) or c == 95
+                          or c == 58 or c == 45 or c == 46):  # fmt: skip
             return False
+        q += 1
     return True
+
+
+@njit(cache=True)
+def _chars_ok(data, s, e):
+    """0 when data[s:e] is well-formed UTF-8 without the control characters XML forbids."""
+    q = s
+    while q < e:
+        c = data[q]
+        if c < 32 and c != 9 and c != 10 and c != 13:
+            return E_UTF8
+        if c >= 128:
+            k = seq_len(data, q, e)
+            if k == 0:
+                return E_UTF8
+            q += k
+        else:
+            q += 1
+    return 0
 
 
 @njit(cache=True)
@@ -542,17 +570,25 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves, l
             if p + 1 < e and data[p + 1] == 33:
                 if p + 3 < e and data[p + 2] == 45 and data[p + 3] == 45:
                     q = _find(data, p + 4, e, 45, 45, 62)
-                    if q < 0:
+                    if q < 0 or _find(data, p + 4, q, 45, 45, 0) >= 0:  # no "--" inside
                         code = E_SYNTAX
+                        break
+                    code = _chars_ok(data, p + 4, q)
+                    if code != 0:
                         break
                     if d > 0 and enode[d - 1] >= 0 and leaf[enode[d - 1]] >= 0:
                         vkind[r, leaf[enode[d - 1]]] = K_OBJECT  # mixed content in a field
                     p = q + 3
                     continue
-                if p + 8 < e and data[p + 2] == 91:  # <![CDATA[
+                if (p + 8 < e and data[p + 2] == 91 and data[p + 3] == 67 and data[p + 4] == 68
+                        and data[p + 5] == 65 and data[p + 6] == 84 and data[p + 7] == 65
+                        and data[p + 8] == 91):  # fmt: skip  # <![CDATA[
                     q = _find(data, p + 9, e, 93, 93, 62)
                     if q < 0:
                         code = E_SYNTAX
+                        break
+                    code = _chars_ok(data, p + 9, q)
+                    if code != 0:
                         break
                     p = q + 3
                     continue
@@ -562,6 +598,9 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves, l
                 q = _find(data, p + 2, e, 63, 62, 0)
                 if q < 0:
                     code = E_SYNTAX
+                    break
+                code = _chars_ok(data, p + 2, q)
+                if code != 0:
                     break
                 if d > 0 and enode[d - 1] >= 0 and leaf[enode[d - 1]] >= 0:
                     vkind[r, leaf[enode[d - 1]]] = K_OBJECT

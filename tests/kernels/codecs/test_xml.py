@@ -120,6 +120,10 @@ MALFORMED = [
     ("field twice", (b"<p:Cdtr>", b"<p:Cdtr><p:Nm>x</p:Nm>"), X.E_DUP),
     ("invalid UTF-8", (b"Jr", b"J\xff"), X.E_UTF8),
     ("control character", (b"Jr", b"J\x01"), X.E_UTF8),
+    ("invalid UTF-8 in a tag name", (b"<p:Cdtr>", b"<p:Cdtr><a\xff/>"), X.E_SYNTAX),
+    ("invalid UTF-8 in a comment", (b"<p:Cdtr>", b"<p:Cdtr><!-- \xff -->"), X.E_UTF8),
+    ("-- inside a comment", (b"<p:Cdtr>", b"<p:Cdtr><!-- a -- b -->"), X.E_SYNTAX),
+    ("not CDATA", (b"Jr", b"<![CDATX[x]]>"), X.E_DTD),
 ]
 
 

@@ -298,11 +298,30 @@ def _checked(
     """Policy compiled for `stream`, and a keyring holding every key it and the dead letters need."""
     pol, source_name = _load(policy)
     plan = compile_stream(pol, stream, source_name)
+    if not isinstance(policy, Policy):
+        plan = _relative_to(plan, Path(policy).parent)
     ring = keyring if keyring is not None else Keyring.from_env()
     ring.require(plan.key_ids())
     plan.check_keys(ring)
     ring.get(dead_letter_key)
     return pol, plan, ring
+
+
+def _relative_to(plan: StreamPlan, folder: Path) -> StreamPlan:
+    """The plan with the files its format options name (a protobuf `descriptor_set`, `proto`,
+    `include`) taken relative to the policy file's folder when they are relative paths."""
+    import dataclasses
+
+    o = plan.format_options
+    if plan.format != "protobuf" or not o:
+        return plan
+
+    def fix(p: str | None) -> str | None:
+        return p if p is None or Path(p).is_absolute() else str(folder / p)
+
+    opts = {**o, "descriptor_set": fix(o.get("descriptor_set")), "proto": fix(o.get("proto")),
+            "include": [fix(i) for i in o.get("include") or []]}  # fmt: skip
+    return dataclasses.replace(plan, format_options=opts)
 
 
 def _load(policy: str | Path | Policy) -> tuple[Policy, str]:

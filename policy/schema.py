@@ -565,11 +565,13 @@ class ProtobufOptions(BaseModel):
     )
     descriptor_set: str | None = Field(
         None,
-        description="A FileDescriptorSet file (protoc --include_imports --descriptor_set_out).",
+        description="A FileDescriptorSet file (protoc --include_imports --descriptor_set_out); "
+        "a relative path is relative to the policy file.",
     )
     proto: str | None = Field(
         None,
-        description="A .proto file, compiled when the policy is loaded (grpcio-tools' protoc).",
+        description="A .proto file, compiled when the job starts (grpcio-tools' protoc); a "
+        "relative path is relative to the policy file.",
     )
     include: list[str] = Field(default_factory=list, description="Import folders for `proto`.")
 

@@ -357,3 +357,19 @@ def test_xml_dead_letters_replay_through_a_fixed_policy(tmp_path, keyring):
     b = etree.fromstring((tmp_path / "again.xml").read_bytes()).findall("Reading")
     assert [x.findtext("message") for x in a] == [y.findtext("message") for y in b]
     assert all(y.findtext("owner/phone") in ("[REDACTED]", None) for y in b)
+
+
+@pytest.mark.parametrize(("profile", "stream", "fmt"), [("iot", "telemetry_xml", "xml"),
+                                                        ("payments", "payments_pb", "protobuf")])  # fmt: skip
+@pytest.mark.parametrize("role", [None, "ops", "fraud"])
+def test_the_example_formats_policy_runs_from_any_folder(
+    tmp_path, monkeypatch, keyring, profile, stream, fmt, role
+):
+    from tests.conftest import EXAMPLES
+
+    monkeypatch.chdir(tmp_path)  # the proto path is relative to the policy file, not the cwd
+    src = tmp_path / f"in.{fmt}"
+    src.write_bytes(generate_bytes(profile, 500, seed=3, fmt=fmt))
+    s = mask_file(EXAMPLES / "formats.yaml", stream, src, tmp_path / f"out.{fmt}", role=role,
+                  keyring=keyring, local=True)  # fmt: skip
+    assert s.records_in == 500 and s.balanced and s.dead_letters == 0

@@ -312,9 +312,12 @@ class Accountant:
         *,
         clock: Callable[[], float] = time.time,
         ttl_s: float = 60.0,
+        audit: Callable[..., None] | None = None,
     ) -> None:
         """`db`: a SQLite file, or a PostgreSQL URL (postgresql://...) so that an accountant
-        restarted on another node finds its ledger."""
+        restarted on another node finds its ledger. `audit(kind, **fields)` also receives every
+        audit row (the tamper-evident trail, raymask.actors.audit)."""
+        self.audit_hook = audit
         self.db = os.fspath(db)
         self.clock = clock
         self.ttl_s = ttl_s
@@ -552,6 +555,12 @@ class Accountant:
             (self.clock(), event, grant_id, scope, m.key() if m is not None else None, eps, delta,
              caller, version, reason),
         )  # fmt: skip
+        if self.audit_hook is not None:
+            self.audit_hook(
+                f"budget_{event}", grant=grant_id, scope=scope,
+                mechanism=m.key() if m is not None else None, epsilon=eps, delta=delta,
+                caller=caller, policy_version=version, reason=reason,
+            )  # fmt: skip
 
 
 def _standalone(m: Mechanism) -> tuple[float | None, float | None]:

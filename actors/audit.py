@@ -26,6 +26,7 @@ writer every other actor sends to.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -42,7 +43,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from raymask.actors._lazy import LazyActor
 from raymask.errors import InputError
 
-__all__ = ["AuditLog", "Verdict", "verify", "read_records", "signing_key", "AuditActor"]
+__all__ = [
+    "AuditLog", "Auditor", "Verdict", "verify", "read_records", "signing_key", "AuditActor",
+]  # fmt: skip
 
 GENESIS = "0" * 64
 _KEY = re.compile(r"[a-z0-9_.]{1,64}\Z")
@@ -88,6 +91,20 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.f = open(self.path, "ab")  # noqa: SIM115
 
+    def _refresh(self) -> None:
+        """Under the file lock: take seq and head from the file's last line, which another
+        process may have written since (several writers on one machine share a log this way;
+        on a cluster, the AuditActor is the one writer)."""
+        size = self.f.seek(0, os.SEEK_END)
+        if size == 0:
+            self.seq, self.head = 0, GENESIS
+            return
+        with open(self.path, "rb") as r:
+            r.seek(max(0, size - 65536))
+            last = r.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        rec = json.loads(last)
+        self.seq, self.head = rec["seq"] + 1, hashlib.sha256(last).hexdigest()
+
     def append(self, kind: str, **fields: Any) -> int:
         """Add one record; returns its seq."""
         if not _KEY.match(kind):
@@ -97,12 +114,18 @@ class AuditLog:
                 raise ValueError(f"audit field name {k!r} is not allowed")
             if v is not None and not isinstance(v, (str, int, float, bool)):
                 raise ValueError(f"audit field {k}: only names, numbers and flags")
-        rec = {**fields, "seq": self.seq, "ts": round(self.clock(), 6), "kind": kind,
-               "prev": self.head}  # fmt: skip
-        self._write(rec)
-        self.since_anchor += 1
-        if self.since_anchor >= self.anchor_every:
-            self.anchor()
+        fcntl.flock(self.f.fileno(), fcntl.LOCK_EX)
+        try:
+            self._refresh()
+            rec = {**fields, "seq": self.seq, "ts": round(self.clock(), 6), "kind": kind,
+                   "prev": self.head}  # fmt: skip
+            self._write(rec)
+            self.f.flush()
+            self.since_anchor += 1
+            if self.since_anchor >= self.anchor_every:
+                self._anchor()
+        finally:
+            fcntl.flock(self.f.fileno(), fcntl.LOCK_UN)
         return rec["seq"]
 
     def _write(self, rec: dict) -> None:
@@ -113,6 +136,14 @@ class AuditLog:
 
     def anchor(self) -> None:
         """Sign the chain's head, write the anchor, fsync."""
+        fcntl.flock(self.f.fileno(), fcntl.LOCK_EX)
+        try:
+            self._refresh()
+            self._anchor()
+        finally:
+            fcntl.flock(self.f.fileno(), fcntl.LOCK_UN)
+
+    def _anchor(self) -> None:
         upto = self.seq - 1
         sig = self.key.sign(_anchor_message(self.path.name, upto, self.head)).hex()
         rec = {"seq": self.seq, "ts": round(self.clock(), 6), "kind": "anchor", "upto": upto,
@@ -194,6 +225,37 @@ def verify(path: str | Path, public: Ed25519PublicKey, *, require_closed: bool =
                        f"{since} record(s) after the last anchor are not signed "
                        "(the log was cut, or its writer died)")  # fmt: skip
     return Verdict(True, seq, anchored, head, since)
+
+
+class Auditor:
+    """What components call: `emit(kind, **fields)`. Off (nothing written) unless a log is
+    configured: `RAYMASK_AUDIT=FILE` (key `audit` from the keyring, or `RAYMASK_AUDIT_KEY_ID`)."""
+
+    def __init__(self, log: AuditLog | None = None) -> None:
+        self.log = log
+
+    @classmethod
+    def from_env(cls, keyring: Any = None) -> Auditor:
+        path = os.environ.get("RAYMASK_AUDIT")
+        if not path:
+            return cls(None)
+        from raymask.policy.keys import Keyring
+
+        ring = keyring if keyring is not None else Keyring.from_env()
+        key = ring.get(os.environ.get("RAYMASK_AUDIT_KEY_ID", "audit"))
+        return cls(AuditLog(path, signing_key(key.material)))
+
+    @property
+    def on(self) -> bool:
+        return self.log is not None
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        if self.log is not None:
+            self.log.append(kind, **fields)
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
 
 
 def _make_actor():

@@ -13,6 +13,7 @@ finds it from another process.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from raymask.errors import PolicyError
@@ -193,7 +194,21 @@ def push_policy(
     else:
         source = str(policy)
         data = load_policy(policy).model_dump(mode="json")
-    return _call(pipeline, address, "push", data, source, by)
+    from raymask.actors.audit import Auditor
+
+    auditor = Auditor.from_env()  # RAYMASK_AUDIT=FILE: who pushed what, and what was refused
+    try:
+        version = _call(pipeline, address, "push", data, source, by)
+    except PolicyError as exc:
+        auditor.emit("policy_refused", pipeline=pipeline, source=Path(source).name, caller=by,
+                     problems=len(exc.problems))  # fmt: skip
+        raise
+    else:
+        auditor.emit("policy_push", pipeline=pipeline, source=Path(source).name, caller=by,
+                     policy_version=version)  # fmt: skip
+    finally:
+        auditor.close()
+    return version
 
 
 def scale_pipeline(pipeline: str, workers: int, *, address: str | None = None) -> int:

@@ -129,7 +129,12 @@ class AggregateRunner:
         if unknown:
             raise InputError(f"stream {stream} has no aggregate {unknown[0]!r}")
         self.key = s.key
-        self.acc = Accountant(db or default_db())
+        from raymask.actors.audit import Auditor
+
+        self.auditor = Auditor.from_env(keyring)  # RAYMASK_AUDIT=FILE turns it on
+        self.acc = Accountant(
+            db or default_db(), audit=self.auditor.emit if self.auditor.on else None
+        )
         self.aggs: dict[str, tuple[Any, Any]] = {}  # name -> (spec, its aggregator)
         rng = rng or SecureRandom(personalization=b"raymask aggregates")
         for name in chosen:
@@ -196,6 +201,7 @@ class AggregateRunner:
             self.out.close()
             self.writer.close()
             self.acc.close()
+            self.auditor.close()
         self.summary.seconds = self._t
         return self.summary
 

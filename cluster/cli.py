@@ -41,6 +41,8 @@ audit_app = typer.Typer(
     help="Verify and read the tamper-evident audit trail.", no_args_is_help=True
 )
 app.add_typer(audit_app, name="audit")
+access_app = typer.Typer(help="API keys of HTTP callers, and their roles.", no_args_is_help=True)
+app.add_typer(access_app, name="access")
 
 err = Console(stderr=True, highlight=False)
 _state = {"debug": False}
@@ -632,6 +634,14 @@ def serve(
         str | None,
         typer.Option("--aggregates", help="Serve the latest releases of this aggregates file."),
     ] = None,
+    access_keys: Annotated[
+        Path | None, typer.Option("--api-keys", help="Access file of API keys (raymask access).")
+    ] = None,
+    jwt_key: Annotated[
+        list[Path] | None, typer.Option("--jwt-key", help="PEM public key for callers' JWTs.")
+    ] = None,
+    jwt_issuer: Annotated[str | None, typer.Option("--jwt-issuer")] = None,
+    jwt_audience: Annotated[str | None, typer.Option("--jwt-audience")] = None,
 ) -> None:
     """Serve POST /v1/streams/{stream}/mask?view=ROLE over HTTP on Ray Serve (NDJSON or a JSON
     array in, the same out), until Ctrl-C."""
@@ -651,8 +661,17 @@ def serve(
     previous = signal.signal(signal.SIGINT, lambda *_: stop.__setitem__(0, True))
     try:
         ray_serve.start(http_options={"host": host, "port": port})
+        access: dict = {}
+        if access_keys is not None:
+            access["api_keys"] = str(access_keys)
+        if jwt_key:
+            access["jwt"] = {"keys": [p.read_text() for p in jwt_key], "issuer": jwt_issuer,
+                             "audience": jwt_audience}  # fmt: skip
+        if not access:
+            err.print("no --api-keys or --jwt-key: every caller reads every view")
         ray_serve.run(build_app(pol, ring, workers=workers, pipeline=pipeline,
-                                state=str(state) if state else None, aggregates_file=aggregates),
+                                state=str(state) if state else None, aggregates_file=aggregates,
+                                access=access or None),
                       name="raymask", route_prefix="/")  # fmt: skip
         err.print(f"serving on http://{host}:{port}/v1/streams/{{stream}}/mask (Ctrl-C to stop)")
         t0 = time.monotonic()
@@ -704,6 +723,51 @@ def aggregate(
         err.print(f"  {count:>8,}  {reason}", markup=False)
     if s.refused:
         err.print("some windows were refused by the accountant (see raymask budget show)")
+
+
+@access_app.command("add")
+def access_add(
+    file: Annotated[Path, typer.Argument(help="The access file (created if missing).")],
+    name: Annotated[str, typer.Option("--name", help="Who the key is for.")],
+    roles: Annotated[str, typer.Option("--roles", help="Comma-separated roles (view names).")],
+) -> None:
+    """Make an API key; it is printed once and stored only as a hash."""
+    from raymask.policy.access import AccessFile
+
+    f = AccessFile.load(file)
+    key = f.add(name, [r.strip() for r in roles.split(",") if r.strip()])
+    f.save()
+    err.print(f"key {key.split('_')[1]} for {name}; keep it now, it is not stored:")
+    print(key)
+
+
+@access_app.command("revoke")
+def access_revoke(
+    file: Annotated[Path, typer.Argument(help="The access file.")],
+    key_id: Annotated[str, typer.Option("--id", help="The key's id (the part after rmk_).")],
+) -> None:
+    """Revoke a key (a running server stops taking it at its next request)."""
+    from raymask.policy.access import AccessFile
+
+    f = AccessFile.load(file)
+    f.revoke(key_id)
+    f.save()
+    print(f"key {key_id} revoked")
+
+
+@access_app.command("list")
+def access_list(file: Annotated[Path, typer.Argument(help="The access file.")]) -> None:
+    """Keys, callers, roles and state (never a secret)."""
+    from raymask.policy.access import AccessFile
+
+    table = Table(title=str(file))
+    for col in ("id", "name", "roles", "created (UTC)", "state"):
+        table.add_column(col)
+    for k in AccessFile.load(file).keys:
+        created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(k["created"]))
+        table.add_row(k["id"], k["name"], ",".join(k["roles"]), created,
+                      "revoked" if k.get("revoked") else "active")  # fmt: skip
+    Console(width=120).print(table)
 
 
 @audit_app.command("verify")
@@ -974,21 +1038,33 @@ def reveal(
         int | None, typer.Option("--key-version", help="Older fpe key version.")
     ] = None,
     keys: KeysOpt = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why (goes into the audit trail).")
+    ] = None,
 ) -> None:
     """Decrypt fpe and encrypt outputs (tokens are one-way and cannot be revealed)."""
+    import getpass
+
+    from raymask.actors.audit import Auditor
     from raymask.cluster.reveal import reveal_values
 
     vals = values if values else [line.rstrip("\n") for line in sys.stdin]
+    ring = _keyring(keys)
     res = reveal_values(
         policy,
         stream,
         field,
         vals,
-        keyring=_keyring(keys),
+        keyring=ring,
         role=role,
         tweak=tweak,
         key_version=key_version,
     )
+    auditor = Auditor.from_env(ring)  # RAYMASK_AUDIT=FILE: who revealed what, and why
+    auditor.emit("reveal", caller=getpass.getuser(), stream=stream, field=field, role=role,
+                 values=len(vals), failed=sum(e is not None for e in res.errors),
+                 reason=reason or "(none given)")  # fmt: skip
+    auditor.close()
     failed = 0
     for i, (v, e) in enumerate(zip(res.values, res.errors, strict=True), start=1):
         if e is None:

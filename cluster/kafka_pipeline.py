@@ -312,6 +312,12 @@ def run_kafka(
     lock = ledger_lock(ledger) if ledger is not None else None
     runner = None
     ok = False
+    from raymask.actors.audit import Auditor
+
+    auditor = Auditor.from_env(ring)  # RAYMASK_AUDIT=FILE turns it on
+    auditor.emit("run_start", stream=stream, topic=input_topic, views=",".join(views),
+                 policy_version=plan.version)  # fmt: skip
+    dead_seen = 0
     try:
         if lock is not None:
             lock.__enter__()  # one run at a time writes a stream's budgets
@@ -409,6 +415,11 @@ def run_kafka(
             idle_since, down_since = time.monotonic(), None
             _round(polled, router, pool, srcs, sink, dsink, views, stream, dl_key, summary, metrics,
                    broker_timeout_s=broker_timeout_s, pending=pending)  # fmt: skip
+            dead_now = sum(summary.dead.values())
+            if dead_now != dead_seen:
+                auditor.emit("dead_letters", stream=stream, count=dead_now - dead_seen,
+                             topic=input_topic, round=summary.rounds)  # fmt: skip
+                dead_seen = dead_now
             if runner is not None:
                 for _, ch in polled:
                     if len(ch):
@@ -438,6 +449,9 @@ def run_kafka(
             broker.stop()
         if lock is not None:
             lock.__exit__()
+        auditor.emit("run_end", stream=stream, completed=ok, records_in=summary.records_in,
+                     dead_letters=sum(summary.dead.values()))  # fmt: skip
+        auditor.close()
     if not summary.balanced:
         raise PipelineError(
             f"records in ({summary.records_in}) != written + skipped + dead for a view "

@@ -193,6 +193,7 @@ def run_pipeline(
     resize: Callable[[int, int], list[Any]] | None = None,
     share: Callable[[pa.RecordBatch], Any] | None = None,
     tap: Callable[[Any], None] | None = None,
+    audit: Callable[..., None] | None = None,
 ) -> RunSummary:
     """Stream `source` through `workers`; `submit(worker, chunk, rows, role)` starts one worker's
     share of a chunk, `fetch` waits for a chunk's results. `share(batch)` turns a routed chunk into
@@ -212,6 +213,9 @@ def run_pipeline(
     Resizing: when the desired size differs from the pool's, the driver finishes the chunks in
     flight, `resize(n, version)` gives the new pool (new workers on the driver's version), and routing continues by jump hash over n workers,
     which moves the fewest keys. Output is written in input order, so per-key order holds.
+
+    `audit(kind, **fields)` records each policy version applied and each chunk's dead-letter
+    count (raymask.actors.audit; counts and versions only).
     """
     tune_malloc()
     router = RouterCore(plan, source.format, len(workers))
@@ -245,6 +249,9 @@ def run_pipeline(
             out.flush()
         summary.stage_seconds["write"] += time.perf_counter() - tw
         dead_writer.write(dead)
+        if audit is not None and dead:
+            audit("dead_letters", stream=plan.stream, count=len(dead), policy_version=v,
+                  first_line=int(dead[0].line))  # fmt: skip
         summary.records_in += routed.records
         summary.records_out += len(records)
         summary.dead_letters += len(dead)
@@ -270,6 +277,9 @@ def run_pipeline(
             new_plan, hand_over = switch(latest)
             fetch([hand_over(w) for w in workers])
             router = RouterCore(new_plan, source.format, len(workers))
+            if audit is not None:
+                audit("policy_applied", stream=plan.stream, policy_version=latest,
+                      previous=version, at_record=summary.records_in)  # fmt: skip
             version = latest
         if tap is not None:  # e.g. the stream's DP aggregates, on the same chunks
             tap(chunk)
@@ -548,6 +558,12 @@ def _run_locked(
     started = False
     runner = tap = None
     ok = False
+    from raymask.actors.audit import Auditor
+
+    auditor = Auditor.from_env(ring)  # RAYMASK_AUDIT=FILE turns it on
+    emit = auditor.emit if auditor.on else None
+    auditor.emit("run_start", stream=stream, view=view.role, policy_version=plan.version,
+                 source=Path(str(src.path)).name)  # fmt: skip
     try:
         if aggregates is not None:
             from raymask.cluster.aggregate import AggregateRunner
@@ -577,7 +593,7 @@ def _run_locked(
 
             run_pipeline(
                 plan, src, cores, lambda w, b, i, r: w.process(b, r, i), lambda fs: list(fs), out_f, writer,
-                role, summary, progress=progress, poll=poll, switch=switch, tap=tap,
+                role, summary, progress=progress, poll=poll, switch=switch, tap=tap, audit=emit,
             )  # fmt: skip
         else:
             import ray
@@ -660,7 +676,7 @@ def _run_locked(
                     role, summary, progress=progress,
                     poll=lambda: tuple(ray.get(ctl.state.remote())), switch=switch_ray,
                     metrics=PipelineMetrics(stream), recover=recover,
-                    resize=resize, share=ray.put, tap=tap,
+                    resize=resize, share=ray.put, tap=tap, audit=emit,
                 )  # fmt: skip
             except ray.exceptions.RayActorError:
                 raise PipelineError("a mask worker died; see the Ray logs") from None
@@ -681,5 +697,8 @@ def _run_locked(
             import ray
 
             ray.shutdown()
+        auditor.emit("run_end", stream=stream, completed=ok, records_in=summary.records_in,
+                     records_out=summary.records_out, dead_letters=summary.dead_letters)  # fmt: skip
+        auditor.close()
     summary.dead_letter_file = dl_path if summary.dead_letters else None
     return summary

@@ -23,7 +23,7 @@ takes its masking function as an argument, so unit tests drive it without Ray.
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +32,9 @@ import pyarrow as pa
 from fastapi import Request as HttpRequest  # real annotations (no __future__): FastAPI reads them
 from fastapi import Response
 
-from raymask.errors import InputError
+from raymask.errors import InputError, RaymaskError
 from raymask.kernels.codecs.jsonarray import ArrayError, array_to_lines, join_lines
+from raymask.policy.access import Authenticator, Denied, allowed_view
 from raymask.policy.compile import compile_stream
 from raymask.policy.schema import Policy
 
@@ -104,21 +105,112 @@ def media_kind(content_type: str | None) -> str | None:
     return None
 
 
+class RateLimiter:
+    """Per-caller token buckets of `per_minute` tokens, refilled continuously (per replica)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.buckets: dict[str, tuple[float, float]] = {}  # caller -> (tokens, at)
+
+    def take(self, caller: str, n: int, per_minute: int) -> bool:
+        now = self.clock()
+        tokens, at = self.buckets.get(caller, (float(per_minute), now))
+        tokens = min(float(per_minute), tokens + (now - at) * per_minute / 60.0)
+        if n > tokens:
+            self.buckets[caller] = (tokens, now)
+            return False
+        self.buckets[caller] = (tokens - n, now)
+        return True
+
+
 class IngressCore:
     """The ingress logic: parse and check requests, batch them per stream and view, split the
     answers. `mask(stream, view, data)` masks one NDJSON buffer (awaitable)."""
 
     def __init__(
         self, policy: Policy, mask: Callable[[str, str | None, np.ndarray], Awaitable[Masked]],
-        max_body_bytes: int = MAX_BODY_BYTES,
+        max_body_bytes: int = MAX_BODY_BYTES, auth: Authenticator | None = None,
+        audit: Callable[..., None] | None = None,
     ) -> None:  # fmt: skip
+        """`auth`: who may call (None: anyone, every view); `audit(kind, **fields)`: where
+        access denials go."""
         self.policy = policy
         self.mask = mask
         self.max_body_bytes = max_body_bytes
+        self.auth = auth if auth is not None and auth.on else None
+        self.audit = audit
+        self.limiter = RateLimiter()
         self.plans = {}
         for name, s in policy.streams.items():
             if s.format == "ndjson":  # other formats over HTTP come with their codecs
                 self.plans[name] = compile_stream(policy, name)
+
+    def authorize(
+        self, headers: Mapping[str, str], stream: str, view: str | None
+    ) -> str | None | Answer:
+        """The view the caller reads (None: no access control here), or the 401/403 answer
+        (a stream the caller may not see and a stream that does not exist get the same 403)."""
+        if self.auth is None:
+            return view
+        name = "unknown"
+        try:
+            caller = self.auth.identify(headers)
+            name = caller.name
+            plan = self.plans.get(stream)
+            return allowed_view(caller, stream, list(plan.views) if plan else None, view)
+        except Denied as exc:
+            if self.audit is not None:
+                self.audit("access_denied", caller=name, stream=stream, view=view or "default",
+                           status=exc.status)  # fmt: skip
+            return _error(exc.status, str(exc))
+
+    def reveal(self, headers: Mapping[str, str], stream: str, view: str | None, body: bytes,
+               keyring: Any) -> Answer:  # fmt: skip
+        """Clear values of an fpe or encrypt field, for a caller whose roles include one of the
+        stream's `reveal.roles` and the view that wrote the values; a JSON body {"field",
+        "values", "reason", optional "tweak", optional "record_keys" (the records' key tokens,
+        for the audit)}. Rate-limited per caller; every reveal (and refusal) is audited with
+        caller, reason, stream, field, count and key tokens, never a value."""
+        from raymask.cluster.reveal import reveal_values
+
+        if self.auth is None:
+            return _error(403, "reveal needs access control (start with --api-keys or --jwt-key)")
+        v = self.authorize(headers, stream, view)
+        if isinstance(v, Answer):
+            return v
+        caller = self.auth.identify(headers)
+        rule = self.policy.streams[stream].reveal
+        if rule is None or not caller.roles & set(rule.roles):
+            if self.audit is not None:
+                self.audit("reveal_denied", caller=caller.name, stream=stream, status=403)
+            return _error(403, f"not allowed: reveal on stream {stream}")
+        try:
+            req = json.loads(body)
+            field_, values = req["field"], req["values"]
+            reason = req["reason"]
+            if not (isinstance(field_, str) and isinstance(values, list) and isinstance(reason, str)
+                    and reason.strip()):  # fmt: skip
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return _error(400, 'send {"field": PATH, "values": [...], "reason": WHY}')
+        if not self.limiter.take(caller.name, len(values), rule.per_minute):
+            if self.audit is not None:
+                self.audit("reveal_limited", caller=caller.name, stream=stream, field=field_,
+                           values=len(values))  # fmt: skip
+            return _error(429, f"over {rule.per_minute} values a minute: try again later")
+        try:
+            res = reveal_values(self.policy, stream, field_, values, keyring=keyring, role=v,
+                                tweak=req.get("tweak"))  # fmt: skip
+        except RaymaskError as exc:
+            return _error(400, str(exc))
+        keys = req.get("record_keys") or []
+        if self.audit is not None:
+            self.audit("reveal", caller=caller.name, stream=stream, view=v, field=field_,
+                       values=len(values), failed=sum(e is not None for e in res.errors),
+                       reason=reason[:200],
+                       record_keys=",".join(str(k) for k in keys[:50]) or None)  # fmt: skip
+        return Answer(200, json.dumps({"values": res.values, "errors": res.errors}).encode(),
+                      "application/json")  # fmt: skip
 
     def parse(
         self, stream: str, view: str | None, body: bytes, content_type: str | None
@@ -243,16 +335,22 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
         def __init__(
             self, policy: dict, keyring: Any, workers: int = 2, pipeline: str | None = None,
             app: str = "raymask", state: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-            aggregates_file: str | None = None,
+            aggregates_file: str | None = None, access: dict | None = None,
         ) -> None:  # fmt: skip
+            from raymask.actors.audit import Auditor
             from raymask.actors.router import RouterCore
             from raymask.actors.worker import MaskCore
             from raymask.cluster.pipeline import ledger_root
             from raymask.kernels.codecs.formats import format_for
 
             pol = Policy.model_validate(policy)
-            self.core = IngressCore(pol, self._mask, max_body_bytes)
+            self.auditor = Auditor.from_env(keyring)  # RAYMASK_AUDIT=FILE: access denials
+            self.core = IngressCore(
+                pol, self._mask, max_body_bytes, authenticator(access),
+                self.auditor.emit if self.auditor.on else None,
+            )  # fmt: skip
             self.aggregates_file = aggregates_file
+            self.keyring = keyring
             self.routers: dict[str, Any] = {}
             self.pools: dict[str, list] = {}
             self.local: dict[str, Any] = {}
@@ -309,18 +407,34 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
             size = request.headers.get("content-length")
             if size is not None and size.isdigit() and int(size) > self.core.max_body_bytes:
                 a = _error(413, f"the body is over {self.core.max_body_bytes} bytes")
+            elif isinstance(v := self.core.authorize(request.headers, stream, view), Answer):
+                a = v
             else:
                 t0 = time.perf_counter()
                 body = await request.body()
-                parsed = self.core.parse(stream, view, body, request.headers.get("content-type"))
+                parsed = self.core.parse(stream, v, body, request.headers.get("content-type"))
                 a = parsed if isinstance(parsed, Answer) else await self._batched(parsed)
                 ms = (time.perf_counter() - t0) * 1e3
                 a.headers = {**a.headers, "server-timing": f"mask;dur={ms:.2f}"}
             return Response(a.body, a.status, a.headers, a.media_type)
 
+        @api.post("/v1/streams/{stream}/reveal", summary="Clear values of fpe/encrypt fields")
+        async def reveal(
+            self, stream: str, request: HttpRequest, view: str | None = None
+        ) -> Response:
+            body = await request.body()
+            if len(body) > self.core.max_body_bytes:
+                a = _error(413, f"the body is over {self.core.max_body_bytes} bytes")
+            else:
+                a = self.core.reveal(request.headers, stream, view, body, self.keyring)
+            return Response(a.body, a.status, a.headers, a.media_type)
+
         @api.get("/v1/streams/{stream}/aggregates", summary="The latest DP releases")
-        async def aggregates(self, stream: str) -> Response:
-            if stream not in self.core.plans:
+        async def aggregates(self, stream: str, request: HttpRequest) -> Response:
+            v = self.core.authorize(request.headers, stream, request.query_params.get("view"))
+            if isinstance(v, Answer):
+                a = v
+            elif stream not in self.core.plans:
                 a = _error(404, f"no stream {stream} here")
             elif self.aggregates_file is None:
                 a = _error(404, "this app was started without an aggregates file")
@@ -345,14 +459,34 @@ async def _gather(futs: list) -> list:
 def build_app(
     policy: Policy, keyring: Any, *, workers: int = 2, pipeline: str | None = None,
     app: str = "raymask", state: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-    aggregates_file: str | None = None,
+    aggregates_file: str | None = None, access: dict | None = None,
 ) -> Any:  # fmt: skip
     """The Serve application (bind it with `serve.run(build_app(...))`). `aggregates_file`: the
-    releases a `raymask run --aggregates F` writes, served by GET .../aggregates."""
+    releases a `raymask run --aggregates F` writes, served by GET .../aggregates. `access`:
+    {"api_keys": FILE, "jwt": {"keys": [PEM or secret], "issuer", "audience", "algorithms",
+    "roles_claim"}}; without it every caller reads every view."""
     return _make_deployment().bind(
         policy.model_dump(), keyring, workers, pipeline, app, state, max_body_bytes,
-        aggregates_file,
+        aggregates_file, access,
     )  # fmt: skip
+
+
+def authenticator(access: dict | None) -> Authenticator | None:
+    """The Authenticator an `access` dict describes (see build_app)."""
+    from raymask.policy.access import AccessFile, JwtVerifier
+
+    if not access:
+        return None
+    api = AccessFile.load(access["api_keys"]) if access.get("api_keys") else None
+    jwt_cfg = access.get("jwt")
+    verifier = None
+    if jwt_cfg:
+        verifier = JwtVerifier(
+            keys=jwt_cfg["keys"], algorithms=tuple(jwt_cfg.get("algorithms", ("RS256", "ES256",
+            "EdDSA"))), issuer=jwt_cfg.get("issuer"), audience=jwt_cfg.get("audience"),
+            roles_claim=jwt_cfg.get("roles_claim", "roles"),
+        )  # fmt: skip
+    return Authenticator(api, verifier)
 
 
 def latest_releases(path: str, tail_bytes: int = 4 << 20) -> dict[str, list[dict]]:

@@ -526,6 +526,15 @@ class Continual(BaseModel):
         return self
 
 
+class RevealRule(BaseModel):
+    """Who may ask for clear values over HTTP (`POST .../reveal`), and how often."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    roles: list[Name] = Field(min_length=1, description="Roles allowed to reveal.")
+    per_minute: int = Field(60, ge=1, le=100_000, description="Values per caller per minute.")
+
+
 _XML_STEP = r"(?:[A-Za-z_][\w.\-]*:)?[A-Za-z_][\w.\-]*"
 
 
@@ -609,6 +618,9 @@ class Stream(BaseModel):
     )
     continual: dict[Name, Continual] = Field(
         default_factory=dict, description="Running DP counts and sums (raymask aggregate)."
+    )
+    reveal: RevealRule | None = Field(
+        None, description="Who may reveal fpe and encrypt fields over HTTP (none: nobody)."
     )
 
     @model_validator(mode="after")

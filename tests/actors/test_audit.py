@@ -141,3 +141,61 @@ def test_cli_verifies_and_shows(tmp_path):
     _write(p, [lines[1], lines[0], lines[2]])
     r = CliRunner().invoke(app, ["audit", "verify", str(p), "--keys", str(keys)])
     assert r.exit_code == 1 and "NOT OK at line 1" in r.output
+
+
+WRITER = """
+import sys
+from raymask.actors.audit import AuditLog, signing_key
+log = AuditLog(sys.argv[1], signing_key(b"a" * 32), anchor_every=50)
+for i in range(200):
+    log.append("dead_letters", stream="s", count=i, writer=sys.argv[2])
+log.close()
+"""
+
+
+def test_two_processes_append_to_one_log_and_it_still_verifies(tmp_path):
+    import subprocess
+    import sys
+
+    p = tmp_path / "audit.log"
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(p), w]) for w in ("a", "b")]
+    assert [q.wait(120) for q in procs] == [0, 0]
+    v = verify(p, PUB)
+    recs = [r for r in read_records(p) if r["kind"] != "anchor"]
+    assert v.ok, v
+    assert sorted((r["writer"], r["count"]) for r in recs) == sorted(
+        (w, i) for w in "ab" for i in range(200)
+    )
+
+
+def test_a_run_leaves_a_verifiable_trail_of_counts_and_grants_never_values(
+    tmp_path, monkeypatch, keyring
+):
+    """RAYMASK_AUDIT on: a file run with aggregates writes run_start, a dead_letters count for
+    the chunk with the bad record, the budget's reserve and commit rows, and run_end; the trail
+    verifies and holds no record value (canaries seeded in the input)."""
+    from raymask.actors.accountant import Accountant
+    from raymask.cluster.pipeline import prepare, run_job
+    from raymask.loadtest.traffic import generate_bytes
+    from raymask.policy.keys import Key
+    from tests.cluster.test_aggregate_file import _policy
+
+    keyring.add(Key("audit", 1, b"a" * 32))
+    monkeypatch.setenv("RAYMASK_AUDIT", str(tmp_path / "audit.log"))
+    data = generate_bytes("payments", 3000, seed=6).replace(b"acc-00000007", b"acc-canary-77")
+    data += b'{"account": {"id": "acc-canary-88"}, "amount": canary}\n'
+    src = tmp_path / "in.ndjson"
+    src.write_bytes(data)
+    db = str(tmp_path / "acc.sqlite")
+    Accountant(db).set_budget("stream:payments", {"epsilon": 100.0, "delta": 1e-3})
+    job = prepare(_policy(1, 5), "payments", src, keyring=keyring, dead_letter_key="deadletter")
+    s = run_job(job, tmp_path / "out.ndjson", local=True, aggregates=tmp_path / "agg.ndjson",
+                accountant_db=db)  # fmt: skip
+    assert s.dead_letters == 1
+    v = verify(tmp_path / "audit.log", PUB)
+    assert v.ok, v
+    kinds = [r["kind"] for r in read_records(tmp_path / "audit.log")]
+    assert kinds[0] == "run_start" and "run_end" in kinds and "dead_letters" in kinds
+    assert kinds.count("budget_reserve") == kinds.count("budget_commit") >= 1
+    text = (tmp_path / "audit.log").read_text()
+    assert "canary" not in text and "acc-" not in text

@@ -76,8 +76,13 @@ def test_every_view_gets_its_topic_exactly_as_the_reference_per_partition(
 
 
 def test_bad_messages_go_to_the_views_dead_letter_topics_sealed_and_counted(
-    kafka_broker, ray_session, keyring
+    kafka_broker, ray_session, keyring, tmp_path, monkeypatch
 ):
+    from raymask.actors.audit import read_records, signing_key, verify
+    from raymask.policy.keys import Key
+
+    keyring.add(Key("audit", 1, b"a" * 32))
+    monkeypatch.setenv("RAYMASK_AUDIT", str(tmp_path / "audit.log"))
     topic = _topic("payments")
     values = generate_bytes("payments", 300, seed=5).splitlines()
     values[10] = values[10][:30]  # truncated JSON: the router finds no key
@@ -113,6 +118,11 @@ def test_bad_messages_go_to_the_views_dead_letter_topics_sealed_and_counted(
         reasons = {e["line"]: e["reason"] for e in entries}
         assert reasons[20].startswith("invalid JSON at column")
     assert s.dead["support"] >= 4
+    # the audit trail: the dead letters counted (every view's), verifiable, no value in it
+    assert verify(tmp_path / "audit.log", signing_key(b"a" * 32).public_key()).ok
+    recs = list(read_records(tmp_path / "audit.log"))
+    assert sum(r["count"] for r in recs if r["kind"] == "dead_letters") == sum(s.dead.values())
+    assert json.loads(values[30])["customer"]["email"] not in (tmp_path / "audit.log").read_text()
 
 
 def test_a_second_run_over_the_same_input_writes_nothing_twice(kafka_broker, ray_session, keyring):

@@ -255,3 +255,120 @@ def test_a_stream_with_budgets_goes_to_the_key_sharded_workers_whose_ledger_span
                     ray.kill(ray.get_actor(f"sworker:t-iot:{stream}:{i}", namespace="raymask"))
                 except ValueError:
                     pass
+
+
+def test_authorize_answers_401_and_403_and_audits_the_denials(keyring, tmp_path):
+    from raymask.policy.access import AccessFile, Authenticator
+
+    f = AccessFile.load(tmp_path / "access.json")
+    ops = f.add("olga", ["ops"])
+    denials = []
+    core = _local_core(keyring)
+    core.auth = Authenticator(f)
+    core.audit = lambda kind, **kw: denials.append((kind, kw))
+    assert core.authorize({"x-api-key": ops}, "payments", "ops") == "ops"
+    assert core.authorize({}, "payments", "ops").status == 401
+    a = core.authorize({"x-api-key": ops}, "payments", "support")
+    b = core.authorize({"x-api-key": ops}, "no-such-stream", "support")
+    assert a.status == b.status == 403
+    assert json.loads(b.body)["error"] == "not allowed: stream no-such-stream, view support"
+    assert [k for k, _ in denials] == ["access_denied"] * 3
+    assert denials[0][1] == {
+        "caller": "unknown",
+        "stream": "payments",
+        "view": "ops",
+        "status": 401,
+    }
+    assert denials[1][1]["caller"] == "olga" and ops not in json.dumps(denials)
+
+
+@pytest.mark.integration
+def test_serve_with_api_keys_enforces_roles(served, tmp_path):
+    import requests
+    from ray import serve
+
+    from raymask.cluster.serve_app import build_app
+    from raymask.policy.access import AccessFile
+
+    url, ring = served
+    f = AccessFile.load(tmp_path / "access.json")
+    ops = f.add("olga", ["ops"])
+    f.save()
+    serve.run(build_app(POLICY, ring, app="t-auth", access={"api_keys": str(f.path)}),
+              name="t-auth", route_prefix="/auth")  # fmt: skip
+    try:
+        body = generate_bytes("payments", 3, seed=1)
+        post = lambda q, h: requests.post(f"{url}/auth/v1/streams/{q}", data=body, headers=h,  # noqa: E731
+                                          timeout=30)  # fmt: skip
+        assert post("payments/mask?view=ops", {}).status_code == 401
+        assert post("payments/mask?view=support", {"x-api-key": ops}).status_code == 403
+        assert post("nope/mask?view=ops", {"x-api-key": ops}).status_code == 403
+        r = post("payments/mask?view=ops", {"x-api-key": ops})
+        assert r.status_code == 200 and r.headers["raymask-records"] == "3"
+        f.revoke(ops.split("_")[1])
+        f.save()
+        import os
+        import time
+
+        os.utime(f.path, (time.time() + 5, time.time() + 5))
+        assert post("payments/mask?view=ops", {"x-api-key": ops}).status_code == 401
+    finally:
+        serve.delete("t-auth")
+
+
+def test_cli_access_add_list_revoke(tmp_path):
+    from typer.testing import CliRunner
+
+    from raymask.cluster.cli import app
+    from raymask.policy.access import AccessFile
+
+    p = tmp_path / "access.json"
+    r = CliRunner().invoke(
+        app, ["access", "add", str(p), "--name", "alice", "--roles", "ops,support"]
+    )
+    assert r.exit_code == 0, r.output
+    key = r.stdout.strip().splitlines()[-1]
+    assert AccessFile.load(p).check(key).name == "alice"
+    r = CliRunner().invoke(app, ["access", "list", str(p)])
+    assert "alice" in r.output and "active" in r.output and key.split("_")[2] not in r.output
+    r = CliRunner().invoke(app, ["access", "revoke", str(p), "--id", key.split("_")[1]])
+    assert r.exit_code == 0 and AccessFile.load(p).check(key) is None
+
+
+def test_reveal_needs_the_role_a_reason_and_the_rate_and_is_audited(keyring, tmp_path):
+    from raymask.policy.access import AccessFile, Authenticator
+
+    f = AccessFile.load(tmp_path / "access.json")
+    lead = f.add("lena", ["fraud", "fraud-lead"])
+    analyst = f.add("anna", ["fraud"])
+    events = []
+    core = _local_core(keyring)
+    core.auth = Authenticator(f)
+    core.audit = lambda kind, **kw: events.append((kind, kw))
+    from raymask.cluster.serve_app import RateLimiter
+
+    core.limiter = RateLimiter(clock=lambda: 0.0)  # time stands still: no refill
+    data = generate_bytes("payments", 5, seed=3)
+    req = core.parse("payments", "fraud", data, None)
+    (ans,) = asyncio.run(core.answer([req]))
+    masked = [json.loads(x) for x in ans.body.splitlines()]
+    clear = [json.loads(x)["card"]["number"] for x in data.splitlines()]
+    body = json.dumps({"field": "card.number", "values": [m["card"]["number"] for m in masked],
+                       "reason": "chargeback 42",
+                       "record_keys": [m["account"]["id"] for m in masked]}).encode()  # fmt: skip
+    r = core.reveal({"x-api-key": lead}, "payments", "fraud", body, keyring)
+    assert r.status == 200 and json.loads(r.body)["values"] == clear
+    kind, rec = events[-1]
+    assert kind == "reveal" and rec["caller"] == "lena" and rec["reason"] == "chargeback 42"
+    assert rec["record_keys"].startswith("acc_") and not any(c in json.dumps(events) for c in clear)
+    assert core.reveal({"x-api-key": analyst}, "payments", "fraud", body, keyring).status == 403
+    assert events[-1][0] == "reveal_denied"
+    no_reason = json.dumps({"field": "card.number", "values": ["1"], "reason": " "}).encode()
+    assert core.reveal({"x-api-key": lead}, "payments", "fraud", no_reason, keyring).status == 400
+    assert core.reveal({}, "payments", "fraud", body, keyring).status == 401
+    # 60 values a minute: 5 went, 11 more times 5 is 60 > 55 left -> the 12th call is refused
+    codes = [core.reveal({"x-api-key": lead}, "payments", "fraud", body, keyring).status
+             for _ in range(11)]  # fmt: skip
+    assert codes == [200] * 11
+    assert core.reveal({"x-api-key": lead}, "payments", "fraud", body, keyring).status == 429
+    assert events[-1][0] == "reveal_limited"

@@ -38,6 +38,7 @@ bench: $(STAMP)
 	@mkdir -p $(RAY_TMPDIR)
 	$(BIN)/python -m raymask.loadtest.bench --ray
 	$(BIN)/python -m raymask.loadtest.bench --kernels 1000000
+	$(BIN)/python -m raymask.loadtest.format_bench --records 200000
 	$(BIN)/python -m raymask.loadtest.bench --pipeline 300000
 	$(BIN)/python -m raymask.loadtest.bench --kafka 200000 --repeat 2
 

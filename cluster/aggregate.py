@@ -225,7 +225,9 @@ def aggregate_file(
     s = policy.streams.get(stream)
     if s is None:
         raise InputError(f"no stream {stream!r} in the policy")
-    src = FileSource(str(input), s.format, delimiter=s.delimiter, chunk_bytes=chunk_bytes)
+    opts = getattr(s, s.format, None)  # the xml: / protobuf: options
+    src = FileSource(str(input), s.format, delimiter=s.delimiter, chunk_bytes=chunk_bytes,
+                     options=opts.model_dump() if opts is not None else None)  # fmt: skip
     try:
         runner = AggregateRunner(
             policy, stream, output, keyring=keyring, header_line=src.header_line, names=names,

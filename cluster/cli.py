@@ -230,16 +230,22 @@ def generate(
     profile: Annotated[str, typer.Option("--profile", "-p", help="payments | iot | logs")],
     n: Annotated[int, typer.Option("-n", help="Number of records.", min=0)] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same bytes.")] = 0,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="ndjson | csv")] = "ndjson",
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="ndjson | csv | xml | protobuf (delimited)")
+    ] = "ndjson",
     output: Annotated[str, typer.Option("-o", "--output", help="File, or - for stdout.")] = "-",
 ) -> None:
-    """Generate realistic M2M traffic with PII."""
-    from raymask.loadtest.traffic import PROFILES, generate_bytes
+    """Generate realistic M2M traffic with PII.
+
+    XML: one document whose records are at Payments/Payment, Telemetry/Reading or Log/Entry.
+    Protobuf: length-delimited messages of raymask/loadtest/traffic.proto (Payment, Reading,
+    LogEntry in package raymask.traffic)."""
+    from raymask.loadtest.traffic import FORMATS, PROFILES, generate_bytes
 
     if profile not in PROFILES:
         raise InputError(f"unknown profile '{profile}' (profiles: {', '.join(PROFILES)})")
-    if fmt not in ("ndjson", "csv"):
-        raise InputError(f"unknown format '{fmt}' (formats: ndjson, csv)")
+    if fmt not in FORMATS:
+        raise InputError(f"unknown format '{fmt}' (formats: {', '.join(FORMATS)})")
     data = generate_bytes(profile, n, seed, fmt)
     if output == "-":
         sys.stdout.buffer.write(data)

@@ -43,7 +43,7 @@ from raymask.actors.sinks.kafka import DEFAULT_TOPIC_TEMPLATE
 from raymask.actors.sources.kafka import PartitionChunk
 from raymask.actors.worker import MaskOutput, merge_outputs
 from raymask.cluster.pipeline import _checked, ledger_root, resend_backoff
-from raymask.errors import BrokerUnreachable, InputError, PipelineError
+from raymask.errors import BrokerUnreachable, InputError, PipelineError, PolicyError
 from raymask.kernels.codecs.formats import format_for
 from raymask.memory import tune_malloc
 from raymask.policy.keys import Keyring
@@ -265,8 +265,10 @@ def run_kafka(
     `aggregate_options` go to the AggregateRunner (tests only: {"noise": False}).
     """
     pol, plan, ring = _checked(policy, stream, keyring, dead_letter_key)
-    if plan.format != "ndjson":
-        raise InputError(f"stream {stream}: the Kafka path takes ndjson records, not {plan.format}")
+    if plan.format not in ("ndjson", "protobuf"):
+        raise InputError(
+            f"stream {stream}: the Kafka path takes ndjson records or protobuf messages, not {plan.format}"
+        )
     if workers < 1 or sources < 1:
         raise InputError("workers and sources must be >= 1")
     if broker_timeout_s <= 0:
@@ -294,7 +296,16 @@ def run_kafka(
     tune_malloc()
     ledger = ledger_root(state, stream) if plan.budget is not None else None
     pipeline = name or stream
-    fmt = format_for(plan.format)
+    framing = "varint" if plan.format == "protobuf" else "lines"  # one message per value
+    if plan.format == "protobuf":
+        from raymask.actors.sources.files import protobuf_format
+
+        fmt = protobuf_format(input_topic, plan.format_options)
+        problems = fmt.check(plan)
+        if problems:
+            raise PolicyError(problems)
+    else:
+        fmt = format_for(plan.format)
     group = group_id or f"raymask-{pipeline}"
     summary = KafkaRunSummary(stream, input_topic, bootstrap, views, workers, sources)
     dl_key = ring.get(dead_letter_key)
@@ -329,12 +340,13 @@ def run_kafka(
                 client_options={**(client_options or {}), **(consumer_options or {})},
                 call_timeout_s=call_s,
                 carry_headers=carry_headers,
+                framing=framing,
             )  # fmt: skip
             for i in range(sources)
         ]
         sink = KafkaSinkActor.options(name=f"ksink:{pipeline}", **opts).remote(
             bootstrap, topic_template=topic_template, client_options=client_options,
-            idempotent=idempotent, call_timeout_s=call_s,
+            idempotent=idempotent, call_timeout_s=call_s, framing=framing,
         )  # fmt: skip
         dsink = KafkaSinkActor.options(name=f"kdead:{pipeline}", **opts).remote(
             bootstrap, topic_template=dead_letter_template,

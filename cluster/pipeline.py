@@ -29,7 +29,7 @@ from raymask.actors.router import DeadLetter, Routed, RouterCore
 from raymask.actors.sinks.deadletters import DEFAULT_KEY_ID, DeadLetterWriter
 from raymask.actors.sources.files import FileSource
 from raymask.actors.worker import MaskCore, MaskOutput, merge_outputs
-from raymask.errors import InputError, PipelineError
+from raymask.errors import InputError, PipelineError, PolicyError
 from raymask.memory import tune_malloc
 from raymask.policy.compile import StreamPlan, compile_stream
 from raymask.policy.keys import Keyring
@@ -130,7 +130,10 @@ def _collect(
     outputs: Sequence[MaskOutput],
     summary: RunSummary,
     version: int,
-) -> tuple[pa.Array, list[DeadLetter]]:
+    fmt: Any = None,
+) -> tuple[pa.Array, list[DeadLetter], pa.Array]:
+    """(masked records, dead letters, what to write: the records, and for XML the tails of the
+    dead records in their places)."""
     dead = list(routed.dead)
     for o in outputs:
         for r, reason, fld in zip(o.dead_rows, o.dead_reasons, o.dead_fields, strict=True):
@@ -152,8 +155,25 @@ def _collect(
             raise PipelineError(
                 f"a worker masked a batch with policy version {o.policy_version}, not {version}"
             )
-    records, _ = merge_outputs(list(outputs))
-    return records, sorted(dead, key=lambda d: d.line)
+    records, rows = merge_outputs(list(outputs))
+    written = records
+    if fmt is not None and fmt.keeps_tails and len(rows) < routed.records:
+        written = _with_tails(fmt, routed, data, records, rows)
+    return records, sorted(dead, key=lambda d: d.line), written
+
+
+def _with_tails(
+    fmt: Any, routed: Routed, data: np.ndarray, records: pa.Array, rows: np.ndarray
+) -> pa.Array:
+    """The emitted records with, in the places of the dead ones, what of them stays in the
+    output (XML: the markup after the record element, so the document stays whole)."""
+    dead_rows = np.setdiff1d(np.arange(routed.records, dtype=np.int64), rows)
+    tails = [
+        fmt.tail(bytes(data[int(routed.starts[r]) : int(routed.ends[r])])) for r in dead_rows
+    ]  # error path only: one call per dead record
+    both = pa.concat_arrays([records.cast(pa.large_binary()), pa.array(tails, pa.large_binary())])
+    order = np.argsort(np.concatenate([rows, dead_rows]), kind="stable")
+    return both.take(pa.array(order))
 
 
 def _write_records(out: IO[bytes], records: pa.Array) -> None:
@@ -245,7 +265,7 @@ def run_pipeline(
         routed, data, futures, v, started, nbytes, jobs = pending.popleft()
         outputs = recover(futures, jobs, v) if recover is not None else fetch(futures)
         before = dict(summary.changed)
-        records, dead = _collect(routed, data, outputs, summary, v)
+        records, dead, written = _collect(routed, data, outputs, summary, v, source.format)
         summary.versions[v] += len(records)
         for k, sec in routed.seconds.items():
             summary.stage_seconds[k] += sec
@@ -273,7 +293,7 @@ def run_pipeline(
                     detected.update(o.detected)
                 metrics.leak_events(events, detected)
         tw = time.perf_counter()
-        _write_records(out, records)
+        _write_records(out, written)
         if source.follow:
             out.flush()
         summary.stage_seconds["write"] += time.perf_counter() - tw
@@ -339,11 +359,30 @@ def _checked(
     """Policy compiled for `stream`, and a keyring holding every key it and the dead letters need."""
     pol, source_name = _load(policy)
     plan = compile_stream(pol, stream, source_name)
+    if not isinstance(policy, Policy):
+        plan = _relative_to(plan, Path(policy).parent)
     ring = keyring if keyring is not None else Keyring.from_env()
     ring.require(plan.key_ids())
     plan.check_keys(ring)
     ring.get(dead_letter_key)
     return pol, plan, ring
+
+
+def _relative_to(plan: StreamPlan, folder: Path) -> StreamPlan:
+    """The plan with the files its format options name (a protobuf `descriptor_set`, `proto`,
+    `include`) taken relative to the policy file's folder when they are relative paths."""
+    import dataclasses
+
+    o = plan.format_options
+    if plan.format != "protobuf" or not o:
+        return plan
+
+    def fix(p: str | None) -> str | None:
+        return p if p is None or Path(p).is_absolute() else str(folder / p)
+
+    opts = {**o, "descriptor_set": fix(o.get("descriptor_set")), "proto": fix(o.get("proto")),
+            "include": [fix(i) for i in o.get("include") or []]}  # fmt: skip
+    return dataclasses.replace(plan, format_options=opts)
 
 
 def _load(policy: str | Path | Policy) -> tuple[Policy, str]:
@@ -378,9 +417,20 @@ def prepare(
     With `follow`, the input is tailed like `tail -f` until `job.source.stop()`."""
     pol, plan, ring = _checked(policy, stream, keyring, dead_letter_key)
     src = FileSource(
-        str(input), plan.format, delimiter=plan.delimiter, chunk_bytes=chunk_bytes, follow=follow
-    )
+        str(input), plan.format, delimiter=plan.delimiter, chunk_bytes=chunk_bytes, follow=follow,
+        options=plan.format_options,
+    )  # fmt: skip
+    _check_format(src, plan)
     return Job(pol, plan, ring, src, dead_letter_key)
+
+
+def _check_format(src: FileSource, plan: StreamPlan) -> None:
+    """PolicyError for what the stream's format cannot do with this plan (XML and Protobuf
+    field paths, techniques that cannot write a protobuf number); the input is closed."""
+    problems = src.format.check(plan)
+    if problems:
+        src.close()
+        raise PolicyError(problems)
 
 
 def run_job(
@@ -481,10 +531,21 @@ def replay_dead_letters(
         if not names and entries:
             raise InputError(f"{file}: CSV entries carry no header; cannot replay")
         header = (names.pop() + "\n").encode() if names else b""
-    body = header + b"".join(d.raw.rstrip(b"\r\n") + b"\n" for d in entries)
+    if plan.format == "xml":  # the record elements inside the record path's ancestors
+        from raymask.kernels.codecs.xml import replay_document
+
+        o = plan.format_options
+        body = replay_document([d.raw for d in entries], o["record"], o.get("namespaces") or {})
+    elif plan.format == "protobuf":  # each entry is a whole length-delimited frame
+        body = b"".join(d.raw for d in entries)
+    else:
+        body = header + b"".join(d.raw.rstrip(b"\r\n") + b"\n" for d in entries)
     if plan.format == "csv" and not entries:
         return RunSummary(stream, plan.view(role).role, plan.version, workers, output=str(output))
-    src = FileSource.from_bytes(body, plan.format, delimiter=plan.delimiter, name=str(file))
+    src = FileSource.from_bytes(
+        body, plan.format, delimiter=plan.delimiter, name=str(file), options=plan.format_options
+    )
+    _check_format(src, plan)
     return _run(
         pol,
         plan,

@@ -16,12 +16,23 @@ No Python call per record: a million records take seconds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["PROFILES", "generate", "generate_bytes", "luhn_valid", "iban_valid"]
+__all__ = [
+    "PROFILES",
+    "FORMATS",
+    "XML_RECORDS",
+    "PROTO_MESSAGES",
+    "TRAFFIC_PROTO",
+    "generate",
+    "generate_bytes",
+    "luhn_valid",
+    "iban_valid",
+]
 
 PROFILES = ("payments", "iot", "logs")
 
@@ -410,11 +421,102 @@ def _csv(cols: list[_Col]) -> bytes:
     return sink.getvalue()
 
 
+# XML: root element and record element per profile (record path ROOT/RECORD); fields are nested
+# elements by their dotted path, except the attributes named here (on the record element)
+XML_RECORDS = {
+    "payments": ("Payments", "Payment"),
+    "iot": ("Telemetry", "Reading"),
+    "logs": ("Log", "Entry"),
+}
+_XML_ATTRS = {"iot": {"device.id": "deviceId"}}
+# Protobuf: the message of each profile in traffic.proto
+TRAFFIC_PROTO = Path(__file__).with_name("traffic.proto")
+PROTO_MESSAGES = {"payments": "raymask.traffic.Payment", "iot": "raymask.traffic.Reading", "logs": "raymask.traffic.LogEntry"}  # fmt: skip
+FORMATS = ("ndjson", "csv", "xml", "protobuf")
+
+
+def _xml_escape(values: pa.Array) -> pa.Array:
+    for a, b in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&quot;")):
+        values = pc.replace_substring(values, a, b)
+    return values
+
+
+def _xml(cols: list[_Col], profile: str) -> bytes:
+    root, rec = XML_RECORDS[profile]
+    attrs = _XML_ATTRS.get(profile, {})
+    if not len(cols[0].values):
+        return f'<?xml version="1.0" encoding="UTF-8"?>\n<{root}>\n</{root}>\n'.encode()
+    head: list[pa.Array | str] = [f"  <{rec}"]
+    for c in cols:
+        if c.path in attrs:
+            head += [f' {attrs[c.path]}="', pc.fill_null(_xml_escape(c.values), ""), '"']
+    pieces: list[pa.Array | str] = [*head, ">"]
+    open_path: list[str] = []
+    for c in cols:
+        if c.path in attrs:
+            continue
+        segs = c.path.split(".")
+        common = 0
+        while common < min(len(open_path), len(segs) - 1) and open_path[common] == segs[common]:
+            common += 1
+        pieces += [f"</{s}>" for s in reversed(open_path[common:])]
+        open_path = open_path[:common]
+        for seg in segs[common:-1]:
+            pieces.append(f"<{seg}>")
+            open_path.append(seg)
+        leaf = segs[-1]
+        text = _join(f"<{leaf}>", _xml_escape(c.values), f"</{leaf}>")
+        pieces.append(pc.fill_null(text, f"<{leaf}/>"))
+    pieces += [f"</{s}>" for s in reversed(open_path)] + [f"</{rec}>\n"]
+    body = _join(*pieces)
+    bufs = body.buffers()
+    offs = np.frombuffer(bufs[1], np.int32)[: len(body) + 1]
+    records = bytes(memoryview(bufs[2])[offs[0] : offs[-1]])
+    return (
+        (f'<?xml version="1.0" encoding="UTF-8"?>\n<{root}>\n').encode()
+        + records
+        + f"</{root}>\n".encode()
+    )
+
+
+def _protobuf(cols: list[_Col], profile: str) -> bytes:
+    from raymask.kernels.codecs.protobuf import compile_proto, frame, message_class
+
+    cls = message_class(compile_proto(TRAFFIC_PROTO), PROTO_MESSAGES[profile])
+    n = len(cols[0].values)
+    rows: list[dict] = [{} for _ in range(n)]
+    for c in cols:
+        segs = c.path.split(".")
+        fd = cls.DESCRIPTOR
+        for seg in segs[:-1]:
+            fd = fd.fields_by_name[seg].message_type
+        ftype = fd.fields_by_name[segs[-1]].cpp_type
+        vals = c.values
+        if ftype in (1, 2, 3, 4):  # int32, int64, uint32, uint64
+            vals = pc.cast(vals, pa.int64())
+        elif ftype in (5, 6):  # double, float
+            vals = pc.cast(vals, pa.float64())
+        for row, v in zip(rows, vals.to_pylist(), strict=True):
+            if v is None:
+                continue
+            d = row
+            for seg in segs[:-1]:
+                d = d.setdefault(seg, {})
+            d[segs[-1]] = v
+    return frame([cls(**r).SerializeToString() for r in rows])  # a generator, not the hot path
+
+
 def generate_bytes(profile: str, n: int, seed: int = 0, fmt: str = "ndjson") -> bytes:
-    """`n` records of `profile` as NDJSON or CSV bytes (the same seed gives the same bytes)."""
+    """`n` records of `profile` as NDJSON, CSV, XML (one document, records at
+    XML_RECORDS[profile]) or length-delimited Protobuf (PROTO_MESSAGES[profile] of
+    traffic.proto) bytes; the same seed gives the same bytes."""
     cols = generate(profile, n, seed)
     if fmt == "ndjson":
         return _ndjson(cols)
     if fmt == "csv":
         return _csv(cols)
-    raise ValueError(f"unknown format {fmt!r}; expected ndjson or csv")
+    if fmt == "xml":
+        return _xml(cols, profile)
+    if fmt == "protobuf":
+        return _protobuf(cols, profile)
+    raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")

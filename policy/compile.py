@@ -16,7 +16,7 @@ from raymask.policy.schema import Budget, Detect, LeakCheck, Policy, Stream
 
 __all__ = ["FieldOp", "ViewPlan", "StreamPlan", "compile_stream", "BUILT_FORMATS", "DEFAULT_ROLE"]
 
-BUILT_FORMATS = ("ndjson", "csv")
+BUILT_FORMATS = ("ndjson", "csv", "xml", "protobuf")
 DEFAULT_ROLE = "default"
 
 
@@ -56,6 +56,7 @@ class StreamPlan:
     route_index: int = 0
     unknown_detect: Detect | None = None  # unknown_fields: detect: what to find, how to replace
     leak_check: LeakCheck | None = None  # sampled scan of every output view
+    format_options: dict = field(default_factory=dict, repr=False)  # the stream's xml:/protobuf:
 
     @property
     def private(self) -> bool:
@@ -99,6 +100,11 @@ def compile_stream(policy: Policy, stream: str, source: str = "<policy>") -> Str
     if s.format not in BUILT_FORMATS:
         problems.append(
             f"{where}.format: {s.format} is not supported yet (supported: {', '.join(BUILT_FORMATS)})"
+        )
+    if s.format in ("xml", "protobuf") and s.unknown_fields in ("drop", "detect"):
+        problems.append(
+            f"{where}.unknown_fields: {s.unknown_fields} is not supported for {s.format} yet "
+            "(use keep)"
         )
     paths = list(s.fields)
     extra = [s.key] + [
@@ -160,4 +166,7 @@ def compile_stream(policy: Policy, stream: str, source: str = "<policy>") -> Str
             else None
         ),
         leak_check=s.leak_check,
+        format_options=opts.model_dump()
+        if (opts := getattr(s, s.format, None)) is not None
+        else {},
     )

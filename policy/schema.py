@@ -4,7 +4,7 @@
 version: 3                      # the policy's version; every output batch carries it
 streams:
   payments:                     # stream name
-    format: ndjson              # ndjson | csv (xml, protobuf: accepted, not built yet)
+    format: ndjson              # ndjson | csv | xml (with xml: options) | protobuf (with protobuf:)
     key: account.id             # sharding key, and the DP subject unless a field says otherwise
     unknown_fields: keep        # fields the policy does not name: keep | drop | detect
     fields:                     # the default view: the strictest, what an unnamed role sees
@@ -15,7 +15,9 @@ streams:
       ops:
         customer.email: keep
 ```
-A field is addressed by path: nested JSON keys joined by dots (`a.b.c`), or a CSV column name.
+A field is addressed by path: nested JSON keys joined by dots (`a.b.c`), a CSV column name,
+protobuf field names joined by dots (`customer.email`), or XML element steps joined by slashes
+relative to the record element, optionally ending in an attribute (`Cdtr/Nm`, `@deviceId`).
 Keys never appear here: `key:` names a key id in the keyring.
 """
 
@@ -57,6 +59,8 @@ __all__ = [
     "DetectPattern",
     "DETECT_TYPES",
     "LeakCheck",
+    "XmlOptions",
+    "ProtobufOptions",
 ]
 
 TECHNIQUES = (
@@ -653,6 +657,62 @@ class LeakCheck(BaseModel):
     )
 
 
+_XML_STEP = r"(?:[A-Za-z_][\w.\-]*:)?[A-Za-z_][\w.\-]*"
+
+
+class XmlOptions(BaseModel):
+    """Where the records of an XML stream are, and the namespaces their path names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    record: str = Field(
+        pattern=rf"^/?{_XML_STEP}(?:/{_XML_STEP})*$",
+        max_length=1024,
+        description="Path of the record elements from the root, e.g. "
+        "Document/CstmrCdtTrfInitn/PmtInf/CdtTrfTxInf (steps match by local name).",
+    )
+    namespaces: dict[Name, str] = Field(
+        default_factory=dict,
+        description="Prefix -> namespace URI for the prefixes the record path uses; the document "
+        "must declare each URI.",
+    )
+
+    @model_validator(mode="after")
+    def _prefixes_declared(self) -> XmlOptions:
+        for step in self.record.strip("/").split("/"):
+            if ":" in step and step.split(":", 1)[0] not in self.namespaces:
+                raise ValueError(f"record: prefix {step.split(':', 1)[0]} is not under namespaces")
+        return self
+
+
+class ProtobufOptions(BaseModel):
+    """The message type of a protobuf stream, from a compiled descriptor set or a .proto file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    message: str = Field(
+        pattern=r"^[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*$",
+        description="Full name of the record message type, e.g. raymask.traffic.Payment.",
+    )
+    descriptor_set: str | None = Field(
+        None,
+        description="A FileDescriptorSet file (protoc --include_imports --descriptor_set_out); "
+        "a relative path is relative to the policy file.",
+    )
+    proto: str | None = Field(
+        None,
+        description="A .proto file, compiled when the job starts (grpcio-tools' protoc); a "
+        "relative path is relative to the policy file.",
+    )
+    include: list[str] = Field(default_factory=list, description="Import folders for `proto`.")
+
+    @model_validator(mode="after")
+    def _one_schema(self) -> ProtobufOptions:
+        if (self.descriptor_set is None) == (self.proto is None):
+            raise ValueError("give exactly one of descriptor_set and proto")
+        return self
+
+
 class Stream(BaseModel):
     """One stream of records: its format, sharding key and per-field techniques."""
 
@@ -666,6 +726,8 @@ class Stream(BaseModel):
         "keep", description="What happens to fields the policy does not name."
     )
     delimiter: str = Field(",", min_length=1, max_length=1, description="CSV delimiter.")
+    xml: XmlOptions | None = Field(None, description="XML: the record path and namespaces.")
+    protobuf: ProtobufOptions | None = Field(None, description="Protobuf: the message type.")
     fields: dict[FieldPath, FieldSpec] = Field(description="The default (strictest) view.")
     views: dict[Name, dict[FieldPath, FieldSpec]] = Field(
         default_factory=dict, description="Per role: overrides of the default view."
@@ -698,6 +760,13 @@ class Stream(BaseModel):
             raise ValueError(f"{both[0]} is both an aggregate and a continual release")
         if self.unknown_detect is not None and self.unknown_fields != "detect":
             raise ValueError("unknown_detect is used only with unknown_fields: detect")
+        for fmt in ("xml", "protobuf"):
+            if self.format == fmt and getattr(self, fmt) is None:
+                raise ValueError(f"format {fmt} needs its {fmt}: options")
+            if self.format != fmt and getattr(self, fmt) is not None:
+                raise ValueError(f"{fmt}: options are for format {fmt} only")
+        if self.format == "xml":
+            return self._consistent_xml()
         paths = sorted(self.fields)
         for a, b in zip(paths, paths[1:], strict=False):
             if b.startswith(a + "."):
@@ -705,6 +774,30 @@ class Stream(BaseModel):
         for p in self.fields:
             if self.key.startswith(p + ".") or p.startswith(self.key + "."):
                 raise ValueError(f"key {self.key} overlaps field {p}")
+        for role, overrides in self.views.items():
+            for p in overrides:
+                if p not in self.fields:
+                    raise ValueError(
+                        f"view {role} names field {p}, which is not under fields; add it there first"
+                    )
+        return self
+
+    def _consistent_xml(self) -> Stream:
+        step = re.compile(rf"^{_XML_STEP}$")
+        every = [self.key, *self.fields]
+        for p in every:
+            parts = p.split("/")
+            ok = all(step.match(x) for x in parts[:-1]) and (
+                step.match(parts[-1]) or (parts[-1].startswith("@") and step.match(parts[-1][1:]))
+            )
+            if not ok:
+                raise ValueError(
+                    f"field {p}: an XML field is element steps joined by / and may end in @attribute"
+                )
+        for a in every:
+            for b in every:
+                if b != a and b.startswith(a + "/") and not b[len(a) + 1 :].startswith("@"):
+                    raise ValueError(f"fields {a} and {b} overlap: a field cannot contain another")
         for role, overrides in self.views.items():
             for p in overrides:
                 if p not in self.fields:

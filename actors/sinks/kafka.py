@@ -76,7 +76,7 @@ class WriteResult:
     last_offset: int | None  # output offset of the last record written
 
 
-def record_values(records: pa.Array | Sequence[bytes]) -> list[bytes]:
+def record_values(records: pa.Array | Sequence[bytes], framing: str = "lines") -> list[bytes]:
     """One bytes value per record, without the record's trailing newline (the workers' masked
     records end with one; a Kafka message is the record alone)."""
     if isinstance(records, pa.ChunkedArray):
@@ -95,6 +95,10 @@ def record_values(records: pa.Array | Sequence[bytes]) -> list[bytes]:
         out = [data[s:e] for s, e in zip(offs[:-1], offs[1:], strict=True)]
     else:
         out = list(records)
+    if framing == "varint":  # length-delimited frames: the message is what follows the prefix
+        from raymask.kernels.codecs.protobuf import unframe
+
+        return unframe(out)
     return [v[:-1] if v.endswith(b"\n") else v for v in out]
 
 
@@ -111,8 +115,10 @@ class KafkaSink:
         mark_group: str | None = "raymask-sink-marks", resume: bool = True,
         max_batch_bytes: int = 1 << 20, max_record_bytes: int = 1 << 20, acks: str | int = "all",
         client_options: Mapping[str, Any] | None = None, idempotent: bool = False,
-        call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+        call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S, framing: str = "lines",
     ) -> None:  # fmt: skip
+        """`framing`: how the masked records are framed ("lines": each ends in a newline;
+        "varint": each is a length-delimited Protobuf frame); a message is the record alone."""
         if "{topic}" not in topic_template or "{role}" not in topic_template:
             raise ValueError(
                 f"kafka sink topic template {topic_template!r}: must name {{topic}} and {{role}}"
@@ -129,6 +135,7 @@ class KafkaSink:
         self.idempotent = idempotent
         self.client_options = dict(client_options or {})
         self.call_timeout_s = call_timeout_s
+        self.framing = framing
         self._producer: Any = None
         self._marks: Any = None  # consumer of mark_group: commits only, fetches nothing
         self._marked: set[Any] = set()
@@ -236,7 +243,7 @@ class KafkaSink:
         forge the source position the skip rule reads)."""
         out = self.topic_for(topic, role)
         offs = np.asarray(source_offsets, np.int64)
-        values = record_values(records)
+        values = record_values(records, self.framing)
         if len(values) != offs.shape[0] or (headers is not None and len(headers) != len(values)):
             raise ValueError(
                 f"kafka sink {out}[{partition}]: {len(values)} records, {offs.shape[0]} offsets"

@@ -16,6 +16,26 @@ from raymask.kernels.codecs.formats import Format, format_for
 
 __all__ = ["Chunk", "FileSource", "open_input"]
 
+MAX_PROLOG = 64 << 20
+
+
+def protobuf_format(path: str, options: dict) -> Format:
+    """The Protobuf format of a stream's `protobuf:` options (the schema loaded or compiled);
+    InputError naming what cannot be read. `path` names the input in messages."""
+    from raymask.kernels.codecs.protobuf import load_descriptor_set
+
+    try:
+        ds = load_descriptor_set(options)
+    except OSError as exc:
+        what = options.get("descriptor_set") or options.get("proto")
+        raise InputError(f"{what}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    try:
+        return format_for("protobuf", options={**options, "descriptor_set": ds})
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from None
+
 
 @dataclass
 class Chunk:
@@ -44,7 +64,9 @@ class FileSource:
     def __init__(
         self, path: str, fmt_name: str, *, delimiter: str = ",", chunk_bytes: int = 4 << 20,
         stream: BinaryIO | None = None, follow: bool = False, poll_seconds: float = 0.2,
+        options: dict | None = None,
     ) -> None:  # fmt: skip
+        """`options`: the stream's `xml:` or `protobuf:` settings (StreamPlan.format_options)."""
         self.path = path
         self.follow = follow
         self.poll_seconds = poll_seconds
@@ -64,9 +86,40 @@ class FileSource:
                 self.format: Format = format_for("csv", header_line=header, delimiter=delimiter)
             except (UnicodeDecodeError, StopIteration):
                 raise InputError(f"{path}:1: CSV header is not valid UTF-8 text") from None
+        elif fmt_name == "xml":
+            self.header_line = None
+            self.format = self._xml_prolog(options or {})
+        elif fmt_name == "protobuf":
+            self.header_line = None
+            self.format = protobuf_format(path, options or {})
         else:
             self.header_line = None
             self.format = format_for(fmt_name)
+
+    def _xml_prolog(self, options: dict) -> Format:
+        """Read up to the first record: that prolog is the output's header, read once; the
+        records then come in chunks that start on a record. DOCTYPEs are refused here."""
+        from raymask.kernels.codecs import xml as xml_codec
+
+        fmt = format_for("xml", options=options)
+        lay = fmt.layout(())  # type: ignore[attr-defined]
+        buf = b""
+        while True:
+            block = self._f.read(1 << 20)
+            buf += block
+            cut = xml_codec.find_prolog(np.frombuffer(buf, np.uint8), lay)
+            if cut >= 0 or not block:
+                break
+            if len(buf) > MAX_PROLOG:
+                raise InputError(f"{self.path}: no record element in the first 64 MiB")
+        prolog = buf if cut < 0 else buf[:cut]
+        try:
+            xml_codec.check_prolog(prolog, options.get("namespaces") or {}, options["record"])
+        except xml_codec.XmlError as exc:
+            raise InputError(f"{self.path}: {exc}") from None
+        self._pending = b"" if cut < 0 else buf[cut:]
+        self._line = 1 + prolog.count(b"\n")
+        return format_for("xml", options=options, prolog=prolog)
 
     def stop(self) -> None:
         """End a followed input: the records read so far are finished, then chunks() returns."""
@@ -106,17 +159,18 @@ class FileSource:
     def _emit(self, buf: bytes) -> Chunk:
         data = np.frombuffer(buf, np.uint8)
         base = self._line
-        self._line += int(np.count_nonzero(data == 10))
+        self._line += self.format.units(data)
         return Chunk(data, base, len(buf))
 
     @classmethod
     def from_bytes(
-        cls, data: bytes, fmt_name: str, *, delimiter: str = ",", name: str = "<memory>"
-    ) -> FileSource:
+        cls, data: bytes, fmt_name: str, *, delimiter: str = ",", name: str = "<memory>",
+        options: dict | None = None,
+    ) -> FileSource:  # fmt: skip
         """A source over bytes in memory (replays: decrypted records never touch the disk)."""
         import io
 
-        return cls(name, fmt_name, delimiter=delimiter, stream=io.BytesIO(data))
+        return cls(name, fmt_name, delimiter=delimiter, stream=io.BytesIO(data), options=options)
 
     def close(self) -> None:
         if self._f is not sys.stdin.buffer:

@@ -112,12 +112,22 @@ class PartitionChunk:
 
 
 def frame_values(
-    values: Sequence[bytes | None],
+    values: Sequence[bytes | None], framing: str = "lines"
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
-    """Join values into newline-terminated lines.
+    """Join values into newline-terminated lines (`framing="varint"`: into length-delimited
+    frames, for binary records such as Protobuf messages; any value but a tombstone is one).
 
     Returns (data, kept, rejected): `data` the uint8 buffer, `kept` the indices (into `values`)
     of its lines in order, `rejected` (index, reason) for the values that cannot be one line."""
+    if framing == "varint":
+        from raymask.kernels.codecs.protobuf import frame
+
+        kept = [i for i, v in enumerate(values) if v is not None]
+        rejected = [
+            (i, "message has no value (a tombstone)") for i, v in enumerate(values) if v is None
+        ]
+        data = np.frombuffer(frame([values[i] for i in kept]), np.uint8)  # type: ignore[misc]
+        return data, np.array(kept, np.int64), rejected
     n = len(values)
     rejected: list[tuple[int, str]] = []
     vals: Sequence[bytes | None] = values
@@ -172,7 +182,9 @@ class KafkaSource:
         self, bootstrap: str, topics: Sequence[str], group_id: str, *, max_records: int = 50_000,
         poll_timeout_ms: int = 500, client_options: Mapping[str, Any] | None = None,
         call_timeout_s: float = 30.0, carry_headers: bool | Sequence[str] = False,
+        framing: str = "lines",
     ) -> None:  # fmt: skip
+        """`framing`: "lines" (NDJSON, CSV) or "varint" (Protobuf messages as values)."""
         if not topics:
             raise ValueError("KafkaSource needs at least one topic")
         self.bootstrap = bootstrap
@@ -181,6 +193,7 @@ class KafkaSource:
         self.max_records = max_records
         self.poll_timeout_ms = poll_timeout_ms
         self.call_timeout_s = call_timeout_s
+        self.framing = framing
         if isinstance(carry_headers, str):
             raise ValueError("carry_headers: give True, False or a list of header names")
         self.carry_headers: bool | frozenset[str] = (
@@ -248,7 +261,7 @@ class KafkaSource:
         n = len(msgs)
         offsets = np.fromiter((m.offset for m in msgs), np.int64, n)
         stamps = np.fromiter((m.timestamp for m in msgs), np.int64, n)
-        data, kept, rejected = frame_values([m.value for m in msgs])
+        data, kept, rejected = frame_values([m.value for m in msgs], self.framing)
         bad = [
             BadMessage(topic, partition, int(offsets[i]), reason, msgs[i].value)
             for i, reason in rejected

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pyarrow as pa
 
 from raymask.kernels.codecs import csv as csv_codec
 from raymask.kernels.codecs import ndjson
+from raymask.kernels.codecs import protobuf as pb
+from raymask.kernels.codecs import xml as xml_codec
 from raymask.kernels.codecs.paths import PathTree
 from raymask.kernels.codecs.spans import Scan, splice
 
-__all__ = ["Format", "NdjsonFormat", "CsvFormat", "format_for"]
+if TYPE_CHECKING:
+    from raymask.policy.compile import StreamPlan
+
+__all__ = ["Format", "NdjsonFormat", "CsvFormat", "XmlFormat", "ProtobufFormat", "format_for"]
 
 
 class Format:
@@ -18,6 +25,7 @@ class Format:
 
     name = ""
     errors: dict[int, str] = {}
+    keeps_tails = False  # does `tail` keep part of a dead record in the output?
 
     def boundary(self, data: np.ndarray) -> int:
         """Position after the last complete record in `data` (-1 if none)."""
@@ -25,6 +33,15 @@ class Format:
 
     def split(self, data: np.ndarray, base_line: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise NotImplementedError
+
+    def units(self, data: np.ndarray) -> int:
+        """How far `data` moves the line counter (lines; records for binary formats)."""
+        return int(np.count_nonzero(data == 10))
+
+    def tail(self, raw: bytes) -> bytes:
+        """What of a dead record's bytes stays in the output (XML: the markup after its element,
+        so the document stays whole); nothing for line formats."""
+        return b""
 
     def scan(
         self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray, tree: PathTree,
@@ -54,6 +71,10 @@ class Format:
 
     def header(self, tree: PathTree, drop_unknown: bool, named: int) -> bytes:
         return b""
+
+    def check(self, plan: StreamPlan) -> list[str]:
+        """What of a compiled plan this format cannot run (located messages), before data moves."""
+        return []
 
 
 class NdjsonFormat(Format):
@@ -137,7 +158,144 @@ class CsvFormat(Format):
         return self.delimiter.encode().join(parts) + b"\n"
 
 
-def format_for(name: str, *, header_line: bytes | None = None, delimiter: str = ",") -> Format:
+class XmlFormat(Format):
+    """Records are the elements at `record`; the prolog (everything before the first record) is
+    the header. See codecs/xml.py for the framing."""
+
+    name = "xml"
+    errors = xml_codec.ERRORS
+    keeps_tails = True
+
+    def __init__(
+        self, record: str, namespaces: dict[str, str] | None = None, prolog: bytes = b""
+    ) -> None:
+        self.record = record
+        self.namespaces = dict(namespaces or {})
+        self.prolog = prolog
+        self._layouts: dict[tuple[str, ...], xml_codec.XmlLayout] = {}
+
+    def layout(self, paths: tuple[str, ...]) -> xml_codec.XmlLayout:
+        lay = self._layouts.get(paths)
+        if lay is None:
+            lay = self._layouts[paths] = xml_codec.build_layout(self.record, paths)
+        return lay
+
+    def boundary(self, data):
+        return xml_codec.boundary(data, self.layout(()))
+
+    def split(self, data, base_line):
+        return xml_codec.split(data, base_line, self.layout(()))
+
+    def scan(self, data, starts, ends, tree, locate_only=False):
+        sc = xml_codec.scan(data, starts, ends, self.layout(tree.paths), locate_only)
+        sc.paths = tree.paths  # type: ignore[attr-defined]
+        return sc
+
+    def extract_many(self, data, sc, leaves):
+        return xml_codec.extract_columns(data, sc, self.layout(sc.paths), leaves)
+
+    def write_values(self, values, raw):
+        return xml_codec.escape(values)
+
+    def emit(self, data, sc, tree, drop_unknown, named, emit, edited, edit, reps):
+        return xml_codec.emit(data, sc, emit, edited, edit, reps)
+
+    def header(self, tree, drop_unknown, named):
+        return self.prolog
+
+    def tail(self, raw):
+        return xml_codec.tail(raw)
+
+    def check(self, plan):
+        problems = []
+        for paths in (plan.paths, (plan.route_path,)):
+            try:
+                self.layout(tuple(paths))
+            except ValueError as exc:
+                problems.append(f"streams.{plan.stream}.fields: {exc}")
+        return problems
+
+
+class ProtobufFormat(Format):
+    """Length-delimited messages of one type from a compiled descriptor set."""
+
+    name = "protobuf"
+    errors = pb.ERRORS
+
+    def __init__(self, descriptor_set: bytes, message: str) -> None:
+        self.descriptor_set = descriptor_set
+        self.message = message
+        self._layouts: dict[tuple[str, ...], pb.ProtoLayout] = {}
+        self.layout(())  # the message must exist
+
+    def layout(self, paths: tuple[str, ...]) -> pb.ProtoLayout:
+        lay = self._layouts.get(paths)
+        if lay is None:
+            lay = self._layouts[paths] = pb.load_layout(self.descriptor_set, self.message, paths)
+        return lay
+
+    def boundary(self, data):
+        return pb.boundary(data)
+
+    def split(self, data, base_line):
+        return pb.split(data, base_line)
+
+    def units(self, data):
+        return pb.count_frames(data)
+
+    def scan(self, data, starts, ends, tree, locate_only=False):
+        sc = pb.scan(data, starts, ends, self.layout(tree.paths))
+        sc.paths = tree.paths  # type: ignore[attr-defined]
+        return sc
+
+    def extract_many(self, data, sc, leaves):
+        return pb.extract_columns(data, sc, self.layout(sc.paths), leaves)
+
+    def write_values(self, values, raw):
+        # encoded in `emit`, where each field's type is known
+        return values  # type: ignore[return-value]
+
+    def emit(self, data, sc, tree, drop_unknown, named, emit, edited, edit, reps):
+        return pb.emit(data, sc, self.layout(sc.paths), emit, edited, edit, reps)
+
+    # techniques whose output is a number (or boolean) for a number (or boolean) value
+    NUMERIC_TECHNIQUES = ("keep", "redact", "generalize", "noise", "randomized_response")
+
+    def check(self, plan):
+        where = f"streams.{plan.stream}"
+        try:
+            lay = self.layout(tuple(plan.paths))
+            self.layout((plan.route_path,))
+        except ValueError as exc:
+            return [f"{where}.fields: {exc} (message {self.message})"]
+        problems = []
+        for role, view in plan.views.items():
+            label = "fields" if role == "default" else f"views.{role}"
+            for op in view.ops:
+                t = int(lay.ftype[lay.leaf_node[op.index]])
+                if t != pb.T_STRING and op.technique not in self.NUMERIC_TECHNIQUES:
+                    problems.append(
+                        f"{where}.{label}.{op.path}: technique {op.technique} writes text, but the "
+                        f"field is a protobuf {pb.TYPE_NAMES[t]} (numeric and bool fields take "
+                        f"{', '.join(self.NUMERIC_TECHNIQUES)})"
+                    )
+        return problems
+
+
+def format_for(
+    name: str, *, header_line: bytes | None = None, delimiter: str = ",",
+    options: dict | None = None, prolog: bytes = b"",
+) -> Format:  # fmt: skip
+    """The format `name`; `options` are the stream's `xml:` or `protobuf:` settings (for
+    protobuf, `descriptor_set` holds the compiled set's bytes)."""
+    if name == "xml":
+        o = options or {}
+        if not o.get("record"):
+            raise ValueError("XML needs its record path")
+        return XmlFormat(o["record"], o.get("namespaces"), prolog)
+    if name == "protobuf":
+        o = options or {}
+        return ProtobufFormat(o["descriptor_set"], o["message"])
     if name == "ndjson":
         return NdjsonFormat()
     if name == "csv":

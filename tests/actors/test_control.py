@@ -53,7 +53,7 @@ def test_push_accepts_a_newer_valid_version(keyring):
         ),
         (
             lambda d: d["streams"]["payments"].update(format="xml"),
-            "format: xml is not supported yet",
+            "format xml needs its xml: options",
         ),
         (
             lambda d: d["streams"]["payments"].update(

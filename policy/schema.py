@@ -38,6 +38,8 @@ from pydantic import (
     model_validator,
 )
 
+from raymask.kernels.detect import TYPES
+
 __all__ = [
     "TECHNIQUES",
     "Policy",
@@ -333,28 +335,8 @@ class RandomizedResponse(_Spec):
         return v
 
 
-DETECT_TYPES = (
-    "email",
-    "card",
-    "iban",
-    "phone",
-    "ipv4",
-    "ipv6",
-    "ssn",
-    "mac",
-    "aws_key",
-    "github_token",
-    "slack_token",
-    "stripe_key",
-    "jwt",
-    "bearer_token",
-    "private_key",
-    "url_credentials",
-)  # fmt: skip  (the order of raymask.kernels.detect.TYPES; a test keeps them equal)
-DetectType = Literal[
-    "email", "card", "iban", "phone", "ipv4", "ipv6", "ssn", "mac", "aws_key", "github_token",
-    "slack_token", "stripe_key", "jwt", "bearer_token", "private_key", "url_credentials", "secret",
-]  # fmt: skip
+DETECT_TYPES = TYPES  # what the detector finds, in its order (raymask.kernels.detect)
+DetectType = Literal[(*TYPES, "secret")]  # "secret": every secret type at once
 
 
 class DetectPattern(BaseModel):
@@ -774,6 +756,9 @@ class Stream(BaseModel):
         for p in self.fields:
             if self.key.startswith(p + ".") or p.startswith(self.key + "."):
                 raise ValueError(f"key {self.key} overlaps field {p}")
+        return self._views_name_known_fields()
+
+    def _views_name_known_fields(self) -> Stream:
         for role, overrides in self.views.items():
             for p in overrides:
                 if p not in self.fields:
@@ -798,13 +783,7 @@ class Stream(BaseModel):
             for b in every:
                 if b != a and b.startswith(a + "/") and not b[len(a) + 1 :].startswith("@"):
                     raise ValueError(f"fields {a} and {b} overlap: a field cannot contain another")
-        for role, overrides in self.views.items():
-            for p in overrides:
-                if p not in self.fields:
-                    raise ValueError(
-                        f"view {role} names field {p}, which is not under fields; add it there first"
-                    )
-        return self
+        return self._views_name_known_fields()
 
 
 class Policy(BaseModel):

@@ -330,7 +330,7 @@ def test_cli_access_add_list_revoke(tmp_path):
     key = r.stdout.strip().splitlines()[-1]
     assert AccessFile.load(p).check(key).name == "alice"
     r = CliRunner().invoke(app, ["access", "list", str(p)])
-    assert "alice" in r.output and "active" in r.output and key.split("_")[2] not in r.output
+    assert "alice" in r.output and "active" in r.output and key.split("_", 2)[2] not in r.output
     r = CliRunner().invoke(app, ["access", "revoke", str(p), "--id", key.split("_")[1]])
     assert r.exit_code == 0 and AccessFile.load(p).check(key) is None
 

@@ -114,6 +114,18 @@ class KafkaMetrics:
             description="Records per view and outcome (written, skipped, dead).",
             tag_keys=("stream", "view", "outcome"),
         )
+        self.leaks = Counter(  # the same metric as the file pipeline's (PipelineMetrics)
+            "raymask_leaks",
+            description="Detectable values the leak monitor found in sampled output.",
+            tag_keys=("stream", "view", "field", "type"),
+        )
+
+    def leak_events(self, events: list[dict]) -> None:
+        for e in events:
+            self.leaks.inc(
+                e["count"],
+                tags={**self.tags, "view": e["view"], "field": e["field"], "type": e["type"]},
+            )
 
     def chunk(self, topic: str, partition: int, age_s: float, next_offset: int) -> None:
         t = {**self.tags, "topic": topic, "partition": str(partition)}

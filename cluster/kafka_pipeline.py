@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from raymask.actors.ledger import ledger_lock
+from raymask.actors.audit import LeakAudit, leak_events
+from raymask.actors.ledger import ledger_lock, state_base
 from raymask.actors.metrics import KafkaMetrics
 from raymask.actors.router import DeadLetter, Routed, RouterCore
 from raymask.actors.sinks.deadletters import DEFAULT_KEY_ID, seal
@@ -79,6 +80,7 @@ class KafkaRunSummary:
     source_records: Counter = field(default_factory=Counter)  # source index -> messages read
     latencies_ms: list = field(default_factory=list, repr=False)  # produce time -> written
     aggregates: Any = None  # AggregateSummary when the run also released DP aggregates
+    leaks: Counter = field(default_factory=Counter)  # (view, field, type) -> spans found
 
     def latency_ms(self, q: float) -> float:
         """A percentile (0-100) of produce-to-written latency over all records written."""
@@ -320,6 +322,22 @@ def run_kafka(
     auditor.emit("run_start", stream=stream, topic=input_topic, views=",".join(views),
                  policy_version=plan.version)  # fmt: skip
     dead_seen = 0
+    leak_file = None
+    if plan.leak_check is not None:  # findings: a file under the state folder, metric, trail
+        base = state_base(state)
+        folder = Path(base) if "://" not in base else Path(".raymask")  # a local file either way
+        leak_file = LeakAudit(folder / "leaks" / f"{pipeline}.audit.ndjson")
+
+    def on_leaks(events: list[dict]) -> None:
+        if not events:
+            return
+        leak_file.path.parent.mkdir(parents=True, exist_ok=True)
+        leak_file.write(events)
+        metrics.leak_events(events)
+        for e in events:
+            summary.leaks[(e["view"], e["field"], e["type"])] += e["count"]
+            auditor.emit("leak", **{k: v for k, v in e.items() if k not in ("ts", "event")})
+
     try:
         if lock is not None:
             lock.__enter__()  # one run at a time writes a stream's budgets
@@ -416,7 +434,8 @@ def run_kafka(
                 continue
             idle_since, down_since = time.monotonic(), None
             _round(polled, router, pool, srcs, sink, dsink, views, stream, dl_key, summary, metrics,
-                   broker_timeout_s=broker_timeout_s, pending=pending)  # fmt: skip
+                   broker_timeout_s=broker_timeout_s, pending=pending,
+                   leaks=on_leaks if plan.leak_check is not None else None)  # fmt: skip
             dead_now = sum(summary.dead.values())
             if dead_now != dead_seen:
                 auditor.emit("dead_letters", stream=stream, count=dead_now - dead_seen,
@@ -530,8 +549,10 @@ def _round(
     sink: Any, dsink: Any, views: list[str], stream: str, dl_key: Any, summary: KafkaRunSummary,
     metrics: KafkaMetrics | None = None, max_record_bytes: int = 1 << 20,
     broker_timeout_s: float = 60.0, pending: dict[int, dict[tuple[str, int], int]] | None = None,
+    leaks: Callable[[list[dict]], None] | None = None,
 ) -> None:  # fmt: skip
-    """Mask and write one poll's chunks; commit each source's partitions once all is written."""
+    """Mask and write one poll's chunks; commit each source's partitions once all is written.
+    `leaks(events)` takes the leak monitor's findings of each chunk."""
     import ray
 
     before = (Counter(summary.written), Counter(summary.skipped), Counter(summary.dead))
@@ -562,6 +583,8 @@ def _round(
                 DeadLetter(int(ch.offsets[d.line]), d.reason, d.raw, d.field) for d in routed.dead
             ]
         per_worker = _get_with_resend(calls, summary) if routed is not None else []
+        if leaks is not None and per_worker:  # the leak monitor's findings, every view
+            leaks(leak_events(stream, [o for res in per_worker for o in res]))
         for vi, role in enumerate(views):
             dead = list(common)
             if routed is not None:

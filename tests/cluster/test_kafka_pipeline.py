@@ -478,3 +478,49 @@ def test_aggregates_beside_the_masking_equal_the_file_run_on_the_same_records(
         assert g.keys() == w.keys()
         for k, v in w.items():
             assert g[k] == (pytest.approx(v, rel=1e-12) if isinstance(v, float) else v), k
+
+
+def test_the_leak_monitor_reports_in_kafka_mode(kafka_broker, ray_session, keyring, tmp_path):
+    """A view that keeps the free text (where emails and cards sit) with leak_check on every
+    record: the driver counts the findings, writes them under the state folder and to the audit
+    trail, by field and type, never a value."""
+    from raymask.actors.audit import read_records, signing_key, verify
+    from raymask.policy.keys import Key
+    from raymask.policy.schema import Policy
+
+    keyring.add(Key("audit", 1, b"a" * 32))
+    os.environ["RAYMASK_AUDIT"] = str(tmp_path / "audit.log")
+    try:
+        pol = Policy.model_validate({
+            "version": 1,
+            "streams": {"applogs": {
+                "format": "ndjson", "key": "user.id",
+                "leak_check": {"sample": 1.0, "ignore_kept": False},
+                "fields": {"user.id": {"technique": "tokenize", "key": "tok", "length": 16},
+                           "message": "keep"},
+            }},
+        })  # fmt: skip
+        topic = _topic("leaky")
+        data = generate_bytes("logs", 400, seed=4)
+        parts = partition_by_key(data, "user.id", 1)
+
+        async def setup() -> None:
+            await create_topic(kafka_broker, topic, 1)
+            await produce(kafka_broker, topic, parts)
+
+        asyncio.run(setup())
+        s = run_kafka(pol, "applogs", topic, bootstrap=kafka_broker, keyring=keyring, idle_s=2,
+                      consumer_options=FAST, state=tmp_path / "state")  # fmt: skip
+    finally:
+        del os.environ["RAYMASK_AUDIT"]
+    assert s.records_in == 400 and s.balanced
+    found = {(f, t) for (_, f, t) in s.leaks}
+    assert ("message", "email") in found and ("message", "card") in found
+    leaks_file = tmp_path / "state" / "leaks" / "applogs.audit.ndjson"
+    assert leaks_file.exists()
+    assert verify(tmp_path / "audit.log", signing_key(b"a" * 32).public_key()).ok
+    trail = [r for r in read_records(tmp_path / "audit.log") if r["kind"] == "leak"]
+    assert sum(r["count"] for r in trail) == sum(s.leaks.values())
+    emails = [json.loads(x)["user"]["email"] for x in data.splitlines()]
+    text = leaks_file.read_text() + (tmp_path / "audit.log").read_text()
+    assert not any(e in text for e in emails)

@@ -132,6 +132,11 @@ class Watermark:
         self.lateness_s = lateness_s
         self.marks: dict[Any, float] = {}
 
+    def expect(self, sources: Sequence[Any]) -> None:
+        """Inputs known from the start: the watermark waits until each has sent something."""
+        for src in sources:
+            self.marks.setdefault(src, -math.inf)
+
     def see(self, t_max: float, source: Any = None) -> None:
         self.marks[source] = max(self.marks.get(source, -math.inf), t_max)
 

@@ -46,7 +46,7 @@ from raymask.errors import InputError
 
 __all__ = [
     "AuditLog", "Auditor", "Verdict", "verify", "read_records", "signing_key", "AuditActor",
-    "LeakAudit", "leak_events",
+    "LeakAudit", "leak_events", "audit_leaks",
 ]  # fmt: skip
 
 GENESIS = "0" * 64
@@ -277,6 +277,12 @@ def leak_events(stream: str, outputs, clock: Callable[[], float] = time.time) ->
                 "policy_version": int(o.policy_version),
             })  # fmt: skip
     return events
+
+
+def audit_leaks(emit: Callable[..., None], events: list[dict]) -> None:
+    """The leak events in the tamper-evident trail (kind `leak`; the trail keeps its own time)."""
+    for e in events:
+        emit("leak", **{k: v for k, v in e.items() if k not in ("ts", "event")})
 
 
 class LeakAudit:

@@ -7,6 +7,7 @@ data value. A Counter ``raymask_records`` is exported by Ray as ``ray_raymask_re
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 __all__ = ["PipelineMetrics", "KafkaMetrics", "LATENCY_BOUNDARIES"]
 
@@ -80,14 +81,18 @@ class PipelineMetrics:
     def leak_events(self, events: list[dict], detected: Mapping[str, int]) -> None:
         """The leak monitor's findings and the unknown-field detections of one chunk (labels:
         names from the policy and detector types, never values)."""
-        for e in events:
-            self.leaks.inc(
-                e["count"],
-                tags={**self.tags, "view": e["view"], "field": e["field"], "type": e["type"]},
-            )
+        count_leaks(self.leaks, self.tags, events)
         for typ, n in detected.items():
             if n:
                 self.detected.inc(n, tags={**self.tags, "type": typ})
+
+
+def count_leaks(counter: Any, tags: dict, events: list[dict]) -> None:
+    """The leak monitor's findings on the raymask_leaks counter (labels: names, never values)."""
+    for e in events:
+        counter.inc(
+            e["count"], tags={**tags, "view": e["view"], "field": e["field"], "type": e["type"]}
+        )
 
 
 class KafkaMetrics:
@@ -121,11 +126,7 @@ class KafkaMetrics:
         )
 
     def leak_events(self, events: list[dict]) -> None:
-        for e in events:
-            self.leaks.inc(
-                e["count"],
-                tags={**self.tags, "view": e["view"], "field": e["field"], "type": e["type"]},
-            )
+        count_leaks(self.leaks, self.tags, events)
 
     def chunk(self, topic: str, partition: int, age_s: float, next_offset: int) -> None:
         t = {**self.tags, "topic": topic, "partition": str(partition)}

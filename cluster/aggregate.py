@@ -173,8 +173,7 @@ class AggregateRunner:
     def expect(self, sources: list[Any]) -> None:
         """Inputs known from the start (Kafka partitions): the watermark waits for all of them."""
         for _, agg in self.aggs.values():
-            for src in sources:
-                agg.marks.marks.setdefault(src, -math.inf)
+            agg.marks.expect(sources)
 
     def chunk(
         self, fmt: Any, data: np.ndarray, base_line: int, offsets: np.ndarray | None = None,

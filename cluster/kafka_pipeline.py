@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from raymask.actors.audit import LeakAudit, leak_events
+from raymask.actors.audit import LeakAudit, audit_leaks, leak_events
 from raymask.actors.ledger import ledger_lock, state_base
 from raymask.actors.metrics import KafkaMetrics
 from raymask.actors.router import DeadLetter, Routed, RouterCore
@@ -336,7 +336,8 @@ def run_kafka(
         metrics.leak_events(events)
         for e in events:
             summary.leaks[(e["view"], e["field"], e["type"])] += e["count"]
-            auditor.emit("leak", **{k: v for k, v in e.items() if k not in ("ts", "event")})
+        if auditor.on:
+            audit_leaks(auditor.emit, events)
 
     try:
         if lock is not None:

@@ -21,7 +21,7 @@ from typing import IO, Any
 import numpy as np
 import pyarrow as pa
 
-from raymask.actors.audit import LeakAudit, leak_events
+from raymask.actors.audit import LeakAudit, audit_leaks, leak_events
 from raymask.actors.control import ControlCore, key_shapes, make_control_actor
 from raymask.actors.ledger import ledger_lock, state_base
 from raymask.actors.metrics import PipelineMetrics
@@ -285,8 +285,7 @@ def run_pipeline(
             if leak_audit is not None:
                 leak_audit.write(events)
             if audit is not None:  # the tamper-evident trail gets the same findings
-                for e in events:
-                    audit("leak", **{k: v for k, v in e.items() if k not in ("ts", "event")})
+                audit_leaks(audit, events)
             if metrics is not None and hasattr(metrics, "leak_events"):
                 detected: Counter = Counter()
                 for o in outputs:

@@ -34,7 +34,7 @@ from fastapi import Response
 
 from raymask.errors import InputError, RaymaskError
 from raymask.kernels.codecs.jsonarray import ArrayError, array_to_lines, join_lines
-from raymask.policy.access import Authenticator, Denied, allowed_view
+from raymask.policy.access import Authenticator, Caller, Denied, allowed_view
 from raymask.policy.compile import compile_stream
 from raymask.policy.schema import Policy
 
@@ -154,14 +154,20 @@ class IngressCore:
     ) -> str | None | Answer:
         """The view the caller reads (None: no access control here), or the 401/403 answer
         (a stream the caller may not see and a stream that does not exist get the same 403)."""
+        got = self._caller_and_view(headers, stream, view)
+        return got if isinstance(got, Answer) else got[1]
+
+    def _caller_and_view(
+        self, headers: Mapping[str, str], stream: str, view: str | None
+    ) -> tuple[Caller | None, str | None] | Answer:
         if self.auth is None:
-            return view
+            return None, view
         name = "unknown"
         try:
             caller = self.auth.identify(headers)
             name = caller.name
             plan = self.plans.get(stream)
-            return allowed_view(caller, stream, list(plan.views) if plan else None, view)
+            return caller, allowed_view(caller, stream, list(plan.views) if plan else None, view)
         except Denied as exc:
             if self.audit is not None:
                 self.audit("access_denied", caller=name, stream=stream, view=view or "default",
@@ -179,10 +185,11 @@ class IngressCore:
 
         if self.auth is None:
             return _error(403, "reveal needs access control (start with --api-keys or --jwt-key)")
-        v = self.authorize(headers, stream, view)
-        if isinstance(v, Answer):
-            return v
-        caller = self.auth.identify(headers)
+        got = self._caller_and_view(headers, stream, view)
+        if isinstance(got, Answer):
+            return got
+        caller, v = got
+        assert caller is not None  # access control is on
         rule = self.policy.streams[stream].reveal
         if rule is None or not caller.roles & set(rule.roles):
             if self.audit is not None:

@@ -263,7 +263,7 @@ def _apply_segregate(
         "subject": tok_kernel.tokenize(
             subject.take(pa.array(rows)), k_ref, encoding="base32", length=26, prefix="sub_"
         ),
-        "field": pa.array([ctx.path] * len(rows), pa.string()),
+        "field": pa.repeat(pa.scalar(ctx.path, pa.string()), len(rows)),
         "sealed": sealed.take(pa.array(rows)),
     })  # fmt: skip
     return Applied(ref, None, err, side)

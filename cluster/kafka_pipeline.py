@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from raymask.actors.audit import LeakAudit, audit_leaks, leak_events
+from raymask.actors.autoscale import AutoscaleConfig, PoolAutoscaler, request_nodes
 from raymask.actors.ledger import ledger_lock, state_base
 from raymask.actors.metrics import KafkaMetrics
 from raymask.actors.router import DeadLetter, Routed, RouterCore
@@ -81,6 +82,8 @@ class KafkaRunSummary:
     latencies_ms: list = field(default_factory=list, repr=False)  # produce time -> written
     aggregates: Any = None  # AggregateSummary when the run also released DP aggregates
     leaks: Counter = field(default_factory=Counter)  # (view, field, type) -> spans found
+    lag_s: float = 0.0  # age of the oldest record of the last round when it was written
+    resizes: list = field(default_factory=list)  # (seconds into the run, new pool size)
 
     def latency_ms(self, q: float) -> float:
         """A percentile (0-100) of produce-to-written latency over all records written."""
@@ -141,6 +144,102 @@ def _get_with_resend(
             summary.resent += 1
             fut = resend()
     return out
+
+
+def _resend_to(pool: list, wi: int, ref: Any, views: list[str], idx: np.ndarray) -> Any:
+    """Send a batch again to worker `wi`, restarted by Ray: its layout first (a restart runs
+    __init__ with the shard count it was made with, which a resize may have changed), then the
+    batch; calls to one actor run in order."""
+    pool[wi].set_layout.remote(wi, len(pool))
+    return pool[wi].process_views.remote(ref, views, idx)
+
+
+class _ElasticPool:
+    """The pipeline's mask workers, resized only between rounds, when no batch is in flight.
+
+    Growing starts the new workers at once and lets them join when they are up (on a cluster
+    with an autoscaler they may wait for a node); the rounds go on with the pool as it is
+    meanwhile. Joining and shrinking re-lay the shards: every worker is told its index and the
+    pool size, and reloads the per-subject budgets of the keys it now owns (the round before
+    finished every charge), so key state moves with the keys. Routing is by jump hash over the
+    pool size, which moves the fewest keys; output order per partition does not depend on the
+    pool, so per-key order holds across a resize."""
+
+    def __init__(
+        self, make: Callable[[int, int], Any], n: int, auto: AutoscaleConfig | None,
+        summary: KafkaRunSummary, t0: float,
+    ) -> None:  # fmt: skip
+        self.make = make
+        self.workers = [make(i, n) for i in range(n)]
+        self.starting: list[tuple[Any, Any, float]] = []  # actor, warm-up ref, since
+        self.config = auto
+        self.scaler = PoolAutoscaler(auto) if auto is not None else None
+        self.summary = summary
+        self.t0 = t0
+        self.asked = 0  # workers asked of Ray's autoscaler
+        self.given_up = 0  # workers that never came up within start_timeout_s
+
+    @property
+    def target(self) -> int:
+        return len(self.workers) + len(self.starting)
+
+    def step(self, lag_s: float) -> bool:
+        """Between rounds: decide, start or stop workers, join those that are up. True when
+        the pool changed (the router must be rebuilt for the new size)."""
+        import ray
+
+        if self.scaler is None:
+            return False
+        want = self.scaler.decide(lag_s, self.target)
+        changed = False
+        if want > self.target:
+            for i in range(self.target, want):
+                a = self.make(i, want)
+                self.starting.append((a, a.warm.remote(), time.monotonic()))
+        elif want < self.target:
+            while self.starting and self.target > want:
+                ray.kill(self.starting.pop()[0])
+            while len(self.workers) > want:
+                ray.kill(self.workers.pop())
+                changed = True
+        if self.config.request_nodes and self.asked != self.target:
+            request_nodes(self.target, self.config.worker_cpus)
+            self.asked = self.target
+        joined = 0
+        while self.starting:
+            a, ref, since = self.starting[0]
+            done, _ = ray.wait([ref], timeout=0)
+            if done:
+                try:
+                    ray.get(done[0])
+                except ray.exceptions.RayError:
+                    done = []  # it died starting: given up below like a timeout
+            if not done:
+                if time.monotonic() - since < self.config.start_timeout_s:
+                    break  # joins in order: the next ones wait for this one
+                for b, _, _ in self.starting:
+                    ray.kill(b)
+                self.given_up += len(self.starting)
+                self.starting = []
+                break
+            self.starting.pop(0)
+            self.workers.append(a)
+            joined += 1
+        if changed or joined:
+            n = len(self.workers)
+            ray.get([w.set_layout.remote(i, n) for i, w in enumerate(self.workers)])
+            self.summary.workers = n
+            self.summary.resizes.append((round(time.perf_counter() - self.t0, 3), n))
+        return bool(changed or joined)
+
+    def close(self) -> None:
+        import ray
+
+        for a, _, _ in self.starting:
+            ray.kill(a)
+        self.starting = []
+        if self.config is not None and self.config.request_nodes and self.asked:
+            request_nodes(0, self.config.worker_cpus)  # withdraw: idle nodes may go
 
 
 def _collect(
@@ -239,6 +338,8 @@ def run_kafka(
     aggregates: str | Path | None = None,
     accountant_db: str | Path | None = None,
     aggregate_options: dict[str, Any] | None = None,
+    autoscale: AutoscaleConfig | None = None,
+    worker_capacity_rps: float = 0.0,
 ) -> KafkaRunSummary:
     """Mask `input_topic` into one topic per role view until the input is idle for `idle_s`
     (or `max_records` were read, or `should_stop()`), and return the summary.
@@ -265,6 +366,13 @@ def run_kafka(
     driver's memory: a run that ends releases them all, a driver that crashes loses the open
     ones (the released ones are in the file, and what was spent stays spent).
     `aggregate_options` go to the AggregateRunner (tests only: {"noise": False}).
+
+    With `autoscale`, the worker pool grows and shrinks between rounds from the lag (the age of
+    the records being written), within its bounds, and asks Ray's autoscaler for nodes when it
+    grows (raymask.actors.autoscale; `_ElasticPool` says how key state moves). `workers` is the
+    starting size. `worker_capacity_rps` caps each worker at that many records a second (a
+    sleep per batch): tests and the scale test use it to stand for workers of a known capacity
+    on a machine too small to show real ones; never set it otherwise.
     """
     pol, plan, ring = _checked(policy, stream, keyring, dead_letter_key)
     if plan.format not in ("ndjson", "protobuf"):
@@ -273,6 +381,11 @@ def run_kafka(
         )
     if workers < 1 or sources < 1:
         raise InputError("workers and sources must be >= 1")
+    if autoscale is not None and not autoscale.min_workers <= workers <= autoscale.max_workers:
+        raise InputError(
+            f"workers ({workers}) must be within the autoscale bounds "
+            f"{autoscale.min_workers}..{autoscale.max_workers}"
+        )
     if broker_timeout_s <= 0:
         raise InputError("broker_timeout_s must be > 0")
     call_s = min(30.0, broker_timeout_s)
@@ -313,6 +426,7 @@ def run_kafka(
     dl_key = ring.get(dead_letter_key)
     started = ensure_ray(address)
     actors: list[Any] = []
+    elastic: _ElasticPool | None = None
     lock = ledger_lock(ledger) if ledger is not None else None
     runner = None
     ok = False
@@ -343,12 +457,22 @@ def run_kafka(
         if lock is not None:
             lock.__enter__()  # one run at a time writes a stream's budgets
         opts = dict(namespace="raymask")
-        pool = [
-            MaskWorker.options(name=f"kworker:{pipeline}:{i}", **opts).remote(
-                pol.model_dump(), stream, ring, fmt, 0.0, ledger, i, workers
-            )
-            for i in range(workers)
-        ]
+        cpus = {"num_cpus": autoscale.worker_cpus} if autoscale is not None else {}
+
+        def make_worker(i: int, n: int) -> Any:
+            name = f"kworker:{pipeline}:{i}"
+            for _ in range(100):  # a worker just stopped may hold its name for a moment
+                try:
+                    return MaskWorker.options(name=name, **opts, **cpus).remote(
+                        pol.model_dump(), stream, ring, fmt, 0.0, ledger, i, n,
+                        worker_capacity_rps,
+                    )  # fmt: skip
+                except ValueError:
+                    time.sleep(0.1)
+            raise PipelineError(f"the actor name {name} stayed taken")
+
+        elastic = _ElasticPool(make_worker, workers, autoscale, summary, time.perf_counter())
+        pool = elastic.workers
         srcs = [
             KafkaSourceActor.options(name=f"ksource:{pipeline}:{i}", **opts).remote(
                 bootstrap,
@@ -372,7 +496,7 @@ def run_kafka(
             mark_group="raymask-deadletter-marks", client_options=client_options,
             idempotent=idempotent, call_timeout_s=call_s,
         )  # fmt: skip
-        actors = [*pool, *srcs, sink, dsink]
+        actors = [*srcs, sink, dsink]
         ray.get([w.warm.remote() for w in pool])
         parts = ray.get(srcs[0].partitions.remote(input_topic))
         if not parts:
@@ -420,6 +544,13 @@ def run_kafka(
                     summary.source_failures += 1  # e.g. it could not join: the broker is away
                     failed = str(exc.cause)
             if not polled:
+                summary.lag_s = 0.0  # nothing waits (or the broker is away: no news of lag)
+            lag = summary.lag_s
+            if elastic.step(lag):
+                pool = elastic.workers
+                router = RouterCore(plan, fmt, len(pool))
+            metrics.pool(len(pool), lag)
+            if not polled:
                 now = time.monotonic()
                 if failed or not _reachable(srcs):  # a dead broker is not an idle topic
                     summary.broker_outages += 1
@@ -463,6 +594,9 @@ def run_kafka(
     finally:
         if runner is not None:
             summary.aggregates = runner.close(final=ok)
+        if elastic is not None:
+            elastic.close()
+            actors += elastic.workers
         for a in actors:
             ray.kill(a)
         if started:
@@ -566,7 +700,7 @@ def _round(
             calls = [
                 (
                     pool[wi].process_views.remote(ref, views, idx),
-                    lambda wi=wi, idx=idx, ref=ref: pool[wi].process_views.remote(ref, views, idx),
+                    lambda wi=wi, idx=idx, ref=ref: _resend_to(pool, wi, ref, views, idx),
                 )
                 for wi, idx in enumerate(routed.shards)
                 if idx is not None
@@ -629,6 +763,8 @@ def _round(
         [(f, r) for f, r, _, _ in writes], summary, transient_s=broker_timeout_s
     )
     now_ms = time.time() * 1000.0
+    stamps = [ch.timestamps.min() for _, ch, _, _ in jobs if len(ch.timestamps)]
+    summary.lag_s = max(0.0, (now_ms - float(min(stamps))) / 1e3) if stamps else 0.0
     for (_, _, role, kind), res in zip(writes, results, strict=True):
         if kind == "out":
             summary.written[role] += res.written

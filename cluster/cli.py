@@ -11,7 +11,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -427,6 +427,8 @@ def print_kafka_summary(console: Console, s) -> None:
     table.add_column("value", justify="right")
     table.add_row("messages read", f"{s.records_in:,}")
     table.add_row("workers / sources", f"{s.workers} / {s.sources}")
+    if s.resizes:  # the autoscaler's changes: (seconds into the run, pool size)
+        table.add_row("pool resizes", ", ".join(f"{n} at {t:.0f} s" for t, n in s.resizes))
     table.add_row("read = written + skipped + dead, per view", "yes" if s.balanced else "NO")
     table.add_row("time (to the last record)", f"{s.seconds:.2f} s")
     table.add_row("throughput", f"{s.records_per_second:,.0f} messages/s")
@@ -543,6 +545,20 @@ def run(
         ),
     ] = None,
     db: DbOpt = None,
+    autoscale: Annotated[
+        str | None,
+        typer.Option(
+            "--autoscale",
+            help="Kafka mode: MIN:MAX workers, grown and shrunk from the lag (record age); "
+            "asks Ray's autoscaler for nodes when it grows.",
+        ),
+    ] = None,
+    target_lag: Annotated[
+        float, typer.Option("--target-lag", help="With --autoscale: grow above this lag (s).")
+    ] = 2.0,
+    worker_cpus: Annotated[
+        float, typer.Option("--worker-cpus", help="With --autoscale: CPUs per mask worker.")
+    ] = 0.5,
 ) -> None:
     """A long-running streaming job. File mode (--input, --output): mask a file and, with
     --follow, what is appended to it. Kafka mode (--input-topic): mask a topic into one topic per
@@ -558,9 +574,12 @@ def run(
         if carry_headers:
             names = [h.strip() for h in carry_headers.split(",") if h.strip()]
             carry = True if names == ["all"] else names
+        auto = _autoscale(autoscale, target_lag, worker_cpus) if autoscale else None
+        if auto is not None:
+            workers = min(max(workers, auto.min_workers), auto.max_workers)
         _run_kafka(policy, stream, input_topic, bootstrap_servers, roles, sources, group, idle,
                    _kafka_options(kafka_option), workers, address, keys, name, idempotent,
-                   broker_timeout, carry, state, aggregates, db)  # fmt: skip
+                   broker_timeout, carry, state, aggregates, db, auto)  # fmt: skip
         return
     if input is None or output is None:
         raise InputError("give --input and --output (file mode) or --input-topic (Kafka mode)")
@@ -582,9 +601,28 @@ def run(
     print_summary(err, summary)
 
 
+def _autoscale(bounds: str, target_lag: float, worker_cpus: float) -> Any:
+    """An AutoscaleConfig from --autoscale MIN:MAX and its companions (InputError if bad)."""
+    from pydantic import ValidationError
+
+    from raymask.actors.autoscale import AutoscaleConfig
+
+    lo, sep, hi = bounds.partition(":")
+    if not (sep and lo.strip().isdigit() and hi.strip().isdigit()):
+        raise InputError(f"--autoscale takes MIN:MAX workers (e.g. 1:8), not {bounds!r}")
+    try:
+        return AutoscaleConfig(
+            min_workers=int(lo), max_workers=int(hi), target_lag_s=target_lag,
+            low_lag_s=target_lag / 4, worker_cpus=worker_cpus,
+        )  # fmt: skip
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InputError(f"--autoscale: {first['msg']}") from None
+
+
 def _run_kafka(policy, stream, topic, bootstrap, roles, sources, group, idle, options, workers,
                address, keys, name, idempotent, broker_timeout=60.0, carry=False,
-               state=None, aggregates=None, db=None) -> None:  # fmt: skip
+               state=None, aggregates=None, db=None, autoscale=None) -> None:  # fmt: skip
     import asyncio
     import signal
 
@@ -613,6 +651,7 @@ def _run_kafka(policy, stream, topic, bootstrap, roles, sources, group, idle, op
             address=address, name=name, client_options=options or None,
             should_stop=lambda: stop[0], idempotent=idempotent, broker_timeout_s=broker_timeout,
             carry_headers=carry, state=state, aggregates=aggregates, accountant_db=db,
+            autoscale=autoscale,
         )  # fmt: skip
     finally:
         signal.signal(signal.SIGINT, previous)

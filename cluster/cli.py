@@ -707,6 +707,12 @@ def serve(
     ] = None,
     jwt_issuer: Annotated[str | None, typer.Option("--jwt-issuer")] = None,
     jwt_audience: Annotated[str | None, typer.Option("--jwt-audience")] = None,
+    replicas: Annotated[
+        int | None, typer.Option("--replicas", min=1, help="Fixed replica count (no autoscaling).")
+    ] = None,
+    max_replicas: Annotated[
+        int, typer.Option("--max-replicas", min=1, help="Serve autoscaling's upper bound.")
+    ] = 4,
 ) -> None:
     """Serve POST /v1/streams/{stream}/mask?view=ROLE over HTTP on Ray Serve (NDJSON or a JSON
     array in, the same out), until Ctrl-C."""
@@ -736,7 +742,8 @@ def serve(
             err.print("no --api-keys or --jwt-key: every caller reads every view")
         ray_serve.run(build_app(pol, ring, workers=workers, pipeline=pipeline,
                                 state=str(state) if state else None, aggregates_file=aggregates,
-                                access=access or None),
+                                access=access or None, replicas=replicas,
+                                max_replicas=max_replicas),
                       name="raymask", route_prefix="/")  # fmt: skip
         err.print(f"serving on http://{host}:{port}/v1/streams/{{stream}}/mask (Ctrl-C to stop)")
         t0 = time.monotonic()

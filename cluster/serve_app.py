@@ -44,6 +44,12 @@ __all__ = [
 ]  # fmt: skip
 
 MAX_BODY_BYTES = 8 << 20
+# Serve's replica autoscaling (build_app: `max_replicas`, or a fixed `replicas` count instead)
+AUTOSCALING = {
+    "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8,
+    "metrics_interval_s": 2.0, "look_back_period_s": 4.0,
+    "upscale_delay_s": 2.0, "downscale_delay_s": 30.0,
+}  # fmt: skip
 MAX_ERRORS_LISTED = 100
 # a batch up to this many records is masked on the replica's event loop (a few ms); a bigger
 # one in a thread, so the loop keeps taking requests meanwhile
@@ -336,13 +342,7 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
     )
 
     @serve.deployment(
-        ray_actor_options={"num_cpus": 0.25},
-        max_ongoing_requests=64,
-        autoscaling_config={
-            "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8,
-            "metrics_interval_s": 2.0, "look_back_period_s": 4.0,
-            "upscale_delay_s": 2.0, "downscale_delay_s": 30.0,
-        },
+        ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, autoscaling_config=AUTOSCALING
     )  # fmt: skip
     @serve.ingress(api)
     class MaskIngress:
@@ -477,12 +477,19 @@ def build_app(
     policy: Policy, keyring: Any, *, workers: int = 2, pipeline: str | None = None,
     app: str = "raymask", state: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
     aggregates_file: str | None = None, access: dict | None = None,
+    replicas: int | None = None, max_replicas: int = 4,
 ) -> Any:  # fmt: skip
-    """The Serve application (bind it with `serve.run(build_app(...))`). `aggregates_file`: the
+    """The Serve application (bind it with `serve.run(build_app(...))`). Replicas autoscale
+    from 1 to `max_replicas` (AUTOSCALING), or are fixed at `replicas`. `aggregates_file`: the
     releases a `raymask run --aggregates F` writes, served by GET .../aggregates. `access`:
     {"api_keys": FILE, "jwt": {"keys": [PEM or secret], "issuer", "audience", "algorithms",
     "roles_claim"}}; without it every caller reads every view."""
-    return _make_deployment().bind(
+    dep = _make_deployment()
+    if replicas is not None:
+        dep = dep.options(num_replicas=replicas, autoscaling_config=None)
+    else:
+        dep = dep.options(autoscaling_config={**AUTOSCALING, "max_replicas": max_replicas})
+    return dep.bind(
         policy.model_dump(), keyring, workers, pipeline, app, state, max_body_bytes,
         aggregates_file, access,
     )  # fmt: skip

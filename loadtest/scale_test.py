@@ -225,6 +225,54 @@ def run_scale_test(out: str | Path, *, capacity: float, max_workers: int, max_no
     return result
 
 
+def efficiency(sizes: tuple[int, ...] = (1, 2, 4), records: int = 12_000,
+               capacity: float = 1000.0, max_nodes: int = 3) -> list[dict]:  # fmt: skip
+    """Records/s of a Kafka pipeline with a fixed pool of 1, 2, 4 workers of 1 CPU each on the
+    fake multi-node cluster (each worker past the first on a node of its own), draining the
+    same backlog: with workers of `capacity` records/s (the pipeline's own overhead shows), and
+    with real masking and no cap (all nodes share this machine's 2 cores)."""
+    import ray
+
+    from raymask.actors.autoscale import AutoscaleConfig
+    from raymask.cluster.broker import Broker
+    from raymask.cluster.fake_cluster import FakeCluster
+    from raymask.cluster.kafka_pipeline import run_kafka
+    from raymask.loadtest.bench import BENCH_POLICY
+    from raymask.loadtest.kafka_traffic import create_topic, partition_by_key, produce
+    from raymask.loadtest.traffic import generate_bytes
+    from raymask.policy.keys import Key, Keyring
+    from raymask.policy.loader import parse_policy
+
+    ring = Keyring([Key("tok", 1, b"k" * 32), Key("deadletter", 1, b"d" * 32)])
+    pol = parse_policy(BENCH_POLICY, "efficiency")
+    out = []
+    with FakeCluster(max_nodes=max_nodes, node_cpus=1, head_cpus=1, idle_timeout_s=60) as fc:
+        fc.connect(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        with Broker() as broker:
+            bs = broker.bootstrap
+            for cap, n_rec in ((capacity, records), (0.0, records * 10)):
+                parts = partition_by_key(generate_bytes("payments", n_rec, seed=5), "account.id", 3)
+                for n in sizes:
+                    topic = f"eff-{int(cap)}-{n}"
+                    asyncio.run(create_topic(bs, topic, 3))
+                    asyncio.run(produce(bs, topic, parts))
+                    fixed = AutoscaleConfig(min_workers=n, max_workers=n, worker_cpus=1.0)
+                    s = run_kafka(
+                        pol, "payments", topic, bootstrap=bs, keyring=ring, roles=["default"],
+                        workers=n, idle_s=3, autoscale=fixed, worker_capacity_rps=cap,
+                        max_poll_records=3000, consumer_options={"session_timeout_ms": 6000},
+                    )  # fmt: skip
+                    assert s.records_in == n_rec and s.balanced
+                    out.append({"capacity_rps": cap, "workers": n, "records": n_rec,
+                                "records_per_s": round(s.records_per_second, 1)})  # fmt: skip
+                    print(out[-1], flush=True)
+        ray.shutdown()
+    for row in out:
+        one = next(r for r in out if r["capacity_rps"] == row["capacity_rps"] and r["workers"] == 1)
+        row["efficiency"] = round(row["records_per_s"] / (row["workers"] * one["records_per_s"]), 3)
+    return out
+
+
 def plot(out: Path) -> Path:
     """OUT/scale.png: offered and masked records/s, lag, workers and nodes over time."""
     import matplotlib
@@ -270,7 +318,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--short", action="store_true", help="the short version (make test)")
     ap.add_argument("--out", default="scale-out")
+    ap.add_argument("--efficiency", action="store_true",
+                    help="records/s with 1, 2, 4 workers instead (scaling efficiency)")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.efficiency:
+        rows = efficiency()
+        print("| worker capacity | workers | records/s | efficiency |")
+        print("|---|---|---|---|")
+        for r in rows:
+            cap = f"{r['capacity_rps']:,.0f} records/s" if r["capacity_rps"] else "uncapped"
+            print(f"| {cap} | {r['workers']} | {r['records_per_s']:,.0f} | {r['efficiency']:.0%} |")
+        return 0
     r = run_scale_test(args.out, **(SHORT if args.short else FULL))
     print(json.dumps({k: v for k, v in r.items() if k != "stages"}, indent=2))
     ok = r["balanced"] and r["workers_max"] > 1 and r["nodes_max"] > 1 and r["workers_end"] == 1

@@ -84,6 +84,12 @@ def fake_config(
     }
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _port_taken(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -96,7 +102,7 @@ class FakeCluster:
 
     def __init__(
         self, max_nodes: int = 3, node_cpus: float = 1.0, head_cpus: float = 1.0,
-        idle_timeout_s: float = 15.0, start_timeout_s: float = 90.0,
+        idle_timeout_s: float = 15.0, start_timeout_s: float = 90.0, dashboard: bool = False,
     ) -> None:  # fmt: skip
         self.config = fake_config(max_nodes, node_cpus, head_cpus, idle_timeout_s)
         self.head_cpus = head_cpus
@@ -105,6 +111,8 @@ class FakeCluster:
         self.tmp = Path(tempfile.mkdtemp(prefix="rmfc-", dir="/tmp"))
         self.proc: subprocess.Popen | None = None
         self.address = ""
+        # the dashboard serves Ray's job API (`ray job submit --address http://HOST:PORT`)
+        self.dashboard_port = _free_port() if dashboard else None
         # token authentication with a token of this cluster's own (the head listens on the
         # machine's address, not only on loopback); `connect()` hands it to the driver
         self.auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
@@ -133,8 +141,13 @@ class FakeCluster:
         cmd = [
             ray_bin, "start", "--head", f"--port={GCS_PORT}", f"--num-cpus={self.head_cpus:g}",
             f"--autoscaling-config={cfg}", f"--temp-dir={self.tmp / 'ray'}",
-            "--include-dashboard=false", "--disable-usage-stats",
+            "--disable-usage-stats",
         ]  # fmt: skip
+        if self.dashboard_port is None:
+            cmd.append("--include-dashboard=false")
+        else:
+            cmd += ["--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={self.dashboard_port}"]  # fmt: skip
         log = open(self.tmp / "start.log", "wb")  # noqa: SIM115 (kept for the processes' life)
         # a session of its own: every process of this cluster (head daemons, the nodes the
         # autoscaler adds, their workers) is in it, and stop() ends exactly those

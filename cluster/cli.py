@@ -1114,7 +1114,11 @@ def reveal(
         str | None, typer.Option("--reason", help="Why (goes into the audit trail).")
     ] = None,
     vault: Annotated[
-        Path | None, typer.Option("--vault", help="The vault folder of a segregated field.")
+        str | None,
+        typer.Option(
+            "--vault",
+            help="The vault of a segregated field: a folder (file runs) or kafka://BOOTSTRAP/TOPIC.",
+        ),
     ] = None,
 ) -> None:
     """Decrypt fpe and encrypt outputs, and look up segregated values in their vault (tokens are

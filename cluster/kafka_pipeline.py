@@ -54,6 +54,7 @@ from raymask.policy.schema import Policy
 __all__ = ["KafkaRunSummary", "run_kafka", "DEAD_LETTER_TEMPLATE"]
 
 DEAD_LETTER_TEMPLATE = "{topic}.deadletters.{role}"
+VAULT_TEMPLATE = "{topic}.segregated.{role}"  # role "vault"; `raymask reveal --vault kafka://HOST/TOPIC`
 
 
 @dataclass
@@ -82,6 +83,8 @@ class KafkaRunSummary:
     latencies_ms: list = field(default_factory=list, repr=False)  # produce time -> written
     aggregates: Any = None  # AggregateSummary when the run also released DP aggregates
     leaks: Counter = field(default_factory=Counter)  # (view, field, type) -> spans found
+    vault_topic: str | None = None  # segregated values (Arrow IPC messages), when any
+    vault_rows: int = 0
     lag_s: float = 0.0  # age of the oldest record of the last round when it was written
     resizes: list = field(default_factory=list)  # (seconds into the run, new pool size)
 
@@ -242,6 +245,40 @@ class _ElasticPool:
             request_nodes(0, self.config.worker_cpus)  # withdraw: idle nodes may go
 
 
+VAULT_PIECE_ROWS = 2000  # vault rows per message (a few hundred KB)
+
+
+def vault_messages(
+    routed: Routed, offsets: np.ndarray, per_worker: list[list[MaskOutput]]
+) -> tuple[list[bytes], np.ndarray, int]:
+    """A chunk's segregated values as vault messages: Arrow IPC streams of at most
+    VAULT_PIECE_ROWS rows (offset, field, ref, subject, sealed), in source-offset order, each
+    tagged with the highest source offset in it. The sink's skip rule then holds: a chunk read
+    again after a crash starts at the last commit, so the rows of a piece it skips were written
+    by the piece that set the mark (a row written twice is harmless: any copy opens). Every view
+    that segregates seals the same values the same way, so the first such view's rows are taken."""
+    tables = []
+    for vi in range(len(per_worker[0])):
+        tables = [res[vi].vault for res in per_worker if res[vi].vault is not None]
+        if tables:
+            break
+    if not tables:
+        return [], np.zeros(0, np.int64), 0
+    t = pa.concat_tables(tables)
+    off = offsets[routed.lines[t.column("row").to_numpy()]]
+    t = t.drop_columns(["row"]).add_column(0, "offset", pa.array(off, pa.int64()))
+    t = t.take(pa.array(np.argsort(off, kind="stable")))
+    pieces, marks = [], []
+    for start in range(0, t.num_rows, VAULT_PIECE_ROWS):
+        piece = t.slice(start, VAULT_PIECE_ROWS)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, piece.schema) as w:
+            w.write_table(piece)
+        pieces.append(sink.getvalue().to_pybytes())
+        marks.append(int(piece.column("offset")[-1].as_py()))
+    return pieces, np.asarray(marks, np.int64), t.num_rows
+
+
 def _collect(
     routed: Routed, outputs: Sequence[MaskOutput]
 ) -> tuple[pa.Array, np.ndarray, list[tuple[int, str, str | None]]]:
@@ -322,6 +359,7 @@ def run_kafka(
     max_poll_records: int = 20_000,
     topic_template: str = DEFAULT_TOPIC_TEMPLATE,
     dead_letter_template: str = DEAD_LETTER_TEMPLATE,
+    vault_template: str = VAULT_TEMPLATE,
     dead_letter_key: str = DEFAULT_KEY_ID,
     address: str | None = None,
     name: str | None = None,
@@ -393,8 +431,7 @@ def run_kafka(
     unknown = [r for r in views if r not in plan.views]
     if unknown:
         raise InputError(f"stream {stream} has no view {unknown[0]!r}")
-    if any(op.technique == "segregate" for r in views for op in plan.view(r).ops):
-        raise InputError(f"stream {stream}: segregate runs on files so far, not on Kafka")
+    segregating = any(op.technique == "segregate" for r in views for op in plan.view(r).ops)
     broker = None
     if bootstrap is None:
         from raymask.cluster.broker import Broker
@@ -496,7 +533,13 @@ def run_kafka(
             mark_group="raymask-deadletter-marks", client_options=client_options,
             idempotent=idempotent, call_timeout_s=call_s,
         )  # fmt: skip
-        actors = [*srcs, sink, dsink]
+        vsink = None
+        if segregating:  # the vault: segregated values, sealed, one topic per input topic
+            vsink = KafkaSinkActor.options(name=f"kvault:{pipeline}", **opts).remote(
+                bootstrap, topic_template=vault_template, client_options=client_options,
+                idempotent=idempotent, call_timeout_s=call_s,
+            )  # fmt: skip
+        actors = [*srcs, sink, dsink, *([vsink] if vsink is not None else [])]
         ray.get([w.warm.remote() for w in pool])
         parts = ray.get(srcs[0].partitions.remote(input_topic))
         if not parts:
@@ -508,6 +551,9 @@ def run_kafka(
             summary.dead_topics[r] = dead_letter_template.format(topic=input_topic, role=r)
         ray.get([sink.ensure_topic.remote(t, parts) for t in summary.topics.values()])
         ray.get([dsink.ensure_topic.remote(t, parts) for t in summary.dead_topics.values()])
+        if vsink is not None:
+            summary.vault_topic = vault_template.format(topic=input_topic, role="vault")
+            ray.get(vsink.ensure_topic.remote(summary.vault_topic, parts))
         router = RouterCore(plan, fmt, workers)
         metrics = KafkaMetrics(stream)
         if aggregates is not None:
@@ -567,7 +613,8 @@ def run_kafka(
             idle_since, down_since = time.monotonic(), None
             _round(polled, router, pool, srcs, sink, dsink, views, stream, dl_key, summary, metrics,
                    broker_timeout_s=broker_timeout_s, pending=pending,
-                   leaks=on_leaks if plan.leak_check is not None else None)  # fmt: skip
+                   leaks=on_leaks if plan.leak_check is not None else None,
+                   vault=vsink)  # fmt: skip
             dead_now = sum(summary.dead.values())
             if dead_now != dead_seen:
                 auditor.emit("dead_letters", stream=stream, count=dead_now - dead_seen,
@@ -684,10 +731,11 @@ def _round(
     sink: Any, dsink: Any, views: list[str], stream: str, dl_key: Any, summary: KafkaRunSummary,
     metrics: KafkaMetrics | None = None, max_record_bytes: int = 1 << 20,
     broker_timeout_s: float = 60.0, pending: dict[int, dict[tuple[str, int], int]] | None = None,
-    leaks: Callable[[list[dict]], None] | None = None,
+    leaks: Callable[[list[dict]], None] | None = None, vault: Any | None = None,
 ) -> None:  # fmt: skip
     """Mask and write one poll's chunks; commit each source's partitions once all is written.
-    `leaks(events)` takes the leak monitor's findings of each chunk."""
+    `leaks(events)` takes the leak monitor's findings of each chunk; `vault` (a sink) takes
+    the segregated values (see vault_messages)."""
     import ray
 
     before = (Counter(summary.written), Counter(summary.skipped), Counter(summary.dead))
@@ -720,6 +768,13 @@ def _round(
         per_worker = _get_with_resend(calls, summary) if routed is not None else []
         if leaks is not None and per_worker:  # the leak monitor's findings, every view
             leaks(leak_events(stream, [o for res in per_worker for o in res]))
+        if vault is not None and per_worker:
+            pieces, offs_v, rows_v = vault_messages(routed, ch.offsets, per_worker)
+            if pieces:
+                args_v = (ch.topic, ch.partition, "vault", pieces, offs_v, None)
+                writes.append((vault.write.remote(*args_v), lambda a=args_v: vault.write.remote(*a),
+                               "vault", "vault"))  # fmt: skip
+                summary.vault_rows += rows_v
         for vi, role in enumerate(views):
             dead = list(common)
             if routed is not None:

@@ -847,13 +847,18 @@ def audit_verify(
     file: Annotated[Path, typer.Argument(help="An audit log.")],
     keys: KeysOpt = None,
     key_id: Annotated[str, typer.Option("--key-id", help="The signing key's id.")] = "audit",
+    copy: Annotated[
+        str | None,
+        typer.Option("--copy", help="Its copy on Kafka (kafka://BOOTSTRAP/TOPIC) to compare with."),
+    ] = None,
 ) -> None:
     """Check the hash chain and the signed anchors; exit 1 and name the first bad line if any
-    record was edited, dropped, inserted or reordered, or the log was cut."""
-    from raymask.actors.audit import signing_key, verify
+    record was edited, dropped, inserted or reordered, or the log was cut. With --copy, also
+    check that the file holds every record of its Kafka copy (a cut at an anchor shows there)."""
+    from raymask.actors.audit import compare_with_copy, signing_key, verify
 
     public = signing_key(_keyring(keys).get(key_id).material).public_key()
-    v = verify(file, public)
+    v = compare_with_copy(file, copy, public) if copy else verify(file, public)
     if v.ok:
         print(f"{file}: ok, {v.records} records, all under signed anchors")
         return

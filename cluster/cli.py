@@ -707,6 +707,22 @@ def serve(
     ] = None,
     jwt_issuer: Annotated[str | None, typer.Option("--jwt-issuer")] = None,
     jwt_audience: Annotated[str | None, typer.Option("--jwt-audience")] = None,
+    mtls_header: Annotated[
+        str | None,
+        typer.Option(
+            "--mtls-header",
+            help="Trust this header from a TLS terminator for client-"
+            "certificate identities (listed in --api-keys' file); e.g. "
+            "x-forwarded-client-cert.",
+        ),
+    ] = None,
+    mtls_format: Annotated[
+        str,
+        typer.Option(
+            "--mtls-format",
+            help="xfcc (Envoy/Istio) or dn (nginx, with x-ssl-client-verify: SUCCESS).",
+        ),
+    ] = "xfcc",
     replicas: Annotated[
         int | None, typer.Option("--replicas", min=1, help="Fixed replica count (no autoscaling).")
     ] = None,
@@ -738,6 +754,8 @@ def serve(
         if jwt_key:
             access["jwt"] = {"keys": [p.read_text() for p in jwt_key], "issuer": jwt_issuer,
                              "audience": jwt_audience}  # fmt: skip
+        if mtls_header:
+            access["mtls"] = {"header": mtls_header, "format": mtls_format}
         if not access:
             err.print("no --api-keys or --jwt-key: every caller reads every view")
         ray_serve.run(build_app(pol, ring, workers=workers, pipeline=pipeline,
@@ -827,6 +845,38 @@ def access_revoke(
     print(f"key {key_id} revoked")
 
 
+@access_app.command("add-identity")
+def access_add_identity(
+    file: Annotated[Path, typer.Argument(help="The access file (created if missing).")],
+    identity: Annotated[
+        str, typer.Option("--identity", help="The client certificate's URI SAN or subject DN.")
+    ],
+    name: Annotated[str, typer.Option("--name", help="Who it is.")],
+    roles: Annotated[str, typer.Option("--roles", help="Comma-separated roles (view names).")],
+) -> None:
+    """Let a client certificate in (mTLS behind a TLS terminator: raymask serve --mtls-header)."""
+    from raymask.policy.access import AccessFile
+
+    f = AccessFile.load(file)
+    f.add_identity(identity, name, [r.strip() for r in roles.split(",") if r.strip()])
+    f.save()
+    print(f"identity for {name} added")
+
+
+@access_app.command("remove-identity")
+def access_remove_identity(
+    file: Annotated[Path, typer.Argument(help="The access file.")],
+    identity: Annotated[str, typer.Option("--identity", help="The identity to remove.")],
+) -> None:
+    """Stop letting a client certificate in (a running server rereads the file)."""
+    from raymask.policy.access import AccessFile
+
+    f = AccessFile.load(file)
+    f.remove_identity(identity)
+    f.save()
+    print("identity removed")
+
+
 @access_app.command("list")
 def access_list(file: Annotated[Path, typer.Argument(help="The access file.")]) -> None:
     """Keys, callers, roles and state (never a secret)."""
@@ -840,6 +890,14 @@ def access_list(file: Annotated[Path, typer.Argument(help="The access file.")]) 
         table.add_row(k["id"], k["name"], ",".join(k["roles"]), created,
                       "revoked" if k.get("revoked") else "active")  # fmt: skip
     Console(width=120).print(table)
+    ids = AccessFile.load(file).identities
+    if ids:
+        t2 = Table(title="client-certificate identities (mTLS)")
+        for col in ("identity", "name", "roles"):
+            t2.add_column(col)
+        for i in ids:
+            t2.add_row(i["identity"], i["name"], ",".join(i["roles"]))
+        Console(width=160).print(t2)
 
 
 @audit_app.command("verify")

@@ -483,7 +483,8 @@ def build_app(
     from 1 to `max_replicas` (AUTOSCALING), or are fixed at `replicas`. `aggregates_file`: the
     releases a `raymask run --aggregates F` writes, served by GET .../aggregates. `access`:
     {"api_keys": FILE, "jwt": {"keys": [PEM or secret], "issuer", "audience", "algorithms",
-    "roles_claim"}}; without it every caller reads every view."""
+    "roles_claim"}, "mtls": {"header", "format": "xfcc"|"dn", "verify"}}; without it every
+    caller reads every view."""
     dep = _make_deployment()
     if replicas is not None:
         dep = dep.options(num_replicas=replicas, autoscaling_config=None)
@@ -497,7 +498,7 @@ def build_app(
 
 def authenticator(access: dict | None) -> Authenticator | None:
     """The Authenticator an `access` dict describes (see build_app)."""
-    from raymask.policy.access import AccessFile, JwtVerifier
+    from raymask.policy.access import AccessFile, JwtVerifier, MtlsHeader
 
     if not access:
         return None
@@ -510,7 +511,12 @@ def authenticator(access: dict | None) -> Authenticator | None:
             "EdDSA"))), issuer=jwt_cfg.get("issuer"), audience=jwt_cfg.get("audience"),
             roles_claim=jwt_cfg.get("roles_claim", "roles"),
         )  # fmt: skip
-    return Authenticator(api, verifier)
+    mtls = None
+    if access.get("mtls"):  # {"header", "format", "verify"}: identities from the access file
+        if api is None:
+            raise InputError("mTLS identities need an access file (--api-keys) listing them")
+        mtls = MtlsHeader(**access["mtls"])
+    return Authenticator(api, verifier, mtls)
 
 
 def latest_releases(path: str, tail_bytes: int = 4 << 20) -> dict[str, list[dict]]:

@@ -314,6 +314,26 @@ def test_serve_with_api_keys_enforces_roles(served, tmp_path):
         assert post("payments/mask?view=ops", {"x-api-key": ops}).status_code == 401
     finally:
         serve.delete("t-auth")
+    # mTLS behind a terminator: the identity in its header, listed in the access file
+    f.add_identity("spiffe://acme/sa/svc-a", "svc-a", ["support"])
+    f.save()
+    serve.run(build_app(POLICY, ring, app="t-mtls", access={"api_keys": str(f.path),
+                                                            "mtls": {"format": "xfcc"}}),
+              name="t-mtls", route_prefix="/mtls")  # fmt: skip
+    try:
+        xfcc = {"x-forwarded-client-cert": 'Hash=1;URI=spiffe://acme/sa/svc-a;Subject="CN=a"'}
+        r = requests.post(f"{url}/mtls/v1/streams/payments/mask?view=support", data=body,
+                          headers=xfcc, timeout=30)  # fmt: skip
+        assert r.status_code == 200 and r.headers["raymask-records"] == "3"
+        r = requests.post(f"{url}/mtls/v1/streams/payments/mask?view=ops", data=body,
+                          headers=xfcc, timeout=30)  # fmt: skip
+        assert r.status_code == 403
+        stranger = {"x-forwarded-client-cert": "Hash=1;URI=spiffe://acme/sa/other"}
+        r = requests.post(f"{url}/mtls/v1/streams/payments/mask?view=support", data=body,
+                          headers=stranger, timeout=30)  # fmt: skip
+        assert r.status_code == 401
+    finally:
+        serve.delete("t-mtls")
 
 
 def test_cli_access_add_list_revoke(tmp_path):
@@ -333,6 +353,15 @@ def test_cli_access_add_list_revoke(tmp_path):
     assert "alice" in r.output and "active" in r.output and key.split("_", 2)[2] not in r.output
     r = CliRunner().invoke(app, ["access", "revoke", str(p), "--id", key.split("_")[1]])
     assert r.exit_code == 0 and AccessFile.load(p).check(key) is None
+    r = CliRunner().invoke(app, ["access", "add-identity", str(p), "--identity",
+                                 "spiffe://acme/sa/svc-a", "--name", "svc-a", "--roles", "ops"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert AccessFile.load(p).check_identity(["spiffe://acme/sa/svc-a"]).name == "svc-a"
+    r = CliRunner().invoke(app, ["access", "list", str(p)])
+    assert "spiffe://acme/sa/svc-a" in r.output and "svc-a" in r.output
+    r = CliRunner().invoke(app, ["access", "remove-identity", str(p), "--identity",
+                                 "spiffe://acme/sa/svc-a"])  # fmt: skip
+    assert r.exit_code == 0 and AccessFile.load(p).identities == []
 
 
 def test_reveal_needs_the_role_a_reason_and_the_rate_and_is_audited(keyring, tmp_path):

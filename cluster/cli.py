@@ -723,6 +723,14 @@ def serve(
             help="xfcc (Envoy/Istio) or dn (nginx, with x-ssl-client-verify: SUCCESS).",
         ),
     ] = "xfcc",
+    vault: Annotated[
+        str | None,
+        typer.Option(
+            "--vault",
+            help="Folder for segregated values (shared storage on a "
+            "cluster); without it, streams that segregate are not served.",
+        ),
+    ] = None,
     replicas: Annotated[
         int | None, typer.Option("--replicas", min=1, help="Fixed replica count (no autoscaling).")
     ] = None,
@@ -760,7 +768,7 @@ def serve(
             err.print("no --api-keys or --jwt-key: every caller reads every view")
         ray_serve.run(build_app(pol, ring, workers=workers, pipeline=pipeline,
                                 state=str(state) if state else None, aggregates_file=aggregates,
-                                access=access or None, replicas=replicas,
+                                access=access or None, replicas=replicas, vault=vault,
                                 max_replicas=max_replicas),
                       name="raymask", route_prefix="/")  # fmt: skip
         err.print(f"serving on http://{host}:{port}/v1/streams/{{stream}}/mask (Ctrl-C to stop)")

@@ -54,7 +54,9 @@ from raymask.policy.schema import Policy
 __all__ = ["KafkaRunSummary", "run_kafka", "DEAD_LETTER_TEMPLATE"]
 
 DEAD_LETTER_TEMPLATE = "{topic}.deadletters.{role}"
-VAULT_TEMPLATE = "{topic}.segregated.{role}"  # role "vault"; `raymask reveal --vault kafka://HOST/TOPIC`
+VAULT_TEMPLATE = (
+    "{topic}.segregated.{role}"  # role "vault"; `raymask reveal --vault kafka://HOST/TOPIC`
+)
 
 
 @dataclass

@@ -46,8 +46,7 @@ __all__ = [
 MAX_BODY_BYTES = 8 << 20
 # Serve's replica autoscaling (build_app: `max_replicas`, or a fixed `replicas` count instead)
 AUTOSCALING = {
-    "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8,
-    "metrics_interval_s": 2.0, "look_back_period_s": 4.0,
+    "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8, "look_back_period_s": 4.0,
     "upscale_delay_s": 2.0, "downscale_delay_s": 30.0,
 }  # fmt: skip
 MAX_ERRORS_LISTED = 100
@@ -139,10 +138,11 @@ class IngressCore:
     def __init__(
         self, policy: Policy, mask: Callable[[str, str | None, np.ndarray], Awaitable[Masked]],
         max_body_bytes: int = MAX_BODY_BYTES, auth: Authenticator | None = None,
-        audit: Callable[..., None] | None = None,
+        audit: Callable[..., None] | None = None, vault: bool = False,
     ) -> None:  # fmt: skip
         """`auth`: who may call (None: anyone, every view); `audit(kind, **fields)`: where
-        access denials go."""
+        access denials go; `vault`: a vault is configured, so streams that segregate are
+        served (their sealed values go to it before the answer)."""
         self.policy = policy
         self.mask = mask
         self.max_body_bytes = max_body_bytes
@@ -154,8 +154,11 @@ class IngressCore:
             if s.format != "ndjson":  # other formats over HTTP come with their codecs
                 continue
             plan = compile_stream(policy, name)
-            if any(op.technique == "segregate" for v in plan.views.values() for op in v.ops):
-                continue  # its vault rows have no sink here yet: not served
+            segregates = any(
+                op.technique == "segregate" for v in plan.views.values() for op in v.ops
+            )
+            if segregates and not vault:
+                continue  # its vault rows would have nowhere to go: not served
             self.plans[name] = plan
 
     def authorize(
@@ -350,19 +353,28 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
             self, policy: dict, keyring: Any, workers: int = 2, pipeline: str | None = None,
             app: str = "raymask", state: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
             aggregates_file: str | None = None, access: dict | None = None,
+            vault: str | None = None,
         ) -> None:  # fmt: skip
+            import os
+            import socket
+
             from raymask.actors.audit import Auditor
             from raymask.actors.router import RouterCore
             from raymask.actors.worker import MaskCore
-            from raymask.cluster.pipeline import ledger_root
+            from raymask.cluster.pipeline import VaultWriter, ledger_root
             from raymask.kernels.codecs.formats import format_for
 
             pol = Policy.model_validate(policy)
             self.auditor = Auditor.from_env(keyring)  # RAYMASK_AUDIT=FILE: access denials
             self.core = IngressCore(
                 pol, self._mask, max_body_bytes, authenticator(access),
-                self.auditor.emit if self.auditor.on else None,
+                self.auditor.emit if self.auditor.on else None, vault=vault is not None,
             )  # fmt: skip
+            # segregated values: Parquet parts in the vault folder (shared storage on a
+            # cluster), one writer per replica (part names carry host and pid), written before
+            # the answer so every reference a caller gets has its row
+            self.vault = VaultWriter(vault) if vault is not None else None
+            self.vault_tag = f"{socket.gethostname()}-{os.getpid()}"
             self.aggregates_file = aggregates_file
             self.keyring = keyring
             self.routers: dict[str, Any] = {}
@@ -401,6 +413,7 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
                     outs = core.process_views(routed.batch, [role], rows)
                 else:
                     outs = await asyncio.to_thread(core.process_views, routed.batch, [role], rows)
+                self._keep_vault(outs)
                 return masked_from(routed, outs)
             pool = self.pools[stream]
             futs = []
@@ -411,7 +424,14 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
                     for w, idx in enumerate(routed.shards)
                     if idx is not None
                 ]
-            return masked_from(routed, [o[0] for o in await _gather(futs)])
+            outs = [o[0] for o in await _gather(futs)]
+            self._keep_vault(outs)
+            return masked_from(routed, outs)
+
+        def _keep_vault(self, outs: list) -> None:
+            tables = [o.vault for o in outs if o.vault is not None]
+            if tables and self.vault is not None:
+                self.vault.write(tables, tag=self.vault_tag)
 
         @serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s)
         async def _batched(self, requests: list[Request]) -> list[Answer]:
@@ -477,14 +497,15 @@ def build_app(
     policy: Policy, keyring: Any, *, workers: int = 2, pipeline: str | None = None,
     app: str = "raymask", state: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
     aggregates_file: str | None = None, access: dict | None = None,
-    replicas: int | None = None, max_replicas: int = 4,
+    replicas: int | None = None, max_replicas: int = 4, vault: str | None = None,
 ) -> Any:  # fmt: skip
     """The Serve application (bind it with `serve.run(build_app(...))`). Replicas autoscale
     from 1 to `max_replicas` (AUTOSCALING), or are fixed at `replicas`. `aggregates_file`: the
     releases a `raymask run --aggregates F` writes, served by GET .../aggregates. `access`:
     {"api_keys": FILE, "jwt": {"keys": [PEM or secret], "issuer", "audience", "algorithms",
     "roles_claim"}, "mtls": {"header", "format": "xfcc"|"dn", "verify"}}; without it every
-    caller reads every view."""
+    caller reads every view. `vault`: a folder for the sealed values of segregated fields
+    (without it, streams that segregate are not served)."""
     dep = _make_deployment()
     if replicas is not None:
         dep = dep.options(num_replicas=replicas, autoscaling_config=None)
@@ -492,7 +513,7 @@ def build_app(
         dep = dep.options(autoscaling_config={**AUTOSCALING, "max_replicas": max_replicas})
     return dep.bind(
         policy.model_dump(), keyring, workers, pipeline, app, state, max_body_bytes,
-        aggregates_file, access,
+        aggregates_file, access, vault,
     )  # fmt: skip
 
 

@@ -401,3 +401,53 @@ def test_reveal_needs_the_role_a_reason_and_the_rate_and_is_audited(keyring, tmp
     assert codes == [200] * 11
     assert core.reveal({"x-api-key": lead}, "payments", "fraud", body, keyring).status == 429
     assert events[-1][0] == "reveal_limited"
+
+
+@pytest.mark.integration
+def test_segregated_fields_over_http_go_to_the_vault_before_the_answer(served, tmp_path):
+    """With a vault folder, a stream that segregates is served: the answer carries references,
+    and every reference it carries opens from the vault right after the answer."""
+    import pyarrow as pa
+    import requests
+    from ray import serve
+
+    from raymask.cluster.reveal import reveal_vault
+    from raymask.cluster.serve_app import build_app
+    from raymask.policy.keys import Key
+    from raymask.policy.loader import parse_policy
+
+    url, ring = served
+    ring.add(Key("vault", 1, b"v" * 64))
+    pol = parse_policy("""
+version: 1
+streams:
+  payments:
+    format: ndjson
+    key: account.id
+    fields:
+      account.id:    {technique: tokenize, key: tok, length: 16}
+      customer.name: {technique: segregate, key: vault}
+""", "seg.yaml")  # fmt: skip
+    body = generate_bytes("payments", 50, seed=12)
+    names = [json.loads(x)["customer"]["name"] for x in body.splitlines()]
+    # without a vault the stream is not served at all
+    serve.run(build_app(pol, ring, app="t-novault"), name="t-novault", route_prefix="/novault")
+    try:
+        r = requests.post(f"{url}/novault/v1/streams/payments/mask", data=body, timeout=30)
+        assert r.status_code == 404
+    finally:
+        serve.delete("t-novault")
+    vault = tmp_path / "vault"
+    serve.run(build_app(pol, ring, app="t-vault", vault=str(vault)), name="t-vault",
+              route_prefix="/vault")  # fmt: skip
+    try:
+        r = requests.post(f"{url}/vault/v1/streams/payments/mask", data=body, timeout=30)
+        assert r.status_code == 200 and r.headers["raymask-records"] == "50"
+        refs = [json.loads(x)["customer"]["name"] for x in r.content.splitlines()]
+        assert all(x is None or x.startswith("vault:") for x in refs)
+        assert not any(n in r.text for n in names if n)
+        got = reveal_vault(vault, pa.array(refs), "customer.name", ring, "vault")
+        assert got.values == names
+        assert not list(vault.glob(".*.tmp"))
+    finally:
+        serve.delete("t-vault")

@@ -187,7 +187,7 @@ class IngressCore:
             return _error(exc.status, str(exc))
 
     def reveal(self, headers: Mapping[str, str], stream: str, view: str | None, body: bytes,
-               keyring: Any) -> Answer:  # fmt: skip
+               keyring: Any, vault: str | None = None) -> Answer:  # fmt: skip
         """Clear values of an fpe or encrypt field, for a caller whose roles include one of the
         stream's `reveal.roles` and the view that wrote the values; a JSON body {"field",
         "values", "reason", optional "tweak", optional "record_keys" (the records' key tokens,
@@ -223,7 +223,7 @@ class IngressCore:
             return _error(429, f"over {rule.per_minute} values a minute: try again later")
         try:
             res = reveal_values(self.policy, stream, field_, values, keyring=keyring, role=v,
-                                tweak=req.get("tweak"))  # fmt: skip
+                                tweak=req.get("tweak"), vault=vault)  # fmt: skip
         except RaymaskError as exc:
             return _error(400, str(exc))
         keys = req.get("record_keys") or []
@@ -463,7 +463,10 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
             if len(body) > self.core.max_body_bytes:
                 a = _error(413, f"the body is over {self.core.max_body_bytes} bytes")
             else:
-                a = self.core.reveal(request.headers, stream, view, body, self.keyring)
+                a = self.core.reveal(
+                    request.headers, stream, view, body, self.keyring,
+                    str(self.vault.folder) if self.vault is not None else None,
+                )  # fmt: skip
             return Response(a.body, a.status, a.headers, a.media_type)
 
         @api.get("/v1/streams/{stream}/aggregates", summary="The latest DP releases")

@@ -427,6 +427,7 @@ streams:
     fields:
       account.id:    {technique: tokenize, key: tok, length: 16}
       customer.name: {technique: segregate, key: vault}
+    reveal: {roles: [fraud-lead], per_minute: 1000}
 """, "seg.yaml")  # fmt: skip
     body = generate_bytes("payments", 50, seed=12)
     names = [json.loads(x)["customer"]["name"] for x in body.splitlines()]
@@ -437,11 +438,19 @@ streams:
         assert r.status_code == 404
     finally:
         serve.delete("t-novault")
+    from raymask.policy.access import AccessFile
+
+    f = AccessFile.load(tmp_path / "access.json")
+    lead = {"x-api-key": f.add("lena", ["default", "fraud-lead"])}
+    clerk = {"x-api-key": f.add("carl", ["default"])}
+    f.save()
     vault = tmp_path / "vault"
-    serve.run(build_app(pol, ring, app="t-vault", vault=str(vault)), name="t-vault",
-              route_prefix="/vault")  # fmt: skip
+    serve.run(build_app(pol, ring, app="t-vault", vault=str(vault),
+                        access={"api_keys": str(f.path)}),
+              name="t-vault", route_prefix="/vault")  # fmt: skip
     try:
-        r = requests.post(f"{url}/vault/v1/streams/payments/mask", data=body, timeout=30)
+        r = requests.post(f"{url}/vault/v1/streams/payments/mask", data=body, headers=clerk,
+                          timeout=30)  # fmt: skip
         assert r.status_code == 200 and r.headers["raymask-records"] == "50"
         refs = [json.loads(x)["customer"]["name"] for x in r.content.splitlines()]
         assert all(x is None or x.startswith("vault:") for x in refs)
@@ -449,5 +458,13 @@ streams:
         got = reveal_vault(vault, pa.array(refs), "customer.name", ring, "vault")
         assert got.values == names
         assert not list(vault.glob(".*.tmp"))
+        # reveal over HTTP reads the same vault, for a caller with the reveal role only
+        ask = {"field": "customer.name", "values": refs, "reason": "dispute 7"}
+        r = requests.post(f"{url}/vault/v1/streams/payments/reveal", json=ask, headers=lead,
+                          timeout=30)  # fmt: skip
+        assert r.status_code == 200 and r.json()["values"] == names
+        r = requests.post(f"{url}/vault/v1/streams/payments/reveal", json=ask, headers=clerk,
+                          timeout=30)  # fmt: skip
+        assert r.status_code == 403
     finally:
         serve.delete("t-vault")

@@ -6,6 +6,8 @@ rows once and masks them for every role view, and the sink writes each view's re
 partition, with the source topic/partition/offset in headers. Records no technique can take, and
 messages that cannot be records, go to the view's dead-letter topic, sealed as in the file path.
 Only when every write of a chunk is acknowledged does its source commit the chunk's offsets.
+Rounds overlap: round k+1 is masked while round k's writes are acknowledged; round k+1's writes
+go out only after that, so each sink sees the rounds' writes in order.
 
 Effectively once: a crash anywhere (worker, source, sink, driver) before a commit means the
 chunk is read again. A sink, at its first write to an output partition, reads back the highest
@@ -573,6 +575,7 @@ def run_kafka(
         down_since: float | None = None
         pending: dict[int, dict[tuple[str, int], int]] = {}  # commits not yet through, per source
         futs = [(i, s.poll.remote(poll_ms)) for i, s in enumerate(srcs)]
+        writing: _Writing | None = None  # the round whose writes are in flight
         while not (should_stop and should_stop()):
             if max_records is not None and summary.records_in >= max_records:
                 break
@@ -591,6 +594,9 @@ def run_kafka(
                         raise
                     summary.source_failures += 1  # e.g. it could not join: the broker is away
                     failed = str(exc.cause)
+            if not polled and writing is not None:  # an idle input: finish the last round
+                _finish_writes(writing, srcs, views, summary, metrics, broker_timeout_s, pending)
+                writing = None
             if not polled:
                 summary.lag_s = 0.0  # nothing waits (or the broker is away: no news of lag)
             lag = summary.lag_s
@@ -613,10 +619,14 @@ def run_kafka(
                     break
                 continue
             idle_since, down_since = time.monotonic(), None
-            _round(polled, router, pool, srcs, sink, dsink, views, stream, dl_key, summary, metrics,
-                   broker_timeout_s=broker_timeout_s, pending=pending,
-                   leaks=on_leaks if plan.leak_check is not None else None,
-                   vault=vsink)  # fmt: skip
+            # this round's masking runs while the last round's writes finish; its own writes go
+            # out only after those (see _submit_writes)
+            jobs = _start_masks(polled, router, pool, views)
+            if writing is not None:
+                _finish_writes(writing, srcs, views, summary, metrics, broker_timeout_s, pending)
+            writing = _submit_writes(jobs, sink, dsink, views, stream, dl_key, summary,
+                                     leaks=on_leaks if plan.leak_check is not None else None,
+                                     vault=vsink)  # fmt: skip
             dead_now = sum(summary.dead.values())
             if dead_now != dead_seen:
                 auditor.emit("dead_letters", stream=stream, count=dead_now - dead_seen,
@@ -631,6 +641,8 @@ def run_kafka(
             summary.seconds = time.perf_counter() - t0  # up to the last record, not the idle wait
             if progress is not None:
                 progress(summary)
+        if writing is not None:
+            _finish_writes(writing, srcs, views, summary, metrics, broker_timeout_s, pending)
         _flush_commits(srcs, pending, summary)
         ok = True
     except ray.exceptions.RayActorError:
@@ -728,19 +740,27 @@ def _flush_commits(
     summary.uncommitted = sum(len(v) for v in pending.values())
 
 
-def _round(
-    polled: list[tuple[int, PartitionChunk]], router: RouterCore, pool: list, srcs: list,
-    sink: Any, dsink: Any, views: list[str], stream: str, dl_key: Any, summary: KafkaRunSummary,
-    metrics: KafkaMetrics | None = None, max_record_bytes: int = 1 << 20,
-    broker_timeout_s: float = 60.0, pending: dict[int, dict[tuple[str, int], int]] | None = None,
-    leaks: Callable[[list[dict]], None] | None = None, vault: Any | None = None,
-) -> None:  # fmt: skip
-    """Mask and write one poll's chunks; commit each source's partitions once all is written.
-    `leaks(events)` takes the leak monitor's findings of each chunk; `vault` (a sink) takes
-    the segregated values (see vault_messages)."""
+@dataclass
+class _Writing:
+    """A round whose writes are in flight."""
+
+    jobs: list
+    writes: list  # (future, resend, role, kind)
+    dead: Counter  # role -> dead letters of the round
+
+
+# A round is three steps: _start_masks (route, send the workers their rows), _submit_writes
+# (take the results, send records, dead letters and vault rows to the sinks), _finish_writes
+# (wait for the acknowledgements, count, commit the sources' offsets). run_kafka overlaps them:
+# round k+1 is masked while round k's writes finish, and round k+1's writes go out after.
+
+
+def _start_masks(
+    polled: list[tuple[int, PartitionChunk]], router: RouterCore, pool: list, views: list[str]
+) -> list[tuple[int, PartitionChunk, Routed | None, list]]:
+    """Route each chunk and send each worker its rows (every view at once); nothing waits."""
     import ray
 
-    before = (Counter(summary.written), Counter(summary.skipped), Counter(summary.dead))
     jobs = []
     for si, ch in polled:
         routed = router.route(ch.data, 0) if len(ch) else None  # line i = message i of the chunk
@@ -756,7 +776,19 @@ def _round(
                 if idx is not None
             ]
         jobs.append((si, ch, routed, calls))
+    return jobs
+
+
+def _submit_writes(
+    jobs: list, sink: Any, dsink: Any, views: list[str], stream: str, dl_key: Any,
+    summary: KafkaRunSummary, max_record_bytes: int = 1 << 20,
+    leaks: Callable[[list[dict]], None] | None = None, vault: Any | None = None,
+) -> _Writing:  # fmt: skip
+    """Take the workers' results of a round and send its writes (records, dead letters, vault).
+    Call only once the round before is written: a sink that restarts must see a round's writes
+    before the next round's, or its skip rule would drop the earlier ones."""
     writes: list[tuple[Any, Callable[[], Any], str, str]] = []  # future, resend, role, kind
+    dead_count: Counter = Counter()
     for si, ch, routed, calls in jobs:
         where = f"{ch.topic}[{ch.partition}]"
         summary.records_in += len(ch) + len(ch.bad)
@@ -816,17 +848,31 @@ def _round(
                     (dsink.write.remote(*args), lambda a=args: dsink.write.remote(*a), role, "dead")
                 )
                 summary.dead[role] += len(dead)
+                dead_count[role] += len(dead)
+    return _Writing(jobs, writes, dead_count)
+
+
+def _finish_writes(
+    w: _Writing, srcs: list, views: list[str], summary: KafkaRunSummary,
+    metrics: KafkaMetrics | None = None, broker_timeout_s: float = 60.0,
+    pending: dict[int, dict[tuple[str, int], int]] | None = None,
+) -> None:  # fmt: skip
+    """Wait for a round's writes (resending what a dead sink lost), count, commit."""
     results = _get_with_resend(
-        [(f, r) for f, r, _, _ in writes], summary, transient_s=broker_timeout_s
+        [(f, r) for f, r, _, _ in w.writes], summary, transient_s=broker_timeout_s
     )
     now_ms = time.time() * 1000.0
-    stamps = [ch.timestamps.min() for _, ch, _, _ in jobs if len(ch.timestamps)]
+    stamps = [ch.timestamps.min() for _, ch, _, _ in w.jobs if len(ch.timestamps)]
     summary.lag_s = max(0.0, (now_ms - float(min(stamps))) / 1e3) if stamps else 0.0
-    for (_, _, role, kind), res in zip(writes, results, strict=True):
+    written: Counter = Counter()
+    skipped: Counter = Counter()
+    for (_, _, role, kind), res in zip(w.writes, results, strict=True):
         if kind == "out":
-            summary.written[role] += res.written
-            summary.skipped[role] += res.skipped
-    for _si, ch, routed, _ in jobs:
+            written[role] += res.written
+            skipped[role] += res.skipped
+    summary.written.update(written)
+    summary.skipped.update(skipped)
+    for _si, ch, routed, _ in w.jobs:
         if routed is not None and len(ch.timestamps):
             summary.latencies_ms.append(now_ms - ch.timestamps.astype(np.float64))
         if metrics is not None and len(ch.timestamps):
@@ -834,10 +880,8 @@ def _round(
                           ch.next_offset)  # fmt: skip
     if metrics is not None:
         for role in views:
-            metrics.view(role, summary.written[role] - before[0][role],
-                         summary.skipped[role] - before[1][role],
-                         summary.dead[role] - before[2][role])  # fmt: skip
+            metrics.view(role, written[role], skipped[role], w.dead[role])
     commits: dict[int, dict[tuple[str, int], int]] = {}
-    for si, ch, _, _ in jobs:
+    for si, ch, _, _ in w.jobs:
         commits.setdefault(si, {})[(ch.topic, ch.partition)] = ch.next_offset
     _commit(srcs, commits, {} if pending is None else pending, summary)

@@ -8,7 +8,7 @@ export RAY_TMPDIR ?= /tmp/raymask-ray
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install demo test test-unit lint bench faults soak clean
+.PHONY: install demo test test-unit lint bench faults soak load load-long clean
 
 install: $(STAMP)
 
@@ -63,5 +63,17 @@ soak: $(STAMP)
 	@mkdir -p $(RAY_TMPDIR)
 	RAYMASK_SOAK_RECORDS=2000000 RAYMASK_SOAK_THROTTLE=0.3 $(BIN)/python -m pytest -q tests/actors/test_backpressure.py
 
+# Locust against the embedded stack on loopback (Ray + Serve, tansu + the Kafka pipeline), about
+# 2 minutes: the echo comparison, a day-shaped HTTP run and a day-shaped Kafka run, each with
+# Locust's CSVs and HTML, raymask's timeline.csv and the report's PNGs in load-out/<run>/
+load: $(STAMP)
+	@mkdir -p $(RAY_TMPDIR)
+	$(BIN)/python -m raymask.loadtest.load --out load-out $(LOAD_ARGS)
+
+# the same, longer: 2 minutes per compare run, 10 minutes per day-shaped run
+load-long: $(STAMP)
+	@mkdir -p $(RAY_TMPDIR)
+	$(BIN)/python -m raymask.loadtest.load --out load-out-long --compare-seconds 120 --seconds 600 $(LOAD_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info demo-out
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info demo-out load-out load-out-long

@@ -46,12 +46,16 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from raymask.loadtest.timeline import Sampler, TimelineWriter, kafka_lag, sample_from_metrics
 
-__all__ = ["main", "run_locust", "aggregated", "LOCUSTFILE"]
+__all__ = [
+    "main", "parse_args", "run_locust", "aggregated", "http_phase", "kafka_phase", "KafkaRun",
+    "LocalStack", "compare", "LOCUSTFILE",
+]  # fmt: skip
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +82,7 @@ def run_locust(
         cmd += ["--host", host]
     cmd += list(args or []) + user_classes
     full_env = {
-        **os.environ, "RAYMASK_LOAD_SHAPE": shape, "RAYMASK_LOAD_USERS": str(users),
+        **{k: v for k, v in os.environ.items() if k != "LOCUST_SKIP_MONKEY_PATCH"},  # (tests set it) "RAYMASK_LOAD_SHAPE": shape, "RAYMASK_LOAD_USERS": str(users),
         "RAYMASK_LOAD_SECONDS": str(seconds), "RAYMASK_LOAD_OUT": str(run_dir),
         **(env or {}),
     }  # fmt: skip
@@ -152,7 +156,11 @@ def _metrics_sampler(
 class LocalStack:
     """Ray with its metrics exported, Serve on a loopback port; stopped by `close()`."""
 
-    def __init__(self, policy: Any, keyring: Any, workers: int, stream: str, profile: str) -> None:
+    def __init__(
+        self, policy: Any, keyring: Any, workers: int, stream: str, profile: str,
+        metrics_url: str | None = None,
+    ) -> None:  # fmt: skip
+        """On a Ray already running (tests), `metrics_url` is its Prometheus endpoint."""
         import ray
         from ray import serve
 
@@ -168,7 +176,9 @@ class LocalStack:
                 _metrics_export_port=self.metrics_port,
                 _system_config={"metrics_report_interval_ms": 1000},
             )  # fmt: skip
-        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        self.metrics_url = (
+            f"http://127.0.0.1:{self.metrics_port}/metrics" if self.started else metrics_url
+        )
         serve.start(http_options={"host": "127.0.0.1", "port": self.http_port})
         self.host = f"http://127.0.0.1:{self.http_port}"
         self.policy, self.keyring, self.workers = policy, keyring, workers
@@ -243,12 +253,22 @@ def http_phase(
         w.close()
 
 
+@dataclass
+class KafkaRun:
+    rc: int  # Locust's exit code
+    bootstrap: str
+    topic: str
+    output: str
+
+
 def kafka_phase(
     run_dir: Path, args: argparse.Namespace, *, policy: Any = None, keyring: Any = None,
-    metrics_url: str | None = None,
-) -> int:  # fmt: skip
-    """Producers into the input topic, a consumer on the masked topic. Local (no
-    --bootstrap-servers): a broker and the pipeline are started here and stopped after."""
+    metrics_url: str | None = None, bootstrap: str | None = None,
+) -> KafkaRun:  # fmt: skip
+    """Producers into the input topic, a consumer on the masked topic. With a `policy`, the
+    pipeline runs here (in a thread, on this process's Ray) for the run, on `bootstrap` or, when
+    there is none, on an embedded broker started and stopped here; without one, the pipeline
+    is someone else's (--bootstrap-servers, --topic, --group)."""
     from raymask.loadtest.kafka_traffic import create_topic
 
     _fresh(run_dir)
@@ -258,17 +278,19 @@ def kafka_phase(
     progress: dict[str, Any] = {}
     failure: list[BaseException] = []
     lag: Any = None
-    bootstrap = args.bootstrap_servers
+    bootstrap = bootstrap or args.bootstrap_servers
     topic = args.topic
     group = args.group
     output = args.output_topic
     try:
-        if not bootstrap:
-            from raymask.cluster.broker import Broker
+        if policy is not None:
             from raymask.cluster.kafka_pipeline import run_kafka
 
-            broker = Broker(log_path=run_dir / "broker.log").start()
-            bootstrap = broker.bootstrap
+            if not bootstrap:
+                from raymask.cluster.broker import Broker
+
+                broker = Broker(log_path=run_dir / "broker.log").start()
+                bootstrap = broker.bootstrap
             name = f"load-{uuid.uuid4().hex[:8]}"
             topic = topic or name
             group = f"raymask-{name}"
@@ -299,7 +321,7 @@ def kafka_phase(
             if not ready.wait(180) or failure:
                 raise failure[0] if failure else RuntimeError("the Kafka pipeline did not start")
             _warm_up_kafka(bootstrap, topic, args, progress, failure)
-        if not topic:
+        if not topic or not bootstrap:
             raise SystemExit("--topic is needed with --bootstrap-servers")
         output = output or f"{topic}.masked.{VIEW}"
         if group:
@@ -331,7 +353,7 @@ def kafka_phase(
         finally:
             s.stop()
             w.close()
-        return rc
+        return KafkaRun(rc, bootstrap, topic, output)
     finally:
         stop.set()
         if pipeline is not None:
@@ -482,8 +504,13 @@ def main(argv: list[str] | None = None) -> int:
                 metrics_url=metrics, deployment="MaskIngress",
             )  # fmt: skip
         if "kafka" in scenarios:
-            runs["kafka"] = kafka_phase(out / "kafka", args, policy=policy, keyring=keyring,
-                                        metrics_url=metrics)  # fmt: skip
+            runs["kafka"] = kafka_phase(
+                out / "kafka",
+                args,
+                policy=policy if local_kafka else None,
+                keyring=keyring,
+                metrics_url=metrics,
+            ).rc
     finally:
         if stack is not None:
             stack.close()

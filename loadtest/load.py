@@ -1,6 +1,6 @@
 """`make load`: Locust against raymask, raymask's own figures beside it, and the SLO report.
 
-    python -m raymask.loadtest.load [--out load-out] [--seconds 24] [--compare-seconds 12]
+    python -m raymask.loadtest.load [--out load-out] [--seconds 20] [--compare-seconds 10]
         [--users 4] [--scenarios http,kafka] [--no-compare-echo]
         [--host URL] [--bootstrap-servers B --topic T [--group G]] [--metrics-url URL]
 
@@ -82,7 +82,9 @@ def run_locust(
         cmd += ["--host", host]
     cmd += list(args or []) + user_classes
     full_env = {
-        **{k: v for k, v in os.environ.items() if k != "LOCUST_SKIP_MONKEY_PATCH"},  # (tests set it) "RAYMASK_LOAD_SHAPE": shape, "RAYMASK_LOAD_USERS": str(users),
+        # LOCUST_SKIP_MONKEY_PATCH (the tests' own process sets it) must not reach Locust
+        **{k: v for k, v in os.environ.items() if k != "LOCUST_SKIP_MONKEY_PATCH"},
+        "RAYMASK_LOAD_SHAPE": shape, "RAYMASK_LOAD_USERS": str(users),
         "RAYMASK_LOAD_SECONDS": str(seconds), "RAYMASK_LOAD_OUT": str(run_dir),
         **(env or {}),
     }  # fmt: skip
@@ -423,10 +425,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--scenarios", default="http,kafka", help="http, kafka, or both")
     ap.add_argument("--compare-echo", action=argparse.BooleanOptionalAction, default=True,
                     help="first the echo deployment, then raymask, same load (local HTTP only)")  # fmt: skip
-    ap.add_argument("--seconds", type=float, default=24.0, help="length of the day-shaped runs")
-    ap.add_argument(
-        "--compare-seconds", type=float, default=12.0, help="length of each compare run"
-    )
+    ap.add_argument("--seconds", type=float, default=20.0, help="length of the day-shaped runs")
+    ap.add_argument("--compare-seconds", type=float, default=10.0,
+                    help="length of each compare run")  # fmt: skip
     ap.add_argument("--users", type=int, default=4, help="base user count (the spike is 5x)")
     ap.add_argument("--shape", default="day", choices=["day", "steady"])
     ap.add_argument("--http-rate", type=float, default=5.0, help="requests/s per HTTP user")

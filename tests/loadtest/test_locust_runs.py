@@ -63,6 +63,7 @@ def test_http_users_get_every_checked_record_masked_without_failures(ray_session
     assert aggregated(d)["failures"] == 0
     history = list(csv.DictReader(open(d / "locust_stats_history.csv")))
     assert len(history) >= 5
+    assert max(int(h["User Count"]) for h in history) == 2  # the steady shape of --users 2
     checks = json.loads((d / "checks.json").read_text())  # every answer checked (check_every=1)
     assert checks["records_unmasked"] == 0
     assert checks["records_checked"] >= 100  # at least one 100-record answer
@@ -96,6 +97,8 @@ def test_kafka_producers_every_record_arrives_masked_with_e2e_latencies(
     assert int(names["kafka e2e"]["Request Count"]) == k["produced"]  # one latency per record
     assert float(names["kafka e2e"]["50%"]) > 0
     assert int(names["kafka produce"]["Failure Count"]) == 0
+    users = [int(h["User Count"]) for h in csv.DictReader(open(d / "locust_stats_history.csv"))]
+    assert max(users) == 10  # the day shape's spike: 5x --users 2
 
     # every produced record is on the output topic once, masked per the policy's default view
     out = [m for m in read_topic(kafka_broker, run.output, args.partitions, idle_s=2)

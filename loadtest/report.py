@@ -5,8 +5,8 @@
 - raymask's `timeline.csv` (loadtest/timeline.py: the load driver or a scale test writes it).
 
 It writes:
-- `throughput.png`: requests/s per request name over time (Locust's current rate), with the user
-  count (the load shape) on a second axis;
+- `throughput.png`: requests/s per request name over time (from Locust's request counts, over
+  2 s), with the user count (the load shape) on a second axis;
 - `latency.png`: p50 (solid) and p99 (dashed) per request name over time (Locust's percentiles
   of the last ~10 s), with the user count;
 - `workers.png`: workers (Serve replicas or MaskWorkers) and Ray nodes over time;
@@ -14,8 +14,8 @@ It writes:
 - `records.png`: records/s in, out and dead letters from the timeline's counters, when it has
   them;
 - `summary.md`: per request name and overall, requests, failures, p50 and p99 over the whole run
-  (`*_stats.csv`), the highest requests/s Locust reported (`*_stats_history.csv`); then what the
-  timeline saw.
+  (`*_stats.csv`), the highest requests/s over 2 s (from the request counts of
+  `*_stats_history.csv`, as throughput.png draws it); then what the timeline saw.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class RequestStats:
     failures: int
     p50_ms: float
     p99_ms: float
-    max_rps: float  # highest "Requests/s" in the history (Locust's current rate)
+    max_rps: float  # the highest requests/s over 2 s in the history (as throughput.png draws it)
 
 
 @dataclass
@@ -91,7 +91,7 @@ def read_report(run_dir: str | Path) -> Report:
             rep.requests.append(RequestStats(
                 row["Name"], int(row["Request Count"]), int(row["Failure Count"]),
                 _num(row["50%"]) or 0.0, _num(row["99%"]) or 0.0,
-                max((h["rps"] for h in hist), default=0.0),
+                max(_rate([h["t"] for h in hist], [h["total"] for h in hist], span=2)[1], default=0.0),
             ))  # fmt: skip
     tl_path = run_dir / "timeline.csv"
     if tl_path.exists():
@@ -133,11 +133,12 @@ def _series(rep: Report, column: str, t0: float) -> tuple[list[float], list[floa
     return xs, ys
 
 
-def _rate(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
-    """Per-second rate of a cumulative counter (a counter reset gives no negative rate)."""
+def _rate(xs: list[float], ys: list[float], span: int = 1) -> tuple[list[float], list[float]]:
+    """Per-second rate of a cumulative counter, over `span` samples (a counter reset gives no
+    negative rate)."""
     out_x, out_y = [], []
-    for i in range(1, len(xs)):
-        t1, a, t2, b = xs[i - 1], ys[i - 1], xs[i], ys[i]
+    for i in range(span, len(xs)):
+        t1, a, t2, b = xs[i - span], ys[i - span], xs[i], ys[i]
         if t2 > t1:
             out_x.append(t2)
             out_y.append(max(0.0, (b - a) / (t2 - t1)))
@@ -167,13 +168,12 @@ def write_report(run_dir: str | Path, out_dir: str | Path) -> Report:
         fig, ax = plt.subplots(figsize=(10, 4.5))
         for i, n in enumerate(_names(rep)):
             rows = rep.history[n]
-            ax.plot(
-                [r["t"] - t0 for r in rows], [r["rps"] for r in rows], color=colors[i % 10], label=n
-            )
+            xs, ys = _rate([r["t"] - t0 for r in rows], [r["total"] for r in rows], span=2)
+            ax.plot(xs, ys, color=colors[i % 10], label=n)
         ax.set_xlabel("seconds since start")
         ax.set_ylabel("requests/s")
         ax.set_ylim(bottom=0)
-        ax.set_title("Throughput (Locust's current requests/s) and load shape")
+        ax.set_title("Throughput (requests/s over 2 s, from Locust's counts) and load shape")
         ax.legend(loc="upper left", fontsize=8)
         _users(ax, rep, t0)
         save(fig, "throughput.png")
@@ -255,10 +255,6 @@ def write_report(run_dir: str | Path, out_dir: str | Path) -> Report:
     return rep
 
 
-def _fmt(x: float) -> str:
-    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:,.1f}" if abs(x) >= 10 else f"{x:,.2f}"
-
-
 def _summary(rep: Report, t0: float) -> str:
     lines = [f"# Load run {rep.run_dir.name}", ""]
     ends = [rows[-1]["t"] for rows in rep.history.values() if rows]
@@ -270,14 +266,15 @@ def _summary(rep: Report, t0: float) -> str:
         peak = max((r["users"] for r in rep.history.get("Aggregated", [])), default=0)
         lines += [
             f"Locust: up to {peak:.0f} users. p50 / p99 over the whole run (`*_stats.csv`); max "
-            "requests/s is the highest rate Locust reported (`*_stats_history.csv`).",
+            "requests/s: the highest over 2 s (request counts in `*_stats_history.csv`).",
             "",
             "| request | requests | failures | p50 ms | p99 ms | max requests/s |",
             "|---|---|---|---|---|---|",
         ]
         for r in rep.requests:
-            lines.append(f"| {r.name} | {r.requests} | {r.failures} | {_fmt(r.p50_ms)} | "
-                         f"{_fmt(r.p99_ms)} | {_fmt(r.max_rps)} |")  # fmt: skip
+            # percentiles as Locust wrote them (it rounds them to 2 significant digits)
+            lines.append(f"| {r.name} | {r.requests} | {r.failures} | {r.p50_ms:g} | "
+                         f"{r.p99_ms:g} | {r.max_rps:.1f} |")  # fmt: skip
         lines.append("")
     if rep.timeline:
         lines += [f"raymask timeline: {len(rep.timeline)} samples."]

@@ -37,7 +37,8 @@ class RequestStats:
     failures: int
     p50_ms: float
     p99_ms: float
-    max_rps: float  # the highest requests/s over 2 s in the history (as throughput.png draws it)
+    max_rps: float | None  # the highest requests/s over 2 s in the history (as throughput.png
+    # draws it); over 1 s when the name has only 2 rows there, None with fewer
 
 
 @dataclass
@@ -91,7 +92,7 @@ def read_report(run_dir: str | Path) -> Report:
             rep.requests.append(RequestStats(
                 row["Name"], int(row["Request Count"]), int(row["Failure Count"]),
                 _num(row["50%"]) or 0.0, _num(row["99%"]) or 0.0,
-                max(_rate([h["t"] for h in hist], [h["total"] for h in hist], span=2)[1], default=0.0),
+                _peak_rate(hist),
             ))  # fmt: skip
     tl_path = run_dir / "timeline.csv"
     if tl_path.exists():
@@ -145,6 +146,19 @@ def _rate(xs: list[float], ys: list[float], span: int = 1) -> tuple[list[float],
     return out_x, out_y
 
 
+def _span(rows: list) -> int:
+    return 2 if len(rows) > 2 else 1
+
+
+def _peak_rate(hist: list[dict[str, float]]) -> float | None:
+    """The highest requests/s over 2 s of a request name's history rows (over 1 s with only two
+    rows: requests that all came in the last seconds of a run; None with fewer)."""
+    if len(hist) < 2:
+        return None
+    rates = _rate([h["t"] for h in hist], [h["total"] for h in hist], _span(hist))[1]
+    return max(rates) if rates else None
+
+
 def write_report(run_dir: str | Path, out_dir: str | Path) -> Report:
     """Plots and summary.md of a run folder into `out_dir`; the numbers come back."""
     import matplotlib
@@ -168,7 +182,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path) -> Report:
         fig, ax = plt.subplots(figsize=(10, 4.5))
         for i, n in enumerate(_names(rep)):
             rows = rep.history[n]
-            xs, ys = _rate([r["t"] - t0 for r in rows], [r["total"] for r in rows], span=2)
+            xs, ys = _rate([r["t"] - t0 for r in rows], [r["total"] for r in rows], _span(rows))
             ax.plot(xs, ys, color=colors[i % 10], label=n)
         ax.set_xlabel("seconds since start")
         ax.set_ylabel("requests/s")
@@ -274,7 +288,7 @@ def _summary(rep: Report, t0: float) -> str:
         for r in rep.requests:
             # percentiles as Locust wrote them (it rounds them to 2 significant digits)
             lines.append(f"| {r.name} | {r.requests} | {r.failures} | {r.p50_ms:g} | "
-                         f"{r.p99_ms:g} | {r.max_rps:.1f} |")  # fmt: skip
+                         f"{r.p99_ms:g} | {'n/a' if r.max_rps is None else f'{r.max_rps:.1f}'} |")  # fmt: skip
         lines.append("")
     if rep.timeline:
         lines += [f"raymask timeline: {len(rep.timeline)} samples."]

@@ -70,10 +70,12 @@ load: $(STAMP)
 	@mkdir -p $(RAY_TMPDIR)
 	$(BIN)/python -m raymask.loadtest.load --out load-out $(LOAD_ARGS)
 
-# the same, longer: 2 minutes per compare run, 10 minutes per day-shaped run
+# the same, longer (about 27 minutes): three rounds of 1-minute echo and raymask runs, 10-minute
+# day-shaped runs
 load-long: $(STAMP)
 	@mkdir -p $(RAY_TMPDIR)
-	$(BIN)/python -m raymask.loadtest.load --out load-out-long --compare-seconds 120 --seconds 600 $(LOAD_ARGS)
+	$(BIN)/python -m raymask.loadtest.load --out load-out-long --compare-seconds 60 --compare-rounds 3 \
+		--seconds 600 $(LOAD_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info demo-out load-out load-out-long

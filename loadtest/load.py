@@ -1,7 +1,7 @@
 """`make load`: Locust against raymask, raymask's own figures beside it, and the SLO report.
 
-    python -m raymask.loadtest.load [--out load-out] [--seconds 20] [--compare-seconds 10]
-        [--users 4] [--scenarios http,kafka] [--no-compare-echo]
+    python -m raymask.loadtest.load [--out load-out] [--seconds 20] [--compare-seconds 6]
+        [--compare-rounds 2] [--users 4] [--scenarios http,kafka] [--no-compare-echo]
         [--host URL] [--bootstrap-servers B --topic T [--group G]] [--metrics-url URL]
 
 With no `--host` / `--bootstrap-servers` the stack runs on loopback, started and stopped here:
@@ -12,10 +12,11 @@ brokers, and the timeline has what `--metrics-url` (the cluster's Prometheus end
 `--group` (the pipeline's consumer group, for the lag) can tell.
 
 Each phase is a run folder under --out:
-- `echo/`, `http-batch/` (--compare-echo, local only): 100-record requests, closed loop (every
-  user sends its next request when the answer is in), the steady shape, first against a trivial
-  Serve echo deployment (loadtest/echo_app.py), then against raymask; `compare.json` and
-  `compare.md` hold the requests/s ratio and both p99s.
+- `echo-N/`, `http-batch-N/` (--compare-echo, local only; round N of --compare-rounds):
+  100-record requests, closed loop (every user sends its next request when the answer is in),
+  the steady shape, against a trivial Serve echo deployment (loadtest/echo_app.py, at /echo)
+  and against raymask, alternating which goes first; `compare.json` and `compare.md` hold the
+  requests/s ratio (over all rounds and per round) and the p99s.
 - `http/`: 1- and 100-record users (3:1), views drawn per request, the day-in-the-life shape
   (ramp, steady, a spike to 5x, recovery), each user at --http-rate requests/s.
 - `kafka/`: producer users at --kafka-rate records/s each, the same shape; end-to-end latency
@@ -62,6 +63,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_POLICY = REPO / "examples" / "policies" / "payments.yaml"
 SENT_HEADER = "loadtest-sent-ns"
 WARMUP_HEADER = "loadtest-warm-up"  # records the Locust consumer does not count
+ECHO_PREFIX = "/echo"  # the echo deployment's route prefix, beside raymask's "/"
 VIEW = "default"  # the Kafka pipeline's one view here (the consumer reads its topic)
 
 
@@ -183,29 +185,36 @@ class LocalStack:
         )
         serve.start(http_options={"host": "127.0.0.1", "port": self.http_port})
         self.host = f"http://127.0.0.1:{self.http_port}"
+        self.echo_host = self.host + ECHO_PREFIX
         self.policy, self.keyring, self.workers = policy, keyring, workers
         self.stream, self.profile = stream, profile
 
-    def deploy(self, app: str, views: list[str]) -> None:
-        """`app`: "echo" or "raymask", at route prefix "/" (one at a time). Access logs off for
-        both (they cost about 3x throughput on this machine, DESIGN.md)."""
+    def deploy(self, views: list[str], *, echo: bool = False) -> None:
+        """raymask's HTTP app at route prefix "/", and with `echo` the echo deployment at
+        ECHO_PREFIX beside it (`self.echo_host`), both warmed up. Access logs off for both (they
+        cost about 3x throughput on this machine, DESIGN.md)."""
         from ray import serve
 
-        for name in serve.status().applications:
-            serve.delete(name)
-        if app == "echo":
+        from raymask.cluster.serve_app import build_app
+
+        log = {"enable_access_log": False}
+        app = build_app(self.policy, self.keyring, workers=self.workers, app="load")
+        serve.run(app, name="raymask", route_prefix="/", logging_config=log)
+        _wait_http(f"{self.host}/healthz")
+        self.warm_up(self.host, views)
+        if echo:
             from raymask.loadtest.echo_app import build_echo_app
 
-            target = build_echo_app()
-        else:
-            from raymask.cluster.serve_app import build_app
+            serve.run(build_echo_app(), name="echo", route_prefix=ECHO_PREFIX, logging_config=log)
+            _wait_http(f"{self.echo_host}/healthz")
+            self.warm_up(self.echo_host, views)
 
-            target = build_app(self.policy, self.keyring, workers=self.workers, app="load")
-        serve.run(target, name=app, route_prefix="/", logging_config={"enable_access_log": False})
-        _wait_http(f"{self.host}/healthz")
-        self.warm_up(views)
+    def drop_echo(self) -> None:
+        from ray import serve
 
-    def warm_up(self, views: list[str]) -> None:
+        serve.delete("echo")
+
+    def warm_up(self, host: str, views: list[str]) -> None:
         """One request per view before the clock starts: a replica's first masking compiles
         (or loads) its Numba kernels, which takes seconds and is not what a load test measures."""
         from raymask.loadtest.traffic import generate_bytes
@@ -213,7 +222,7 @@ class LocalStack:
         body = generate_bytes(self.profile, 100, seed=5)
         for view in views:
             req = urllib.request.Request(
-                f"{self.host}/v1/streams/{self.stream}/mask?view={view}", data=body, method="POST",
+                f"{host}/v1/streams/{self.stream}/mask?view={view}", data=body, method="POST",
                 headers={"content-type": "application/x-ndjson"},
             )  # fmt: skip
             with urllib.request.urlopen(req, timeout=180) as r:
@@ -390,19 +399,47 @@ def _warm_up_kafka(
         time.sleep(0.2)
 
 
-def compare(out: Path, echo_dir: Path, raymask_dir: Path, command: str) -> dict[str, Any]:
-    """compare.json and compare.md: raymask's requests/s over the echo deployment's, same load."""
-    e, r = aggregated(echo_dir), aggregated(raymask_dir)
+def _pooled(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Several runs of one server as one: requests over the summed run time; the worst p99."""
+    requests = sum(r["requests"] for r in runs)
+    seconds = sum(r["requests"] / r["requests_per_s"] for r in runs if r["requests_per_s"] > 0)
+    return {
+        "requests": requests, "failures": sum(r["failures"] for r in runs),
+        "requests_per_s": requests / seconds if seconds else 0.0,
+        "p50_ms": max(r["p50_ms"] for r in runs), "p99_ms": max(r["p99_ms"] for r in runs),
+    }  # fmt: skip
+
+
+def compare(out: Path, pairs: list[tuple[Path, Path]], command: str) -> dict[str, Any]:
+    """compare.json and compare.md: raymask's requests/s over the echo deployment's under the
+    same load; `pairs` are the (echo, raymask) run folders of each round."""
+    rounds = []
+    for echo_dir, raymask_dir in pairs:
+        e, r = aggregated(echo_dir), aggregated(raymask_dir)
+        ratio = r["requests_per_s"] / e["requests_per_s"] if e["requests_per_s"] else 0.0
+        rounds.append({"echo": e, "raymask": r, "ratio": ratio})
+    e = _pooled([x["echo"] for x in rounds])
+    r = _pooled([x["raymask"] for x in rounds])
     ratio = r["requests_per_s"] / e["requests_per_s"] if e["requests_per_s"] else 0.0
-    res = {"echo": e, "raymask": r, "ratio_requests_per_s": ratio, "target": 0.8,
-           "command": command, "provisional": True}  # fmt: skip
+    res = {"echo": e, "raymask": r, "ratio_requests_per_s": ratio, "rounds": rounds,
+           "target": 0.8, "command": command, "provisional": True}  # fmt: skip
     (out / "compare.json").write_text(json.dumps(res, indent=1) + "\n")
+    rows = [("all rounds", e, r, ratio)] + [
+        (f"round {i}", x["echo"], x["raymask"], x["ratio"]) for i, x in enumerate(rounds, 1)
+    ]
+    table = "".join(
+        f"| {name} | {a['requests_per_s']:.1f} | {a['p50_ms']:.0f} / {a['p99_ms']:.0f} | "
+        f"{b['requests_per_s']:.1f} | {b['p50_ms']:.0f} / {b['p99_ms']:.0f} | {q:.2f} | "
+        f"{a['failures'] + b['failures']:.0f} |\n"
+        for name, a, b, q in rows
+    )
     (out / "compare.md").write_text(
         "# raymask against a trivial Serve echo deployment (100-record requests, same load)\n\n"
         f"`{command}`\n\n"
-        "| server | requests/s | p50 ms | p99 ms | failures |\n|---|---|---|---|---|\n"
-        f"| echo | {e['requests_per_s']:.1f} | {e['p50_ms']:.0f} | {e['p99_ms']:.0f} | {e['failures']:.0f} |\n"
-        f"| raymask | {r['requests_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['failures']:.0f} |\n\n"
+        "Rounds alternate which server goes first; all rounds: requests over the summed run\n"
+        "time, the worst p50 and p99 of the rounds.\n\n"
+        "| | echo requests/s | echo p50 / p99 ms | raymask requests/s | raymask p50 / p99 ms "
+        "| ratio | failures |\n|---|---|---|---|---|---|---|\n" + table + "\n"
         f"Ratio (raymask / echo, requests/s): **{ratio:.2f}** (target >= 0.80). Provisional: "
         "taken on a shared machine.\n"
     )  # fmt: skip
@@ -426,8 +463,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--compare-echo", action=argparse.BooleanOptionalAction, default=True,
                     help="first the echo deployment, then raymask, same load (local HTTP only)")  # fmt: skip
     ap.add_argument("--seconds", type=float, default=20.0, help="length of the day-shaped runs")
-    ap.add_argument("--compare-seconds", type=float, default=10.0,
-                    help="length of each compare run")  # fmt: skip
+    ap.add_argument("--compare-seconds", type=float, default=6.0,
+                    help="length of each compare run (one per server and round)")  # fmt: skip
+    ap.add_argument("--compare-rounds", type=int, default=2,
+                    help="echo and raymask runs alternate this many times (first echo, then "
+                    "raymask first, ...), so a neighbour's burst does not land on one side only")  # fmt: skip
     ap.add_argument("--users", type=int, default=4, help="base user count (the spike is 5x)")
     ap.add_argument("--shape", default="day", choices=["day", "steady"])
     ap.add_argument("--http-rate", type=float, default=5.0, help="requests/s per HTTP user")
@@ -485,20 +525,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "http" in scenarios:
             host = args.host or stack.host  # type: ignore[union-attr]
-            if args.compare_echo and stack is not None and local_http:
-                for app, folder in (("echo", "echo"), ("raymask", "http-batch")):
-                    stack.deploy(app, views)
-                    runs[folder] = http_phase(
-                        out / folder, host, args, classes=["MaskHundredRecords"], shape="steady",
-                        seconds=args.compare_seconds, rate=0.0,
-                        check_every=0 if app == "echo" else 20, metrics_url=metrics,
-                        deployment="EchoIngress" if app == "echo" else "MaskIngress",
-                    )  # fmt: skip
-                compare(out, out / "echo", out / "http-batch", command)
+            echo = args.compare_echo and stack is not None and local_http
+            if stack is not None and local_http:
+                stack.deploy(views, echo=echo)
+            if echo:
+                assert stack is not None
+                pairs = []
+                for i in range(1, args.compare_rounds + 1):
+                    sfx = f"-{i}" if args.compare_rounds > 1 else ""
+                    order = [("echo", "echo"), ("raymask", "http-batch")]
+                    for app, folder in order if i % 2 else order[::-1]:
+                        runs[folder + sfx] = http_phase(
+                            out / (folder + sfx), stack.echo_host if app == "echo" else host, args,
+                            classes=["MaskHundredRecords"], shape="steady",
+                            seconds=args.compare_seconds, rate=0.0,
+                            check_every=0 if app == "echo" else 20, metrics_url=metrics,
+                            deployment="EchoIngress" if app == "echo" else "MaskIngress",
+                        )  # fmt: skip
+                    pairs.append((out / f"echo{sfx}", out / f"http-batch{sfx}"))
+                compare(out, pairs, command)
+                stack.drop_echo()
             elif args.compare_echo:
                 print("--compare-echo needs the local stack (no --host): skipped", file=sys.stderr)
-            if stack is not None and local_http:
-                stack.deploy("raymask", views)
             runs["http"] = http_phase(
                 out / "http", host, args, classes=["MaskOneRecord", "MaskHundredRecords"],
                 shape=args.shape, seconds=args.seconds, rate=args.http_rate, check_every=10,
@@ -522,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
             write_report(out / folder, out / folder / "report")
     for folder, rc in runs.items():
         print(f"{folder}: {'ok' if rc == 0 else 'failures (see locust.log)'}; {out / folder}")
-    if (out / "compare.md").exists() and "echo" in runs:
+    if (out / "compare.md").exists() and any(f.startswith("echo") for f in runs):
         print((out / "compare.md").read_text())
     return 0 if all(rc == 0 for rc in runs.values()) else 1
 

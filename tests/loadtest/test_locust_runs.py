@@ -10,7 +10,14 @@ import urllib.request
 
 import pytest
 
-from raymask.loadtest.load import LocalStack, aggregated, http_phase, kafka_phase, parse_args
+from raymask.loadtest.load import (
+    LocalStack,
+    aggregated,
+    compare,
+    http_phase,
+    kafka_phase,
+    parse_args,
+)
 from raymask.loadtest.report import read_report, write_report
 from raymask.loadtest.traffic import generate_bytes
 from raymask.policy.keys import Key, Keyring
@@ -42,19 +49,33 @@ def test_http_users_get_every_checked_record_masked_without_failures(ray_session
     stack = LocalStack(load_policy(POLICY), RING, 1, "payments", "payments", metrics_url=METRICS)
     views = ["default", "ops", "fraud", "support", "research"]
     try:
-        stack.deploy("raymask", views)
+        stack.deploy(views, echo=True)
         args = parse_args(["--users", "2", "--views", ",".join(views)])
         rc = http_phase(
             tmp_path / "http", stack.host, args, classes=["MaskOneRecord", "MaskHundredRecords"],
             shape="steady", seconds=8, rate=0.0, check_every=1, metrics_url=METRICS,
             deployment="MaskIngress",
         )  # fmt: skip
+        echo_rc = http_phase(
+            tmp_path / "echo", stack.echo_host, args, classes=["MaskHundredRecords"],
+            shape="steady", seconds=4, rate=0.0, check_every=0, metrics_url=METRICS,
+            deployment="EchoIngress",
+        )  # fmt: skip
         body = generate_bytes("payments", 3, seed=99)
-        req = urllib.request.Request(f"{stack.host}/v1/streams/payments/mask?view=default",
-                                     data=body, headers={"content-type": "application/x-ndjson"})  # fmt: skip
-        got = urllib.request.urlopen(req, timeout=60).read()
+
+        def post(host: str) -> bytes:
+            req = urllib.request.Request(f"{host}/v1/streams/payments/mask?view=default",
+                                         data=body, headers={"content-type": "application/x-ndjson"})  # fmt: skip
+            return urllib.request.urlopen(req, timeout=60).read()
+
+        got, echoed = post(stack.host), post(stack.echo_host)
     finally:
         stack.close()
+    assert echoed == body  # the baseline returns the body unchanged, on the same route
+    assert echo_rc == 0 and aggregated(tmp_path / "echo")["requests"] > 0
+    res = compare(tmp_path, [(tmp_path / "echo", tmp_path / "http")], "test")
+    assert res["ratio_requests_per_s"] > 0 and len(res["rounds"]) == 1
+    assert "**" in (tmp_path / "compare.md").read_text()
     d = tmp_path / "http"
     assert rc == 0, (d / "locust.log").read_text()[-2000:]
     names = {r["Name"]: r for r in _stats_rows(d)}

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import locust.stats
 from locust import FastHttpUser, User, constant, constant_throughput, events, task
 
 from raymask.loadtest import shapes
@@ -53,6 +54,10 @@ SENT_HEADER = "loadtest-sent-ns"
 WARMUP_HEADER = "loadtest-warm-up"  # the driver's warm-up records: not counted
 OUT = Path(os.environ.get("RAYMASK_LOAD_OUT", "."))
 RECORDS = 5_000
+# the window of the "current" percentiles in *_stats_history.csv: Locust's 10 s default keeps a
+# 3 s spike's p99 on the plot for 10 s after it; read before any stats entry exists
+LATENCY_WINDOW_S = int(os.environ.get("RAYMASK_LOAD_LATENCY_WINDOW_S", "3"))
+locust.stats.CURRENT_RESPONSE_TIME_PERCENTILE_WINDOW = LATENCY_WINDOW_S
 
 LoadShape = shapes.SHAPES[os.environ.get("RAYMASK_LOAD_SHAPE", "steady")]  # the one Locust runs
 
@@ -349,8 +354,16 @@ _by_partition: dict[int, list[bytes]] = {}
 
 @events.init.add_listener
 def _prepare(environment: Any, **_: Any) -> None:
-    """Traffic generated (and split by key partition) before the clock of the shape starts."""
+    """Traffic generated (and split by key partition) before the clock of the shape starts;
+    locust-run.json says how the run was set up (the report reads the latency window there)."""
     from raymask.loadtest.kafka_traffic import partition_by_key
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "locust-run.json").write_text(json.dumps({
+        "shape": LoadShape.__name__, "users": os.environ.get("RAYMASK_LOAD_USERS"),
+        "seconds": os.environ.get("RAYMASK_LOAD_SECONDS"), "latency_window_s": LATENCY_WINDOW_S,
+        "stream": STREAM, "views": VIEWS, "http_rate": RATE, "kafka_rate": KAFKA_RATE,
+    }, indent=1) + "\n")  # fmt: skip
 
     data = b"".join(_traffic())
     parts = getattr(environment.parsed_options, "kafka_partitions", 3)

@@ -8,7 +8,8 @@ It writes:
 - `throughput.png`: requests/s per request name over time (from Locust's request counts, over
   2 s), with the user count (the load shape) on a second axis;
 - `latency.png`: p50 (solid) and p99 (dashed) per request name over time (Locust's percentiles
-  of the last ~10 s), with the user count;
+  of the last few seconds: 3 in runs of loadtest/locustfile.py, as its `locust-run.json` says;
+  Locust's default is 10), with the user count;
 - `workers.png`: workers (Serve replicas or MaskWorkers) and Ray nodes over time;
 - `lag.png`: consumer lag (records) and queue depth over time, when the timeline has them;
 - `records.png`: records/s in, out and dead letters from the timeline's counters, when it has
@@ -21,6 +22,7 @@ It writes:
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -48,6 +50,7 @@ class Report:
     history: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # name -> rows
     timeline: list[dict[str, float | None]] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
+    latency_window_s: float = 10.0  # Locust's default, unless locust-run.json says otherwise
 
     @property
     def overall(self) -> RequestStats | None:
@@ -94,6 +97,9 @@ def read_report(run_dir: str | Path) -> Report:
                 _num(row["50%"]) or 0.0, _num(row["99%"]) or 0.0,
                 _peak_rate(hist),
             ))  # fmt: skip
+    setup = run_dir / "locust-run.json"
+    if setup.exists():
+        rep.latency_window_s = float(json.loads(setup.read_text()).get("latency_window_s", 10))
     tl_path = run_dir / "timeline.csv"
     if tl_path.exists():
         with open(tl_path, newline="") as f:
@@ -207,7 +213,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path) -> Report:
             ax.set_yscale("log")
         ax.set_xlabel("seconds since start")
         ax.set_ylabel("latency ms")
-        ax.set_title("Latency p50 / p99 (Locust, last ~10 s) and load shape")
+        ax.set_title(f"Latency p50 / p99 (Locust, last ~{rep.latency_window_s:g} s) and load shape")
         ax.legend(loc="upper left", fontsize=8)
         _users(ax, rep, t0)
         save(fig, "latency.png")

@@ -254,6 +254,8 @@ def http_phase(
     seconds: float, rate: float, check_every: int, metrics_url: str | None,
     deployment: str | None,
 ) -> int:  # fmt: skip
+    """One HTTP run folder: Locust's `classes` against `host`, `timeline.csv` sampled from
+    `metrics_url` meanwhile (Serve replicas of `deployment`); Locust's exit code."""
     _fresh(run_dir)
     w, s = _sampling(run_dir, _metrics_sampler(metrics_url, deployment))
     try:

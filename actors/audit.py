@@ -46,7 +46,7 @@ from raymask.errors import InputError
 
 __all__ = [
     "AuditLog", "Auditor", "Verdict", "verify", "read_records", "signing_key", "AuditActor",
-    "LeakAudit", "leak_events", "audit_leaks",
+    "LeakAudit", "leak_events", "audit_leaks", "KafkaCopy", "read_copy", "compare_with_copy",
 ]  # fmt: skip
 
 GENESIS = "0" * 64
@@ -73,11 +73,13 @@ class AuditLog:
     def __init__(
         self, path: str | Path, key: Ed25519PrivateKey, *, anchor_every: int = 100,
         clock: Callable[[], float] = time.time,
-        anchor_sink: Callable[[dict], None] | None = None,
+        anchor_sink: Callable[[dict], None] | None = None, copy: KafkaCopy | None = None,
     ) -> None:  # fmt: skip
         """Open (or continue) the log at `path`. An existing log is verified first and continued
-        from its last line; one that does not verify is refused (never appended to)."""
+        from its last line; one that does not verify is refused (never appended to). With
+        `copy`, every line also goes to a Kafka topic, sent at each anchor (see KafkaCopy)."""
         self.path = Path(path)
+        self.copy = copy
         self.key = key
         self.anchor_every = anchor_every
         self.clock = clock
@@ -133,6 +135,8 @@ class AuditLog:
     def _write(self, rec: dict) -> None:
         line = _line(rec)
         self.f.write(line + b"\n")
+        if self.copy is not None:
+            self.copy.add(self.path.name, line)
         self.head = hashlib.sha256(line).hexdigest()
         self.seq += 1
 
@@ -156,6 +160,8 @@ class AuditLog:
         os.fsync(self.f.fileno())
         if self.anchor_sink is not None:
             self.anchor_sink(rec)
+        if self.copy is not None:
+            self.copy.flush()
 
     def close(self) -> None:
         if self.f.closed:
@@ -163,6 +169,149 @@ class AuditLog:
         if self.since_anchor:
             self.anchor()
         self.f.close()
+        if self.copy is not None:
+            self.copy.close()
+
+
+class KafkaCopy:
+    """A copy of an audit log on a Kafka topic (one partition, so one order): every line, keyed by
+    the log's file name (the anchors sign it), sent and acknowledged at each anchor, right after
+    the file's fsync. Lines a send could not deliver (the broker away) stay pending and go with
+    the next anchor; `failures` counts such attempts. The copy is what shows a log cut exactly at
+    an anchor (`compare_with_copy`), which the file alone cannot."""
+
+    def __init__(self, bootstrap: str, topic: str, *, client_options: dict | None = None,
+                 timeout_s: float = 30.0) -> None:  # fmt: skip
+        import asyncio
+
+        self.topic, self.timeout_s = topic, timeout_s
+        self.pending: list[tuple[bytes, bytes]] = []
+        self.failures = 0
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True,
+                                       name="audit-kafka-copy")  # fmt: skip
+        self.thread.start()
+        self.producer = self._call(self._start(bootstrap, client_options or {}))
+
+    def _call(self, coro: Any) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(self.timeout_s)
+
+    async def _start(self, bootstrap: str, options: dict) -> Any:
+        from aiokafka import AIOKafkaProducer
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **options)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(self.topic, 1, 1)])
+        except Exception:  # noqa: BLE001 (it exists, or the cluster makes topics itself)
+            pass
+        finally:
+            await admin.close()
+        p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False,
+                             max_request_size=4 << 20, **options)  # fmt: skip
+        await p.start()
+        return p
+
+    def add(self, name: str, line: bytes) -> None:
+        self.pending.append((name.encode(), line))
+
+    async def _send(self, lines: list[tuple[bytes, bytes]]) -> None:
+        import asyncio
+
+        futs = [await self.producer.send(self.topic, v, key=k, partition=0) for k, v in lines]
+        await asyncio.gather(*futs)
+
+    def flush(self) -> bool:
+        """Send what is pending and wait for the acknowledgements; False (kept for the next
+        time) if the broker did not take them within the timeout."""
+        if not self.pending:
+            return True
+        lines, self.pending = self.pending, []
+        try:
+            self._call(self._send(lines))
+            return True
+        except Exception:  # noqa: BLE001 (the file has them; the copy catches up later)
+            self.failures += 1
+            self.pending = lines + self.pending
+            return False
+
+    def close(self) -> None:
+        self.flush()
+        try:
+            self._call(self.producer.stop())
+        except Exception:  # noqa: BLE001
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def read_copy(url: str, idle_s: float = 2.0) -> tuple[str, list[bytes]]:
+    """An audit log's copy on Kafka (kafka://BOOTSTRAP/TOPIC): the log's file name and its lines
+    in order."""
+    import asyncio
+
+    bootstrap, _, topic = url[len("kafka://") :].partition("/")
+    if not url.startswith("kafka://") or not bootstrap or not topic:
+        raise InputError(f"{url}: give the copy as kafka://BOOTSTRAP/TOPIC")
+
+    async def read() -> list[Any]:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, fetch_max_wait_ms=100)  # fmt: skip
+        await c.start()
+        try:
+            tp = TopicPartition(topic, 0)
+            c.assign([tp])
+            c.seek(tp, 0)
+            out, last = [], time.monotonic()
+            while time.monotonic() - last < idle_s:
+                got = await c.getmany(timeout_ms=200, max_records=10_000)
+                for msgs in got.values():
+                    out += msgs
+                    last = time.monotonic() if msgs else last
+            return out
+        finally:
+            await c.stop()
+
+    msgs = asyncio.run(read())
+    names = {m.key for m in msgs}
+    if len(names) > 1:
+        raise InputError(f"{url}: holds the copies of several logs; one topic per log")
+    # in seq order (several processes sharing one log file send their own lines)
+    lines = sorted((m.value for m in msgs), key=lambda v: json.loads(v)["seq"])
+    return (names.pop().decode() if names else "audit.ndjson"), lines
+
+
+def compare_with_copy(path: str | Path, url: str, public: Ed25519PublicKey) -> Verdict:
+    """Verify an audit log and its Kafka copy, then check that the file holds every record the
+    copy holds, byte for byte: a file cut at an anchor, or rewritten from some record on with a
+    stolen key, differs from its copy there."""
+    import tempfile
+
+    mine = verify(path, public)
+    name, lines = read_copy(url)
+    with tempfile.TemporaryDirectory() as d:
+        copy_file = Path(d) / name
+        copy_file.write_bytes(b"".join(v + b"\n" for v in lines))
+        theirs = verify(copy_file, public, require_closed=False)
+    if not theirs.ok:
+        return Verdict(False, theirs.records, theirs.anchored, theirs.head, theirs.unanchored,
+                       theirs.bad_line, f"the Kafka copy does not verify: {theirs.reason}")  # fmt: skip
+    with open(path, "rb") as f:
+        have = [raw.rstrip(b"\n") for raw in f if raw.strip()]
+    for i, v in enumerate(lines):
+        if i >= len(have):
+            return Verdict(False, mine.records, mine.anchored, mine.head, mine.unanchored, i + 1,
+                           f"the file ends at record {len(have)}, its copy holds {len(lines)} "
+                           "(the file was cut)")  # fmt: skip
+        if have[i] != v:
+            return Verdict(False, mine.records, mine.anchored, mine.head, mine.unanchored, i + 1,
+                           "differs from its Kafka copy (rewritten)")  # fmt: skip
+    return mine
 
 
 @dataclass
@@ -229,6 +378,20 @@ def verify(path: str | Path, public: Ed25519PublicKey, *, require_closed: bool =
     return Verdict(True, seq, anchored, head, since)
 
 
+def kafka_copy(url: str) -> KafkaCopy:
+    """The copy a BOOTSTRAP/TOPIC (or kafka://BOOTSTRAP/TOPIC) names."""
+    bootstrap, _, topic = url.removeprefix("kafka://").partition("/")
+    if not bootstrap or not topic:
+        raise InputError(f"{url}: an audit copy is BOOTSTRAP/TOPIC (e.g. 10.0.0.5:9092/audit)")
+    return KafkaCopy(bootstrap, topic)
+
+
+def copy_from_env() -> KafkaCopy | None:
+    """RAYMASK_AUDIT_KAFKA=BOOTSTRAP/TOPIC: the trail is also copied to that topic."""
+    url = os.environ.get("RAYMASK_AUDIT_KAFKA")
+    return kafka_copy(url) if url else None
+
+
 class Auditor:
     """What components call: `emit(kind, **fields)`. Off (nothing written) unless a log is
     configured: `RAYMASK_AUDIT=FILE` (key `audit` from the keyring, or `RAYMASK_AUDIT_KEY_ID`)."""
@@ -245,7 +408,7 @@ class Auditor:
 
         ring = keyring if keyring is not None else Keyring.from_env()
         key = ring.get(os.environ.get("RAYMASK_AUDIT_KEY_ID", "audit"))
-        return cls(AuditLog(path, signing_key(key.material)))
+        return cls(AuditLog(path, signing_key(key.material), copy=copy_from_env()))
 
     @property
     def on(self) -> bool:
@@ -311,8 +474,10 @@ def _make_actor():
         """The one audit writer of a cluster (named `raymask-audit`); reopens and continues the
         log after a restart."""
 
-        def __init__(self, path: str, key_material: bytes, anchor_every: int = 100) -> None:
-            self.log = AuditLog(path, signing_key(key_material), anchor_every=anchor_every)
+        def __init__(self, path: str, key_material: bytes, anchor_every: int = 100,
+                     kafka: str | None = None) -> None:  # fmt: skip
+            self.log = AuditLog(path, signing_key(key_material), anchor_every=anchor_every,
+                                copy=kafka_copy(kafka) if kafka else None)  # fmt: skip
 
         def append(self, kind: str, fields: dict) -> int:
             return self.log.append(kind, **fields)

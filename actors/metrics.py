@@ -119,6 +119,16 @@ class KafkaMetrics:
             description="Records per view and outcome (written, skipped, dead).",
             tag_keys=("stream", "view", "outcome"),
         )
+        self.workers = Gauge(
+            "raymask_workers",
+            description="Mask workers in the pool (it changes with the autoscaler).",
+            tag_keys=("stream",),
+        )
+        self.lag = Gauge(
+            "raymask_lag_seconds",
+            description="Age of the oldest record of the last round when it was written.",
+            tag_keys=("stream",),
+        )
         self.leaks = Counter(  # the same metric as the file pipeline's (PipelineMetrics)
             "raymask_leaks",
             description="Detectable values the leak monitor found in sampled output.",
@@ -132,6 +142,10 @@ class KafkaMetrics:
         t = {**self.tags, "topic": topic, "partition": str(partition)}
         self.age.set(age_s, tags=t)
         self.committed.set(next_offset, tags=t)
+
+    def pool(self, workers: int, lag_s: float) -> None:
+        self.workers.set(workers, tags=self.tags)
+        self.lag.set(lag_s, tags=self.tags)
 
     def view(self, view: str, written: int, skipped: int, dead: int) -> None:
         for outcome, n in (("written", written), ("skipped", skipped), ("dead", dead)):

@@ -482,12 +482,16 @@ def _make_actor():  # Ray is imported only where actors are made, never by the p
         def __init__(
             self, policy: dict, stream: str, keyring: Keyring, fmt: Format, throttle_s: float = 0.0,
             ledger_uri: str | None = None, shard: int = 0, shards: int = 1,
+            capacity_rps: float = 0.0,
         ) -> None:  # fmt: skip
             tune_malloc()  # batch buffers reuse mapped pages instead of faulting in new ones
             self.core = MaskCore(
                 policy, stream, keyring, fmt, ledger_uri=ledger_uri, shard=shard, shards=shards
             )
             self.throttle_s = throttle_s  # fault injection: a slow worker, for backpressure tests
+            # a worker of this capacity (records/s; 0: as fast as it is), for scaling tests on a
+            # machine whose cores cannot show real workers: a sleep per batch, no CPU taken
+            self.capacity_rps = capacity_rps
 
         def set_layout(self, shard: int, shards: int) -> bool:
             self.core.set_layout(shard, shards)
@@ -505,6 +509,9 @@ def _make_actor():  # Ray is imported only where actors are made, never by the p
         ) -> list[MaskOutput]:
             if self.throttle_s:
                 time.sleep(self.throttle_s)
+            if self.capacity_rps:
+                n = batch.num_rows if rows is None else len(rows)
+                time.sleep(n / self.capacity_rps)
             return self.core.process_views(batch, roles, rows)
 
         def rss_bytes(self) -> int:

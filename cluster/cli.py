@@ -11,7 +11,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -427,6 +427,8 @@ def print_kafka_summary(console: Console, s) -> None:
     table.add_column("value", justify="right")
     table.add_row("messages read", f"{s.records_in:,}")
     table.add_row("workers / sources", f"{s.workers} / {s.sources}")
+    if s.resizes:  # the autoscaler's changes: (seconds into the run, pool size)
+        table.add_row("pool resizes", ", ".join(f"{n} at {t:.0f} s" for t, n in s.resizes))
     table.add_row("read = written + skipped + dead, per view", "yes" if s.balanced else "NO")
     table.add_row("time (to the last record)", f"{s.seconds:.2f} s")
     table.add_row("throughput", f"{s.records_per_second:,.0f} messages/s")
@@ -543,6 +545,20 @@ def run(
         ),
     ] = None,
     db: DbOpt = None,
+    autoscale: Annotated[
+        str | None,
+        typer.Option(
+            "--autoscale",
+            help="Kafka mode: MIN:MAX workers, grown and shrunk from the lag (record age); "
+            "asks Ray's autoscaler for nodes when it grows.",
+        ),
+    ] = None,
+    target_lag: Annotated[
+        float, typer.Option("--target-lag", help="With --autoscale: grow above this lag (s).")
+    ] = 2.0,
+    worker_cpus: Annotated[
+        float, typer.Option("--worker-cpus", help="With --autoscale: CPUs per mask worker.")
+    ] = 0.5,
 ) -> None:
     """A long-running streaming job. File mode (--input, --output): mask a file and, with
     --follow, what is appended to it. Kafka mode (--input-topic): mask a topic into one topic per
@@ -558,9 +574,12 @@ def run(
         if carry_headers:
             names = [h.strip() for h in carry_headers.split(",") if h.strip()]
             carry = True if names == ["all"] else names
+        auto = _autoscale(autoscale, target_lag, worker_cpus) if autoscale else None
+        if auto is not None:
+            workers = min(max(workers, auto.min_workers), auto.max_workers)
         _run_kafka(policy, stream, input_topic, bootstrap_servers, roles, sources, group, idle,
                    _kafka_options(kafka_option), workers, address, keys, name, idempotent,
-                   broker_timeout, carry, state, aggregates, db)  # fmt: skip
+                   broker_timeout, carry, state, aggregates, db, auto)  # fmt: skip
         return
     if input is None or output is None:
         raise InputError("give --input and --output (file mode) or --input-topic (Kafka mode)")
@@ -582,9 +601,28 @@ def run(
     print_summary(err, summary)
 
 
+def _autoscale(bounds: str, target_lag: float, worker_cpus: float) -> Any:
+    """An AutoscaleConfig from --autoscale MIN:MAX and its companions (InputError if bad)."""
+    from pydantic import ValidationError
+
+    from raymask.actors.autoscale import AutoscaleConfig
+
+    lo, sep, hi = bounds.partition(":")
+    if not (sep and lo.strip().isdigit() and hi.strip().isdigit()):
+        raise InputError(f"--autoscale takes MIN:MAX workers (e.g. 1:8), not {bounds!r}")
+    try:
+        return AutoscaleConfig(
+            min_workers=int(lo), max_workers=int(hi), target_lag_s=target_lag,
+            low_lag_s=target_lag / 4, worker_cpus=worker_cpus,
+        )  # fmt: skip
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InputError(f"--autoscale: {first['msg']}") from None
+
+
 def _run_kafka(policy, stream, topic, bootstrap, roles, sources, group, idle, options, workers,
                address, keys, name, idempotent, broker_timeout=60.0, carry=False,
-               state=None, aggregates=None, db=None) -> None:  # fmt: skip
+               state=None, aggregates=None, db=None, autoscale=None) -> None:  # fmt: skip
     import asyncio
     import signal
 
@@ -613,6 +651,7 @@ def _run_kafka(policy, stream, topic, bootstrap, roles, sources, group, idle, op
             address=address, name=name, client_options=options or None,
             should_stop=lambda: stop[0], idempotent=idempotent, broker_timeout_s=broker_timeout,
             carry_headers=carry, state=state, aggregates=aggregates, accountant_db=db,
+            autoscale=autoscale,
         )  # fmt: skip
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -668,6 +707,36 @@ def serve(
     ] = None,
     jwt_issuer: Annotated[str | None, typer.Option("--jwt-issuer")] = None,
     jwt_audience: Annotated[str | None, typer.Option("--jwt-audience")] = None,
+    mtls_header: Annotated[
+        str | None,
+        typer.Option(
+            "--mtls-header",
+            help="Trust this header from a TLS terminator for client-"
+            "certificate identities (listed in --api-keys' file); e.g. "
+            "x-forwarded-client-cert.",
+        ),
+    ] = None,
+    mtls_format: Annotated[
+        str,
+        typer.Option(
+            "--mtls-format",
+            help="xfcc (Envoy/Istio) or dn (nginx, with x-ssl-client-verify: SUCCESS).",
+        ),
+    ] = "xfcc",
+    vault: Annotated[
+        str | None,
+        typer.Option(
+            "--vault",
+            help="Folder for segregated values (shared storage on a "
+            "cluster); without it, streams that segregate are not served.",
+        ),
+    ] = None,
+    replicas: Annotated[
+        int | None, typer.Option("--replicas", min=1, help="Fixed replica count (no autoscaling).")
+    ] = None,
+    max_replicas: Annotated[
+        int, typer.Option("--max-replicas", min=1, help="Serve autoscaling's upper bound.")
+    ] = 4,
 ) -> None:
     """Serve POST /v1/streams/{stream}/mask?view=ROLE over HTTP on Ray Serve (NDJSON or a JSON
     array in, the same out), until Ctrl-C."""
@@ -693,11 +762,14 @@ def serve(
         if jwt_key:
             access["jwt"] = {"keys": [p.read_text() for p in jwt_key], "issuer": jwt_issuer,
                              "audience": jwt_audience}  # fmt: skip
+        if mtls_header:
+            access["mtls"] = {"header": mtls_header, "format": mtls_format}
         if not access:
             err.print("no --api-keys or --jwt-key: every caller reads every view")
         ray_serve.run(build_app(pol, ring, workers=workers, pipeline=pipeline,
                                 state=str(state) if state else None, aggregates_file=aggregates,
-                                access=access or None),
+                                access=access or None, replicas=replicas, vault=vault,
+                                max_replicas=max_replicas),
                       name="raymask", route_prefix="/")  # fmt: skip
         err.print(f"serving on http://{host}:{port}/v1/streams/{{stream}}/mask (Ctrl-C to stop)")
         t0 = time.monotonic()
@@ -781,6 +853,38 @@ def access_revoke(
     print(f"key {key_id} revoked")
 
 
+@access_app.command("add-identity")
+def access_add_identity(
+    file: Annotated[Path, typer.Argument(help="The access file (created if missing).")],
+    identity: Annotated[
+        str, typer.Option("--identity", help="The client certificate's URI SAN or subject DN.")
+    ],
+    name: Annotated[str, typer.Option("--name", help="Who it is.")],
+    roles: Annotated[str, typer.Option("--roles", help="Comma-separated roles (view names).")],
+) -> None:
+    """Let a client certificate in (mTLS behind a TLS terminator: raymask serve --mtls-header)."""
+    from raymask.policy.access import AccessFile
+
+    f = AccessFile.load(file)
+    f.add_identity(identity, name, [r.strip() for r in roles.split(",") if r.strip()])
+    f.save()
+    print(f"identity for {name} added")
+
+
+@access_app.command("remove-identity")
+def access_remove_identity(
+    file: Annotated[Path, typer.Argument(help="The access file.")],
+    identity: Annotated[str, typer.Option("--identity", help="The identity to remove.")],
+) -> None:
+    """Stop letting a client certificate in (a running server rereads the file)."""
+    from raymask.policy.access import AccessFile
+
+    f = AccessFile.load(file)
+    f.remove_identity(identity)
+    f.save()
+    print("identity removed")
+
+
 @access_app.command("list")
 def access_list(file: Annotated[Path, typer.Argument(help="The access file.")]) -> None:
     """Keys, callers, roles and state (never a secret)."""
@@ -794,6 +898,14 @@ def access_list(file: Annotated[Path, typer.Argument(help="The access file.")]) 
         table.add_row(k["id"], k["name"], ",".join(k["roles"]), created,
                       "revoked" if k.get("revoked") else "active")  # fmt: skip
     Console(width=120).print(table)
+    ids = AccessFile.load(file).identities
+    if ids:
+        t2 = Table(title="client-certificate identities (mTLS)")
+        for col in ("identity", "name", "roles"):
+            t2.add_column(col)
+        for i in ids:
+            t2.add_row(i["identity"], i["name"], ",".join(i["roles"]))
+        Console(width=160).print(t2)
 
 
 @audit_app.command("verify")
@@ -801,13 +913,18 @@ def audit_verify(
     file: Annotated[Path, typer.Argument(help="An audit log.")],
     keys: KeysOpt = None,
     key_id: Annotated[str, typer.Option("--key-id", help="The signing key's id.")] = "audit",
+    copy: Annotated[
+        str | None,
+        typer.Option("--copy", help="Its copy on Kafka (kafka://BOOTSTRAP/TOPIC) to compare with."),
+    ] = None,
 ) -> None:
     """Check the hash chain and the signed anchors; exit 1 and name the first bad line if any
-    record was edited, dropped, inserted or reordered, or the log was cut."""
-    from raymask.actors.audit import signing_key, verify
+    record was edited, dropped, inserted or reordered, or the log was cut. With --copy, also
+    check that the file holds every record of its Kafka copy (a cut at an anchor shows there)."""
+    from raymask.actors.audit import compare_with_copy, signing_key, verify
 
     public = signing_key(_keyring(keys).get(key_id).material).public_key()
-    v = verify(file, public)
+    v = compare_with_copy(file, copy, public) if copy else verify(file, public)
     if v.ok:
         print(f"{file}: ok, {v.records} records, all under signed anchors")
         return
@@ -1068,7 +1185,11 @@ def reveal(
         str | None, typer.Option("--reason", help="Why (goes into the audit trail).")
     ] = None,
     vault: Annotated[
-        Path | None, typer.Option("--vault", help="The vault folder of a segregated field.")
+        str | None,
+        typer.Option(
+            "--vault",
+            help="The vault of a segregated field: a folder (file runs) or kafka://BOOTSTRAP/TOPIC.",
+        ),
     ] = None,
 ) -> None:
     """Decrypt fpe and encrypt outputs, and look up segregated values in their vault (tokens are

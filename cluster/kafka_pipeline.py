@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from raymask.actors.audit import LeakAudit, audit_leaks, leak_events
+from raymask.actors.autoscale import AutoscaleConfig, PoolAutoscaler, request_nodes
 from raymask.actors.ledger import ledger_lock, state_base
 from raymask.actors.metrics import KafkaMetrics
 from raymask.actors.router import DeadLetter, Routed, RouterCore
@@ -53,6 +54,9 @@ from raymask.policy.schema import Policy
 __all__ = ["KafkaRunSummary", "run_kafka", "DEAD_LETTER_TEMPLATE"]
 
 DEAD_LETTER_TEMPLATE = "{topic}.deadletters.{role}"
+VAULT_TEMPLATE = (
+    "{topic}.segregated.{role}"  # role "vault"; `raymask reveal --vault kafka://HOST/TOPIC`
+)
 
 
 @dataclass
@@ -81,6 +85,10 @@ class KafkaRunSummary:
     latencies_ms: list = field(default_factory=list, repr=False)  # produce time -> written
     aggregates: Any = None  # AggregateSummary when the run also released DP aggregates
     leaks: Counter = field(default_factory=Counter)  # (view, field, type) -> spans found
+    vault_topic: str | None = None  # segregated values (Arrow IPC messages), when any
+    vault_rows: int = 0
+    lag_s: float = 0.0  # age of the oldest record of the last round when it was written
+    resizes: list = field(default_factory=list)  # (seconds into the run, new pool size)
 
     def latency_ms(self, q: float) -> float:
         """A percentile (0-100) of produce-to-written latency over all records written."""
@@ -141,6 +149,136 @@ def _get_with_resend(
             summary.resent += 1
             fut = resend()
     return out
+
+
+def _resend_to(pool: list, wi: int, ref: Any, views: list[str], idx: np.ndarray) -> Any:
+    """Send a batch again to worker `wi`, restarted by Ray: its layout first (a restart runs
+    __init__ with the shard count it was made with, which a resize may have changed), then the
+    batch; calls to one actor run in order."""
+    pool[wi].set_layout.remote(wi, len(pool))
+    return pool[wi].process_views.remote(ref, views, idx)
+
+
+class _ElasticPool:
+    """The pipeline's mask workers, resized only between rounds, when no batch is in flight.
+
+    Growing starts the new workers at once and lets them join when they are up (on a cluster
+    with an autoscaler they may wait for a node); the rounds go on with the pool as it is
+    meanwhile. Joining and shrinking re-lay the shards: every worker is told its index and the
+    pool size, and reloads the per-subject budgets of the keys it now owns (the round before
+    finished every charge), so key state moves with the keys. Routing is by jump hash over the
+    pool size, which moves the fewest keys; output order per partition does not depend on the
+    pool, so per-key order holds across a resize."""
+
+    def __init__(
+        self, make: Callable[[int, int], Any], n: int, auto: AutoscaleConfig | None,
+        summary: KafkaRunSummary, t0: float,
+    ) -> None:  # fmt: skip
+        self.make = make
+        self.workers = [make(i, n) for i in range(n)]
+        self.starting: list[tuple[Any, Any, float]] = []  # actor, warm-up ref, since
+        self.config = auto
+        self.scaler = PoolAutoscaler(auto) if auto is not None else None
+        self.summary = summary
+        self.t0 = t0
+        self.asked = 0  # workers asked of Ray's autoscaler
+        self.given_up = 0  # workers that never came up within start_timeout_s
+
+    @property
+    def target(self) -> int:
+        return len(self.workers) + len(self.starting)
+
+    def step(self, lag_s: float) -> bool:
+        """Between rounds: decide, start or stop workers, join those that are up. True when
+        the pool changed (the router must be rebuilt for the new size)."""
+        import ray
+
+        if self.scaler is None:
+            return False
+        want = self.scaler.decide(lag_s, self.target)
+        changed = False
+        if want > self.target:
+            for i in range(self.target, want):
+                a = self.make(i, want)
+                self.starting.append((a, a.warm.remote(), time.monotonic()))
+        elif want < self.target:
+            while self.starting and self.target > want:
+                ray.kill(self.starting.pop()[0])
+            while len(self.workers) > want:
+                ray.kill(self.workers.pop())
+                changed = True
+        if self.config.request_nodes and self.asked != self.target:
+            request_nodes(self.target, self.config.worker_cpus)
+            self.asked = self.target
+        joined = 0
+        while self.starting:
+            a, ref, since = self.starting[0]
+            done, _ = ray.wait([ref], timeout=0)
+            if done:
+                try:
+                    ray.get(done[0])
+                except ray.exceptions.RayError:
+                    done = []  # it died starting: given up below like a timeout
+            if not done:
+                if time.monotonic() - since < self.config.start_timeout_s:
+                    break  # joins in order: the next ones wait for this one
+                for b, _, _ in self.starting:
+                    ray.kill(b)
+                self.given_up += len(self.starting)
+                self.starting = []
+                break
+            self.starting.pop(0)
+            self.workers.append(a)
+            joined += 1
+        if changed or joined:
+            n = len(self.workers)
+            ray.get([w.set_layout.remote(i, n) for i, w in enumerate(self.workers)])
+            self.summary.workers = n
+            self.summary.resizes.append((round(time.perf_counter() - self.t0, 3), n))
+        return bool(changed or joined)
+
+    def close(self) -> None:
+        import ray
+
+        for a, _, _ in self.starting:
+            ray.kill(a)
+        self.starting = []
+        if self.config is not None and self.config.request_nodes and self.asked:
+            request_nodes(0, self.config.worker_cpus)  # withdraw: idle nodes may go
+
+
+VAULT_PIECE_ROWS = 2000  # vault rows per message (a few hundred KB)
+
+
+def vault_messages(
+    routed: Routed, offsets: np.ndarray, per_worker: list[list[MaskOutput]]
+) -> tuple[list[bytes], np.ndarray, int]:
+    """A chunk's segregated values as vault messages: Arrow IPC streams of at most
+    VAULT_PIECE_ROWS rows (offset, field, ref, subject, sealed), in source-offset order, each
+    tagged with the highest source offset in it. The sink's skip rule then holds: a chunk read
+    again after a crash starts at the last commit, so the rows of a piece it skips were written
+    by the piece that set the mark (a row written twice is harmless: any copy opens). Every view
+    that segregates seals the same values the same way, so the first such view's rows are taken."""
+    tables = []
+    for vi in range(len(per_worker[0])):
+        tables = [res[vi].vault for res in per_worker if res[vi].vault is not None]
+        if tables:
+            break
+    if not tables:
+        return [], np.zeros(0, np.int64), 0
+    t = pa.concat_tables(tables)
+    off = offsets[routed.lines[t.column("row").to_numpy()]]
+    t = t.drop_columns(["row"]).add_column(0, "offset", pa.array(off, pa.int64()))
+    t = t.take(pa.array(np.argsort(off, kind="stable")))
+    pieces, marks = [], []
+    for start in range(0, t.num_rows, VAULT_PIECE_ROWS):
+        piece = t.slice(start, VAULT_PIECE_ROWS)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, piece.schema) as w:
+            w.write_table(piece)
+        pieces.append(sink.getvalue().to_pybytes())
+        marks.append(int(piece.column("offset")[-1].as_py()))
+    return pieces, np.asarray(marks, np.int64), t.num_rows
 
 
 def _collect(
@@ -223,6 +361,7 @@ def run_kafka(
     max_poll_records: int = 20_000,
     topic_template: str = DEFAULT_TOPIC_TEMPLATE,
     dead_letter_template: str = DEAD_LETTER_TEMPLATE,
+    vault_template: str = VAULT_TEMPLATE,
     dead_letter_key: str = DEFAULT_KEY_ID,
     address: str | None = None,
     name: str | None = None,
@@ -239,6 +378,8 @@ def run_kafka(
     aggregates: str | Path | None = None,
     accountant_db: str | Path | None = None,
     aggregate_options: dict[str, Any] | None = None,
+    autoscale: AutoscaleConfig | None = None,
+    worker_capacity_rps: float = 0.0,
 ) -> KafkaRunSummary:
     """Mask `input_topic` into one topic per role view until the input is idle for `idle_s`
     (or `max_records` were read, or `should_stop()`), and return the summary.
@@ -265,6 +406,13 @@ def run_kafka(
     driver's memory: a run that ends releases them all, a driver that crashes loses the open
     ones (the released ones are in the file, and what was spent stays spent).
     `aggregate_options` go to the AggregateRunner (tests only: {"noise": False}).
+
+    With `autoscale`, the worker pool grows and shrinks between rounds from the lag (the age of
+    the records being written), within its bounds, and asks Ray's autoscaler for nodes when it
+    grows (raymask.actors.autoscale; `_ElasticPool` says how key state moves). `workers` is the
+    starting size. `worker_capacity_rps` caps each worker at that many records a second (a
+    sleep per batch): tests and the scale test use it to stand for workers of a known capacity
+    on a machine too small to show real ones; never set it otherwise.
     """
     pol, plan, ring = _checked(policy, stream, keyring, dead_letter_key)
     if plan.format not in ("ndjson", "protobuf"):
@@ -273,6 +421,11 @@ def run_kafka(
         )
     if workers < 1 or sources < 1:
         raise InputError("workers and sources must be >= 1")
+    if autoscale is not None and not autoscale.min_workers <= workers <= autoscale.max_workers:
+        raise InputError(
+            f"workers ({workers}) must be within the autoscale bounds "
+            f"{autoscale.min_workers}..{autoscale.max_workers}"
+        )
     if broker_timeout_s <= 0:
         raise InputError("broker_timeout_s must be > 0")
     call_s = min(30.0, broker_timeout_s)
@@ -280,8 +433,7 @@ def run_kafka(
     unknown = [r for r in views if r not in plan.views]
     if unknown:
         raise InputError(f"stream {stream} has no view {unknown[0]!r}")
-    if any(op.technique == "segregate" for r in views for op in plan.view(r).ops):
-        raise InputError(f"stream {stream}: segregate runs on files so far, not on Kafka")
+    segregating = any(op.technique == "segregate" for r in views for op in plan.view(r).ops)
     broker = None
     if bootstrap is None:
         from raymask.cluster.broker import Broker
@@ -313,6 +465,7 @@ def run_kafka(
     dl_key = ring.get(dead_letter_key)
     started = ensure_ray(address)
     actors: list[Any] = []
+    elastic: _ElasticPool | None = None
     lock = ledger_lock(ledger) if ledger is not None else None
     runner = None
     ok = False
@@ -343,12 +496,22 @@ def run_kafka(
         if lock is not None:
             lock.__enter__()  # one run at a time writes a stream's budgets
         opts = dict(namespace="raymask")
-        pool = [
-            MaskWorker.options(name=f"kworker:{pipeline}:{i}", **opts).remote(
-                pol.model_dump(), stream, ring, fmt, 0.0, ledger, i, workers
-            )
-            for i in range(workers)
-        ]
+        cpus = {"num_cpus": autoscale.worker_cpus} if autoscale is not None else {}
+
+        def make_worker(i: int, n: int) -> Any:
+            name = f"kworker:{pipeline}:{i}"
+            for _ in range(100):  # a worker just stopped may hold its name for a moment
+                try:
+                    return MaskWorker.options(name=name, **opts, **cpus).remote(
+                        pol.model_dump(), stream, ring, fmt, 0.0, ledger, i, n,
+                        worker_capacity_rps,
+                    )  # fmt: skip
+                except ValueError:
+                    time.sleep(0.1)
+            raise PipelineError(f"the actor name {name} stayed taken")
+
+        elastic = _ElasticPool(make_worker, workers, autoscale, summary, time.perf_counter())
+        pool = elastic.workers
         srcs = [
             KafkaSourceActor.options(name=f"ksource:{pipeline}:{i}", **opts).remote(
                 bootstrap,
@@ -372,7 +535,13 @@ def run_kafka(
             mark_group="raymask-deadletter-marks", client_options=client_options,
             idempotent=idempotent, call_timeout_s=call_s,
         )  # fmt: skip
-        actors = [*pool, *srcs, sink, dsink]
+        vsink = None
+        if segregating:  # the vault: segregated values, sealed, one topic per input topic
+            vsink = KafkaSinkActor.options(name=f"kvault:{pipeline}", **opts).remote(
+                bootstrap, topic_template=vault_template, client_options=client_options,
+                idempotent=idempotent, call_timeout_s=call_s,
+            )  # fmt: skip
+        actors = [*srcs, sink, dsink, *([vsink] if vsink is not None else [])]
         ray.get([w.warm.remote() for w in pool])
         parts = ray.get(srcs[0].partitions.remote(input_topic))
         if not parts:
@@ -384,6 +553,9 @@ def run_kafka(
             summary.dead_topics[r] = dead_letter_template.format(topic=input_topic, role=r)
         ray.get([sink.ensure_topic.remote(t, parts) for t in summary.topics.values()])
         ray.get([dsink.ensure_topic.remote(t, parts) for t in summary.dead_topics.values()])
+        if vsink is not None:
+            summary.vault_topic = vault_template.format(topic=input_topic, role="vault")
+            ray.get(vsink.ensure_topic.remote(summary.vault_topic, parts))
         router = RouterCore(plan, fmt, workers)
         metrics = KafkaMetrics(stream)
         if aggregates is not None:
@@ -420,6 +592,13 @@ def run_kafka(
                     summary.source_failures += 1  # e.g. it could not join: the broker is away
                     failed = str(exc.cause)
             if not polled:
+                summary.lag_s = 0.0  # nothing waits (or the broker is away: no news of lag)
+            lag = summary.lag_s
+            if elastic.step(lag):
+                pool = elastic.workers
+                router = RouterCore(plan, fmt, len(pool))
+            metrics.pool(len(pool), lag)
+            if not polled:
                 now = time.monotonic()
                 if failed or not _reachable(srcs):  # a dead broker is not an idle topic
                     summary.broker_outages += 1
@@ -436,7 +615,8 @@ def run_kafka(
             idle_since, down_since = time.monotonic(), None
             _round(polled, router, pool, srcs, sink, dsink, views, stream, dl_key, summary, metrics,
                    broker_timeout_s=broker_timeout_s, pending=pending,
-                   leaks=on_leaks if plan.leak_check is not None else None)  # fmt: skip
+                   leaks=on_leaks if plan.leak_check is not None else None,
+                   vault=vsink)  # fmt: skip
             dead_now = sum(summary.dead.values())
             if dead_now != dead_seen:
                 auditor.emit("dead_letters", stream=stream, count=dead_now - dead_seen,
@@ -463,6 +643,9 @@ def run_kafka(
     finally:
         if runner is not None:
             summary.aggregates = runner.close(final=ok)
+        if elastic is not None:
+            elastic.close()
+            actors += elastic.workers
         for a in actors:
             ray.kill(a)
         if started:
@@ -550,10 +733,11 @@ def _round(
     sink: Any, dsink: Any, views: list[str], stream: str, dl_key: Any, summary: KafkaRunSummary,
     metrics: KafkaMetrics | None = None, max_record_bytes: int = 1 << 20,
     broker_timeout_s: float = 60.0, pending: dict[int, dict[tuple[str, int], int]] | None = None,
-    leaks: Callable[[list[dict]], None] | None = None,
+    leaks: Callable[[list[dict]], None] | None = None, vault: Any | None = None,
 ) -> None:  # fmt: skip
     """Mask and write one poll's chunks; commit each source's partitions once all is written.
-    `leaks(events)` takes the leak monitor's findings of each chunk."""
+    `leaks(events)` takes the leak monitor's findings of each chunk; `vault` (a sink) takes
+    the segregated values (see vault_messages)."""
     import ray
 
     before = (Counter(summary.written), Counter(summary.skipped), Counter(summary.dead))
@@ -566,7 +750,7 @@ def _round(
             calls = [
                 (
                     pool[wi].process_views.remote(ref, views, idx),
-                    lambda wi=wi, idx=idx, ref=ref: pool[wi].process_views.remote(ref, views, idx),
+                    lambda wi=wi, idx=idx, ref=ref: _resend_to(pool, wi, ref, views, idx),
                 )
                 for wi, idx in enumerate(routed.shards)
                 if idx is not None
@@ -586,6 +770,13 @@ def _round(
         per_worker = _get_with_resend(calls, summary) if routed is not None else []
         if leaks is not None and per_worker:  # the leak monitor's findings, every view
             leaks(leak_events(stream, [o for res in per_worker for o in res]))
+        if vault is not None and per_worker:
+            pieces, offs_v, rows_v = vault_messages(routed, ch.offsets, per_worker)
+            if pieces:
+                args_v = (ch.topic, ch.partition, "vault", pieces, offs_v, None)
+                writes.append((vault.write.remote(*args_v), lambda a=args_v: vault.write.remote(*a),
+                               "vault", "vault"))  # fmt: skip
+                summary.vault_rows += rows_v
         for vi, role in enumerate(views):
             dead = list(common)
             if routed is not None:
@@ -629,6 +820,8 @@ def _round(
         [(f, r) for f, r, _, _ in writes], summary, transient_s=broker_timeout_s
     )
     now_ms = time.time() * 1000.0
+    stamps = [ch.timestamps.min() for _, ch, _, _ in jobs if len(ch.timestamps)]
+    summary.lag_s = max(0.0, (now_ms - float(min(stamps))) / 1e3) if stamps else 0.0
     for (_, _, role, kind), res in zip(writes, results, strict=True):
         if kind == "out":
             summary.written[role] += res.written

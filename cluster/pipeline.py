@@ -194,7 +194,8 @@ class VaultWriter:
         self.parts = 0
         self.rows = 0
 
-    def write(self, tables: list[pa.Table]) -> None:
+    def write(self, tables: list[pa.Table], tag: str | None = None) -> None:
+        """One part for `tables`; `tag` (default: the pid) keeps writers apart in one folder."""
         tables = [t for t in tables if t.num_rows]
         if not tables:
             return
@@ -202,7 +203,9 @@ class VaultWriter:
 
         self.folder.mkdir(parents=True, exist_ok=True)
         t = pa.concat_tables(tables).drop_columns(["row"])
-        pq.write_table(t, self.folder / f"part-{os.getpid()}-{self.parts:06d}.parquet")
+        name = f"part-{tag or os.getpid()}-{self.parts:06d}.parquet"
+        pq.write_table(t, self.folder / f".{name}.tmp")
+        os.replace(self.folder / f".{name}.tmp", self.folder / name)  # never a half part
         self.parts += 1
         self.rows += t.num_rows
 

@@ -44,7 +44,15 @@ __all__ = [
 ]  # fmt: skip
 
 MAX_BODY_BYTES = 8 << 20
-MAX_ERRORS_LISTED = 100  # in the header; the count is always whole
+# Serve's replica autoscaling (build_app: `max_replicas`, or a fixed `replicas` count instead)
+AUTOSCALING = {
+    "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8, "look_back_period_s": 4.0,
+    "upscale_delay_s": 2.0, "downscale_delay_s": 30.0,
+}  # fmt: skip
+MAX_ERRORS_LISTED = 100
+# a batch up to this many records is masked on the replica's event loop (a few ms); a bigger
+# one in a thread, so the loop keeps taking requests meanwhile
+INLINE_RECORDS = 4096  # in the header; the count is always whole
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "text/plain")
 
 
@@ -130,10 +138,11 @@ class IngressCore:
     def __init__(
         self, policy: Policy, mask: Callable[[str, str | None, np.ndarray], Awaitable[Masked]],
         max_body_bytes: int = MAX_BODY_BYTES, auth: Authenticator | None = None,
-        audit: Callable[..., None] | None = None,
+        audit: Callable[..., None] | None = None, vault: bool = False,
     ) -> None:  # fmt: skip
         """`auth`: who may call (None: anyone, every view); `audit(kind, **fields)`: where
-        access denials go."""
+        access denials go; `vault`: a vault is configured, so streams that segregate are
+        served (their sealed values go to it before the answer)."""
         self.policy = policy
         self.mask = mask
         self.max_body_bytes = max_body_bytes
@@ -145,8 +154,11 @@ class IngressCore:
             if s.format != "ndjson":  # other formats over HTTP come with their codecs
                 continue
             plan = compile_stream(policy, name)
-            if any(op.technique == "segregate" for v in plan.views.values() for op in v.ops):
-                continue  # its vault rows have no sink here yet: not served
+            segregates = any(
+                op.technique == "segregate" for v in plan.views.values() for op in v.ops
+            )
+            if segregates and not vault:
+                continue  # its vault rows would have nowhere to go: not served
             self.plans[name] = plan
 
     def authorize(
@@ -333,13 +345,7 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
     )
 
     @serve.deployment(
-        ray_actor_options={"num_cpus": 0.25},
-        max_ongoing_requests=64,
-        autoscaling_config={
-            "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8,
-            "metrics_interval_s": 2.0, "look_back_period_s": 4.0,
-            "upscale_delay_s": 2.0, "downscale_delay_s": 30.0,
-        },
+        ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, autoscaling_config=AUTOSCALING
     )  # fmt: skip
     @serve.ingress(api)
     class MaskIngress:
@@ -347,19 +353,28 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
             self, policy: dict, keyring: Any, workers: int = 2, pipeline: str | None = None,
             app: str = "raymask", state: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
             aggregates_file: str | None = None, access: dict | None = None,
+            vault: str | None = None,
         ) -> None:  # fmt: skip
+            import os
+            import socket
+
             from raymask.actors.audit import Auditor
             from raymask.actors.router import RouterCore
             from raymask.actors.worker import MaskCore
-            from raymask.cluster.pipeline import ledger_root
+            from raymask.cluster.pipeline import VaultWriter, ledger_root
             from raymask.kernels.codecs.formats import format_for
 
             pol = Policy.model_validate(policy)
             self.auditor = Auditor.from_env(keyring)  # RAYMASK_AUDIT=FILE: access denials
             self.core = IngressCore(
                 pol, self._mask, max_body_bytes, authenticator(access),
-                self.auditor.emit if self.auditor.on else None,
+                self.auditor.emit if self.auditor.on else None, vault=vault is not None,
             )  # fmt: skip
+            # segregated values: Parquet parts in the vault folder (shared storage on a
+            # cluster), one writer per replica (part names carry host and pid), written before
+            # the answer so every reference a caller gets has its row
+            self.vault = VaultWriter(vault) if vault is not None else None
+            self.vault_tag = f"{socket.gethostname()}-{os.getpid()}"
             self.aggregates_file = aggregates_file
             self.keyring = keyring
             self.routers: dict[str, Any] = {}
@@ -394,7 +409,11 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
                 if rows is None:
                     return masked_from(routed, [])
                 core = self.local[stream]
-                outs = await asyncio.to_thread(core.process_views, routed.batch, [role], rows)
+                if routed.records <= INLINE_RECORDS:
+                    outs = core.process_views(routed.batch, [role], rows)
+                else:
+                    outs = await asyncio.to_thread(core.process_views, routed.batch, [role], rows)
+                self._keep_vault(outs)
                 return masked_from(routed, outs)
             pool = self.pools[stream]
             futs = []
@@ -405,7 +424,14 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
                     for w, idx in enumerate(routed.shards)
                     if idx is not None
                 ]
-            return masked_from(routed, [o[0] for o in await _gather(futs)])
+            outs = [o[0] for o in await _gather(futs)]
+            self._keep_vault(outs)
+            return masked_from(routed, outs)
+
+        def _keep_vault(self, outs: list) -> None:
+            tables = [o.vault for o in outs if o.vault is not None]
+            if tables and self.vault is not None:
+                self.vault.write(tables, tag=self.vault_tag)
 
         @serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s)
         async def _batched(self, requests: list[Request]) -> list[Answer]:
@@ -471,20 +497,29 @@ def build_app(
     policy: Policy, keyring: Any, *, workers: int = 2, pipeline: str | None = None,
     app: str = "raymask", state: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
     aggregates_file: str | None = None, access: dict | None = None,
+    replicas: int | None = None, max_replicas: int = 4, vault: str | None = None,
 ) -> Any:  # fmt: skip
-    """The Serve application (bind it with `serve.run(build_app(...))`). `aggregates_file`: the
+    """The Serve application (bind it with `serve.run(build_app(...))`). Replicas autoscale
+    from 1 to `max_replicas` (AUTOSCALING), or are fixed at `replicas`. `aggregates_file`: the
     releases a `raymask run --aggregates F` writes, served by GET .../aggregates. `access`:
     {"api_keys": FILE, "jwt": {"keys": [PEM or secret], "issuer", "audience", "algorithms",
-    "roles_claim"}}; without it every caller reads every view."""
-    return _make_deployment().bind(
+    "roles_claim"}, "mtls": {"header", "format": "xfcc"|"dn", "verify"}}; without it every
+    caller reads every view. `vault`: a folder for the sealed values of segregated fields
+    (without it, streams that segregate are not served)."""
+    dep = _make_deployment()
+    if replicas is not None:
+        dep = dep.options(num_replicas=replicas, autoscaling_config=None)
+    else:
+        dep = dep.options(autoscaling_config={**AUTOSCALING, "max_replicas": max_replicas})
+    return dep.bind(
         policy.model_dump(), keyring, workers, pipeline, app, state, max_body_bytes,
-        aggregates_file, access,
+        aggregates_file, access, vault,
     )  # fmt: skip
 
 
 def authenticator(access: dict | None) -> Authenticator | None:
     """The Authenticator an `access` dict describes (see build_app)."""
-    from raymask.policy.access import AccessFile, JwtVerifier
+    from raymask.policy.access import AccessFile, JwtVerifier, MtlsHeader
 
     if not access:
         return None
@@ -497,7 +532,12 @@ def authenticator(access: dict | None) -> Authenticator | None:
             "EdDSA"))), issuer=jwt_cfg.get("issuer"), audience=jwt_cfg.get("audience"),
             roles_claim=jwt_cfg.get("roles_claim", "roles"),
         )  # fmt: skip
-    return Authenticator(api, verifier)
+    mtls = None
+    if access.get("mtls"):  # {"header", "format", "verify"}: identities from the access file
+        if api is None:
+            raise InputError("mTLS identities need an access file (--api-keys) listing them")
+        mtls = MtlsHeader(**access["mtls"])
+    return Authenticator(api, verifier, mtls)
 
 
 def latest_releases(path: str, tail_bytes: int = 4 << 20) -> dict[str, list[dict]]:

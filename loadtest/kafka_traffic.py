@@ -37,16 +37,22 @@ class Message:
     header_list: tuple[tuple[str, bytes], ...] = ()  # as sent: order kept, repeats kept
 
 
-def partition_by_key(data: bytes, key_path: str, partitions: int) -> dict[int, list[bytes]]:
-    """NDJSON records grouped by partition of their key (records without a key go to 0)."""
+def keyed_lines(data: bytes, key_path: str, partitions: int) -> tuple[list[bytes], np.ndarray]:
+    """NDJSON records as values, and the partition of each one's key (no key: 0)."""
     fmt = format_for("ndjson")
     buf = np.frombuffer(data, np.uint8)
     starts, ends, _ = fmt.split(buf, 1)
     sc = fmt.scan(buf, starts, ends, build_tree([key_path]), locate_only=True)
     part = shard(fmt.extract(buf, sc, 0), partitions)
+    return [data[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)], part
+
+
+def partition_by_key(data: bytes, key_path: str, partitions: int) -> dict[int, list[bytes]]:
+    """NDJSON records grouped by partition of their key (records without a key go to 0)."""
+    lines, part = keyed_lines(data, key_path, partitions)
     out: dict[int, list[bytes]] = {p: [] for p in range(partitions)}
-    for s, e, p in zip(starts.tolist(), ends.tolist(), part.tolist(), strict=True):
-        out[p].append(data[s:e])
+    for v, p in zip(lines, part.tolist(), strict=True):
+        out[p].append(v)
     return out
 
 

@@ -165,7 +165,10 @@ def ref_generalize(value: Any, spec) -> Any:
     d = Decimal(repr(value)) if isinstance(value, float) else Decimal(str(value))
     if spec.method == "geo_round":
         q = d.quantize(Decimal(1).scaleb(-spec.decimals), rounding=ROUND_HALF_UP)
-        return float(q) if isinstance(value, float) else str(q)
+        # a JSON number (integer or not) stays a number, at the grid's precision; a string stays
+        # a string
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return float(q) if numeric else str(q)
     if spec.method == "round":
         step = Decimal(repr(spec.step))
         r = (d / step).to_integral_value(rounding=ROUND_FLOOR) * step

@@ -199,3 +199,56 @@ def test_a_run_leaves_a_verifiable_trail_of_counts_and_grants_never_values(
     assert kinds.count("budget_reserve") == kinds.count("budget_commit") >= 1
     text = (tmp_path / "audit.log").read_text()
     assert "canary" not in text and "acc-" not in text
+
+
+@pytest.mark.kafka
+def test_the_kafka_copy_shows_a_log_cut_at_an_anchor_and_a_rewrite(kafka_broker, tmp_path):
+    """Every line also goes to a topic, acknowledged at each anchor. A file cut right after an
+    anchor still verifies on its own; against its copy it does not, and neither does a file
+    rewritten from some record on with the signing key in hand."""
+    import uuid
+
+    from raymask.actors.audit import KafkaCopy, compare_with_copy, read_copy
+
+    topic = f"audit-{uuid.uuid4().hex[:8]}"
+    p = tmp_path / "audit.log"
+    t = iter(range(10**6))
+    log = AuditLog(p, KEY, anchor_every=10, clock=lambda: 1_700_000_000 + next(t),
+                   copy=KafkaCopy(kafka_broker, topic))  # fmt: skip
+    for i in range(25):
+        log.append("policy_push", stream="payments", version=i, caller="ops@cli")
+    log.close()
+    url = f"kafka://{kafka_broker}/{topic}"
+    name, copied = read_copy(url)
+    lines = p.read_bytes().splitlines(keepends=True)
+    assert name == "audit.log" and copied == [x.rstrip(b"\n") for x in lines]  # 25 + 3 anchors
+    assert compare_with_copy(p, url, PUB).ok
+    _write(p, lines[:11])  # cut right after the first anchor: alone, a valid shorter log
+    assert verify(p, PUB).ok
+    v = compare_with_copy(p, url, PUB)
+    assert not v.ok and v.bad_line == 12 and "the file was cut" in v.reason
+    _write(p, [])  # rewritten from record 5 on, re-signed with the key: alone it verifies
+    forged = AuditLog(p, KEY, anchor_every=10, clock=lambda: 1_800_000_000 + next(t))
+    for i in range(25):
+        forged.append("policy_push", stream="payments", version=i if i < 5 else 99,
+                      caller="ops@cli")  # fmt: skip
+    forged.close()
+    assert verify(p, PUB).ok
+    v = compare_with_copy(p, url, PUB)
+    assert not v.ok and v.bad_line == 1 and "rewritten" in v.reason  # new timestamps from 1
+
+
+def test_a_copy_whose_broker_is_away_keeps_its_lines_for_the_next_anchor(tmp_path):
+    from raymask.actors.audit import KafkaCopy
+
+    copy = KafkaCopy.__new__(KafkaCopy)  # no broker: only the pending logic
+    copy.pending, copy.failures = [], 0
+
+    def fail(coro):  # noqa: ANN001, ANN202
+        coro.close()
+        raise TimeoutError
+
+    copy._call = fail
+    copy.add("audit.log", b"one")
+    assert copy.flush() is False and copy.pending == [(b"audit.log", b"one")]
+    assert copy.failures == 1

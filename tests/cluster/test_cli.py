@@ -263,3 +263,14 @@ def test_reveal_and_keys_commands(tmp_path, keyfile):
     assert "v1, v2" in r.stdout
     material = json.loads(keyfile.read_text())["keys"][0]["material"]
     assert material[7:20] not in r.stdout
+
+
+@pytest.mark.parametrize(
+    "bounds, says",
+    [("8", "MIN:MAX"), ("a:b", "MIN:MAX"), ("5:2", "min_workers 5 > max_workers 2"),
+     ("0:4", "greater than or equal to 1")],
+)  # fmt: skip
+def test_bad_autoscale_bounds_are_one_line_errors(bounds, says):
+    r = run(["run", "-P", str(EXAMPLES / "payments.yaml"), "-s", "payments", "--input-topic", "t",
+             "--bootstrap-servers", "127.0.0.1:1", "--autoscale", bounds])  # fmt: skip
+    assert r.returncode != 0 and says in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -71,3 +71,39 @@ def test_values_go_to_the_vault_and_come_back_for_their_reference_only(tmp_path,
     assert r.errors[0] == "no such reference in the vault"
     # the wrong field does not open it either
     assert reveal_vault(s.vault, pa.array(first), "note", ring, "vault").values == [None] * 3
+
+
+@pytest.mark.kafka
+@pytest.mark.integration
+def test_a_kafka_run_writes_its_vault_topic_and_reveal_reads_it(kafka_broker, ray_session, ring):
+    """On Kafka the vault is a topic ({topic}.segregated.vault, Arrow IPC messages tagged with their source
+    offsets); the output topics carry only references, and `reveal --vault kafka://...` opens
+    them for the right field."""
+    import uuid
+
+    from raymask.cluster.kafka_pipeline import run_kafka
+    from raymask.loadtest.kafka_traffic import produce_traffic, read_topic
+
+    topic = f"seg-{uuid.uuid4().hex[:8]}"
+    n = produce_traffic(kafka_broker, topic, "payments", 3000, key_path="account.id",
+                        partitions=3, seed=8)  # fmt: skip
+    pol = parse_policy(POLICY, "p.yaml")
+    s = run_kafka(pol, "payments", topic, bootstrap=kafka_broker, keyring=ring, idle_s=2,
+                  consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 300})  # fmt: skip
+    assert s.records_in == n and s.balanced and s.vault_topic == f"{topic}.segregated.vault"
+    src = {(m.partition, m.offset): json.loads(m.value) for m in read_topic(kafka_broker, topic, 3)}
+    names = [r["customer"]["name"] for r in src.values()]
+    assert s.vault_rows == sum(x is not None for x in names)
+    out = read_topic(kafka_broker, s.topics["default"], 3, expect=n)
+    refs, want = [], []
+    for m in out:
+        text = m.value.decode()
+        rec = json.loads(text)
+        orig = src[(m.partition, int(m.headers["raymask.src.offset"]))]["customer"]["name"]
+        assert orig is None or orig not in text
+        refs.append(rec["customer"]["name"])
+        want.append(orig)
+    vault = f"kafka://{kafka_broker}/{s.vault_topic}"
+    got = reveal_values(pol, "payments", "customer.name", refs, keyring=ring, vault=vault)
+    assert got.values == want
+    assert reveal_vault(vault, pa.array(refs[:5]), "note", ring, "vault").values == [None] * 5

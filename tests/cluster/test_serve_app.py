@@ -314,6 +314,26 @@ def test_serve_with_api_keys_enforces_roles(served, tmp_path):
         assert post("payments/mask?view=ops", {"x-api-key": ops}).status_code == 401
     finally:
         serve.delete("t-auth")
+    # mTLS behind a terminator: the identity in its header, listed in the access file
+    f.add_identity("spiffe://acme/sa/svc-a", "svc-a", ["support"])
+    f.save()
+    serve.run(build_app(POLICY, ring, app="t-mtls", access={"api_keys": str(f.path),
+                                                            "mtls": {"format": "xfcc"}}),
+              name="t-mtls", route_prefix="/mtls")  # fmt: skip
+    try:
+        xfcc = {"x-forwarded-client-cert": 'Hash=1;URI=spiffe://acme/sa/svc-a;Subject="CN=a"'}
+        r = requests.post(f"{url}/mtls/v1/streams/payments/mask?view=support", data=body,
+                          headers=xfcc, timeout=30)  # fmt: skip
+        assert r.status_code == 200 and r.headers["raymask-records"] == "3"
+        r = requests.post(f"{url}/mtls/v1/streams/payments/mask?view=ops", data=body,
+                          headers=xfcc, timeout=30)  # fmt: skip
+        assert r.status_code == 403
+        stranger = {"x-forwarded-client-cert": "Hash=1;URI=spiffe://acme/sa/other"}
+        r = requests.post(f"{url}/mtls/v1/streams/payments/mask?view=support", data=body,
+                          headers=stranger, timeout=30)  # fmt: skip
+        assert r.status_code == 401
+    finally:
+        serve.delete("t-mtls")
 
 
 def test_cli_access_add_list_revoke(tmp_path):
@@ -333,6 +353,15 @@ def test_cli_access_add_list_revoke(tmp_path):
     assert "alice" in r.output and "active" in r.output and key.split("_", 2)[2] not in r.output
     r = CliRunner().invoke(app, ["access", "revoke", str(p), "--id", key.split("_")[1]])
     assert r.exit_code == 0 and AccessFile.load(p).check(key) is None
+    r = CliRunner().invoke(app, ["access", "add-identity", str(p), "--identity",
+                                 "spiffe://acme/sa/svc-a", "--name", "svc-a", "--roles", "ops"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert AccessFile.load(p).check_identity(["spiffe://acme/sa/svc-a"]).name == "svc-a"
+    r = CliRunner().invoke(app, ["access", "list", str(p)])
+    assert "spiffe://acme/sa/svc-a" in r.output and "svc-a" in r.output
+    r = CliRunner().invoke(app, ["access", "remove-identity", str(p), "--identity",
+                                 "spiffe://acme/sa/svc-a"])  # fmt: skip
+    assert r.exit_code == 0 and AccessFile.load(p).identities == []
 
 
 def test_reveal_needs_the_role_a_reason_and_the_rate_and_is_audited(keyring, tmp_path):
@@ -372,3 +401,53 @@ def test_reveal_needs_the_role_a_reason_and_the_rate_and_is_audited(keyring, tmp
     assert codes == [200] * 11
     assert core.reveal({"x-api-key": lead}, "payments", "fraud", body, keyring).status == 429
     assert events[-1][0] == "reveal_limited"
+
+
+@pytest.mark.integration
+def test_segregated_fields_over_http_go_to_the_vault_before_the_answer(served, tmp_path):
+    """With a vault folder, a stream that segregates is served: the answer carries references,
+    and every reference it carries opens from the vault right after the answer."""
+    import pyarrow as pa
+    import requests
+    from ray import serve
+
+    from raymask.cluster.reveal import reveal_vault
+    from raymask.cluster.serve_app import build_app
+    from raymask.policy.keys import Key
+    from raymask.policy.loader import parse_policy
+
+    url, ring = served
+    ring.add(Key("vault", 1, b"v" * 64))
+    pol = parse_policy("""
+version: 1
+streams:
+  payments:
+    format: ndjson
+    key: account.id
+    fields:
+      account.id:    {technique: tokenize, key: tok, length: 16}
+      customer.name: {technique: segregate, key: vault}
+""", "seg.yaml")  # fmt: skip
+    body = generate_bytes("payments", 50, seed=12)
+    names = [json.loads(x)["customer"]["name"] for x in body.splitlines()]
+    # without a vault the stream is not served at all
+    serve.run(build_app(pol, ring, app="t-novault"), name="t-novault", route_prefix="/novault")
+    try:
+        r = requests.post(f"{url}/novault/v1/streams/payments/mask", data=body, timeout=30)
+        assert r.status_code == 404
+    finally:
+        serve.delete("t-novault")
+    vault = tmp_path / "vault"
+    serve.run(build_app(pol, ring, app="t-vault", vault=str(vault)), name="t-vault",
+              route_prefix="/vault")  # fmt: skip
+    try:
+        r = requests.post(f"{url}/vault/v1/streams/payments/mask", data=body, timeout=30)
+        assert r.status_code == 200 and r.headers["raymask-records"] == "50"
+        refs = [json.loads(x)["customer"]["name"] for x in r.content.splitlines()]
+        assert all(x is None or x.startswith("vault:") for x in refs)
+        assert not any(n in r.text for n in names if n)
+        got = reveal_vault(vault, pa.array(refs), "customer.name", ring, "vault")
+        assert got.values == names
+        assert not list(vault.glob(".*.tmp"))
+    finally:
+        serve.delete("t-vault")

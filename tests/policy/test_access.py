@@ -21,7 +21,9 @@ from raymask.policy.access import (
     Caller,
     Denied,
     JwtVerifier,
+    MtlsHeader,
     allowed_view,
+    parse_xfcc,
 )
 
 PRIV = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -154,3 +156,66 @@ def test_identify_reads_api_keys_and_bearer_tokens(tmp_path):
         with pytest.raises(Denied) as info:
             auth.identify(headers)
         assert info.value.status == 401
+
+
+XFCC = ('By=spiffe://acme/ns/raymask;Hash=9ba61d6425303443;'
+        'Subject="CN=svc-a,OU=pay,O=Acme \\"Widgets\\", Inc.";URI=spiffe://acme/ns/pay/sa/svc-a')  # fmt: skip
+
+
+def test_xfcc_is_parsed_with_quotes_escapes_and_hops():
+    [e] = parse_xfcc(XFCC)
+    assert e["subject"] == 'CN=svc-a,OU=pay,O=Acme "Widgets", Inc.'
+    assert e["uri"] == "spiffe://acme/ns/pay/sa/svc-a" and e["hash"] == "9ba61d6425303443"
+    assert len(parse_xfcc("By=a;URI=x,By=b;URI=y")) == 2
+    with pytest.raises(ValueError):
+        parse_xfcc('Subject="CN=open')
+
+
+def test_mtls_identities_from_a_terminators_header(tmp_path):
+    """The URI SAN first, then the subject, then its CN; listed identities only; a header that
+    names several certificates, none, or an unverified one is a 401; a revoked identity stops
+    working on the running server's next request."""
+    f = AccessFile.load(tmp_path / "a.json")
+    f.add_identity("spiffe://acme/ns/pay/sa/svc-a", "svc-a", ["ops"])
+    f.add_identity("CN=edge-7", "edge-7", ["support"])
+    f.save()
+    auth = Authenticator(AccessFile.load(tmp_path / "a.json"), None, MtlsHeader())
+    who = auth.identify({"x-forwarded-client-cert": XFCC})
+    assert (who.name, who.roles, who.via) == ("svc-a", frozenset({"ops"}), "mtls")
+    edge = 'Hash=1;Subject="CN=edge-7,O=Acme"'
+    assert auth.identify({"x-forwarded-client-cert": edge}).name == "edge-7"
+    for bad in ('Hash=1;Subject="CN=stranger"', "By=a;URI=x,By=b;URI=y", "Hash=1",
+                'Subject="CN=open'):  # fmt: skip
+        with pytest.raises(Denied) as info:
+            auth.identify({"x-forwarded-client-cert": bad})
+        assert info.value.status == 401
+    with pytest.raises(Denied):
+        auth.identify({})  # no header, no key: unknown
+    # an API key still works beside it
+    key = f.add("alice", ["ops"])
+    f.save()
+    assert auth.identify({"x-api-key": key, "x-forwarded-client-cert": edge}).name == "alice"
+    f.remove_identity("CN=edge-7")
+    f.save()
+    os.utime(tmp_path / "a.json", (time.time() + 5, time.time() + 5))
+    with pytest.raises(Denied):
+        auth.identify({"x-forwarded-client-cert": edge})
+
+
+def test_mtls_dn_headers_need_the_terminators_verify_success(tmp_path):
+    f = AccessFile.load(tmp_path / "a.json")
+    f.add_identity("CN=svc-b", "svc-b", ["sre"])
+    auth = Authenticator(f, None, MtlsHeader("x-ssl-client-s-dn", "dn", "x-ssl-client-verify"))
+    ok = {"x-ssl-client-s-dn": "CN=svc-b,O=Acme", "x-ssl-client-verify": "SUCCESS"}
+    assert auth.identify(ok).roles == frozenset({"sre"})
+    for verify in ("FAILED:unable to verify", "NONE", None):
+        h = {"x-ssl-client-s-dn": "CN=svc-b,O=Acme"}
+        if verify:
+            h["x-ssl-client-verify"] = verify
+        with pytest.raises(Denied) as info:
+            auth.identify(h)
+        assert info.value.status == 401
+    with pytest.raises(InputError):
+        MtlsHeader(format="pem")
+    with pytest.raises(InputError):
+        f.add_identity("CN=x\nCN=y", "x", ["ops"])

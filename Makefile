@@ -8,7 +8,7 @@ export RAY_TMPDIR ?= /tmp/raymask-ray
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install demo test test-unit lint bench faults soak scale-test clean
+.PHONY: install demo test test-unit lint bench faults soak scale-test load load-long clean
 
 install: $(STAMP)
 
@@ -63,6 +63,20 @@ soak: $(STAMP)
 	@mkdir -p $(RAY_TMPDIR)
 	RAYMASK_SOAK_RECORDS=2000000 RAYMASK_SOAK_THROTTLE=0.3 $(BIN)/python -m pytest -q tests/actors/test_backpressure.py
 
+# Locust against the embedded stack on loopback (Ray + Serve, tansu + the Kafka pipeline), about
+# 2 minutes: the echo comparison, a day-shaped HTTP run and a day-shaped Kafka run, each with
+# Locust's CSVs and HTML, raymask's timeline.csv and the report's PNGs in load-out/<run>/
+load: $(STAMP)
+	@mkdir -p $(RAY_TMPDIR)
+	$(BIN)/python -m raymask.loadtest.load --out load-out $(LOAD_ARGS)
+
+# the same, longer (about 27 minutes): three rounds of 1-minute echo and raymask runs, 10-minute
+# day-shaped runs
+load-long: $(STAMP)
+	@mkdir -p $(RAY_TMPDIR)
+	$(BIN)/python -m raymask.loadtest.load --out load-out-long --compare-seconds 60 --compare-rounds 3 \
+		--seconds 600 $(LOAD_ARGS)
+
 # the autoscaling proof: a Kafka pipeline on a local multi-node Ray cluster with the real
 # autoscaler (fake provider, head on port 6379: one per machine), a spike to 5x and back;
 # timeline.csv, offered.csv, summary.json and scale.png land in docs/scale/ (a short version is
@@ -72,4 +86,4 @@ scale-test: $(STAMP)
 	$(BIN)/python -m raymask.loadtest.scale_test --out docs/scale
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info demo-out
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info demo-out load-out load-out-long

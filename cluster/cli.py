@@ -1374,6 +1374,24 @@ def scan(
 
 
 @app.command()
+def report(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A load run's folder (Locust CSVs, timeline.csv).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Where the PNGs and summary.md go.")],
+) -> None:
+    """Plot a load run (throughput, latency, workers, consumer lag) and summarise it."""
+    from raymask.loadtest.report import write_report
+
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: no such folder")
+    rep = write_report(run_dir, out)
+    if not rep.plots:
+        raise InputError(f"{run_dir}: no Locust stats (*_stats_history.csv) or timeline.csv in it")
+    print(f"{len(rep.plots)} plot(s) and summary.md in {out}")
+
+
+@app.command()
 def demo(
     n: Annotated[int, typer.Option("-n", help="Records per profile.")] = 100_000,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1)] = 2,

@@ -501,11 +501,19 @@ def _make_actor():  # Ray is imported only where actors are made, never by the p
             return self.core.process(batch, role, rows)
 
         def process_views(
-            self, batch: pa.RecordBatch, roles: list[str | None], rows: np.ndarray | None = None
-        ) -> list[MaskOutput]:
+            self, batch: pa.RecordBatch, roles: list[str | None], rows: np.ndarray | None = None,
+            fmt: Format | None = None,
+        ) -> list[MaskOutput]:  # fmt: skip
+            """`fmt`: the records' format for this call only (a CSV body's columns over HTTP)."""
             if self.throttle_s:
                 time.sleep(self.throttle_s)
-            return self.core.process_views(batch, roles, rows)
+            if fmt is None:
+                return self.core.process_views(batch, roles, rows)
+            own, self.core.fmt = self.core.fmt, fmt
+            try:
+                return self.core.process_views(batch, roles, rows)
+            finally:
+                self.core.fmt = own
 
         def rss_bytes(self) -> int:
             """This worker process's resident memory (Linux), for memory-bound tests."""

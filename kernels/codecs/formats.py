@@ -17,7 +17,10 @@ from raymask.kernels.codecs.spans import Scan, splice
 if TYPE_CHECKING:
     from raymask.policy.compile import StreamPlan
 
-__all__ = ["Format", "NdjsonFormat", "CsvFormat", "XmlFormat", "ProtobufFormat", "format_for"]
+__all__ = [
+    "Format", "NdjsonFormat", "CsvFormat", "XmlFormat", "XmlValuesFormat", "ProtobufFormat",
+    "format_for",
+]  # fmt: skip
 
 
 class Format:
@@ -214,6 +217,41 @@ class XmlFormat(Format):
             except ValueError as exc:
                 problems.append(f"streams.{plan.stream}.fields: {exc}")
         return problems
+
+
+class XmlValuesFormat(XmlFormat):
+    """One record element per value (Kafka message values), the values in length-delimited
+    frames: a record is the value's bytes (an XML declaration, comments and whitespace around
+    the element are kept). A value whose first element is not a record element is a dead letter:
+    read as a record, its fields would all be missing and it would pass through unmasked."""
+
+    E_ROOT = 20
+
+    def __init__(self, record: str, namespaces: dict[str, str] | None = None) -> None:
+        super().__init__(record, namespaces)
+        last = record.strip("/").split("/")[-1]
+        self.errors = {
+            **xml_codec.ERRORS,
+            self.E_ROOT: f"the value's first element is not a record element ({last})",
+        }
+
+    def boundary(self, data):
+        return pb.boundary(data)
+
+    def split(self, data, base_line):
+        return pb.payload_split(data, base_line)
+
+    def units(self, data):
+        return pb.count_frames(data)
+
+    def scan(self, data, starts, ends, tree, locate_only=False):
+        sc = super().scan(data, starts, ends, tree, locate_only)
+        bad = (sc.err == 0) & ~xml_codec.root_is_record(data, starts, ends, self.layout(()))
+        if bad.any():
+            sc.err[bad] = self.E_ROOT
+            sc.errpos[bad] = 0
+            sc.errfield[bad] = -1
+        return sc
 
 
 class ProtobufFormat(Format):

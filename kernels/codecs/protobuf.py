@@ -326,6 +326,23 @@ def split(data: np.ndarray, base: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return s, e, base + np.arange(len(s), dtype=np.int64)
 
 
+@njit(cache=True)
+def _payload_starts(data, starts, ends):
+    out = starts.copy()
+    for r in range(starts.shape[0]):
+        _, q = _varint(data, starts[r], ends[r])
+        if q >= 0:
+            out[r] = q
+    return out
+
+
+def payload_split(data: np.ndarray, base: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """As `split`, with each span starting after its length prefix: the message bytes alone
+    (for records that are not Protobuf but travel in delimited frames, such as Kafka values)."""
+    s, e, _ = _frames(data, MAX_MESSAGE)
+    return _payload_starts(data, s, e), e, base + np.arange(len(s), dtype=np.int64)
+
+
 def count_frames(data: np.ndarray) -> int:
     return len(_frames(data, MAX_MESSAGE)[0])
 

@@ -50,6 +50,8 @@ __all__ = [
     "XmlLayout",
     "build_layout",
     "find_prolog",
+    "record_spans",
+    "root_is_record",
     "check_prolog",
     "boundary",
     "split",
@@ -338,6 +340,48 @@ def find_prolog(data: np.ndarray, lay: XmlLayout) -> int:
     """Start of the first record in a document's first bytes (-1 when none yet)."""
     s, _ = _records(data, lay.rec_names, lay.rec_off, 0, True)
     return int(s[0]) if len(s) else -1
+
+
+def record_spans(data: np.ndarray, lay: XmlLayout) -> tuple[np.ndarray, np.ndarray]:
+    """(element starts, element ends) of every record in a whole document, its path matched
+    from the root; an end of -1 marks a record element that is not closed (the last found)."""
+    s, e = _records(data, lay.rec_names, lay.rec_off, 0, False)
+    return s.astype(np.int64), e.astype(np.int64)
+
+
+@njit(cache=True)
+def _roots(data, starts, ends, name, nlen):
+    n = starts.shape[0]
+    ok = np.zeros(n, np.bool_)
+    for r in range(n):
+        p = starts[r]
+        e = ends[r]
+        while p < e:
+            if data[p] != 60:
+                p += 1
+                continue
+            if p + 1 < e and data[p + 1] == 63:  # <?xml ...?> and other PIs
+                p = _skip_markup(data, p, e)
+                continue
+            if p + 3 < e and data[p + 1] == 33 and data[p + 2] == 45 and data[p + 3] == 45:
+                p = _skip_markup(data, p, e)  # a comment
+                continue
+            if p + 1 < e and data[p + 1] != 33 and data[p + 1] != 47:
+                ne = _name_end(data, p + 1, e)
+                ok[r] = _local_eq(data, p + 1, ne, name, 0, nlen)
+            break
+    return ok
+
+
+def root_is_record(
+    data: np.ndarray, starts: np.ndarray, ends: np.ndarray, lay: XmlLayout
+) -> np.ndarray:
+    """Per span, is its first element (after an XML declaration, comments, whitespace) a record
+    element (the record path's last step, by local name)? For values that each hold one record:
+    a value rooted elsewhere would otherwise be scanned as a record whose fields are all missing,
+    and pass through unmasked."""
+    last = lay.record[-1].encode()
+    return _roots(data, starts, ends, np.frombuffer(last + b"\0", np.uint8), len(last))
 
 
 _DECL = re.compile(rb"xmlns(?::([A-Za-z_][\w.\-]*))?\s*=\s*(?:\"([^\"]*)\"|'([^']*)')")

@@ -669,18 +669,20 @@ def serve(
     jwt_issuer: Annotated[str | None, typer.Option("--jwt-issuer")] = None,
     jwt_audience: Annotated[str | None, typer.Option("--jwt-audience")] = None,
 ) -> None:
-    """Serve POST /v1/streams/{stream}/mask?view=ROLE over HTTP on Ray Serve (NDJSON or a JSON
-    array in, the same out), until Ctrl-C."""
+    """Serve POST /v1/streams/{stream}/mask?view=ROLE over HTTP on Ray Serve (NDJSON, a JSON
+    array, CSV, XML or length-delimited Protobuf in, by the stream's format; the same out),
+    until Ctrl-C."""
     import signal
     import time
 
     from ray import serve as ray_serve
 
+    from raymask.cluster.http_formats import absolute_schema_paths
     from raymask.cluster.runtime import ensure_ray
     from raymask.cluster.serve_app import build_app
     from raymask.policy.loader import load_policy
 
-    pol = load_policy(policy)
+    pol = absolute_schema_paths(load_policy(policy), policy.parent)  # protobuf schema files
     ring = _keyring(keys)
     started = ensure_ray(address)
     stop = [False]

@@ -73,7 +73,9 @@ class Decoded:
     data: np.ndarray  # uint8: the records, each standing alone
     records: int
     fmt: Format  # the format the records are masked in
-    group: Any  # requests are joined only when their groups are equal (CSV: the header)
+    # requests are joined only when their groups are equal: the CSV header, whose format comes
+    # with the body; None when the stream's format is fixed (XML, Protobuf)
+    group: Any
     context: tuple = ()  # what `encode` needs besides the masked records
 
 

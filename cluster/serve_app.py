@@ -12,8 +12,8 @@ state are masked in the replica itself (`MaskIngress._mask` says why).
 Bodies: NDJSON (`application/x-ndjson`), a JSON array (`application/json`: turned into lines and
 back by kernels/codecs/jsonarray.py), and for streams of those formats CSV (`text/csv`), XML
 (`application/xml`) and length-delimited Protobuf (`application/x-protobuf`), cut into records
-and put back together by cluster/http_formats.py. A record that cannot be masked is left out of the answer and
-listed in the `raymask-errors` header (`[{"index": i, "reason": ...}]`, index = the record's
+and put back together by cluster/http_formats.py. A record that cannot be masked is left out of
+the answer and listed in the `raymask-errors` header (`[{"index": i, "reason": ...}]`, index = the record's
 position in the body, reasons name fields, never values); `raymask-records` and
 `raymask-policy-version` say what came back. A body that cannot be read is a 400 with one line, an
 unknown stream or view a 404, a body over the limit a 413, another content type a 415; never a
@@ -278,7 +278,8 @@ class IngressCore:
             parts = [requests[i] for i in idx]
             bounds = np.cumsum([0] + [p.records for p in parts])
             data = np.concatenate([p.lines for p in parts]) if parts else np.zeros(0, np.uint8)
-            fmt = parts[0].body.fmt if parts[0].body is not None else None
+            d = parts[0].body  # a format that comes with the body (CSV header) goes along
+            fmt = d.fmt if d is not None and d.group is not None else None
             m = await (self.mask(stream, view, data) if fmt is None
                        else self.mask(stream, view, data, fmt))  # fmt: skip
             owner = np.searchsorted(bounds, m.lines, side="right") - 1
@@ -595,8 +596,13 @@ def app_builder(args: dict[str, str]) -> Any:
 
     if "policy" not in args:
         raise InputError("the serve app needs args.policy (a policy file)")
+    from pathlib import Path
+
+    from raymask.cluster.http_formats import absolute_schema_paths
+
+    pol = absolute_schema_paths(load_policy(args["policy"]), Path(args["policy"]).parent)
     return build_app(
-        load_policy(args["policy"]), Keyring.from_env(), workers=int(args.get("workers", 2)),
+        pol, Keyring.from_env(), workers=int(args.get("workers", 2)),
         pipeline=args.get("pipeline"), app=args.get("app", "raymask"), state=args.get("state"),
         aggregates_file=args.get("aggregates"),
     )  # fmt: skip

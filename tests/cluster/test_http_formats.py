@@ -337,3 +337,92 @@ def test_body_codecs_exist_for_the_formats_that_need_them():
         "csv", "xml", "protobuf"}  # fmt: skip
     with pytest.raises(BodyError):
         body_codec(compile_stream(pol, "pay_pb")).decode(b"\x05ab")
+
+
+# ------------------------------------------------------------------------- through Ray Serve
+
+SERVED_TEXT = POLICY_TEXT.replace(
+    "      amount: keep\n    views:",
+    "      amount: {technique: noise, epsilon: 1.0, lo: 0, hi: 500, round_to: 0.01}\n"
+    "    budget: {epsilon: 50, period: day, key: ledger}\n    views:",
+)
+
+
+@pytest.fixture(scope="module")
+def served_formats(ray_session, tmp_path_factory):
+    from ray import serve
+
+    from raymask.cluster.serve_app import build_app
+    from raymask.policy.keys import Key, Keyring
+
+    ring = Keyring([Key(k, 1, k[0].encode() * 32) for k in ("tok", "deadletter", "ledger")])
+    sock = __import__("socket").socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    pol = parse_policy(SERVED_TEXT)
+    state = tmp_path_factory.mktemp("state")
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(pol, ring, workers=2, app="t-fmt", state=str(state)), name="t-fmt",
+              route_prefix="/")  # fmt: skip
+    yield f"http://127.0.0.1:{port}", ring
+    serve.delete("t-fmt")
+    serve.shutdown()
+    import ray
+
+    for i in range(2):  # the CSV stream's budget workers (detached)
+        try:
+            ray.kill(ray.get_actor(f"sworker:t-fmt:pay_csv:{i}", namespace="raymask"))
+        except ValueError:
+            pass
+
+
+@pytest.mark.integration
+def test_serve_masks_csv_xml_and_protobuf_bodies_of_concurrent_callers(served_formats, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    url, ring = served_formats
+    csv_a = generate_bytes("payments", 200, seed=21, fmt="csv")
+    csv_b = b"x,account.id,customer.name\n1,acc-1,Ann\n2,acc-2,Bob\n"  # another header
+    xml = generate_bytes("iot", 200, seed=22, fmt="xml")
+    pbody = generate_bytes("payments", 200, seed=23, fmt="protobuf")
+    calls = [
+        ("pay_csv", csv_a, "text/csv"),
+        ("pay_csv", csv_b, "text/csv"),
+        ("tele_xml", xml, "application/xml"),
+        ("pay_pb", pbody, "application/x-protobuf"),
+    ] * 3
+
+    def post(c: tuple):  # noqa: ANN202
+        return requests.post(f"{url}/v1/streams/{c[0]}/mask", data=c[1],
+                             headers={"content-type": c[2]}, timeout=120)  # fmt: skip
+
+    with ThreadPoolExecutor(6) as pool:
+        res = list(pool.map(post, calls))
+    assert [r.status_code for r in res] == [200] * len(calls), [r.text for r in res]
+    for c, r in zip(calls, res, strict=True):
+        assert r.headers["raymask-error-count"] == "0"
+        assert r.headers["content-type"].startswith(c[2])
+    pol = tmp_path / "p.yaml"
+    pol.write_text(POLICY_TEXT)  # the file run's oracle (no noise in it: amount is keep there)
+    assert res[2].content == _file_run(tmp_path, "tele_xml", xml, ring, suffix="xml")
+    assert res[3].content == _file_run(tmp_path, "pay_pb", pbody, ring, suffix="pb")
+    rin = list(csv.DictReader(io.StringIO(csv_a.decode())))
+    rout = list(csv.DictReader(io.StringIO(res[0].content.decode())))
+    assert len(rout) == 200
+    for x, y in zip(rin, rout, strict=True):
+        assert y["customer.name"] == "[REDACTED]" and y["amount"] != x["amount"]
+        # noised, or empty once the account's daily allowance is spent (suppress)
+        assert y["amount"] == "" or float(y["amount"]) == float(y["amount"])
+        for k in ("event_id", "card.number", "note", "currency"):
+            assert y[k] == x[k]
+    got_b = list(csv.reader(io.StringIO(res[1].content.decode())))
+    assert got_b[0] == ["x", "account.id", "customer.name"] and got_b[1][2] == "[REDACTED]"
+    r = requests.post(f"{url}/v1/streams/tele_xml/mask", data=b"{}\n", timeout=30,
+                      headers={"content-type": "application/x-ndjson"})  # fmt: skip
+    assert r.status_code == 415 and "Traceback" not in r.text
+    r = requests.post(f"{url}/v1/streams/pay_pb/mask", data=b"\x0a\x0acanary", timeout=30,
+                      headers={"content-type": "application/x-protobuf"})  # fmt: skip
+    assert r.status_code == 400 and "canary" not in r.text

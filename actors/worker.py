@@ -23,7 +23,8 @@ from raymask.actors.router import batch_records, scan_reason
 from raymask.kernels._arrow import string_buffers
 from raymask.kernels.codecs import csv as csv_codec
 from raymask.kernels.codecs import json_values, ndjson
-from raymask.kernels.codecs.formats import CsvFormat, Format, format_for
+from raymask.kernels.codecs import xml as xml_codec
+from raymask.kernels.codecs.formats import CsvFormat, Format, XmlFormat, format_for
 from raymask.kernels.codecs.spans import K_MISSING, K_NULL, Scan, splice
 from raymask.kernels.hashing import key_hash
 from raymask.kernels.ledger import DELTA_UNIT, EPS_UNIT, units
@@ -51,6 +52,7 @@ __all__ = [
     "BUDGET_REASON",
     "detect_unknown_fields",
     "detect_unknown_columns",
+    "detect_unknown_xml",
     "released",
 ]
 
@@ -182,6 +184,10 @@ class MaskCore:
             if isinstance(fmt, CsvFormat):
                 data, starts, ends, detected = detect_unknown_columns(
                     data, sc, fmt, plan.paths, plan.unknown_detect, self.keyring
+                )
+            elif isinstance(fmt, XmlFormat):
+                data, starts, ends, detected = detect_unknown_xml(
+                    data, sc, plan.unknown_detect, self.keyring
                 )
             else:
                 data, starts, ends, detected = detect_unknown_fields(
@@ -444,6 +450,32 @@ def detect_unknown_columns(
     starts = b.offsets[:-1] - b.offsets[0]
     ends = b.offsets[1:] - b.offsets[0] - 1  # without the newline
     return b.data[b.offsets[0] : b.offsets[-1]], starts, ends, found
+
+
+def detect_unknown_xml(
+    data: np.ndarray, sc: Scan, spec: Detect, keyring: Keyring
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """`detect_unknown_fields` for XML: every text run, CDATA section and attribute value in a
+    record element that is not inside a field the policy names is scanned, and the ones with a
+    span rewritten (escaped). Records are unchanged (same buffer) when nothing was found."""
+    rec, vs, ve, attr = xml_codec.unknown_spans(data, sc, sc.err == 0)
+    if len(rec) == 0:
+        return data, sc.starts, sc.ends, {}
+    ti, ai = np.flatnonzero(~attr), np.flatnonzero(attr)
+    parts = [xml_codec.unescape_spans(data, vs[ti], ve[ti], False),
+             xml_codec.unescape_spans(data, vs[ai], ve[ai], True)]  # fmt: skip
+    order = np.empty(len(rec), np.int64)
+    order[np.concatenate([ti, ai])] = np.arange(len(rec))
+    values = pa.concat_arrays(parts).take(pa.array(order))
+    new, spans = detect_and_replace(values, spec, keyring)
+    if len(spans) == 0:
+        return data, sc.starts, sc.ends, {}
+    hit = np.unique(spans.record)
+    rep_off, rep_data = xml_codec.escape(new.take(pa.array(hit)))
+    out, starts, ends = xml_codec.rewrite(
+        data, sc.starts, sc.ends, rec[hit], vs[hit], ve[hit], rep_off, rep_data
+    )
+    return out, starts, ends, spans.counts()
 
 
 def merge_outputs(outputs: list[MaskOutput]) -> tuple[pa.Array, np.ndarray]:

@@ -58,6 +58,9 @@ __all__ = [
     "scan",
     "extract_columns",
     "escape",
+    "unknown_spans",
+    "unescape_spans",
+    "rewrite",
     "emit",
     "tail",
     "replay_document",
@@ -972,6 +975,189 @@ def escape(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     b = string_buffers(values)
     off, out = _escape(b.offsets, b.data, b.valid, _ESC, _ESC_LEN)
     return off - off[0], out
+
+
+# ---------------------------------------------------------------- unknown fields
+
+
+@njit(cache=True)
+def _grow(a, r):
+    if r < a.shape[0]:
+        return a
+    b = np.empty(2 * a.shape[0], a.dtype)
+    b[: a.shape[0]] = a
+    return b
+
+
+@njit(cache=True)
+def _unknown(data, starts, ends, ok, skip_s, skip_e, skip_k):
+    """(record, start, end, is attribute) of every text run, CDATA section and attribute value
+    inside each ok record's element, except those inside a span of skip (n, k) with kind != 0."""
+    cap = 64
+    rec = np.empty(cap, np.int64)
+    vs = np.empty(cap, np.int64)
+    ve = np.empty(cap, np.int64)
+    at = np.empty(cap, np.bool_)
+    r = 0
+    k = skip_s.shape[1]
+    for i in range(starts.shape[0]):
+        if not ok[i]:
+            continue
+        p = starts[i]
+        e = ends[i]
+        d = 0
+        opened = False
+        while p < e and not (opened and d == 0):
+            c = data[p]
+            a = -1
+            b = -1
+            is_attr = False
+            if c != 60:
+                q = p
+                while q < e and data[q] != 60:
+                    q += 1
+                if d > 0:
+                    t = p
+                    while t < q and _is_ws(data[t]):
+                        t += 1
+                    if t < q:
+                        a, b = p, q
+                p = q
+            elif p + 8 < e and data[p + 1] == 33 and data[p + 2] == 91:  # CDATA
+                q = _skip_markup(data, p, e)
+                if d > 0:
+                    a, b = p, q
+                p = q
+            elif p + 1 < e and (data[p + 1] == 33 or data[p + 1] == 63):
+                p = _skip_markup(data, p, e)
+                continue
+            elif p + 1 < e and data[p + 1] == 47:  # end tag
+                q, _ = _tag_end(data, p, e)
+                d -= 1
+                p = q
+                continue
+            else:  # start tag: its attribute values
+                q, empty = _tag_end(data, p, e)
+                t = _name_end(data, p + 1, q)
+                while t < q:
+                    cc = data[t]
+                    if cc == 34 or cc == 39:
+                        u = t + 1
+                        while u < q and data[u] != cc:
+                            u += 1
+                        # the attribute's name: skip namespace declarations
+                        ns = t - 1
+                        while ns > p and data[ns] != 61:
+                            ns -= 1
+                        ns -= 1
+                        while ns > p and _is_ws(data[ns]):
+                            ns -= 1
+                        nb = ns
+                        while nb > p and not _is_ws(data[nb]):
+                            nb -= 1
+                        xmlns = (ns - nb >= 5 and data[nb + 1] == 120 and data[nb + 2] == 109
+                                 and data[nb + 3] == 108 and data[nb + 4] == 110
+                                 and data[nb + 5] == 115)  # fmt: skip
+                        if u > t + 1 and not xmlns:
+                            inside = False
+                            for f in range(k):
+                                if skip_k[i, f] != 0 and skip_s[i, f] <= t + 1 < skip_e[i, f]:
+                                    inside = True
+                            if not inside:
+                                rec = _grow(rec, r)
+                                vs = _grow(vs, r)
+                                ve = _grow(ve, r)
+                                at = _grow(at, r)
+                                rec[r] = i
+                                vs[r] = t + 1
+                                ve[r] = u
+                                at[r] = True
+                                r += 1
+                        t = u + 1
+                    else:
+                        t += 1
+                opened = True
+                if not empty:
+                    d += 1
+                p = q
+                continue
+            if a >= 0:
+                inside = False
+                for f in range(k):
+                    if skip_k[i, f] != 0 and skip_s[i, f] <= a < skip_e[i, f]:
+                        inside = True
+                if not inside:
+                    rec = _grow(rec, r)
+                    vs = _grow(vs, r)
+                    ve = _grow(ve, r)
+                    at = _grow(at, r)
+                    rec[r] = i
+                    vs[r] = a
+                    ve[r] = b
+                    at[r] = is_attr
+                    r += 1
+    return rec[:r], vs[:r], ve[:r], at[:r]
+
+
+def unknown_spans(
+    data: np.ndarray, sc: Scan, ok: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(record, start, end, is attribute) of the text the policy does not name in the records
+    where `ok`: every run of character data and CDATA section inside the record element, and
+    every attribute value but namespace declarations, outside the fields' spans (`sc`). A
+    value split by a CDATA section or a comment is seen in pieces."""
+    return _unknown(data, sc.starts, sc.ends, ok, sc.vstart, sc.vend, sc.vkind)
+
+
+def unescape_spans(data: np.ndarray, vs: np.ndarray, ve: np.ndarray, attr: bool) -> pa.Array:
+    """The text of spans as an XML parser reads it (one large_string value per span)."""
+    n = len(vs)
+    kinds = np.full((n, 1), K_STRING, np.int8)
+    off, out, valid, base, pos = _unescape(
+        data, vs.reshape(n, 1), ve.reshape(n, 1), kinds, np.array([attr], np.bool_)
+    )
+    return string_columns(off, out, valid, base, pos)[0]
+
+
+@njit(cache=True)
+def _rewrite(data, starts, ends, rec, vs, ve, rep_off, rep_data):
+    n = starts.shape[0]
+    total = 0
+    for i in range(n):
+        total += ends[i] - starts[i]
+    for j in range(rec.shape[0]):
+        total += rep_off[j + 1] - rep_off[j] - (ve[j] - vs[j])
+    out = np.empty(total + 1, np.uint8)
+    ns = np.empty(n, np.int64)
+    ne = np.empty(n, np.int64)
+    o = 0
+    j = 0
+    for i in range(n):
+        ns[i] = o
+        p = starts[i]
+        while j < rec.shape[0] and rec[j] == i:
+            for q in range(p, vs[j]):
+                out[o] = data[q]
+                o += 1
+            for q in range(rep_off[j], rep_off[j + 1]):
+                out[o] = rep_data[q]
+                o += 1
+            p = ve[j]
+            j += 1
+        for q in range(p, ends[i]):
+            out[o] = data[q]
+            o += 1
+        ne[i] = o
+    return out[:o], ns, ne
+
+
+def rewrite(
+    data: np.ndarray, starts: np.ndarray, ends: np.ndarray, rec: np.ndarray, vs: np.ndarray,
+    ve: np.ndarray, rep_off: np.ndarray, rep_data: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Records (one buffer, nothing added between them) with the spans (sorted by record and
+    position) replaced by the escaped texts `rep`; returns (data, starts, ends)."""
+    return _rewrite(data, starts, ends, rec, vs, ve, rep_off, rep_data)
 
 
 @njit(cache=True)

@@ -1,0 +1,63 @@
+"""`unknown_fields: detect` for XML, through MaskCore (no Ray): text, CDATA and attribute values
+the policy does not name are scanned and what is found replaced; named fields are left to their
+technique; everything else, the markup between records included, is kept byte for byte."""
+
+from __future__ import annotations
+
+import numpy as np
+from lxml import etree
+
+from raymask.actors.router import RouterCore
+from raymask.actors.worker import MaskCore
+from raymask.kernels.codecs.formats import format_for
+from raymask.policy.keys import Key, Keyring
+from raymask.policy.schema import Policy
+
+RING = Keyring([Key("tok", 1, b"t" * 32), Key("deadletter", 1, b"d" * 32)])
+POLICY = Policy.model_validate({"version": 1, "streams": {"s": {
+    "format": "xml", "xml": {"record": "Log/Entry"}, "key": "@host",
+    "unknown_fields": "detect",
+    "fields": {"user/email": {"technique": "mask", "preset": "email"}, "@host": "keep"},
+}}})  # fmt: skip
+
+PROLOG = b'<?xml version="1.0"?>\n<Log xmlns:x="urn:x">\n  '
+RECORDS = [
+    b'<Entry host="h1" x:note="mail ann@ex.io"><user><email>bob@ex.io</email></user>'
+    b"<msg>card 4111 1111 1111 1111 from 10.1.2.3</msg><n>7</n></Entry>\n  ",
+    b'<Entry host="h2"><msg><![CDATA[<b>cy@ex.io</b>]]></msg><t>a &amp; b, nothing</t>'
+    b"<!-- dee@ex.io in a comment is not data --></Entry>\n  ",
+    b'<Entry host="h3"><user><email>eve@ex.io</email></user>mixed fay@ex.io text<z/></Entry>\n',
+    b'<Entry host="h4"><msg>gil@ex.io</Entry>\n',  # malformed: a dead letter, not scanned
+]
+EPILOGUE = b"</Log>\n"
+
+
+def _run() -> tuple[list, object]:
+    fmt = format_for("xml", options={"record": "Log/Entry"}, prolog=PROLOG)
+    core = MaskCore(POLICY, "s", RING, fmt)
+    data = np.frombuffer(b"".join(RECORDS) + EPILOGUE, np.uint8)
+    routed = RouterCore(core.plan, fmt, 1).route(data, 1)
+    (out,) = core.process_views(routed.batch, [None], routed.shards[0])
+    return out.records.to_pylist(), out
+
+
+def test_unknown_text_attributes_and_cdata_are_scanned_and_named_fields_keep_their_technique():
+    recs, out = _run()
+    assert len(recs) == 3 and list(out.dead_rows) == [3]
+    doc = etree.fromstring(PROLOG + b"".join(recs) + b"\n</Log>")
+    e1, e2, e3 = doc.findall("Entry")
+    assert e1.get("{urn:x}note") == "mail <EMAIL>"
+    assert e1.findtext("user/email") != "bob@ex.io" and e1.findtext("user/email").endswith("@ex.io")
+    assert e1.findtext("msg") == "card <CARD> from <IPV4>" and e1.findtext("n") == "7"
+    assert e2.findtext("msg") == "<b><EMAIL></b>" and e2.findtext("t") == "a & b, nothing"
+    assert e3.find("user").tail == "mixed <EMAIL> text"  # mixed content
+    assert out.detected == {"email": 3, "card": 1, "ipv4": 1}  # ann, cy, fay
+
+
+def test_records_where_nothing_is_found_leave_byte_identical():
+    recs, _ = _run()
+    assert recs[1].endswith(b"<!-- dee@ex.io in a comment is not data --></Entry>\n  ")
+    assert recs[0].startswith(b'<Entry host="h1" x:note="mail &lt;EMAIL&gt;">')
+    assert recs[2].endswith(b"<z/></Entry>\n")
+    _, out = _run()
+    assert out.records[1].as_py().count(b"a &amp; b, nothing") == 1

@@ -275,6 +275,27 @@ def test_empty_bodies_answer_empty(keyring):
     assert all(a.headers["raymask-records"] == "0" for a in ans)
 
 
+def test_unknown_fields_drop_for_csv_and_detect_for_xml_apply_over_http(keyring):
+    text = POLICY_TEXT.replace(
+        "  pay_csv:\n    format: csv\n", "  pay_csv:\n    format: csv\n    unknown_fields: drop\n"
+    ).replace(
+        "  tele_xml:\n    format: xml\n",
+        "  tele_xml:\n    format: xml\n    unknown_fields: detect\n",
+    )
+    core = _core(keyring, _policy(text))
+    csv_body = b"account.id,secret,customer.name\nacc-1,s1,Ann\nacc-2,s2,Bob\n"
+    xml_body = (b"<Telemetry><Reading deviceId='d1'><note>write to zed@ex.io</note>"
+                b"<owner><email>amy@ex.io</email></owner></Reading></Telemetry>")  # fmt: skip
+    a, b = _ask(core, ("pay_csv", None, csv_body, "text/csv"),
+                ("tele_xml", None, xml_body, "application/xml"))  # fmt: skip
+    rows = list(csv.reader(io.StringIO(a.body.decode())))
+    assert rows[0] == ["account.id", "customer.name"] and [r[1] for r in rows[1:]] == [
+        "[REDACTED]", "[REDACTED]"]  # fmt: skip
+    doc = etree.fromstring(b.body)
+    assert doc.findtext("Reading/note") == "write to <EMAIL>"
+    assert doc.findtext("Reading/owner/email") == "a**@ex.io"
+
+
 # ------------------------------------------------------------------------------------ fuzzing
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))

@@ -668,6 +668,9 @@ def serve(
     ] = None,
     jwt_issuer: Annotated[str | None, typer.Option("--jwt-issuer")] = None,
     jwt_audience: Annotated[str | None, typer.Option("--jwt-audience")] = None,
+    grpc_port: Annotated[
+        int, typer.Option("--grpc-port", help="Also serve raymask.v1.Masking/Mask here (0: off).")
+    ] = 0,
 ) -> None:
     """Serve POST /v1/streams/{stream}/mask?view=ROLE over HTTP on Ray Serve (NDJSON, a JSON
     array, CSV, XML or length-delimited Protobuf in, by the stream's format; the same out),
@@ -688,7 +691,14 @@ def serve(
     stop = [False]
     previous = signal.signal(signal.SIGINT, lambda *_: stop.__setitem__(0, True))
     try:
-        ray_serve.start(http_options={"host": host, "port": port})
+        grpc: dict = {}
+        if grpc_port:
+            from ray.serve.config import gRPCOptions
+
+            from raymask.cluster.grpc_api import SERVICER
+
+            grpc["grpc_options"] = gRPCOptions(port=grpc_port, grpc_servicer_functions=[SERVICER])
+        ray_serve.start(http_options={"host": host, "port": port}, **grpc)
         access: dict = {}
         if access_keys is not None:
             access["api_keys"] = str(access_keys)
@@ -702,6 +712,10 @@ def serve(
                                 access=access or None),
                       name="raymask", route_prefix="/")  # fmt: skip
         err.print(f"serving on http://{host}:{port}/v1/streams/{{stream}}/mask (Ctrl-C to stop)")
+        if grpc_port:
+            err.print(
+                f"and gRPC raymask.v1.Masking/Mask on port {grpc_port} (metadata application: raymask)"
+            )
         t0 = time.monotonic()
         while not stop[0] and not (seconds and time.monotonic() - t0 > seconds):
             time.sleep(0.2)

@@ -485,6 +485,12 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
                 a.headers = {**a.headers, "server-timing": f"mask;dur={ms:.2f}"}
             return Response(a.body, a.status, a.headers, a.media_type)
 
+        async def Mask(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+            """gRPC `raymask.v1.Masking/Mask`: the same service (cluster/grpc_api.py)."""
+            from raymask.cluster.grpc_api import mask_rpc
+
+            return await mask_rpc(self.core, self._batched, request, grpc_context)
+
         @api.post("/v1/streams/{stream}/reveal", summary="Clear values of fpe/encrypt fields")
         async def reveal(
             self, stream: str, request: HttpRequest, view: str | None = None

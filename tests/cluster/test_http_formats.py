@@ -369,6 +369,14 @@ SERVED_TEXT = POLICY_TEXT.replace(
 )
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def served_formats(ray_session, tmp_path_factory):
     from ray import serve
@@ -377,16 +385,18 @@ def served_formats(ray_session, tmp_path_factory):
     from raymask.policy.keys import Key, Keyring
 
     ring = Keyring([Key(k, 1, k[0].encode() * 32) for k in ("tok", "deadletter", "ledger")])
-    sock = __import__("socket").socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
+    from ray.serve.config import gRPCOptions
+
+    from raymask.cluster.grpc_api import SERVICER
+
+    port, gport = _free_port(), _free_port()
     pol = parse_policy(SERVED_TEXT)
     state = tmp_path_factory.mktemp("state")
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                grpc_options=gRPCOptions(port=gport, grpc_servicer_functions=[SERVICER]))  # fmt: skip
     serve.run(build_app(pol, ring, workers=2, app="t-fmt", state=str(state)), name="t-fmt",
               route_prefix="/")  # fmt: skip
-    yield f"http://127.0.0.1:{port}", ring
+    yield f"http://127.0.0.1:{port}", ring, f"127.0.0.1:{gport}"
     serve.delete("t-fmt")
     serve.shutdown()
     import ray
@@ -404,7 +414,7 @@ def test_serve_masks_csv_xml_and_protobuf_bodies_of_concurrent_callers(served_fo
 
     import requests
 
-    url, ring = served_formats
+    url, ring, _ = served_formats
     csv_a = generate_bytes("payments", 200, seed=21, fmt="csv")
     csv_b = b"x,account.id,customer.name\n1,acc-1,Ann\n2,acc-2,Bob\n"  # another header
     xml = generate_bytes("iot", 200, seed=22, fmt="xml")
@@ -447,3 +457,33 @@ def test_serve_masks_csv_xml_and_protobuf_bodies_of_concurrent_callers(served_fo
     r = requests.post(f"{url}/v1/streams/pay_pb/mask", data=b"\x0a\x0acanary", timeout=30,
                       headers={"content-type": "application/x-protobuf"})  # fmt: skip
     assert r.status_code == 400 and "canary" not in r.text
+
+
+@pytest.mark.integration
+def test_grpc_mask_is_the_same_service(served_formats):
+    import grpc
+
+    from raymask.cluster.mask_service_pb2 import MaskRequest
+    from raymask.cluster.mask_service_pb2_grpc import MaskingStub
+
+    url, ring, target = served_formats
+    meta = (("application", "t-fmt"),)
+    body = b'account.id,customer.name\nacc-1,Ann\nacc-2,"x",y\n'
+    with grpc.insecure_channel(target) as ch:
+        stub = MaskingStub(ch)
+        r = stub.Mask(MaskRequest(stream="pay_csv", content_type="text/csv", body=body),
+                      metadata=meta, timeout=60)  # fmt: skip
+        assert r.records == 1 and r.error_count == 1 and [e.index for e in r.errors] == [1]
+        assert r.content_type == "text/csv" and b"[REDACTED]" in r.body and b"Ann" not in r.body
+        xml = generate_bytes("iot", 5, seed=2, fmt="xml")
+        r = stub.Mask(MaskRequest(stream="tele_xml", body=xml), metadata=meta, timeout=60)
+        assert r.records == 5 and etree.fromstring(r.body).find("Reading") is not None
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Mask(MaskRequest(stream="pay_pb", content_type="application/x-protobuf",
+                                  body=b"\x0a\x0acanary"), metadata=meta, timeout=60)  # fmt: skip
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "ends inside message 0" in info.value.details()
+        assert "canary" not in info.value.details()
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Mask(MaskRequest(stream="nope", body=b""), metadata=meta, timeout=60)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND

@@ -57,6 +57,9 @@ __all__ = [
 ]
 
 BUDGET_REASON = "budget subject {path}: privacy allowance for this period is used up"
+# techniques that cannot mask a field's further occurrences: a record's privacy cost counts one
+# value per field, and a segregated value leaves one vault row per field and record
+ONE_VALUE_PER_RECORD = ("noise", "randomized_response", "segregate")
 
 
 @dataclass
@@ -244,6 +247,12 @@ class MaskCore:
         applieds: list[Applied] = []
         counts: dict[str, int] = {}
         ops = view.changing
+        # further occurrences of a field in a record (XML: sc.extra), masked like the first
+        extra: dict[int, list[int]] = getattr(sc, "extra", None) or {}
+        x_edited: list[int] = []
+        x_edits: list[np.ndarray] = []
+        x_applieds: list[Applied] = []
+        once_op = np.full(n, -1, np.int32)  # a one-value-per-record technique on a repeated field
 
         for oi, op in enumerate(ops):
             tech = REGISTRY[op.technique]
@@ -258,16 +267,38 @@ class MaskCore:
             edited.append(op.index)
             edits.append(edit)
             applieds.append(applied)
+            for col in extra.get(op.index, ()):
+                xk = sc.vkind[:, col]
+                if op.technique in ONE_VALUE_PER_RECORD:
+                    once_op[(xk != K_MISSING) & (once_op < 0)] = oi
+                    continue
+                xv = (
+                    fmt.extract(data, sc, col)
+                    if tech.needs_values
+                    else pa.nulls(n, pa.large_string())
+                )
+                xa = tech.apply(xv, xk, op.spec, self.keyring, ctx)  # type: ignore[misc]
+                first = (xa.err != 0) & (err_code == 0)
+                err_code[first] = xa.err[first]
+                err_op[first] = oi
+                x_edited.append(col)
+                x_edits.append((xk != K_MISSING) & (xk != K_NULL) & (xa.err == 0))
+                x_applieds.append(xa)
+        err_code[(once_op >= 0) & (err_code == 0)] = -1  # sent to the dead letters below
         invalid = sc.err != 0  # the whole record failed validation (its kinds read as missing)
         emit = (err_code == 0) & ~invalid
         t_budget = time.perf_counter()
         dp = self._privacy(ops, applieds, edits, emit, subjects)
         emit &= ~dp.dropped
         t1 = time.perf_counter()
-        reps = [fmt.write_values(a.values, a.raw) for a in applieds]
+        reps = [fmt.write_values(a.values, a.raw) for a in applieds + x_applieds]
         for op, edit in zip(ops, edits, strict=True):  # values changed in records that leave
             counts[op.path] = int((edit & emit).sum())
-        edit_m = np.stack(edits, axis=1) if edits else np.zeros((n, 0), np.bool_)
+        for col, edit in zip(x_edited, x_edits, strict=True):
+            path = plan.paths[int(sc.leaf_of[col])]  # type: ignore[attr-defined]
+            counts[path] = counts.get(path, 0) + int((edit & emit).sum())
+        edits_all = edits + x_edits
+        edit_m = np.stack(edits_all, axis=1) if edits_all else np.zeros((n, 0), np.bool_)
         out = fmt.emit(
             data,
             sc,
@@ -275,7 +306,7 @@ class MaskCore:
             plan.unknown_fields == "drop",
             plan.named,
             emit,
-            edited,
+            edited + x_edited,
             edit_m,
             reps,
         )
@@ -289,6 +320,11 @@ class MaskCore:
                 reason, fld = scan_reason(fmt, plan.paths, sc, int(r))
             elif dp.dropped[r]:
                 reason, fld = BUDGET_REASON.format(path=plan.route_path), plan.route_path
+            elif err_code[r] == -1:
+                op = ops[int(once_op[r])]
+                reason = (f"field {op.path}: occurs more than once, and {op.technique} takes one "
+                          "value per record")  # fmt: skip
+                fld = op.path
             else:
                 op = ops[int(err_op[r])]
                 reason = f"field {op.path}: {error_message(op.technique, int(err_code[r]))}"

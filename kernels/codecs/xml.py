@@ -572,8 +572,14 @@ def _child(parent, is_attr, names, name_off, node, attr, data, s, e, local):
 
 
 @njit(cache=True)
-def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves, locate_only):
+def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves, locate_only, occ,
+          repeated):  # fmt: skip
+    """`occ`: which occurrence of each field to locate (0: the first); `repeated`: whether a
+    field may occur more than once (else a second occurrence is E_DUP). Also returns how often
+    each field occurs in each record."""
     n = starts.shape[0]
+    cnt = np.zeros((n, max(nleaves, 1)), np.int32)
+    etrack = np.zeros(MAX_DEPTH + 1, np.bool_)  # is the open element the tracked occurrence
     vstart = np.zeros((n, nleaves), np.int64)
     vend = np.zeros((n, nleaves), np.int64)
     vkind = np.zeros((n, nleaves), np.int8)
@@ -623,7 +629,7 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves, l
                     code = _chars_ok(data, p + 4, q)
                     if code != 0:
                         break
-                    if d > 0 and enode[d - 1] >= 0 and leaf[enode[d - 1]] >= 0:
+                    if d > 0 and enode[d - 1] >= 0 and leaf[enode[d - 1]] >= 0 and etrack[d - 1]:
                         vkind[r, leaf[enode[d - 1]]] = K_OBJECT  # mixed content in a field
                     p = q + 3
                     continue
@@ -649,7 +655,7 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves, l
                 code = _chars_ok(data, p + 2, q)
                 if code != 0:
                     break
-                if d > 0 and enode[d - 1] >= 0 and leaf[enode[d - 1]] >= 0:
+                if d > 0 and enode[d - 1] >= 0 and leaf[enode[d - 1]] >= 0 and etrack[d - 1]:
                     vkind[r, leaf[enode[d - 1]]] = K_OBJECT
                 p = q + 2
                 continue
@@ -671,7 +677,7 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves, l
                     break
                 d -= 1
                 node = enode[d]
-                if node >= 0 and leaf[node] >= 0:
+                if node >= 0 and leaf[node] >= 0 and etrack[d]:
                     lf = leaf[node]
                     vend[r, lf] = p
                     found += 1
@@ -697,7 +703,8 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves, l
                 node = -1
                 if pn >= 0:
                     if leaf[pn] >= 0:  # a child element inside a field: the field is an object
-                        vkind[r, leaf[pn]] = K_OBJECT
+                        if etrack[d - 1]:
+                            vkind[r, leaf[pn]] = K_OBJECT
                     else:
                         node = _child(
                             parent, is_attr, names, name_off, pn, False, data, ns, ne, True
@@ -766,29 +773,37 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves, l
                     a = _child(parent, is_attr, names, name_off, node, True, data, an, ae, True)
                     if a >= 0 and leaf[a] >= 0:
                         lf = leaf[a]
-                        if vkind[r, lf] != K_MISSING:
+                        c = cnt[r, lf]
+                        cnt[r, lf] += 1
+                        if c > 0 and not repeated:
                             code = E_DUP
                             efield = lf
                             break
-                        vstart[r, lf] = vs
-                        vend[r, lf] = ve
-                        vkind[r, lf] = K_STRING
-                        found += 1
+                        if c == occ:
+                            vstart[r, lf] = vs
+                            vend[r, lf] = ve
+                            vkind[r, lf] = K_STRING
+                            found += 1
                 q = ve + 1
             if code != 0:
                 p = q
                 break
+            track = False
             if node >= 0 and leaf[node] >= 0:
                 lf = leaf[node]
-                if vkind[r, lf] != K_MISSING:
+                c = cnt[r, lf]
+                cnt[r, lf] += 1
+                if c > 0 and not repeated:
                     code = E_DUP
                     efield = lf
                     break
-                vstart[r, lf] = q
-                vend[r, lf] = q
-                if empty:
-                    vkind[r, lf] = K_NULL
-                    found += 1
+                track = c == occ
+                if track:
+                    vstart[r, lf] = q
+                    vend[r, lf] = q
+                    if empty:
+                        vkind[r, lf] = K_NULL
+                        found += 1
             if empty:
                 if d == 0:
                     done = q
@@ -796,6 +811,7 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves, l
                 estart[d] = ns
                 eend[d] = ne
                 enode[d] = node
+                etrack[d] = track
                 d += 1
             p = q
         if code == 0 and done < 0:
@@ -806,7 +822,8 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves, l
             errfield[r] = efield
             for j in range(nleaves):
                 vkind[r, j] = K_MISSING
-    return vstart, vend, vkind, err, errpos, errfield
+                cnt[r, j] = 0
+    return vstart, vend, vkind, err, errpos, errfield, cnt
 
 
 def scan(
@@ -815,15 +832,52 @@ def scan(
     ends: np.ndarray,
     lay: XmlLayout,
     locate_only: bool = False,
+    repeated: bool = True,
 ) -> Scan:
     """Validate each record element and locate the layout's fields (text or attribute spans).
     `locate_only` (the router, which needs the key alone) stops reading a record once every
-    field is found; the worker's full scan validates the rest."""
-    vs, ve, vk, err, errpos, errfield = _scan(
-        data, starts, ends, lay.parent, lay.is_attr, lay.leaf, lay.names, lay.name_off,
-        len(lay.paths), locate_only,
-    )  # fmt: skip
-    return Scan(starts, ends, vs, ve, vk, err, errpos, errfield)
+    field is found; the worker's full scan validates the rest.
+
+    A field that occurs several times in a record (an element repeated, in one parent or in
+    repeated parents) has one span per occurrence: the first in column `leaf`, each further
+    one in a column after the layout's fields, listed in `sc.extra[leaf]` (`sc.leaf_of` maps
+    every column to its field). Each further occurrence costs one more pass over the records
+    that have it. `repeated=False` makes a second occurrence an error (E_DUP) instead."""
+    nl = len(lay.paths)
+    args = (lay.parent, lay.is_attr, lay.leaf, lay.names, lay.name_off, nl)
+    vs, ve, vk, err, errpos, errfield, cnt = _scan(
+        data, starts, ends, *args, locate_only, 0, repeated
+    )
+    sc = Scan(starts, ends, vs, ve, vk, err, errpos, errfield)
+    sc.extra = {}  # type: ignore[attr-defined]
+    sc.leaf_of = np.arange(nl, dtype=np.int64)  # type: ignore[attr-defined]
+    top = int(cnt.max()) if nl and len(starts) and not locate_only else 0
+    if top <= 1:
+        return sc
+    more = np.flatnonzero(cnt.max(axis=0) > 1)
+    cols_s, cols_e, cols_k, leaf_of = [vs], [ve], [vk], [sc.leaf_of]
+    col = nl
+    for j in range(1, top):
+        sel = np.flatnonzero(cnt.max(axis=0) > j)
+        rows = np.flatnonzero((cnt[:, sel] > j).any(axis=1))
+        s_j, e_j, k_j, *_ = _scan(data, starts[rows], ends[rows], *args, False, j, True)
+        for f in sel:
+            a = np.zeros(len(starts), np.int64)
+            b = np.zeros(len(starts), np.int64)
+            k = np.zeros(len(starts), np.int8)
+            a[rows], b[rows], k[rows] = s_j[:, f], e_j[:, f], k_j[:, f]
+            cols_s.append(a[:, None])
+            cols_e.append(b[:, None])
+            cols_k.append(k[:, None])
+            leaf_of.append(np.array([f], np.int64))
+            sc.extra.setdefault(int(f), []).append(col)  # type: ignore[attr-defined]
+            col += 1
+    del more
+    sc.vstart = np.ascontiguousarray(np.hstack(cols_s))
+    sc.vend = np.ascontiguousarray(np.hstack(cols_e))
+    sc.vkind = np.ascontiguousarray(np.hstack(cols_k))
+    sc.leaf_of = np.concatenate(leaf_of)  # type: ignore[attr-defined]
+    return sc
 
 
 # ---------------------------------------------------------------- extract and escape
@@ -928,7 +982,9 @@ def extract_columns(
     """The fields' text as large_string columns (null where missing, empty or not text)."""
     leaves_a = np.array(leaves, np.int64)
     node_of = {int(lf): i for i, lf in enumerate(lay.leaf) if lf >= 0}
-    attr = np.array([bool(lay.is_attr[node_of[lf]]) for lf in leaves], np.bool_)
+    leaf_of = getattr(sc, "leaf_of", None)  # a further occurrence's column -> its field
+    fields = [int(leaf_of[lf]) if leaf_of is not None else lf for lf in leaves]
+    attr = np.array([bool(lay.is_attr[node_of[f]]) for f in fields], np.bool_)
     off, out, valid, base, pos = _unescape(
         data,
         np.ascontiguousarray(sc.vstart[:, leaves_a]),

@@ -296,6 +296,27 @@ def test_unknown_fields_drop_for_csv_and_detect_for_xml_apply_over_http(keyring)
     assert doc.findtext("Reading/owner/email") == "a**@ex.io"
 
 
+def test_xml_elements_repeated_in_a_record_are_each_masked(keyring):
+    text = POLICY_TEXT.replace(
+        "      owner/phone: redact\n",
+        "      owner/phone: redact\n      t: {technique: noise, epsilon: 1.0, lo: 0, hi: 50}\n",
+    )
+    core = _core(keyring, _policy(text))
+    body = (b"<Telemetry><Reading deviceId='d1'><owner><email>ann@ex.io</email>"
+            b"<email>amy@ex.io</email><phone>1</phone></owner><owner><email>al@ex.io</email>"
+            b"<phone>2</phone></owner><x>keep</x><t>20</t></Reading>\n"
+            b"<Reading deviceId='d2'><t>1</t><t>2</t></Reading></Telemetry>")  # fmt: skip
+    (a,) = _ask(core, ("tele_xml", None, body, "application/xml"))
+    assert a.headers["raymask-records"] == "1"
+    (err,) = json.loads(a.headers["raymask-errors"])
+    assert err == {"index": 1, "reason": "field t: occurs more than once, and noise takes one "
+                   "value per record"}  # fmt: skip
+    r = etree.fromstring(a.body).find("Reading")
+    assert [e.text for e in r.iter("email")] == ["a**@ex.io", "a**@ex.io", "a*@ex.io"]
+    assert [e.text for e in r.iter("phone")] == ["[REDACTED]", "[REDACTED]"]
+    assert r.findtext("x") == "keep" and r.findtext("t") != "20"
+
+
 # ------------------------------------------------------------------------------------ fuzzing
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))

@@ -85,21 +85,28 @@ def test_xml_bad_records_go_to_dead_letters_and_the_document_stays_whole(tmp_pat
     # lines[0] is the declaration, lines[1] the root: record i is line i + 3 (1-based)
     lines[4] = lines[4].replace(b"</owner>", b"</ownr>", 1)  # mismatched end tag
     lines[9] = lines[9].replace(b"<message>", b"<message>&bogus;", 1)  # undefined entity
-    lines[14] = lines[14].replace(b"<owner>", b"<owner><email>x@y.z</email>", 1)  # a field twice
+    lines[14] = lines[14].replace(b"<owner>", b"<owner><email>x@y.z</email>", 1)  # twice: masked
     lines[19] = lines[19].replace(b' deviceId="', b' devId="', 1)  # no key
     src, dst, pol = tmp_path / "in.xml", tmp_path / "out.xml", tmp_path / "p.yaml"
     src.write_bytes(b"\n".join(lines))
     pol.write_text(XML_POLICY)
     s = mask_file(pol, "telemetry", src, dst, keyring=keyring, local=True, workers=2)
-    assert (s.records_in, s.records_out, s.dead_letters) == (40, 36, 4)
+    assert (s.records_in, s.records_out, s.dead_letters) == (40, 37, 3)
     dead = list(read_dead_letters(s.dead_letter_file, keyring))
-    assert [d.line for d in dead] == [5, 10, 15, 20]
+    assert [d.line for d in dead] == [5, 10, 20]
     assert dead[0].reason.startswith("end tag does not match its start tag at column")
     assert dead[1].reason.startswith("undefined entity")
-    assert dead[2].reason == "field owner/email: field occurs twice"
-    assert dead[3].reason == "key field @deviceId: missing"
+    assert dead[2].reason == "key field @deviceId: missing"
     doc = etree.fromstring(dst.read_bytes())  # still one well-formed document
-    assert len(doc.findall("Reading")) == 36
+    assert len(doc.findall("Reading")) == 37
+    (twice,) = [
+        r.findall("owner/email")
+        for r in doc.findall("Reading")
+        if len(r.findall("owner/email")) > 1
+    ]
+    assert twice[0].text == "*@y.z"  # both occurrences masked (a one-letter name: all of it)
+    assert twice[1].text != etree.fromstring(lines[14]).findtext("owner/email")
+    assert b"x@y.z" not in dst.read_bytes()
     for d in dead:
         assert b"x@y.z" not in d.reason.encode()
 

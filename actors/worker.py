@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from raymask.actors._lazy import LazyActor
 from raymask.actors.ledger import SubjectLedger
 from raymask.actors.router import batch_records, scan_reason
-from raymask.kernels._arrow import string_buffers
+from raymask.kernels._arrow import string_array, string_buffers
 from raymask.kernels.codecs import csv as csv_codec
 from raymask.kernels.codecs import json_values, ndjson
 from raymask.kernels.codecs import xml as xml_codec
@@ -310,6 +310,12 @@ class MaskCore:
             edit_m,
             reps,
         )
+        rep_rows = getattr(sc, "rep", None)  # Protobuf: records with a field more than once
+        if rep_rows is not None and (rep_rows & emit).any():
+            out = self._occurrences(
+                view, data, sc, column, out, emit, rep_rows, err_code, err_op, once_op, edits,
+                counts,
+            )  # fmt: skip
         t2 = time.perf_counter()
         keep = np.flatnonzero(emit)
         dead = np.flatnonzero(~emit)
@@ -322,8 +328,11 @@ class MaskCore:
                 reason, fld = BUDGET_REASON.format(path=plan.route_path), plan.route_path
             elif err_code[r] == -1:
                 op = ops[int(once_op[r])]
-                reason = (f"field {op.path}: occurs more than once, and {op.technique} takes one "
-                          "value per record")  # fmt: skip
+                cnt = getattr(sc, "counts", None)
+                where = "occurs more than once"
+                if cnt is not None and cnt[r, op.index] <= 1:  # Protobuf: another field repeats
+                    where = "in a record with a repeated field"
+                reason = f"field {op.path}: {where}, and {op.technique} takes one value per record"
                 fld = op.path
             else:
                 op = ops[int(err_op[r])]
@@ -364,6 +373,70 @@ class MaskCore:
             privacy=privacy,
             vault=vault,
         )
+
+    def _occurrences(self, view, data, sc, column, out, emit, rep_rows, err_code, err_op, once_op,
+                     edits, counts) -> pa.Array:  # noqa: ANN001  # fmt: skip
+        """Protobuf records in which a field occurs more than once, masked again from their
+        input bytes one field occurrence at a time (`scan_occurrence` locates it and the
+        message instances around it, `emit` fixes their lengths). A record with a
+        one-value-per-record technique (local DP, segregate) on a field it has goes to the dead
+        letters instead. Returns `out` with these records replaced; `emit`, `err_code`,
+        `err_op`, `once_op` and `counts` are updated in place."""
+        plan, fmt = self.plan, self.fmt
+        ops = view.changing
+        cnt = sc.counts
+        idx = np.flatnonzero(rep_rows & emit)
+        for oi, op in enumerate(ops):
+            if op.technique in ONE_VALUE_PER_RECORD:
+                hit = idx[cnt[idx, op.index] > 0]
+                once_op[hit[once_op[hit] < 0]] = oi
+                err_code[hit[err_code[hit] == 0]] = -1
+                emit[hit] = False
+            counts[op.path] -= int(edits[oi][idx].sum())  # counted again below
+        idx = idx[emit[idx]]
+        if len(idx) == 0:
+            return out
+        lens = sc.ends[idx] - sc.starts[idx]
+        pos = np.repeat(sc.starts[idx] - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
+        buf = data[pos + np.arange(int(lens.sum()))]
+        off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        recs = string_array(off, buf, None, binary=True)
+        alive = np.ones(len(idx), np.bool_)
+        for oi, op in enumerate(ops):
+            tech = REGISTRY[op.technique]
+            for j in range(int(cnt[idx, op.index].max())):
+                sel = np.flatnonzero(alive & (cnt[idx, op.index] > j))
+                if len(sel) == 0:
+                    break
+                b = string_buffers(recs.take(pa.array(sel)))
+                d2, st, en = b.data, b.offsets[:-1], b.offsets[1:]
+                sj = fmt.scan_occurrence(d2, st, en, sc.paths, op.index, j)
+                kinds = sj.vkind[:, op.index]
+                m = len(sel)
+                values = fmt.extract(d2, sj, op.index) if tech.needs_values else pa.nulls(
+                    m, pa.large_string())  # fmt: skip
+                take = pa.array(idx[sel])
+                ctx = FieldContext(lambda p, t=take: column(p).take(t), op.path, plan.key_path,
+                                   self.rng)  # fmt: skip
+                applied = tech.apply(values, kinds, op.spec, self.keyring, ctx)  # type: ignore[misc]
+                bad = (applied.err != 0) | (sj.err != 0)
+                if bad.any():
+                    rows_bad = idx[sel[bad]]
+                    first = err_code[rows_bad] == 0
+                    err_code[rows_bad[first]] = np.maximum(applied.err[bad][first], 1)
+                    err_op[rows_bad[first]] = oi
+                    emit[rows_bad] = False
+                    alive[sel[bad]] = False
+                edit = (kinds != K_MISSING) & (kinds != K_NULL) & ~bad
+                counts[op.path] += int(edit.sum())
+                new = fmt.emit(d2, sj, plan.tree, False, plan.named, ~bad, [op.index],
+                               edit[:, None], [applied.values])  # fmt: skip
+                at = np.arange(len(idx))
+                at[sel] = len(idx) + np.arange(m)
+                recs = pa.concat_arrays([recs, new.cast(recs.type)]).take(pa.array(at))
+        at = np.arange(len(out))
+        at[idx] = len(out) + np.arange(len(idx))
+        return pa.concat_arrays([out, recs.cast(out.type)]).take(pa.array(at))
 
     def _leak_check(self, out: MaskOutput, view) -> tuple[list[tuple[str, str, int]], int]:  # noqa: ANN001
         """Scan a sample of the view's masked records for values still detectable."""

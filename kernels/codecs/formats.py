@@ -289,6 +289,15 @@ class ProtobufFormat(Format):
     def extract_many(self, data, sc, leaves):
         return pb.extract_columns(data, sc, self.layout(sc.paths), leaves)
 
+    def scan_occurrence(
+        self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray, paths: tuple[str, ...],
+        leaf: int, occ: int,
+    ) -> pb.ProtoScan:  # fmt: skip
+        """Occurrence `occ` of field `leaf` alone (see protobuf.scan), for `emit`."""
+        sc = pb.scan(data, starts, ends, self.layout(paths), target=leaf, occ=occ)
+        sc.paths = paths  # type: ignore[attr-defined]
+        return sc
+
     def write_values(self, values, raw):
         # encoded in `emit`, where each field's type is known
         return values  # type: ignore[return-value]

@@ -382,9 +382,18 @@ class ProtoScan(Scan):
 
 @njit(cache=True)
 def _scan(data, starts, ends, parent, fieldno, ftype, leaf, ch_start, ch_count, children,
-          nleaves, depth, wire_of, first_leaf):  # fmt: skip
+          nleaves, depth, wire_of, first_leaf, repeated, target, occ):  # fmt: skip
+    """`repeated`: a field or path message that occurs again marks the record in `rep` instead
+    of being an error (E_DUP); the first occurrences are located, and `cnt` counts each field's.
+    `target` >= 0: locate only occurrence `occ` of that field (document order) and the path
+    messages that enclose that occurrence."""
     n = starts.shape[0]
     nn = parent.shape[0]
+    cnt = np.zeros((n, max(nleaves, 1)), np.int32)
+    rep = np.zeros(n, np.bool_)
+    st_ls = np.zeros(depth + 1, np.int64)  # the open path messages' instance spans
+    st_vs = np.zeros(depth + 1, np.int64)
+    st_ve = np.zeros(depth + 1, np.int64)
     vstart = np.zeros((n, nleaves), np.int64)
     vend = np.zeros((n, nleaves), np.int64)
     vkind = np.zeros((n, nleaves), np.int8)
@@ -473,26 +482,38 @@ def _scan(data, starts, ends, parent, fieldno, ftype, leaf, ch_start, ch_count, 
                     p = ts
                     break
                 if t == 0:  # a message on a policy path: descend
-                    if mseen[r, c]:
-                        code = E_DUP
-                        efield = first_leaf[c]
-                        p = ts
-                        break
-                    mseen[r, c] = True
-                    mls[r, c] = ls
-                    mvs[r, c] = vs
-                    mve[r, c] = ve
+                    if target < 0:
+                        if mseen[r, c] and not repeated:
+                            code = E_DUP
+                            efield = first_leaf[c]
+                            p = ts
+                            break
+                        if mseen[r, c]:
+                            rep[r] = True
+                        else:
+                            mseen[r, c] = True
+                            mls[r, c] = ls
+                            mvs[r, c] = vs
+                            mve[r, c] = ve
+                    st_ls[d + 1] = ls
+                    st_vs[d + 1] = vs
+                    st_ve[d + 1] = ve
                     d += 1
                     snode[d] = c
                     send[d] = ve
                     p = vs
                     continue
                 lf = leaf[c]
-                if vkind[r, lf] != K_MISSING:
+                seen = cnt[r, lf]
+                cnt[r, lf] += 1
+                if seen > 0 and not repeated:
                     code = E_DUP
                     efield = lf
                     p = ts
                     break
+                if seen > 0:
+                    rep[r] = True
+                take = (seen == 0) if target < 0 else (lf == target and seen == occ)
                 kind = K_NUMBER
                 if t == 1:  # string
                     q = vs
@@ -515,19 +536,30 @@ def _scan(data, starts, ends, parent, fieldno, ftype, leaf, ch_start, ch_count, 
                     for q in range(vs, ve):
                         if data[q] & 0x7F:
                             kind = K_TRUE
-                vstart[r, lf] = vs
-                vend[r, lf] = ve
-                vkind[r, lf] = kind
-                fstart[r, lf] = ts
-                lstart[r, lf] = ls
+                if take:
+                    vstart[r, lf] = vs
+                    vend[r, lf] = ve
+                    vkind[r, lf] = kind
+                    fstart[r, lf] = ts
+                    lstart[r, lf] = ls
+                    if target >= 0:  # the path messages around this occurrence
+                        for k in range(1, d + 1):
+                            mn = snode[k]
+                            mseen[r, mn] = True
+                            mls[r, mn] = st_ls[k]
+                            mvs[r, mn] = st_vs[k]
+                            mve[r, mn] = st_ve[k]
             p = ve
         if code != 0:
             err[r] = code
             errpos[r] = p - s
             errfield[r] = efield
+            rep[r] = False
             for j in range(nleaves):
                 vkind[r, j] = K_MISSING
-    return vstart, vend, vkind, err, errpos, errfield, fstart, lstart, body, mls, mvs, mve, mseen
+                cnt[r, j] = 0
+    return (vstart, vend, vkind, err, errpos, errfield, fstart, lstart, body, mls, mvs, mve, mseen,
+            cnt, rep)  # fmt: skip
 
 
 def _first_leaf(lay: ProtoLayout) -> np.ndarray:
@@ -541,16 +573,30 @@ def _first_leaf(lay: ProtoLayout) -> np.ndarray:
     return fl
 
 
-def scan(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, lay: ProtoLayout) -> ProtoScan:
-    """Validate each frame and locate the layout's fields (spans of the values' bytes)."""
+def scan(
+    data: np.ndarray, starts: np.ndarray, ends: np.ndarray, lay: ProtoLayout,
+    repeated: bool = True, target: int = -1, occ: int = 0,
+) -> ProtoScan:  # fmt: skip
+    """Validate each frame and locate the layout's fields (spans of the values' bytes).
+
+    A field that occurs more than once in a record (a repeated field with several elements, or
+    a field inside a repeated message on its path) marks the record in `sc.rep`, and `sc.counts`
+    (n, leaves) says how often each field occurs: such a record is masked one occurrence at a
+    time, by scans with `target` (a field) and `occ` (its occurrence, in document order) that
+    locate that occurrence and the message instances around it, for `emit` to fix their
+    lengths. `repeated=False` makes a second occurrence an error (E_DUP) instead."""
     out = _scan(
         data, starts, ends, lay.parent, lay.fieldno, lay.ftype, lay.leaf, lay.ch_start,
         lay.ch_count, lay.children, len(lay.paths), lay.depth, _WIRE_OF, _first_leaf(lay),
+        repeated, target, occ,
     )  # fmt: skip
-    vs, ve, vk, err, errpos, errfield, fstart, lstart, body, mls, mvs, mve, mseen = out
-    return ProtoScan(
+    vs, ve, vk, err, errpos, errfield, fstart, lstart, body, mls, mvs, mve, mseen, cnt, rep = out
+    sc = ProtoScan(
         starts, ends, vs, ve, vk, err, errpos, errfield, fstart, lstart, body, mls, mvs, mve, mseen
     )
+    sc.counts = cnt  # type: ignore[attr-defined]
+    sc.rep = rep  # type: ignore[attr-defined]
+    return sc
 
 
 # ---------------------------------------------------------------- extract

@@ -4,6 +4,8 @@ technique; everything else, the markup between records included, is kept byte fo
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from lxml import etree
 
@@ -61,3 +63,56 @@ def test_records_where_nothing_is_found_leave_byte_identical():
     assert recs[2].endswith(b"<z/></Entry>\n")
     _, out = _run()
     assert out.records[1].as_py().count(b"a &amp; b, nothing") == 1
+
+
+# ------------------------------------------------- XML record elements as values (Kafka mode)
+
+VALUES_POLICY = Policy.model_validate({"version": 1, "streams": {"v": {
+    "format": "xml", "xml": {"record": "Log/Entry"}, "key": "@host",
+    "fields": {"user/email": "redact", "@host": {"technique": "tokenize", "key": "tok"}},
+}}})  # fmt: skip
+
+
+def test_fuzz_xml_values_never_crash_lose_or_pass_a_masked_field_in_the_clear():
+    """The Kafka XML decoder (XmlValuesFormat: one record element per framed value) on mutated
+    and foreign values: every value is emitted or a dead letter, and an emitted value never
+    holds the clear email."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from raymask.kernels.codecs import protobuf as pb
+    from raymask.kernels.codecs.formats import XmlValuesFormat
+
+    fmt = XmlValuesFormat("Log/Entry")
+    core = MaskCore(VALUES_POLICY, "v", RING, fmt)
+    router = RouterCore(core.plan, fmt, 1)
+    base = [b"<Entry host='h'><user><email>secret@ex.io</email></user></Entry>",
+            b"<?xml version='1.0'?><Entry host='h2'><user><email>secret@ex.io</email><email>"
+            b"secret@ex.io</email></user></Entry>",
+            b"<Log><Entry host='h3'><user><email>secret@ex.io</email></user></Entry></Log>",
+            b"<x:Entry xmlns:x='u' host='h4'><x:user><x:email>secret@ex.io</x:email></x:user>"
+            b"</x:Entry>"]  # fmt: skip
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.tuples(st.sampled_from(base), st.lists(st.tuples(st.integers(0, 200),
+           st.binary(max_size=3)), max_size=3)), max_size=6))  # fmt: skip
+    def run(specs) -> None:  # noqa: ANN001
+        values = []
+        for v, edits in specs:
+            b = bytearray(v)
+            for i, ins in edits:
+                i %= len(b)
+                b[i : i + 1] = ins
+            values.append(bytes(b))
+        data = np.frombuffer(pb.frame(values), np.uint8)
+        routed = router.route(data, 0)
+        outs = [] if routed.shards[0] is None else core.process_views(
+            routed.batch, [None], routed.shards[0])  # fmt: skip
+        emitted = sum(len(o.rows) for o in outs)
+        dead = len(routed.dead) + sum(len(o.dead_rows) for o in outs)
+        assert emitted + dead == len(values) == routed.records
+        for o in outs:
+            for rec in o.records.to_pylist():
+                assert not re.search(rb"<(\w+:)?email>secret@ex\.io</", rec)
+
+    run()

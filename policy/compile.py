@@ -91,7 +91,6 @@ class StreamPlan:
 
 # what unknown_fields cannot do yet per format, and what to use instead
 UNKNOWN_NOT_BUILT = {
-    ("xml", "drop"): ("keep", "detect"),
     ("protobuf", "drop"): ("keep",),
     ("protobuf", "detect"): ("keep",),
 }

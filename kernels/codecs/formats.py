@@ -201,7 +201,10 @@ class XmlFormat(Format):
         return xml_codec.escape(values)
 
     def emit(self, data, sc, tree, drop_unknown, named, emit, edited, edit, reps):
-        return xml_codec.emit(data, sc, emit, edited, edit, reps)
+        out = xml_codec.emit(data, sc, emit, edited, edit, reps)
+        if drop_unknown:  # only the fields the policy names (not the key, unless named)
+            out = xml_codec.drop_unknown(out, self.layout(tuple(tree.paths[:named])))
+        return out
 
     def header(self, tree, drop_unknown, named):
         return self.prolog

@@ -61,6 +61,7 @@ __all__ = [
     "unknown_spans",
     "unescape_spans",
     "rewrite",
+    "drop_unknown",
     "emit",
     "tail",
     "replay_document",
@@ -1214,6 +1215,143 @@ def rewrite(
     """Records (one buffer, nothing added between them) with the spans (sorted by record and
     position) replaced by the escaped texts `rep`; returns (data, starts, ends)."""
     return _rewrite(data, starts, ends, rec, vs, ve, rep_off, rep_data)
+
+
+@njit(cache=True)
+def _drop(data, offsets, parent, is_attr, leaf, names, name_off):
+    """Each record with only the layout's fields: elements on a field's path with the fields'
+    attributes (and namespace declarations), field elements whole; other elements, text,
+    comments and attributes left out. The markup after the record element is kept."""
+    n = offsets.shape[0] - 1
+    out = np.empty(offsets[n] - offsets[0] + 1, np.uint8)
+    off = np.zeros(n + 1, np.int64)
+    knode = np.zeros(MAX_DEPTH + 2, np.int64)
+    o = 0
+    for r in range(n):
+        p = offsets[r]
+        e = offsets[r + 1]
+        d = 0
+        skip = -1  # depth at which a left-out element opened
+        while p < e:
+            c = data[p]
+            inleaf = d > 0 and skip < 0 and leaf[knode[d - 1]] >= 0
+            if c != 60:
+                q = p
+                while q < e and data[q] != 60:
+                    q += 1
+                if inleaf or d == 0:  # d == 0: before the record element (a declaration)
+                    for k in range(p, q):
+                        out[o] = data[k]
+                        o += 1
+                p = q
+                continue
+            if p + 1 < e and (data[p + 1] == 33 or data[p + 1] == 63):
+                q = _skip_markup(data, p, e)
+                if inleaf or d == 0:
+                    for k in range(p, q):
+                        out[o] = data[k]
+                        o += 1
+                p = q
+                continue
+            q, empty = _tag_end(data, p, e)
+            if p + 1 < e and data[p + 1] == 47:  # end tag
+                d -= 1
+                if skip >= 0:
+                    if d == skip:
+                        skip = -1
+                else:
+                    for k in range(p, q):
+                        out[o] = data[k]
+                        o += 1
+                p = q
+                if d <= 0:  # the record element closed: the rest is the tail
+                    for k in range(p, e):
+                        out[o] = data[k]
+                        o += 1
+                    p = e
+                continue
+            if skip >= 0 or d > MAX_DEPTH:
+                if not empty:
+                    d += 1
+                p = q
+                continue
+            ne = _name_end(data, p + 1, q)
+            if d == 0:
+                node = 0
+            elif inleaf:
+                node = knode[d - 1]
+            else:
+                node = _child(parent, is_attr, names, name_off, knode[d - 1], False, data,
+                              p + 1, ne, True)  # fmt: skip
+            if node < 0:
+                if not empty:
+                    skip = d
+                    d += 1
+                p = q
+                continue
+            if inleaf:
+                for k in range(p, q):
+                    out[o] = data[k]
+                    o += 1
+            else:
+                for k in range(p, ne):
+                    out[o] = data[k]
+                    o += 1
+                t = ne
+                while t < q:
+                    while t < q and _is_ws(data[t]):
+                        t += 1
+                    if t >= q or data[t] == 47 or data[t] == 62:
+                        break
+                    an = t
+                    ae = _name_end(data, an, q)
+                    u = ae
+                    while u < q and data[u] != 34 and data[u] != 39:
+                        u += 1
+                    if u >= q:
+                        break
+                    qc = data[u]
+                    v = u + 1
+                    while v < q and data[v] != qc:
+                        v += 1
+                    keep = (ae - an >= 5 and data[an] == 120 and data[an + 1] == 109
+                            and data[an + 2] == 108 and data[an + 3] == 110
+                            and data[an + 4] == 115)  # fmt: skip  # xmlns
+                    if not keep:
+                        a = _child(parent, is_attr, names, name_off, node, True, data, an, ae, True)
+                        keep = a >= 0 and leaf[a] >= 0
+                    if keep:
+                        out[o] = 32
+                        o += 1
+                        for k in range(an, v + 1):
+                            out[o] = data[k]
+                            o += 1
+                    t = v + 1
+                if empty:
+                    out[o] = 47
+                    o += 1
+                out[o] = 62
+                o += 1
+            if not empty:
+                knode[d] = node
+                d += 1
+            elif d == 0:  # an empty record element: the rest is the tail
+                for k in range(q, e):
+                    out[o] = data[k]
+                    o += 1
+                q = e
+            p = q
+        off[r + 1] = o
+    return off, out[:o]
+
+
+def drop_unknown(records: pa.Array, lay: XmlLayout) -> pa.Array:
+    """Emitted records (`emit`'s output) with only the layout's fields (see `_drop`): what
+    `unknown_fields: drop` writes. Empty entries (records not emitted) stay empty."""
+    b = string_buffers(records)
+    off, out = _drop(b.data, b.offsets, lay.parent, lay.is_attr, lay.leaf, lay.names,
+                     lay.name_off)  # fmt: skip
+    return string_array(off, out, None, binary=True)
 
 
 @njit(cache=True)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pyarrow as pa
 from lxml import etree
 
 from raymask.actors.router import RouterCore
 from raymask.actors.worker import MaskCore
+from raymask.kernels.codecs import xml as xml_codec
 from raymask.kernels.codecs.formats import format_for
 from raymask.policy.keys import Key, Keyring
 from raymask.policy.schema import Policy
@@ -116,3 +118,38 @@ def test_fuzz_xml_values_never_crash_lose_or_pass_a_masked_field_in_the_clear():
                 assert not re.search(rb"<(\w+:)?email>secret@ex\.io</", rec)
 
     run()
+
+
+def test_unknown_fields_drop_keeps_only_the_named_fields_and_their_paths():
+    pol = Policy.model_validate({"version": 1, "streams": {"s": {
+        "format": "xml", "xml": {"record": "Log/Entry"}, "key": "@host",
+        "unknown_fields": "drop",
+        "fields": {"user/email": {"technique": "mask", "preset": "email"}, "@host": "keep",
+                   "user/@id": "redact", "msg": "keep"},
+    }}})  # fmt: skip
+    fmt = format_for("xml", options={"record": "Log/Entry"}, prolog=PROLOG)
+    core = MaskCore(pol, "s", RING, fmt)
+    data = np.frombuffer(b"".join(RECORDS) + EPILOGUE, np.uint8)
+    routed = RouterCore(core.plan, fmt, 1).route(data, 1)
+    (out,) = core.process_views(routed.batch, [None], routed.shards[0])
+    recs = out.records.to_pylist()
+    assert recs[0] == (b'<Entry host="h1"><user><email>b**@ex.io</email></user>'
+                       b"<msg>card 4111 1111 1111 1111 from 10.1.2.3</msg></Entry>\n  ")  # fmt: skip
+    assert recs[1] == b'<Entry host="h2"><msg><![CDATA[<b>cy@ex.io</b>]]></msg></Entry>\n  '
+    assert recs[2] == b'<Entry host="h3"><user><email>e**@ex.io</email></user></Entry>\n'
+    doc = etree.fromstring(PROLOG + b"".join(recs) + b"</Log>")
+    assert [e.get("host") for e in doc] == ["h1", "h2", "h3"]
+    # namespace declarations stay (a kept name may need them); a declaration before a value's
+    # record element too (Kafka values)
+    vals = xml_codec.drop_unknown(
+        pa.array(
+            [
+                b'<?xml version="1.0"?>\n<Entry xmlns:x="u" x:a="1" host="h"><x:n>1</x:n>'
+                b'<user id="7" k="2"/></Entry>'
+            ],
+            pa.large_binary(),
+        ),  # fmt: skip
+        fmt.layout(("user/email", "@host", "user/@id", "msg")),
+    )
+    assert vals.to_pylist() == [b'<?xml version="1.0"?>\n<Entry xmlns:x="u" host="h">'
+                                b'<user id="7"/></Entry>']  # fmt: skip

@@ -364,6 +364,39 @@ def test_framed_protobuf_garbage_is_per_record(keyring_once, values):
     _check_answer(keyring_once, "pay_pb", pb.frame(values), "application/x-protobuf")
 
 
+@FUZZ
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["tele_xml", "pay_csv", "pay_pb"]),
+                  st.lists(_pieces, max_size=25).map(b"".join), st.binary(max_size=60)),
+        min_size=2, max_size=4,
+    )
+)  # fmt: skip
+def test_joined_callers_never_get_each_others_records(keyring_once, bodies):
+    """Several callers' bodies in one batch: each answer accounts for exactly its own records
+    (a record never runs into the next caller's, whatever the bytes)."""
+    reqs = []
+    for stream, xml_part, raw in bodies:
+        if stream == "tele_xml":
+            body, ctype = b"<Telemetry>" + xml_part + b"</Telemetry>", "text/xml"
+        elif stream == "pay_csv":
+            body, ctype = b"account.id,customer.name\n" + raw.replace(b"\x00", b""), "text/csv"
+        else:
+            body, ctype = raw, "application/x-protobuf"
+        got = keyring_once.parse(stream, None, body, ctype)
+        if isinstance(got, Request):
+            reqs.append(got)
+        else:
+            assert got.status == 400
+    answers = asyncio.run(keyring_once.answer(reqs))
+    for r, a in zip(reqs, answers, strict=True):
+        assert a.status == 200
+        n = int(a.headers["raymask-records"]) + int(a.headers["raymask-error-count"])
+        assert n == r.records
+        idx = [e["index"] for e in json.loads(a.headers.get("raymask-errors", "[]"))]
+        assert all(0 <= i < r.records for i in idx)
+
+
 @pytest.fixture(scope="module")
 def keyring_once():
     from raymask.policy.keys import Key, Keyring

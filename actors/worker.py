@@ -434,6 +434,8 @@ class MaskCore:
                 at = np.arange(len(idx))
                 at[sel] = len(idx) + np.arange(m)
                 recs = pa.concat_arrays([recs, new.cast(recs.type)]).take(pa.array(at))
+        if plan.unknown_fields == "drop":
+            recs = fmt.drop_unknown(recs, plan.tree, plan.named)
         at = np.arange(len(out))
         at[idx] = len(out) + np.arange(len(idx))
         return pa.concat_arrays([out, recs.cast(out.type)]).take(pa.array(at))

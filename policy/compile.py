@@ -91,8 +91,7 @@ class StreamPlan:
 
 # what unknown_fields cannot do yet per format, and what to use instead
 UNKNOWN_NOT_BUILT = {
-    ("protobuf", "drop"): ("keep",),
-    ("protobuf", "detect"): ("keep",),
+    ("protobuf", "detect"): ("keep", "drop"),
 }
 
 

@@ -306,7 +306,12 @@ class ProtobufFormat(Format):
         return values  # type: ignore[return-value]
 
     def emit(self, data, sc, tree, drop_unknown, named, emit, edited, edit, reps):
-        return pb.emit(data, sc, self.layout(sc.paths), emit, edited, edit, reps)
+        out = pb.emit(data, sc, self.layout(sc.paths), emit, edited, edit, reps)
+        return self.drop_unknown(out, tree, named) if drop_unknown else out
+
+    def drop_unknown(self, records: pa.Array, tree: PathTree, named: int) -> pa.Array:
+        """Emitted frames with only the fields the policy names (`unknown_fields: drop`)."""
+        return pb.drop_unknown(records, self.layout(tuple(tree.paths[:named])))
 
     # techniques whose output is a number (or boolean) for a number (or boolean) value
     NUMERIC_TECHNIQUES = ("keep", "redact", "generalize", "noise", "randomized_response")

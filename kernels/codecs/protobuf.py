@@ -927,6 +927,128 @@ def emit(
     return string_array(off, out, None, binary=True)
 
 
+@njit(cache=True)
+def _field_end(data, p, end):
+    """(tag start, after tag, value start, value end, field number, wire type) of the field at
+    p; value end -1 when it cannot be read."""
+    tag, q = _varint(data, p, end)
+    if q < 0:
+        return p, -1, -1, -1, 0, 0
+    fno = np.int64(tag >> np.uint64(3))
+    wt = np.int64(tag & np.uint64(7))
+    if wt == 0:
+        _, r = _varint(data, q, end)
+        return p, q, q, r, fno, wt
+    if wt == 1:
+        return p, q, q, q + 8, fno, wt
+    if wt == 5:
+        return p, q, q, q + 4, fno, wt
+    if wt == 2:
+        m, r = _varint(data, q, end)
+        if r < 0:
+            return p, q, -1, -1, fno, wt
+        return p, q, r, r + np.int64(m), fno, wt
+    return p, q, -1, -1, fno, wt
+
+
+@njit(cache=True)
+def _drop(data, offsets, parent, fieldno, ftype, leaf, ch_start, ch_count, children, depth):
+    """Each frame with only the fields on the layout's paths (every instance of a repeated
+    one), length prefixes recomputed: two walks per frame, the first sizing each kept message
+    instance (in visiting order), the second writing."""
+    n = offsets.shape[0] - 1
+    out = np.empty(offsets[n] - offsets[0] + 16, np.uint8)
+    off = np.zeros(n + 1, np.int64)
+    cap = 64
+    sizes = np.zeros(cap, np.int64)
+    snode = np.zeros(depth + 2, np.int64)
+    send = np.zeros(depth + 2, np.int64)
+    sidx = np.zeros(depth + 2, np.int64)  # the open instance's index in `sizes`
+    acc = np.zeros(depth + 2, np.int64)
+    o = 0
+    for r in range(n):
+        s = offsets[r]
+        e = offsets[r + 1]
+        if e == s:  # a record not emitted
+            off[r + 1] = o
+            continue
+        ln, b = _varint(data, s, e)
+        for walk in range(2):
+            k = 0  # instances seen
+            d = 0
+            snode[0] = 0
+            send[0] = e
+            acc[0] = 0
+            p = b
+            if walk == 1:
+                o = _put_varint(out, o, np.uint64(sizes[0]))
+                k = 1
+            else:
+                k = 1
+            while True:
+                if p >= send[d]:
+                    if d == 0:
+                        break
+                    if walk == 0:
+                        sz = acc[d]
+                        sizes[sidx[d]] = sz
+                        acc[d - 1] += sz + _vsize(np.uint64(sz))
+                    d -= 1
+                    continue
+                ts, q, vs, ve, fno, wt = _field_end(data, p, send[d])
+                if ve < 0 or ve > send[d]:
+                    break  # cannot happen for an emitted record; stop rather than loop
+                node = snode[d]
+                c = -1
+                for j in range(ch_start[node], ch_start[node] + ch_count[node]):
+                    if fieldno[children[j]] == fno:
+                        c = children[j]
+                        break
+                if c >= 0 and ftype[c] == 0 and wt == 2 and leaf[c] < 0:  # a path message
+                    if walk == 0:
+                        if k == cap:
+                            cap *= 2
+                            s2 = np.zeros(cap, np.int64)
+                            s2[:k] = sizes[:k]
+                            sizes = s2
+                        acc[d] += q - ts  # its tag; its length prefix when it closes
+                    else:
+                        for t in range(ts, q):
+                            out[o] = data[t]
+                            o += 1
+                        o = _put_varint(out, o, np.uint64(sizes[k]))
+                    sidx[d + 1] = k
+                    k += 1
+                    d += 1
+                    snode[d] = c
+                    send[d] = ve
+                    acc[d] = 0
+                    p = vs
+                    continue
+                if c >= 0 and leaf[c] >= 0:  # a named field: kept whole
+                    if walk == 0:
+                        acc[d] += ve - ts
+                    else:
+                        for t in range(ts, ve):
+                            out[o] = data[t]
+                            o += 1
+                p = ve
+            if walk == 0:
+                sizes[0] = acc[0]
+        off[r + 1] = o
+    return off, out[:o]
+
+
+def drop_unknown(records: pa.Array, lay: ProtoLayout) -> pa.Array:
+    """Emitted frames with only the fields on the layout's paths: what `unknown_fields: drop`
+    writes (unknown fields and every field the policy does not name are left out). Empty
+    entries (records not emitted) stay empty."""
+    b = string_buffers(records)
+    off, out = _drop(b.data, b.offsets, lay.parent, lay.fieldno, lay.ftype, lay.leaf,
+                     lay.ch_start, lay.ch_count, lay.children, lay.depth)  # fmt: skip
+    return string_array(off, out, None, binary=True)
+
+
 def load_descriptor_set(options: dict) -> bytes:
     """The compiled descriptor set a stream's `protobuf:` options name: the `descriptor_set`
     file's bytes, or its `proto` file compiled with protoc. OSError / ValueError when missing."""

@@ -445,7 +445,9 @@ streams:
     }
 
 
-def test_fuzz_repeated_protobuf_fields_never_crash_lose_or_leak(tmp_path_factory, keyring):
+@pytest.mark.parametrize("unknown", ["keep", "drop"])
+def test_fuzz_repeated_protobuf_fields_never_crash_lose_or_leak(tmp_path_factory, keyring,
+                                                                 unknown):  # fmt: skip
     """Messages with repeated strings and repeated sub-messages, mutated, through the file
     pipeline: the run ends, records in = out + dead letters, every emitted message is one the
     library reads, and no element of a masked field comes through in the clear."""
@@ -461,6 +463,7 @@ streams:
     format: protobuf
     protobuf: {{proto: "{proto}", message: raymask.test.Payment}}
     key: account_id
+    unknown_fields: {unknown}
     fields:
       account_id: keep
       tags: redact
@@ -497,5 +500,55 @@ streams:
             assert set(m.tags) <= {"[REDACTED]"}
             assert {o.name for o in m.others} <= {"[REDACTED]", ""}
             assert {o.address.city for o in m.others} <= {"[REDACTED]", ""}
+            if unknown == "drop":
+                assert not m.customer.name and not m.amount_cents and not m.blob
 
     run()
+
+
+def test_protobuf_unknown_fields_drop_keeps_only_the_named_fields(tmp_path, keyring):
+    from pathlib import Path
+
+    proto = Path(__file__).parents[1] / "kernels" / "codecs" / "data" / "payment.proto"
+    cls = pb.message_class(pb.compile_proto(proto), "raymask.test.Payment")
+    msgs = []
+    for i in range(60):
+        m = cls(account_id=f"acc-{i}", amount_cents=i, score=1.5, flagged=True)
+        m.tags.extend(["t"] * (i % 3))
+        for k in range(i % 3):
+            o = m.others.add(name="n" * (100 * k + 1), email=f"e{k}@x.io")
+            o.address.city = "Bern"
+            o.address.street = "Main"
+        m.customer.name, m.customer.email = "cust", "c@x.io"
+        msgs.append(m.SerializeToString() + b"\xa0\x06\x2a")  # an unknown field: dropped too
+    src, dst, pol = tmp_path / "in.pb", tmp_path / "out.pb", tmp_path / "p.yaml"
+    src.write_bytes(pb.frame(msgs))
+    pol.write_text(f"""version: 1
+streams:
+  s:
+    format: protobuf
+    protobuf: {{proto: "{proto}", message: raymask.test.Payment}}
+    key: account_id
+    unknown_fields: drop
+    fields:
+      account_id: keep
+      tags: redact
+      others.name: {{technique: mask, keep_first: 1}}
+      others.address.city: keep
+      customer.email: keep
+""")
+    s = mask_file(pol, "s", src, dst, keyring=keyring, local=True, workers=2)
+    assert (s.records_out, s.dead_letters) == (60, 0)
+    body = dst.read_bytes()
+    st_, en, _ = pb.split(np.frombuffer(body, np.uint8), 0)
+    for raw, got in zip(msgs, pb.unframe([body[a:b] for a, b in zip(st_, en, strict=True)]),
+                        strict=True):  # fmt: skip
+        a, b = cls.FromString(raw), cls.FromString(got)
+        want = cls(account_id=a.account_id)
+        want.tags.extend(["[REDACTED]"] * len(a.tags))
+        for o in a.others:
+            w = want.others.add(name=o.name[0] + "*" * (len(o.name) - 1) if len(o.name) > 1
+                                else "*")  # fmt: skip
+            w.address.city = o.address.city
+        want.customer.email = a.customer.email
+        assert b == want and got == want.SerializeToString()  # no unknown field either

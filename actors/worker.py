@@ -20,10 +20,11 @@ import pyarrow.compute as pc
 from raymask.actors._lazy import LazyActor
 from raymask.actors.ledger import SubjectLedger
 from raymask.actors.router import batch_records, scan_reason
-from raymask.kernels._arrow import string_buffers
+from raymask.kernels._arrow import string_array, string_buffers
 from raymask.kernels.codecs import csv as csv_codec
 from raymask.kernels.codecs import json_values, ndjson
-from raymask.kernels.codecs.formats import CsvFormat, Format, format_for
+from raymask.kernels.codecs import xml as xml_codec
+from raymask.kernels.codecs.formats import CsvFormat, Format, XmlFormat, format_for
 from raymask.kernels.codecs.spans import K_MISSING, K_NULL, Scan, splice
 from raymask.kernels.hashing import key_hash
 from raymask.kernels.ledger import DELTA_UNIT, EPS_UNIT, units
@@ -51,10 +52,14 @@ __all__ = [
     "BUDGET_REASON",
     "detect_unknown_fields",
     "detect_unknown_columns",
+    "detect_unknown_xml",
     "released",
 ]
 
 BUDGET_REASON = "budget subject {path}: privacy allowance for this period is used up"
+# techniques that cannot mask a field's further occurrences: a record's privacy cost counts one
+# value per field, and a segregated value leaves one vault row per field and record
+ONE_VALUE_PER_RECORD = ("noise", "randomized_response", "segregate")
 
 
 @dataclass
@@ -183,6 +188,10 @@ class MaskCore:
                 data, starts, ends, detected = detect_unknown_columns(
                     data, sc, fmt, plan.paths, plan.unknown_detect, self.keyring
                 )
+            elif isinstance(fmt, XmlFormat):
+                data, starts, ends, detected = detect_unknown_xml(
+                    data, sc, plan.unknown_detect, self.keyring
+                )
             else:
                 data, starts, ends, detected = detect_unknown_fields(
                     data, sc, plan.unknown_detect, self.keyring
@@ -238,6 +247,12 @@ class MaskCore:
         applieds: list[Applied] = []
         counts: dict[str, int] = {}
         ops = view.changing
+        # further occurrences of a field in a record (XML: sc.extra), masked like the first
+        extra: dict[int, list[int]] = getattr(sc, "extra", None) or {}
+        x_edited: list[int] = []
+        x_edits: list[np.ndarray] = []
+        x_applieds: list[Applied] = []
+        once_op = np.full(n, -1, np.int32)  # a one-value-per-record technique on a repeated field
 
         for oi, op in enumerate(ops):
             tech = REGISTRY[op.technique]
@@ -252,16 +267,38 @@ class MaskCore:
             edited.append(op.index)
             edits.append(edit)
             applieds.append(applied)
+            for col in extra.get(op.index, ()):
+                xk = sc.vkind[:, col]
+                if op.technique in ONE_VALUE_PER_RECORD:
+                    once_op[(xk != K_MISSING) & (once_op < 0)] = oi
+                    continue
+                xv = (
+                    fmt.extract(data, sc, col)
+                    if tech.needs_values
+                    else pa.nulls(n, pa.large_string())
+                )
+                xa = tech.apply(xv, xk, op.spec, self.keyring, ctx)  # type: ignore[misc]
+                first = (xa.err != 0) & (err_code == 0)
+                err_code[first] = xa.err[first]
+                err_op[first] = oi
+                x_edited.append(col)
+                x_edits.append((xk != K_MISSING) & (xk != K_NULL) & (xa.err == 0))
+                x_applieds.append(xa)
+        err_code[(once_op >= 0) & (err_code == 0)] = -1  # sent to the dead letters below
         invalid = sc.err != 0  # the whole record failed validation (its kinds read as missing)
         emit = (err_code == 0) & ~invalid
         t_budget = time.perf_counter()
         dp = self._privacy(ops, applieds, edits, emit, subjects)
         emit &= ~dp.dropped
         t1 = time.perf_counter()
-        reps = [fmt.write_values(a.values, a.raw) for a in applieds]
+        reps = [fmt.write_values(a.values, a.raw) for a in applieds + x_applieds]
         for op, edit in zip(ops, edits, strict=True):  # values changed in records that leave
             counts[op.path] = int((edit & emit).sum())
-        edit_m = np.stack(edits, axis=1) if edits else np.zeros((n, 0), np.bool_)
+        for col, edit in zip(x_edited, x_edits, strict=True):
+            path = plan.paths[int(sc.leaf_of[col])]  # type: ignore[attr-defined]
+            counts[path] = counts.get(path, 0) + int((edit & emit).sum())
+        edits_all = edits + x_edits
+        edit_m = np.stack(edits_all, axis=1) if edits_all else np.zeros((n, 0), np.bool_)
         out = fmt.emit(
             data,
             sc,
@@ -269,10 +306,16 @@ class MaskCore:
             plan.unknown_fields == "drop",
             plan.named,
             emit,
-            edited,
+            edited + x_edited,
             edit_m,
             reps,
         )
+        rep_rows = getattr(sc, "rep", None)  # Protobuf: records with a field more than once
+        if rep_rows is not None and (rep_rows & emit).any():
+            out = self._occurrences(
+                view, data, sc, column, out, emit, rep_rows, err_code, err_op, once_op, edits,
+                counts,
+            )  # fmt: skip
         t2 = time.perf_counter()
         keep = np.flatnonzero(emit)
         dead = np.flatnonzero(~emit)
@@ -283,6 +326,14 @@ class MaskCore:
                 reason, fld = scan_reason(fmt, plan.paths, sc, int(r))
             elif dp.dropped[r]:
                 reason, fld = BUDGET_REASON.format(path=plan.route_path), plan.route_path
+            elif err_code[r] == -1:
+                op = ops[int(once_op[r])]
+                cnt = getattr(sc, "counts", None)
+                where = "occurs more than once"
+                if cnt is not None and cnt[r, op.index] <= 1:  # Protobuf: another field repeats
+                    where = "in a record with a repeated field"
+                reason = f"field {op.path}: {where}, and {op.technique} takes one value per record"
+                fld = op.path
             else:
                 op = ops[int(err_op[r])]
                 reason = f"field {op.path}: {error_message(op.technique, int(err_code[r]))}"
@@ -322,6 +373,72 @@ class MaskCore:
             privacy=privacy,
             vault=vault,
         )
+
+    def _occurrences(self, view, data, sc, column, out, emit, rep_rows, err_code, err_op, once_op,
+                     edits, counts) -> pa.Array:  # noqa: ANN001  # fmt: skip
+        """Protobuf records in which a field occurs more than once, masked again from their
+        input bytes one field occurrence at a time (`scan_occurrence` locates it and the
+        message instances around it, `emit` fixes their lengths). A record with a
+        one-value-per-record technique (local DP, segregate) on a field it has goes to the dead
+        letters instead. Returns `out` with these records replaced; `emit`, `err_code`,
+        `err_op`, `once_op` and `counts` are updated in place."""
+        plan, fmt = self.plan, self.fmt
+        ops = view.changing
+        cnt = sc.counts
+        idx = np.flatnonzero(rep_rows & emit)
+        for oi, op in enumerate(ops):
+            if op.technique in ONE_VALUE_PER_RECORD:
+                hit = idx[cnt[idx, op.index] > 0]
+                once_op[hit[once_op[hit] < 0]] = oi
+                err_code[hit[err_code[hit] == 0]] = -1
+                emit[hit] = False
+            counts[op.path] -= int(edits[oi][idx].sum())  # counted again below
+        idx = idx[emit[idx]]
+        if len(idx) == 0:
+            return out
+        lens = sc.ends[idx] - sc.starts[idx]
+        pos = np.repeat(sc.starts[idx] - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
+        buf = data[pos + np.arange(int(lens.sum()))]
+        off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        recs = string_array(off, buf, None, binary=True)
+        alive = np.ones(len(idx), np.bool_)
+        for oi, op in enumerate(ops):
+            tech = REGISTRY[op.technique]
+            for j in range(int(cnt[idx, op.index].max())):
+                sel = np.flatnonzero(alive & (cnt[idx, op.index] > j))
+                if len(sel) == 0:
+                    break
+                b = string_buffers(recs.take(pa.array(sel)))
+                d2, st, en = b.data, b.offsets[:-1], b.offsets[1:]
+                sj = fmt.scan_occurrence(d2, st, en, sc.paths, op.index, j)
+                kinds = sj.vkind[:, op.index]
+                m = len(sel)
+                values = fmt.extract(d2, sj, op.index) if tech.needs_values else pa.nulls(
+                    m, pa.large_string())  # fmt: skip
+                take = pa.array(idx[sel])
+                ctx = FieldContext(lambda p, t=take: column(p).take(t), op.path, plan.key_path,
+                                   self.rng)  # fmt: skip
+                applied = tech.apply(values, kinds, op.spec, self.keyring, ctx)  # type: ignore[misc]
+                bad = (applied.err != 0) | (sj.err != 0)
+                if bad.any():
+                    rows_bad = idx[sel[bad]]
+                    first = err_code[rows_bad] == 0
+                    err_code[rows_bad[first]] = np.maximum(applied.err[bad][first], 1)
+                    err_op[rows_bad[first]] = oi
+                    emit[rows_bad] = False
+                    alive[sel[bad]] = False
+                edit = (kinds != K_MISSING) & (kinds != K_NULL) & ~bad
+                counts[op.path] += int(edit.sum())
+                new = fmt.emit(d2, sj, plan.tree, False, plan.named, ~bad, [op.index],
+                               edit[:, None], [applied.values])  # fmt: skip
+                at = np.arange(len(idx))
+                at[sel] = len(idx) + np.arange(m)
+                recs = pa.concat_arrays([recs, new.cast(recs.type)]).take(pa.array(at))
+        if plan.unknown_fields == "drop":
+            recs = fmt.drop_unknown(recs, plan.tree, plan.named)
+        at = np.arange(len(out))
+        at[idx] = len(out) + np.arange(len(idx))
+        return pa.concat_arrays([out, recs.cast(out.type)]).take(pa.array(at))
 
     def _leak_check(self, out: MaskOutput, view) -> tuple[list[tuple[str, str, int]], int]:  # noqa: ANN001
         """Scan a sample of the view's masked records for values still detectable."""
@@ -446,6 +563,32 @@ def detect_unknown_columns(
     return b.data[b.offsets[0] : b.offsets[-1]], starts, ends, found
 
 
+def detect_unknown_xml(
+    data: np.ndarray, sc: Scan, spec: Detect, keyring: Keyring
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """`detect_unknown_fields` for XML: every text run, CDATA section and attribute value in a
+    record element that is not inside a field the policy names is scanned, and the ones with a
+    span rewritten (escaped). Records are unchanged (same buffer) when nothing was found."""
+    rec, vs, ve, attr = xml_codec.unknown_spans(data, sc, sc.err == 0)
+    if len(rec) == 0:
+        return data, sc.starts, sc.ends, {}
+    ti, ai = np.flatnonzero(~attr), np.flatnonzero(attr)
+    parts = [xml_codec.unescape_spans(data, vs[ti], ve[ti], False),
+             xml_codec.unescape_spans(data, vs[ai], ve[ai], True)]  # fmt: skip
+    order = np.empty(len(rec), np.int64)
+    order[np.concatenate([ti, ai])] = np.arange(len(rec))
+    values = pa.concat_arrays(parts).take(pa.array(order))
+    new, spans = detect_and_replace(values, spec, keyring)
+    if len(spans) == 0:
+        return data, sc.starts, sc.ends, {}
+    hit = np.unique(spans.record)
+    rep_off, rep_data = xml_codec.escape(new.take(pa.array(hit)))
+    out, starts, ends = xml_codec.rewrite(
+        data, sc.starts, sc.ends, rec[hit], vs[hit], ve[hit], rep_off, rep_data
+    )
+    return out, starts, ends, spans.counts()
+
+
 def merge_outputs(outputs: list[MaskOutput]) -> tuple[pa.Array, np.ndarray]:
     """The masked records of several workers' outputs for one chunk, in input-row order, and
     their rows."""
@@ -505,14 +648,22 @@ def _make_actor():  # Ray is imported only where actors are made, never by the p
             return self.core.process(batch, role, rows)
 
         def process_views(
-            self, batch: pa.RecordBatch, roles: list[str | None], rows: np.ndarray | None = None
-        ) -> list[MaskOutput]:
+            self, batch: pa.RecordBatch, roles: list[str | None], rows: np.ndarray | None = None,
+            fmt: Format | None = None,
+        ) -> list[MaskOutput]:  # fmt: skip
+            """`fmt`: the records' format for this call only (a CSV body's columns over HTTP)."""
             if self.throttle_s:
                 time.sleep(self.throttle_s)
             if self.capacity_rps:
                 n = batch.num_rows if rows is None else len(rows)
                 time.sleep(n / self.capacity_rps)
-            return self.core.process_views(batch, roles, rows)
+            if fmt is None:
+                return self.core.process_views(batch, roles, rows)
+            own, self.core.fmt = self.core.fmt, fmt
+            try:
+                return self.core.process_views(batch, roles, rows)
+            finally:
+                self.core.fmt = own
 
         def rss_bytes(self) -> int:
             """This worker process's resident memory (Linux), for memory-bound tests."""

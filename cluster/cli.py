@@ -737,25 +737,37 @@ def serve(
     max_replicas: Annotated[
         int, typer.Option("--max-replicas", min=1, help="Serve autoscaling's upper bound.")
     ] = 4,
+    grpc_port: Annotated[
+        int, typer.Option("--grpc-port", help="Also serve raymask.v1.Masking/Mask here (0: off).")
+    ] = 0,
 ) -> None:
-    """Serve POST /v1/streams/{stream}/mask?view=ROLE over HTTP on Ray Serve (NDJSON or a JSON
-    array in, the same out), until Ctrl-C."""
+    """Serve POST /v1/streams/{stream}/mask?view=ROLE over HTTP on Ray Serve (NDJSON, a JSON
+    array, CSV, XML or length-delimited Protobuf in, by the stream's format; the same out),
+    until Ctrl-C."""
     import signal
     import time
 
     from ray import serve as ray_serve
 
+    from raymask.cluster.http_formats import absolute_schema_paths
     from raymask.cluster.runtime import ensure_ray
     from raymask.cluster.serve_app import build_app
     from raymask.policy.loader import load_policy
 
-    pol = load_policy(policy)
+    pol = absolute_schema_paths(load_policy(policy), policy.parent)  # protobuf schema files
     ring = _keyring(keys)
     started = ensure_ray(address)
     stop = [False]
     previous = signal.signal(signal.SIGINT, lambda *_: stop.__setitem__(0, True))
     try:
-        ray_serve.start(http_options={"host": host, "port": port})
+        grpc: dict = {}
+        if grpc_port:
+            from ray.serve.config import gRPCOptions
+
+            from raymask.cluster.grpc_api import SERVICER
+
+            grpc["grpc_options"] = gRPCOptions(port=grpc_port, grpc_servicer_functions=[SERVICER])
+        ray_serve.start(http_options={"host": host, "port": port}, **grpc)
         access: dict = {}
         if access_keys is not None:
             access["api_keys"] = str(access_keys)
@@ -772,6 +784,10 @@ def serve(
                                 max_replicas=max_replicas),
                       name="raymask", route_prefix="/")  # fmt: skip
         err.print(f"serving on http://{host}:{port}/v1/streams/{{stream}}/mask (Ctrl-C to stop)")
+        if grpc_port:
+            err.print(
+                f"and gRPC raymask.v1.Masking/Mask on port {grpc_port} (metadata application: raymask)"
+            )
         t0 = time.monotonic()
         while not stop[0] and not (seconds and time.monotonic() - t0 > seconds):
             time.sleep(0.2)

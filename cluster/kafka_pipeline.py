@@ -417,9 +417,10 @@ def run_kafka(
     on a machine too small to show real ones; never set it otherwise.
     """
     pol, plan, ring = _checked(policy, stream, keyring, dead_letter_key)
-    if plan.format not in ("ndjson", "protobuf"):
+    if plan.format not in ("ndjson", "protobuf", "xml"):
         raise InputError(
-            f"stream {stream}: the Kafka path takes ndjson records or protobuf messages, not {plan.format}"
+            f"stream {stream}: the Kafka path takes ndjson records, protobuf messages or xml "
+            f"record elements, not {plan.format}"
         )
     if workers < 1 or sources < 1:
         raise InputError("workers and sources must be >= 1")
@@ -452,8 +453,18 @@ def run_kafka(
     tune_malloc()
     ledger = ledger_root(state, stream) if plan.budget is not None else None
     pipeline = name or stream
-    framing = "varint" if plan.format == "protobuf" else "lines"  # one message per value
-    if plan.format == "protobuf":
+    # one message per value: lines, or length-delimited frames for binary and XML values
+    framing = "varint" if plan.format in ("protobuf", "xml") else "lines"
+    out_framing = "raw" if plan.format == "xml" else framing
+    if plan.format == "xml":
+        from raymask.kernels.codecs.formats import XmlValuesFormat
+
+        o = plan.format_options
+        fmt = XmlValuesFormat(o["record"], o.get("namespaces"))
+        problems = fmt.check(plan)
+        if problems:
+            raise PolicyError(problems)
+    elif plan.format == "protobuf":
         from raymask.actors.sources.files import protobuf_format
 
         fmt = protobuf_format(input_topic, plan.format_options)
@@ -530,7 +541,7 @@ def run_kafka(
         ]
         sink = KafkaSinkActor.options(name=f"ksink:{pipeline}", **opts).remote(
             bootstrap, topic_template=topic_template, client_options=client_options,
-            idempotent=idempotent, call_timeout_s=call_s, framing=framing,
+            idempotent=idempotent, call_timeout_s=call_s, framing=out_framing,
         )  # fmt: skip
         dsink = KafkaSinkActor.options(name=f"kdead:{pipeline}", **opts).remote(
             bootstrap, topic_template=dead_letter_template,

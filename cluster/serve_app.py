@@ -10,8 +10,10 @@ themselves (`kworker:NAME:i`), so HTTP and Kafka share one ledger. Streams witho
 state are masked in the replica itself (`MaskIngress._mask` says why).
 
 Bodies: NDJSON (`application/x-ndjson`), a JSON array (`application/json`: turned into lines and
-back by kernels/codecs/jsonarray.py). A record that cannot be masked is left out of the answer and
-listed in the `raymask-errors` header (`[{"index": i, "reason": ...}]`, index = the record's
+back by kernels/codecs/jsonarray.py), and for streams of those formats CSV (`text/csv`), XML
+(`application/xml`) and length-delimited Protobuf (`application/x-protobuf`), cut into records
+and put back together by cluster/http_formats.py. A record that cannot be masked is left out of
+the answer and listed in the `raymask-errors` header (`[{"index": i, "reason": ...}]`, index = the record's
 position in the body, reasons name fields, never values); `raymask-records` and
 `raymask-policy-version` say what came back. A body that cannot be read is a 400 with one line, an
 unknown stream or view a 404, a body over the limit a 413, another content type a 415; never a
@@ -32,6 +34,7 @@ import pyarrow as pa
 from fastapi import Request as HttpRequest  # real annotations (no __future__): FastAPI reads them
 from fastapi import Response
 
+from raymask.cluster.http_formats import MEDIA_KINDS, MEDIA_TYPES, BodyError, body_codec
 from raymask.errors import InputError, RaymaskError
 from raymask.kernels.codecs.jsonarray import ArrayError, array_to_lines, join_lines
 from raymask.policy.access import Authenticator, Caller, Denied, allowed_view
@@ -63,6 +66,9 @@ class Request:
     lines: np.ndarray  # uint8 NDJSON, one record per line
     records: int  # lines in it (a JSON array's elements; blank lines in NDJSON count too)
     array: bool  # answer as a JSON array
+    body: Any = None  # CSV, XML, Protobuf: the decoded body (http_formats.Decoded)
+    codec: Any = None  # ... and its BodyCodec, which encodes the answer
+    media_type: str = ""  # ... answered with the Content-Type it came with
 
 
 @dataclass
@@ -104,13 +110,13 @@ def _error(status: int, message: str) -> Answer:
 
 
 def media_kind(content_type: str | None) -> str | None:
-    """'ndjson', 'array' or None (not taken) from a Content-Type header."""
+    """'ndjson', 'array', 'csv', 'xml', 'protobuf' or None (not taken) from a Content-Type."""
     base = (content_type or "application/x-ndjson").split(";")[0].strip().lower()
     if base in NDJSON_TYPES:
         return "ndjson"
     if base == "application/json":
         return "array"
-    return None
+    return MEDIA_KINDS.get(base)
 
 
 class RateLimiter:
@@ -133,10 +139,11 @@ class RateLimiter:
 
 class IngressCore:
     """The ingress logic: parse and check requests, batch them per stream and view, split the
-    answers. `mask(stream, view, data)` masks one NDJSON buffer (awaitable)."""
+    answers. `mask(stream, view, data)` masks one buffer of the stream's records (awaitable);
+    `mask(stream, view, data, fmt)` in the format `fmt` (a CSV body's header gives its columns)."""
 
     def __init__(
-        self, policy: Policy, mask: Callable[[str, str | None, np.ndarray], Awaitable[Masked]],
+        self, policy: Policy, mask: Callable[..., Awaitable[Masked]],
         max_body_bytes: int = MAX_BODY_BYTES, auth: Authenticator | None = None,
         audit: Callable[..., None] | None = None, vault: bool = False,
     ) -> None:  # fmt: skip
@@ -150,9 +157,8 @@ class IngressCore:
         self.audit = audit
         self.limiter = RateLimiter()
         self.plans = {}
-        for name, s in policy.streams.items():
-            if s.format != "ndjson":  # other formats over HTTP come with their codecs
-                continue
+        self.codecs = {}  # CSV, XML, Protobuf streams: how their bodies are cut and rebuilt
+        for name in policy.streams:
             plan = compile_stream(policy, name)
             segregates = any(
                 op.technique == "segregate" for v in plan.views.values() for op in v.ops
@@ -160,6 +166,8 @@ class IngressCore:
             if segregates and not vault:
                 continue  # its vault rows would have nowhere to go: not served
             self.plans[name] = plan
+            if (codec := body_codec(plan)) is not None:
+                self.codecs[name] = codec
 
     def authorize(
         self, headers: Mapping[str, str], stream: str, view: str | None
@@ -246,8 +254,18 @@ class IngressCore:
             return _error(404, f"stream {stream} has no view {view}")
         if len(body) > self.max_body_bytes:
             return _error(413, f"the body is over {self.max_body_bytes} bytes")
-        kind = media_kind(content_type)
-        if kind is None:
+        codec = self.codecs.get(stream)
+        kind = media_kind(content_type) if content_type or codec is None else codec.kind
+        if codec is not None:
+            if kind != codec.kind:
+                return _error(415, f"stream {stream} takes {' or '.join(MEDIA_TYPES[codec.kind])}")
+            try:
+                d = codec.decode(body)
+            except BodyError as exc:
+                return _error(400, str(exc))
+            media = (content_type or MEDIA_TYPES[codec.kind][0]).split(";")[0].strip().lower()
+            return Request(stream, view, d.data, d.records, False, d, codec, media)
+        if kind not in ("ndjson", "array"):
             return _error(415, "send application/x-ndjson or application/json (an array)")
         data = np.frombuffer(body, np.uint8)
         if kind == "array":
@@ -265,14 +283,17 @@ class IngressCore:
     async def answer(self, requests: Sequence[Request]) -> list[Answer]:
         """Mask a batch of requests: one call per stream and view, answers in request order."""
         out: list[Answer | None] = [None] * len(requests)
-        groups: dict[tuple[str, str | None], list[int]] = {}
-        for i, r in enumerate(requests):
-            groups.setdefault((r.stream, r.view), []).append(i)
-        for (stream, view), idx in groups.items():
+        groups: dict[tuple[str, str | None, Any], list[int]] = {}
+        for i, r in enumerate(requests):  # a CSV header is part of the format: grouped by it
+            groups.setdefault((r.stream, r.view, r.body and r.body.group), []).append(i)
+        for (stream, view, _), idx in groups.items():
             parts = [requests[i] for i in idx]
             bounds = np.cumsum([0] + [p.records for p in parts])
             data = np.concatenate([p.lines for p in parts]) if parts else np.zeros(0, np.uint8)
-            m = await self.mask(stream, view, data)
+            d = parts[0].body  # a format that comes with the body (CSV header) goes along
+            fmt = d.fmt if d is not None and d.group is not None else None
+            m = await (self.mask(stream, view, data) if fmt is None
+                       else self.mask(stream, view, data, fmt))  # fmt: skip
             owner = np.searchsorted(bounds, m.lines, side="right") - 1
             dead_owner = np.searchsorted(bounds, m.dead_lines, side="right") - 1
             for k, (i, p) in enumerate(zip(idx, parts, strict=True)):
@@ -282,12 +303,16 @@ class IngressCore:
                     {"index": int(m.dead_lines[j] - bounds[k]), "reason": m.dead_reasons[j]}
                     for j in np.flatnonzero(dead_owner == k)
                 ]
-                out[i] = _ok(recs, errs, p.array, m.policy_version)
+                out[i] = _ok(recs, errs, p, m.policy_version, m.lines[sel] - bounds[k])
         return out  # type: ignore[return-value]
 
 
-def _ok(recs: pa.Array, errors: list[dict], array: bool, version: int) -> Answer:
-    if array:
+def _ok(recs: pa.Array, errors: list[dict], r: Request, version: int, index: np.ndarray) -> Answer:
+    """The 200 answer of one request: its masked records (numbered `index` in its body) in its
+    own format, and the records that failed."""
+    if r.codec is not None:
+        body, media = r.codec.encode(r.body, recs, index), r.media_type
+    elif r.array:
         body, media = join_lines(recs), "application/json"
     else:  # one record per line, each ending in a newline
         body = join_lines(recs, b"\n", b"", b"\n") if len(recs) else b""
@@ -307,7 +332,7 @@ def _ok(recs: pa.Array, errors: list[dict], array: bool, version: int) -> Answer
 
 
 def _workers(policy: Policy, stream: str, keyring: Any, app: str, n: int, pipeline: str | None,
-             ledger: str | None) -> list:  # fmt: skip
+             ledger: str | None, fmt: Any = None) -> list:  # fmt: skip
     """The stream's key-sharded workers: a running Kafka pipeline's, or the app's own (shared by
     every replica: found by name, created by the first)."""
     import ray
@@ -315,6 +340,7 @@ def _workers(policy: Policy, stream: str, keyring: Any, app: str, n: int, pipeli
     from raymask.actors.worker import MaskWorker
     from raymask.kernels.codecs.formats import format_for
 
+    fmt = fmt if fmt is not None else format_for("ndjson")
     if pipeline is not None:
         found = []
         while True:
@@ -329,7 +355,7 @@ def _workers(policy: Policy, stream: str, keyring: Any, app: str, n: int, pipeli
         MaskWorker.options(
             name=f"sworker:{app}:{stream}:{i}", namespace="raymask", get_if_exists=True,
             lifetime="detached",
-        ).remote(policy.model_dump(), stream, keyring, format_for("ndjson"), 0.0, ledger, i, n)
+        ).remote(policy.model_dump(), stream, keyring, fmt, 0.0, ledger, i, n)
         for i in range(n)
     ]  # fmt: skip
 
@@ -380,18 +406,45 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
             self.routers: dict[str, Any] = {}
             self.pools: dict[str, list] = {}
             self.local: dict[str, Any] = {}
+            self.by_format: dict[tuple[str, bytes], tuple[Any, Any]] = {}  # CSV headers seen
             for stream, plan in self.core.plans.items():
+                codec = self.core.codecs.get(stream)
+                fmt = format_for("ndjson") if codec is None else codec.fixed_format
                 if plan.budget is None and pipeline is None:
                     # stateless masking: in this replica, no hop to a worker (see _mask)
-                    self.local[stream] = MaskCore(pol, stream, keyring, format_for("ndjson"))
-                    self.routers[stream] = RouterCore(plan, format_for("ndjson"), 1)
+                    if fmt is not None:
+                        self.local[stream] = MaskCore(pol, stream, keyring, fmt)
+                        self.routers[stream] = RouterCore(plan, fmt, 1)
                     continue
                 ledger = ledger_root(state, stream) if plan.budget is not None else None
-                pool = _workers(pol, stream, keyring, app, workers, pipeline, ledger)
+                pool = _workers(pol, stream, keyring, app, workers, pipeline, ledger, fmt)
                 self.pools[stream] = pool
-                self.routers[stream] = RouterCore(plan, format_for("ndjson"), len(pool))
+                if fmt is not None:
+                    self.routers[stream] = RouterCore(plan, fmt, len(pool))
+            self.policy = pol
 
-        async def _mask(self, stream: str, view: str | None, data: np.ndarray) -> Masked:
+        def _for_format(self, stream: str, fmt: Any) -> tuple[Any, Any]:
+            """The router and (for a stream masked here) the core of a format that comes with
+            the body (a CSV header), made on first use and kept for the next requests."""
+            from raymask.actors.router import RouterCore
+            from raymask.actors.worker import MaskCore
+
+            key = (stream, fmt.header_line)
+            got = self.by_format.get(key)
+            if got is None:
+                plan = self.core.plans[stream]
+                core = None
+                if stream not in self.pools:
+                    core = MaskCore(self.policy, stream, self.keyring, fmt)
+                shards = len(self.pools.get(stream, [None]))
+                got = self.by_format[key] = (RouterCore(plan, fmt, shards), core)
+                if len(self.by_format) > 256:
+                    self.by_format.pop(next(iter(self.by_format)))
+            return got
+
+        async def _mask(
+            self, stream: str, view: str | None, data: np.ndarray, fmt: Any = None
+        ) -> Masked:
             """A stream with per-subject budgets (or a pipeline to share) goes to the key-sharded
             workers, which own the subjects' ledgers; any other stream is masked here, in the
             replica: its masking has no per-key state, each caller gets its own records back in
@@ -402,13 +455,15 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
 
             import ray
 
-            routed = self.routers[stream].route(data, 0)
+            router, core = self.routers.get(stream), self.local.get(stream)
+            if fmt is not None:  # a format that comes with the body (CSV)
+                router, core = self._for_format(stream, fmt)
+            routed = router.route(data, 0)
             role = view or "default"
-            if stream in self.local:
+            if core is not None:
                 rows = routed.shards[0]
                 if rows is None:
                     return masked_from(routed, [])
-                core = self.local[stream]
                 if routed.records <= INLINE_RECORDS:
                     outs = core.process_views(routed.batch, [role], rows)
                 else:
@@ -419,8 +474,9 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
             futs = []
             if routed.records:
                 ref = ray.put(routed.batch) if routed.batch.nbytes > 100_000 else routed.batch
+                more = () if fmt is None else (fmt,)  # the workers' CSV columns, per request
                 futs = [
-                    pool[w].process_views.remote(ref, [role], idx)
+                    pool[w].process_views.remote(ref, [role], idx, *more)
                     for w, idx in enumerate(routed.shards)
                     if idx is not None
                 ]
@@ -454,6 +510,12 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
                 ms = (time.perf_counter() - t0) * 1e3
                 a.headers = {**a.headers, "server-timing": f"mask;dur={ms:.2f}"}
             return Response(a.body, a.status, a.headers, a.media_type)
+
+        async def Mask(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+            """gRPC `raymask.v1.Masking/Mask`: the same service (cluster/grpc_api.py)."""
+            from raymask.cluster.grpc_api import mask_rpc
+
+            return await mask_rpc(self.core, self._batched, request, grpc_context)
 
         @api.post("/v1/streams/{stream}/reveal", summary="Clear values of fpe/encrypt fields")
         async def reveal(
@@ -583,8 +645,13 @@ def app_builder(args: dict[str, str]) -> Any:
 
     if "policy" not in args:
         raise InputError("the serve app needs args.policy (a policy file)")
+    from pathlib import Path
+
+    from raymask.cluster.http_formats import absolute_schema_paths
+
+    pol = absolute_schema_paths(load_policy(args["policy"]), Path(args["policy"]).parent)
     return build_app(
-        load_policy(args["policy"]), Keyring.from_env(), workers=int(args.get("workers", 2)),
+        pol, Keyring.from_env(), workers=int(args.get("workers", 2)),
         pipeline=args.get("pipeline"), app=args.get("app", "raymask"), state=args.get("state"),
         aggregates_file=args.get("aggregates"),
     )  # fmt: skip

@@ -89,6 +89,12 @@ class StreamPlan:
         return ids
 
 
+# what unknown_fields cannot do yet per format, and what to use instead
+UNKNOWN_NOT_BUILT = {
+    ("protobuf", "detect"): ("keep", "drop"),
+}
+
+
 def compile_stream(policy: Policy, stream: str, source: str = "<policy>") -> StreamPlan:
     """Plan for `stream`; PolicyError lists every part this version cannot run."""
     if stream not in policy.streams:
@@ -101,10 +107,10 @@ def compile_stream(policy: Policy, stream: str, source: str = "<policy>") -> Str
         problems.append(
             f"{where}.format: {s.format} is not supported yet (supported: {', '.join(BUILT_FORMATS)})"
         )
-    if s.format in ("xml", "protobuf") and s.unknown_fields in ("drop", "detect"):
+    if (s.format, s.unknown_fields) in UNKNOWN_NOT_BUILT:
         problems.append(
             f"{where}.unknown_fields: {s.unknown_fields} is not supported for {s.format} yet "
-            "(use keep)"
+            f"(use {' or '.join(UNKNOWN_NOT_BUILT[s.format, s.unknown_fields])})"
         )
     paths = list(s.fields)
     extra = [s.key] + [

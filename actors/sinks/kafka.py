@@ -99,6 +99,8 @@ def record_values(records: pa.Array | Sequence[bytes], framing: str = "lines") -
         from raymask.kernels.codecs.protobuf import unframe
 
         return unframe(out)
+    if framing == "raw":  # records are the values as they are (XML elements)
+        return out
     return [v[:-1] if v.endswith(b"\n") else v for v in out]
 
 
@@ -118,7 +120,8 @@ class KafkaSink:
         call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S, framing: str = "lines",
     ) -> None:  # fmt: skip
         """`framing`: how the masked records are framed ("lines": each ends in a newline;
-        "varint": each is a length-delimited Protobuf frame); a message is the record alone."""
+        "varint": each is a length-delimited Protobuf frame; "raw": each is the value as it is,
+        XML); a message is the record alone."""
         if "{topic}" not in topic_template or "{role}" not in topic_template:
             raise ValueError(
                 f"kafka sink topic template {topic_template!r}: must name {{topic}} and {{role}}"

@@ -184,7 +184,8 @@ class KafkaSource:
         call_timeout_s: float = 30.0, carry_headers: bool | Sequence[str] = False,
         framing: str = "lines",
     ) -> None:  # fmt: skip
-        """`framing`: "lines" (NDJSON, CSV) or "varint" (Protobuf messages as values)."""
+        """`framing`: "lines" (NDJSON, CSV) or "varint" (Protobuf messages or XML record
+        elements as values)."""
         if not topics:
             raise ValueError("KafkaSource needs at least one topic")
         self.bootstrap = bootstrap

@@ -17,7 +17,10 @@ from raymask.kernels.codecs.spans import Scan, splice
 if TYPE_CHECKING:
     from raymask.policy.compile import StreamPlan
 
-__all__ = ["Format", "NdjsonFormat", "CsvFormat", "XmlFormat", "ProtobufFormat", "format_for"]
+__all__ = [
+    "Format", "NdjsonFormat", "CsvFormat", "XmlFormat", "XmlValuesFormat", "ProtobufFormat",
+    "format_for",
+]  # fmt: skip
 
 
 class Format:
@@ -198,7 +201,10 @@ class XmlFormat(Format):
         return xml_codec.escape(values)
 
     def emit(self, data, sc, tree, drop_unknown, named, emit, edited, edit, reps):
-        return xml_codec.emit(data, sc, emit, edited, edit, reps)
+        out = xml_codec.emit(data, sc, emit, edited, edit, reps)
+        if drop_unknown:  # only the fields the policy names (not the key, unless named)
+            out = xml_codec.drop_unknown(out, self.layout(tuple(tree.paths[:named])))
+        return out
 
     def header(self, tree, drop_unknown, named):
         return self.prolog
@@ -214,6 +220,41 @@ class XmlFormat(Format):
             except ValueError as exc:
                 problems.append(f"streams.{plan.stream}.fields: {exc}")
         return problems
+
+
+class XmlValuesFormat(XmlFormat):
+    """One record element per value (Kafka message values), the values in length-delimited
+    frames: a record is the value's bytes (an XML declaration, comments and whitespace around
+    the element are kept). A value whose first element is not a record element is a dead letter:
+    read as a record, its fields would all be missing and it would pass through unmasked."""
+
+    E_ROOT = 20
+
+    def __init__(self, record: str, namespaces: dict[str, str] | None = None) -> None:
+        super().__init__(record, namespaces)
+        last = record.strip("/").split("/")[-1]
+        self.errors = {
+            **xml_codec.ERRORS,
+            self.E_ROOT: f"the value's first element is not a record element ({last})",
+        }
+
+    def boundary(self, data):
+        return pb.boundary(data)
+
+    def split(self, data, base_line):
+        return pb.payload_split(data, base_line)
+
+    def units(self, data):
+        return pb.count_frames(data)
+
+    def scan(self, data, starts, ends, tree, locate_only=False):
+        sc = super().scan(data, starts, ends, tree, locate_only)
+        bad = (sc.err == 0) & ~xml_codec.root_is_record(data, starts, ends, self.layout(()))
+        if bad.any():
+            sc.err[bad] = self.E_ROOT
+            sc.errpos[bad] = 0
+            sc.errfield[bad] = -1
+        return sc
 
 
 class ProtobufFormat(Format):
@@ -251,12 +292,26 @@ class ProtobufFormat(Format):
     def extract_many(self, data, sc, leaves):
         return pb.extract_columns(data, sc, self.layout(sc.paths), leaves)
 
+    def scan_occurrence(
+        self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray, paths: tuple[str, ...],
+        leaf: int, occ: int,
+    ) -> pb.ProtoScan:  # fmt: skip
+        """Occurrence `occ` of field `leaf` alone (see protobuf.scan), for `emit`."""
+        sc = pb.scan(data, starts, ends, self.layout(paths), target=leaf, occ=occ)
+        sc.paths = paths  # type: ignore[attr-defined]
+        return sc
+
     def write_values(self, values, raw):
         # encoded in `emit`, where each field's type is known
         return values  # type: ignore[return-value]
 
     def emit(self, data, sc, tree, drop_unknown, named, emit, edited, edit, reps):
-        return pb.emit(data, sc, self.layout(sc.paths), emit, edited, edit, reps)
+        out = pb.emit(data, sc, self.layout(sc.paths), emit, edited, edit, reps)
+        return self.drop_unknown(out, tree, named) if drop_unknown else out
+
+    def drop_unknown(self, records: pa.Array, tree: PathTree, named: int) -> pa.Array:
+        """Emitted frames with only the fields the policy names (`unknown_fields: drop`)."""
+        return pb.drop_unknown(records, self.layout(tuple(tree.paths[:named])))
 
     # techniques whose output is a number (or boolean) for a number (or boolean) value
     NUMERIC_TECHNIQUES = ("keep", "redact", "generalize", "noise", "randomized_response")

@@ -326,6 +326,23 @@ def split(data: np.ndarray, base: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return s, e, base + np.arange(len(s), dtype=np.int64)
 
 
+@njit(cache=True)
+def _payload_starts(data, starts, ends):
+    out = starts.copy()
+    for r in range(starts.shape[0]):
+        _, q = _varint(data, starts[r], ends[r])
+        if q >= 0:
+            out[r] = q
+    return out
+
+
+def payload_split(data: np.ndarray, base: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """As `split`, with each span starting after its length prefix: the message bytes alone
+    (for records that are not Protobuf but travel in delimited frames, such as Kafka values)."""
+    s, e, _ = _frames(data, MAX_MESSAGE)
+    return _payload_starts(data, s, e), e, base + np.arange(len(s), dtype=np.int64)
+
+
 def count_frames(data: np.ndarray) -> int:
     return len(_frames(data, MAX_MESSAGE)[0])
 
@@ -365,9 +382,18 @@ class ProtoScan(Scan):
 
 @njit(cache=True)
 def _scan(data, starts, ends, parent, fieldno, ftype, leaf, ch_start, ch_count, children,
-          nleaves, depth, wire_of, first_leaf):  # fmt: skip
+          nleaves, depth, wire_of, first_leaf, repeated, target, occ):  # fmt: skip
+    """`repeated`: a field or path message that occurs again marks the record in `rep` instead
+    of being an error (E_DUP); the first occurrences are located, and `cnt` counts each field's.
+    `target` >= 0: locate only occurrence `occ` of that field (document order) and the path
+    messages that enclose that occurrence."""
     n = starts.shape[0]
     nn = parent.shape[0]
+    cnt = np.zeros((n, max(nleaves, 1)), np.int32)
+    rep = np.zeros(n, np.bool_)
+    st_ls = np.zeros(depth + 1, np.int64)  # the open path messages' instance spans
+    st_vs = np.zeros(depth + 1, np.int64)
+    st_ve = np.zeros(depth + 1, np.int64)
     vstart = np.zeros((n, nleaves), np.int64)
     vend = np.zeros((n, nleaves), np.int64)
     vkind = np.zeros((n, nleaves), np.int8)
@@ -456,26 +482,38 @@ def _scan(data, starts, ends, parent, fieldno, ftype, leaf, ch_start, ch_count, 
                     p = ts
                     break
                 if t == 0:  # a message on a policy path: descend
-                    if mseen[r, c]:
-                        code = E_DUP
-                        efield = first_leaf[c]
-                        p = ts
-                        break
-                    mseen[r, c] = True
-                    mls[r, c] = ls
-                    mvs[r, c] = vs
-                    mve[r, c] = ve
+                    if target < 0:
+                        if mseen[r, c] and not repeated:
+                            code = E_DUP
+                            efield = first_leaf[c]
+                            p = ts
+                            break
+                        if mseen[r, c]:
+                            rep[r] = True
+                        else:
+                            mseen[r, c] = True
+                            mls[r, c] = ls
+                            mvs[r, c] = vs
+                            mve[r, c] = ve
+                    st_ls[d + 1] = ls
+                    st_vs[d + 1] = vs
+                    st_ve[d + 1] = ve
                     d += 1
                     snode[d] = c
                     send[d] = ve
                     p = vs
                     continue
                 lf = leaf[c]
-                if vkind[r, lf] != K_MISSING:
+                seen = cnt[r, lf]
+                cnt[r, lf] += 1
+                if seen > 0 and not repeated:
                     code = E_DUP
                     efield = lf
                     p = ts
                     break
+                if seen > 0:
+                    rep[r] = True
+                take = (seen == 0) if target < 0 else (lf == target and seen == occ)
                 kind = K_NUMBER
                 if t == 1:  # string
                     q = vs
@@ -498,19 +536,30 @@ def _scan(data, starts, ends, parent, fieldno, ftype, leaf, ch_start, ch_count, 
                     for q in range(vs, ve):
                         if data[q] & 0x7F:
                             kind = K_TRUE
-                vstart[r, lf] = vs
-                vend[r, lf] = ve
-                vkind[r, lf] = kind
-                fstart[r, lf] = ts
-                lstart[r, lf] = ls
+                if take:
+                    vstart[r, lf] = vs
+                    vend[r, lf] = ve
+                    vkind[r, lf] = kind
+                    fstart[r, lf] = ts
+                    lstart[r, lf] = ls
+                    if target >= 0:  # the path messages around this occurrence
+                        for k in range(1, d + 1):
+                            mn = snode[k]
+                            mseen[r, mn] = True
+                            mls[r, mn] = st_ls[k]
+                            mvs[r, mn] = st_vs[k]
+                            mve[r, mn] = st_ve[k]
             p = ve
         if code != 0:
             err[r] = code
             errpos[r] = p - s
             errfield[r] = efield
+            rep[r] = False
             for j in range(nleaves):
                 vkind[r, j] = K_MISSING
-    return vstart, vend, vkind, err, errpos, errfield, fstart, lstart, body, mls, mvs, mve, mseen
+                cnt[r, j] = 0
+    return (vstart, vend, vkind, err, errpos, errfield, fstart, lstart, body, mls, mvs, mve, mseen,
+            cnt, rep)  # fmt: skip
 
 
 def _first_leaf(lay: ProtoLayout) -> np.ndarray:
@@ -524,16 +573,30 @@ def _first_leaf(lay: ProtoLayout) -> np.ndarray:
     return fl
 
 
-def scan(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, lay: ProtoLayout) -> ProtoScan:
-    """Validate each frame and locate the layout's fields (spans of the values' bytes)."""
+def scan(
+    data: np.ndarray, starts: np.ndarray, ends: np.ndarray, lay: ProtoLayout,
+    repeated: bool = True, target: int = -1, occ: int = 0,
+) -> ProtoScan:  # fmt: skip
+    """Validate each frame and locate the layout's fields (spans of the values' bytes).
+
+    A field that occurs more than once in a record (a repeated field with several elements, or
+    a field inside a repeated message on its path) marks the record in `sc.rep`, and `sc.counts`
+    (n, leaves) says how often each field occurs: such a record is masked one occurrence at a
+    time, by scans with `target` (a field) and `occ` (its occurrence, in document order) that
+    locate that occurrence and the message instances around it, for `emit` to fix their
+    lengths. `repeated=False` makes a second occurrence an error (E_DUP) instead."""
     out = _scan(
         data, starts, ends, lay.parent, lay.fieldno, lay.ftype, lay.leaf, lay.ch_start,
         lay.ch_count, lay.children, len(lay.paths), lay.depth, _WIRE_OF, _first_leaf(lay),
+        repeated, target, occ,
     )  # fmt: skip
-    vs, ve, vk, err, errpos, errfield, fstart, lstart, body, mls, mvs, mve, mseen = out
-    return ProtoScan(
+    vs, ve, vk, err, errpos, errfield, fstart, lstart, body, mls, mvs, mve, mseen, cnt, rep = out
+    sc = ProtoScan(
         starts, ends, vs, ve, vk, err, errpos, errfield, fstart, lstart, body, mls, mvs, mve, mseen
     )
+    sc.counts = cnt  # type: ignore[attr-defined]
+    sc.rep = rep  # type: ignore[attr-defined]
+    return sc
 
 
 # ---------------------------------------------------------------- extract
@@ -861,6 +924,128 @@ def emit(
         pick(sc.lstart), pick(sc.vend), present,
         rep_off, rep_data, rep_valid, sc.mls, sc.mvs, sc.mve, sc.mseen, prefix,
     )  # fmt: skip
+    return string_array(off, out, None, binary=True)
+
+
+@njit(cache=True)
+def _field_end(data, p, end):
+    """(tag start, after tag, value start, value end, field number, wire type) of the field at
+    p; value end -1 when it cannot be read."""
+    tag, q = _varint(data, p, end)
+    if q < 0:
+        return p, -1, -1, -1, 0, 0
+    fno = np.int64(tag >> np.uint64(3))
+    wt = np.int64(tag & np.uint64(7))
+    if wt == 0:
+        _, r = _varint(data, q, end)
+        return p, q, q, r, fno, wt
+    if wt == 1:
+        return p, q, q, q + 8, fno, wt
+    if wt == 5:
+        return p, q, q, q + 4, fno, wt
+    if wt == 2:
+        m, r = _varint(data, q, end)
+        if r < 0:
+            return p, q, -1, -1, fno, wt
+        return p, q, r, r + np.int64(m), fno, wt
+    return p, q, -1, -1, fno, wt
+
+
+@njit(cache=True)
+def _drop(data, offsets, parent, fieldno, ftype, leaf, ch_start, ch_count, children, depth):
+    """Each frame with only the fields on the layout's paths (every instance of a repeated
+    one), length prefixes recomputed: two walks per frame, the first sizing each kept message
+    instance (in visiting order), the second writing."""
+    n = offsets.shape[0] - 1
+    out = np.empty(offsets[n] - offsets[0] + 16, np.uint8)
+    off = np.zeros(n + 1, np.int64)
+    cap = 64
+    sizes = np.zeros(cap, np.int64)
+    snode = np.zeros(depth + 2, np.int64)
+    send = np.zeros(depth + 2, np.int64)
+    sidx = np.zeros(depth + 2, np.int64)  # the open instance's index in `sizes`
+    acc = np.zeros(depth + 2, np.int64)
+    o = 0
+    for r in range(n):
+        s = offsets[r]
+        e = offsets[r + 1]
+        if e == s:  # a record not emitted
+            off[r + 1] = o
+            continue
+        ln, b = _varint(data, s, e)
+        for walk in range(2):
+            k = 0  # instances seen
+            d = 0
+            snode[0] = 0
+            send[0] = e
+            acc[0] = 0
+            p = b
+            if walk == 1:
+                o = _put_varint(out, o, np.uint64(sizes[0]))
+                k = 1
+            else:
+                k = 1
+            while True:
+                if p >= send[d]:
+                    if d == 0:
+                        break
+                    if walk == 0:
+                        sz = acc[d]
+                        sizes[sidx[d]] = sz
+                        acc[d - 1] += sz + _vsize(np.uint64(sz))
+                    d -= 1
+                    continue
+                ts, q, vs, ve, fno, wt = _field_end(data, p, send[d])
+                if ve < 0 or ve > send[d]:
+                    break  # cannot happen for an emitted record; stop rather than loop
+                node = snode[d]
+                c = -1
+                for j in range(ch_start[node], ch_start[node] + ch_count[node]):
+                    if fieldno[children[j]] == fno:
+                        c = children[j]
+                        break
+                if c >= 0 and ftype[c] == 0 and wt == 2 and leaf[c] < 0:  # a path message
+                    if walk == 0:
+                        if k == cap:
+                            cap *= 2
+                            s2 = np.zeros(cap, np.int64)
+                            s2[:k] = sizes[:k]
+                            sizes = s2
+                        acc[d] += q - ts  # its tag; its length prefix when it closes
+                    else:
+                        for t in range(ts, q):
+                            out[o] = data[t]
+                            o += 1
+                        o = _put_varint(out, o, np.uint64(sizes[k]))
+                    sidx[d + 1] = k
+                    k += 1
+                    d += 1
+                    snode[d] = c
+                    send[d] = ve
+                    acc[d] = 0
+                    p = vs
+                    continue
+                if c >= 0 and leaf[c] >= 0:  # a named field: kept whole
+                    if walk == 0:
+                        acc[d] += ve - ts
+                    else:
+                        for t in range(ts, ve):
+                            out[o] = data[t]
+                            o += 1
+                p = ve
+            if walk == 0:
+                sizes[0] = acc[0]
+        off[r + 1] = o
+    return off, out[:o]
+
+
+def drop_unknown(records: pa.Array, lay: ProtoLayout) -> pa.Array:
+    """Emitted frames with only the fields on the layout's paths: what `unknown_fields: drop`
+    writes (unknown fields and every field the policy does not name are left out). Empty
+    entries (records not emitted) stay empty."""
+    b = string_buffers(records)
+    off, out = _drop(b.data, b.offsets, lay.parent, lay.fieldno, lay.ftype, lay.leaf,
+                     lay.ch_start, lay.ch_count, lay.children, lay.depth)  # fmt: skip
     return string_array(off, out, None, binary=True)
 
 

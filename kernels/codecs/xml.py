@@ -50,12 +50,18 @@ __all__ = [
     "XmlLayout",
     "build_layout",
     "find_prolog",
+    "record_spans",
+    "root_is_record",
     "check_prolog",
     "boundary",
     "split",
     "scan",
     "extract_columns",
     "escape",
+    "unknown_spans",
+    "unescape_spans",
+    "rewrite",
+    "drop_unknown",
     "emit",
     "tail",
     "replay_document",
@@ -340,6 +346,48 @@ def find_prolog(data: np.ndarray, lay: XmlLayout) -> int:
     return int(s[0]) if len(s) else -1
 
 
+def record_spans(data: np.ndarray, lay: XmlLayout) -> tuple[np.ndarray, np.ndarray]:
+    """(element starts, element ends) of every record in a whole document, its path matched
+    from the root; an end of -1 marks a record element that is not closed (the last found)."""
+    s, e = _records(data, lay.rec_names, lay.rec_off, 0, False)
+    return s.astype(np.int64), e.astype(np.int64)
+
+
+@njit(cache=True)
+def _roots(data, starts, ends, name, nlen):
+    n = starts.shape[0]
+    ok = np.zeros(n, np.bool_)
+    for r in range(n):
+        p = starts[r]
+        e = ends[r]
+        while p < e:
+            if data[p] != 60:
+                p += 1
+                continue
+            if p + 1 < e and data[p + 1] == 63:  # <?xml ...?> and other PIs
+                p = _skip_markup(data, p, e)
+                continue
+            if p + 3 < e and data[p + 1] == 33 and data[p + 2] == 45 and data[p + 3] == 45:
+                p = _skip_markup(data, p, e)  # a comment
+                continue
+            if p + 1 < e and data[p + 1] != 33 and data[p + 1] != 47:
+                ne = _name_end(data, p + 1, e)
+                ok[r] = _local_eq(data, p + 1, ne, name, 0, nlen)
+            break
+    return ok
+
+
+def root_is_record(
+    data: np.ndarray, starts: np.ndarray, ends: np.ndarray, lay: XmlLayout
+) -> np.ndarray:
+    """Per span, is its first element (after an XML declaration, comments, whitespace) a record
+    element (the record path's last step, by local name)? For values that each hold one record:
+    a value rooted elsewhere would otherwise be scanned as a record whose fields are all missing,
+    and pass through unmasked."""
+    last = lay.record[-1].encode()
+    return _roots(data, starts, ends, np.frombuffer(last + b"\0", np.uint8), len(last))
+
+
 _DECL = re.compile(rb"xmlns(?::([A-Za-z_][\w.\-]*))?\s*=\s*(?:\"([^\"]*)\"|'([^']*)')")
 
 
@@ -525,8 +573,14 @@ def _child(parent, is_attr, names, name_off, node, attr, data, s, e, local):
 
 
 @njit(cache=True)
-def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves, locate_only):
+def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves, locate_only, occ,
+          repeated):  # fmt: skip
+    """`occ`: which occurrence of each field to locate (0: the first); `repeated`: whether a
+    field may occur more than once (else a second occurrence is E_DUP). Also returns how often
+    each field occurs in each record."""
     n = starts.shape[0]
+    cnt = np.zeros((n, max(nleaves, 1)), np.int32)
+    etrack = np.zeros(MAX_DEPTH + 1, np.bool_)  # is the open element the tracked occurrence
     vstart = np.zeros((n, nleaves), np.int64)
     vend = np.zeros((n, nleaves), np.int64)
     vkind = np.zeros((n, nleaves), np.int8)
@@ -576,7 +630,7 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves, l
                     code = _chars_ok(data, p + 4, q)
                     if code != 0:
                         break
-                    if d > 0 and enode[d - 1] >= 0 and leaf[enode[d - 1]] >= 0:
+                    if d > 0 and enode[d - 1] >= 0 and leaf[enode[d - 1]] >= 0 and etrack[d - 1]:
                         vkind[r, leaf[enode[d - 1]]] = K_OBJECT  # mixed content in a field
                     p = q + 3
                     continue
@@ -602,7 +656,7 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves, l
                 code = _chars_ok(data, p + 2, q)
                 if code != 0:
                     break
-                if d > 0 and enode[d - 1] >= 0 and leaf[enode[d - 1]] >= 0:
+                if d > 0 and enode[d - 1] >= 0 and leaf[enode[d - 1]] >= 0 and etrack[d - 1]:
                     vkind[r, leaf[enode[d - 1]]] = K_OBJECT
                 p = q + 2
                 continue
@@ -624,7 +678,7 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves, l
                     break
                 d -= 1
                 node = enode[d]
-                if node >= 0 and leaf[node] >= 0:
+                if node >= 0 and leaf[node] >= 0 and etrack[d]:
                     lf = leaf[node]
                     vend[r, lf] = p
                     found += 1
@@ -650,7 +704,8 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves, l
                 node = -1
                 if pn >= 0:
                     if leaf[pn] >= 0:  # a child element inside a field: the field is an object
-                        vkind[r, leaf[pn]] = K_OBJECT
+                        if etrack[d - 1]:
+                            vkind[r, leaf[pn]] = K_OBJECT
                     else:
                         node = _child(
                             parent, is_attr, names, name_off, pn, False, data, ns, ne, True
@@ -719,29 +774,37 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves, l
                     a = _child(parent, is_attr, names, name_off, node, True, data, an, ae, True)
                     if a >= 0 and leaf[a] >= 0:
                         lf = leaf[a]
-                        if vkind[r, lf] != K_MISSING:
+                        c = cnt[r, lf]
+                        cnt[r, lf] += 1
+                        if c > 0 and not repeated:
                             code = E_DUP
                             efield = lf
                             break
-                        vstart[r, lf] = vs
-                        vend[r, lf] = ve
-                        vkind[r, lf] = K_STRING
-                        found += 1
+                        if c == occ:
+                            vstart[r, lf] = vs
+                            vend[r, lf] = ve
+                            vkind[r, lf] = K_STRING
+                            found += 1
                 q = ve + 1
             if code != 0:
                 p = q
                 break
+            track = False
             if node >= 0 and leaf[node] >= 0:
                 lf = leaf[node]
-                if vkind[r, lf] != K_MISSING:
+                c = cnt[r, lf]
+                cnt[r, lf] += 1
+                if c > 0 and not repeated:
                     code = E_DUP
                     efield = lf
                     break
-                vstart[r, lf] = q
-                vend[r, lf] = q
-                if empty:
-                    vkind[r, lf] = K_NULL
-                    found += 1
+                track = c == occ
+                if track:
+                    vstart[r, lf] = q
+                    vend[r, lf] = q
+                    if empty:
+                        vkind[r, lf] = K_NULL
+                        found += 1
             if empty:
                 if d == 0:
                     done = q
@@ -749,6 +812,7 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves, l
                 estart[d] = ns
                 eend[d] = ne
                 enode[d] = node
+                etrack[d] = track
                 d += 1
             p = q
         if code == 0 and done < 0:
@@ -759,7 +823,8 @@ def _scan(data, starts, ends, parent, is_attr, leaf, names, name_off, nleaves, l
             errfield[r] = efield
             for j in range(nleaves):
                 vkind[r, j] = K_MISSING
-    return vstart, vend, vkind, err, errpos, errfield
+                cnt[r, j] = 0
+    return vstart, vend, vkind, err, errpos, errfield, cnt
 
 
 def scan(
@@ -768,15 +833,52 @@ def scan(
     ends: np.ndarray,
     lay: XmlLayout,
     locate_only: bool = False,
+    repeated: bool = True,
 ) -> Scan:
     """Validate each record element and locate the layout's fields (text or attribute spans).
     `locate_only` (the router, which needs the key alone) stops reading a record once every
-    field is found; the worker's full scan validates the rest."""
-    vs, ve, vk, err, errpos, errfield = _scan(
-        data, starts, ends, lay.parent, lay.is_attr, lay.leaf, lay.names, lay.name_off,
-        len(lay.paths), locate_only,
-    )  # fmt: skip
-    return Scan(starts, ends, vs, ve, vk, err, errpos, errfield)
+    field is found; the worker's full scan validates the rest.
+
+    A field that occurs several times in a record (an element repeated, in one parent or in
+    repeated parents) has one span per occurrence: the first in column `leaf`, each further
+    one in a column after the layout's fields, listed in `sc.extra[leaf]` (`sc.leaf_of` maps
+    every column to its field). Each further occurrence costs one more pass over the records
+    that have it. `repeated=False` makes a second occurrence an error (E_DUP) instead."""
+    nl = len(lay.paths)
+    args = (lay.parent, lay.is_attr, lay.leaf, lay.names, lay.name_off, nl)
+    vs, ve, vk, err, errpos, errfield, cnt = _scan(
+        data, starts, ends, *args, locate_only, 0, repeated
+    )
+    sc = Scan(starts, ends, vs, ve, vk, err, errpos, errfield)
+    sc.extra = {}  # type: ignore[attr-defined]
+    sc.leaf_of = np.arange(nl, dtype=np.int64)  # type: ignore[attr-defined]
+    top = int(cnt.max()) if nl and len(starts) and not locate_only else 0
+    if top <= 1:
+        return sc
+    more = np.flatnonzero(cnt.max(axis=0) > 1)
+    cols_s, cols_e, cols_k, leaf_of = [vs], [ve], [vk], [sc.leaf_of]
+    col = nl
+    for j in range(1, top):
+        sel = np.flatnonzero(cnt.max(axis=0) > j)
+        rows = np.flatnonzero((cnt[:, sel] > j).any(axis=1))
+        s_j, e_j, k_j, *_ = _scan(data, starts[rows], ends[rows], *args, False, j, True)
+        for f in sel:
+            a = np.zeros(len(starts), np.int64)
+            b = np.zeros(len(starts), np.int64)
+            k = np.zeros(len(starts), np.int8)
+            a[rows], b[rows], k[rows] = s_j[:, f], e_j[:, f], k_j[:, f]
+            cols_s.append(a[:, None])
+            cols_e.append(b[:, None])
+            cols_k.append(k[:, None])
+            leaf_of.append(np.array([f], np.int64))
+            sc.extra.setdefault(int(f), []).append(col)  # type: ignore[attr-defined]
+            col += 1
+    del more
+    sc.vstart = np.ascontiguousarray(np.hstack(cols_s))
+    sc.vend = np.ascontiguousarray(np.hstack(cols_e))
+    sc.vkind = np.ascontiguousarray(np.hstack(cols_k))
+    sc.leaf_of = np.concatenate(leaf_of)  # type: ignore[attr-defined]
+    return sc
 
 
 # ---------------------------------------------------------------- extract and escape
@@ -881,7 +983,9 @@ def extract_columns(
     """The fields' text as large_string columns (null where missing, empty or not text)."""
     leaves_a = np.array(leaves, np.int64)
     node_of = {int(lf): i for i, lf in enumerate(lay.leaf) if lf >= 0}
-    attr = np.array([bool(lay.is_attr[node_of[lf]]) for lf in leaves], np.bool_)
+    leaf_of = getattr(sc, "leaf_of", None)  # a further occurrence's column -> its field
+    fields = [int(leaf_of[lf]) if leaf_of is not None else lf for lf in leaves]
+    attr = np.array([bool(lay.is_attr[node_of[f]]) for f in fields], np.bool_)
     off, out, valid, base, pos = _unescape(
         data,
         np.ascontiguousarray(sc.vstart[:, leaves_a]),
@@ -928,6 +1032,326 @@ def escape(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     b = string_buffers(values)
     off, out = _escape(b.offsets, b.data, b.valid, _ESC, _ESC_LEN)
     return off - off[0], out
+
+
+# ---------------------------------------------------------------- unknown fields
+
+
+@njit(cache=True)
+def _grow(a, r):
+    if r < a.shape[0]:
+        return a
+    b = np.empty(2 * a.shape[0], a.dtype)
+    b[: a.shape[0]] = a
+    return b
+
+
+@njit(cache=True)
+def _unknown(data, starts, ends, ok, skip_s, skip_e, skip_k):
+    """(record, start, end, is attribute) of every text run, CDATA section and attribute value
+    inside each ok record's element, except those inside a span of skip (n, k) with kind != 0."""
+    cap = 64
+    rec = np.empty(cap, np.int64)
+    vs = np.empty(cap, np.int64)
+    ve = np.empty(cap, np.int64)
+    at = np.empty(cap, np.bool_)
+    r = 0
+    k = skip_s.shape[1]
+    for i in range(starts.shape[0]):
+        if not ok[i]:
+            continue
+        p = starts[i]
+        e = ends[i]
+        d = 0
+        opened = False
+        while p < e and not (opened and d == 0):
+            c = data[p]
+            a = -1
+            b = -1
+            is_attr = False
+            if c != 60:
+                q = p
+                while q < e and data[q] != 60:
+                    q += 1
+                if d > 0:
+                    t = p
+                    while t < q and _is_ws(data[t]):
+                        t += 1
+                    if t < q:
+                        a, b = p, q
+                p = q
+            elif p + 8 < e and data[p + 1] == 33 and data[p + 2] == 91:  # CDATA
+                q = _skip_markup(data, p, e)
+                if d > 0:
+                    a, b = p, q
+                p = q
+            elif p + 1 < e and (data[p + 1] == 33 or data[p + 1] == 63):
+                p = _skip_markup(data, p, e)
+                continue
+            elif p + 1 < e and data[p + 1] == 47:  # end tag
+                q, _ = _tag_end(data, p, e)
+                d -= 1
+                p = q
+                continue
+            else:  # start tag: its attribute values
+                q, empty = _tag_end(data, p, e)
+                t = _name_end(data, p + 1, q)
+                while t < q:
+                    cc = data[t]
+                    if cc == 34 or cc == 39:
+                        u = t + 1
+                        while u < q and data[u] != cc:
+                            u += 1
+                        # the attribute's name: skip namespace declarations
+                        ns = t - 1
+                        while ns > p and data[ns] != 61:
+                            ns -= 1
+                        ns -= 1
+                        while ns > p and _is_ws(data[ns]):
+                            ns -= 1
+                        nb = ns
+                        while nb > p and not _is_ws(data[nb]):
+                            nb -= 1
+                        xmlns = (ns - nb >= 5 and data[nb + 1] == 120 and data[nb + 2] == 109
+                                 and data[nb + 3] == 108 and data[nb + 4] == 110
+                                 and data[nb + 5] == 115)  # fmt: skip
+                        if u > t + 1 and not xmlns:
+                            inside = False
+                            for f in range(k):
+                                if skip_k[i, f] != 0 and skip_s[i, f] <= t + 1 < skip_e[i, f]:
+                                    inside = True
+                            if not inside:
+                                rec = _grow(rec, r)
+                                vs = _grow(vs, r)
+                                ve = _grow(ve, r)
+                                at = _grow(at, r)
+                                rec[r] = i
+                                vs[r] = t + 1
+                                ve[r] = u
+                                at[r] = True
+                                r += 1
+                        t = u + 1
+                    else:
+                        t += 1
+                opened = True
+                if not empty:
+                    d += 1
+                p = q
+                continue
+            if a >= 0:
+                inside = False
+                for f in range(k):
+                    if skip_k[i, f] != 0 and skip_s[i, f] <= a < skip_e[i, f]:
+                        inside = True
+                if not inside:
+                    rec = _grow(rec, r)
+                    vs = _grow(vs, r)
+                    ve = _grow(ve, r)
+                    at = _grow(at, r)
+                    rec[r] = i
+                    vs[r] = a
+                    ve[r] = b
+                    at[r] = is_attr
+                    r += 1
+    return rec[:r], vs[:r], ve[:r], at[:r]
+
+
+def unknown_spans(
+    data: np.ndarray, sc: Scan, ok: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(record, start, end, is attribute) of the text the policy does not name in the records
+    where `ok`: every run of character data and CDATA section inside the record element, and
+    every attribute value but namespace declarations, outside the fields' spans (`sc`). A
+    value split by a CDATA section or a comment is seen in pieces."""
+    return _unknown(data, sc.starts, sc.ends, ok, sc.vstart, sc.vend, sc.vkind)
+
+
+def unescape_spans(data: np.ndarray, vs: np.ndarray, ve: np.ndarray, attr: bool) -> pa.Array:
+    """The text of spans as an XML parser reads it (one large_string value per span)."""
+    n = len(vs)
+    kinds = np.full((n, 1), K_STRING, np.int8)
+    off, out, valid, base, pos = _unescape(
+        data, vs.reshape(n, 1), ve.reshape(n, 1), kinds, np.array([attr], np.bool_)
+    )
+    return string_columns(off, out, valid, base, pos)[0]
+
+
+@njit(cache=True)
+def _rewrite(data, starts, ends, rec, vs, ve, rep_off, rep_data):
+    n = starts.shape[0]
+    total = 0
+    for i in range(n):
+        total += ends[i] - starts[i]
+    for j in range(rec.shape[0]):
+        total += rep_off[j + 1] - rep_off[j] - (ve[j] - vs[j])
+    out = np.empty(total + 1, np.uint8)
+    ns = np.empty(n, np.int64)
+    ne = np.empty(n, np.int64)
+    o = 0
+    j = 0
+    for i in range(n):
+        ns[i] = o
+        p = starts[i]
+        while j < rec.shape[0] and rec[j] == i:
+            for q in range(p, vs[j]):
+                out[o] = data[q]
+                o += 1
+            for q in range(rep_off[j], rep_off[j + 1]):
+                out[o] = rep_data[q]
+                o += 1
+            p = ve[j]
+            j += 1
+        for q in range(p, ends[i]):
+            out[o] = data[q]
+            o += 1
+        ne[i] = o
+    return out[:o], ns, ne
+
+
+def rewrite(
+    data: np.ndarray, starts: np.ndarray, ends: np.ndarray, rec: np.ndarray, vs: np.ndarray,
+    ve: np.ndarray, rep_off: np.ndarray, rep_data: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Records (one buffer, nothing added between them) with the spans (sorted by record and
+    position) replaced by the escaped texts `rep`; returns (data, starts, ends)."""
+    return _rewrite(data, starts, ends, rec, vs, ve, rep_off, rep_data)
+
+
+@njit(cache=True)
+def _drop(data, offsets, parent, is_attr, leaf, names, name_off):
+    """Each record with only the layout's fields: elements on a field's path with the fields'
+    attributes (and namespace declarations), field elements whole; other elements, text,
+    comments and attributes left out. The markup after the record element is kept."""
+    n = offsets.shape[0] - 1
+    out = np.empty(offsets[n] - offsets[0] + 1, np.uint8)
+    off = np.zeros(n + 1, np.int64)
+    knode = np.zeros(MAX_DEPTH + 2, np.int64)
+    o = 0
+    for r in range(n):
+        p = offsets[r]
+        e = offsets[r + 1]
+        d = 0
+        skip = -1  # depth at which a left-out element opened
+        while p < e:
+            c = data[p]
+            inleaf = d > 0 and skip < 0 and leaf[knode[d - 1]] >= 0
+            if c != 60:
+                q = p
+                while q < e and data[q] != 60:
+                    q += 1
+                if inleaf or d == 0:  # d == 0: before the record element (a declaration)
+                    for k in range(p, q):
+                        out[o] = data[k]
+                        o += 1
+                p = q
+                continue
+            if p + 1 < e and (data[p + 1] == 33 or data[p + 1] == 63):
+                q = _skip_markup(data, p, e)
+                if inleaf or d == 0:
+                    for k in range(p, q):
+                        out[o] = data[k]
+                        o += 1
+                p = q
+                continue
+            q, empty = _tag_end(data, p, e)
+            if p + 1 < e and data[p + 1] == 47:  # end tag
+                d -= 1
+                if skip >= 0:
+                    if d == skip:
+                        skip = -1
+                else:
+                    for k in range(p, q):
+                        out[o] = data[k]
+                        o += 1
+                p = q
+                if d <= 0:  # the record element closed: the rest is the tail
+                    for k in range(p, e):
+                        out[o] = data[k]
+                        o += 1
+                    p = e
+                continue
+            if skip >= 0 or d > MAX_DEPTH:
+                if not empty:
+                    d += 1
+                p = q
+                continue
+            ne = _name_end(data, p + 1, q)
+            if d == 0:
+                node = 0
+            elif inleaf:
+                node = knode[d - 1]
+            else:
+                node = _child(parent, is_attr, names, name_off, knode[d - 1], False, data,
+                              p + 1, ne, True)  # fmt: skip
+            if node < 0:
+                if not empty:
+                    skip = d
+                    d += 1
+                p = q
+                continue
+            if inleaf:
+                for k in range(p, q):
+                    out[o] = data[k]
+                    o += 1
+            else:
+                for k in range(p, ne):
+                    out[o] = data[k]
+                    o += 1
+                t = ne
+                while t < q:
+                    while t < q and _is_ws(data[t]):
+                        t += 1
+                    if t >= q or data[t] == 47 or data[t] == 62:
+                        break
+                    an = t
+                    ae = _name_end(data, an, q)
+                    u = ae
+                    while u < q and data[u] != 34 and data[u] != 39:
+                        u += 1
+                    if u >= q:
+                        break
+                    qc = data[u]
+                    v = u + 1
+                    while v < q and data[v] != qc:
+                        v += 1
+                    keep = (ae - an >= 5 and data[an] == 120 and data[an + 1] == 109
+                            and data[an + 2] == 108 and data[an + 3] == 110
+                            and data[an + 4] == 115)  # fmt: skip  # xmlns
+                    if not keep:
+                        a = _child(parent, is_attr, names, name_off, node, True, data, an, ae, True)
+                        keep = a >= 0 and leaf[a] >= 0
+                    if keep:
+                        out[o] = 32
+                        o += 1
+                        for k in range(an, v + 1):
+                            out[o] = data[k]
+                            o += 1
+                    t = v + 1
+                if empty:
+                    out[o] = 47
+                    o += 1
+                out[o] = 62
+                o += 1
+            if not empty:
+                knode[d] = node
+                d += 1
+            elif d == 0:  # an empty record element: the rest is the tail
+                for k in range(q, e):
+                    out[o] = data[k]
+                    o += 1
+                q = e
+            p = q
+        off[r + 1] = o
+    return off, out[:o]
+
+
+def drop_unknown(records: pa.Array, lay: XmlLayout) -> pa.Array:
+    """Emitted records (`emit`'s output) with only the layout's fields (see `_drop`): what
+    `unknown_fields: drop` writes. Empty entries (records not emitted) stay empty."""
+    b = string_buffers(records)
+    off, out = _drop(b.data, b.offsets, lay.parent, lay.is_attr, lay.leaf, lay.names,
+                     lay.name_off)  # fmt: skip
+    return string_array(off, out, None, binary=True)
 
 
 @njit(cache=True)

@@ -30,12 +30,18 @@ def test_xml_options_reach_the_plan():
     assert plan.paths == ("@id", "A/B", "A/C/@d")
 
 
-def test_unknown_fields_drop_is_refused_for_xml_and_protobuf_at_compile():
-    pol = parse_policy(XML.replace("UNKNOWN", "drop"), "p.yaml")
+def test_unknown_fields_drop_and_detect_compile_for_xml_and_detect_is_refused_for_protobuf():
+    pb = XML.replace("format: xml", "format: protobuf").replace(
+        'xml: {record: "p:Doc/p:Rec", namespaces: {p: "urn:x"}}',
+        "protobuf: {descriptor_set: x.pb, message: a.B}",
+    )
+    for how in ("drop", "detect"):
+        assert compile_stream(parse_policy(XML.replace("UNKNOWN", how), "p.yaml"), "s")
+    assert compile_stream(parse_policy(pb.replace("UNKNOWN", "drop"), "p.yaml"), "s")
     with pytest.raises(
-        PolicyError, match="streams.s.unknown_fields: drop is not supported for xml"
+        PolicyError, match="streams.s.unknown_fields: detect is not supported for protobuf"
     ):
-        compile_stream(pol, "s", "p.yaml")
+        compile_stream(parse_policy(pb.replace("UNKNOWN", "detect"), "p.yaml"), "s", "p.yaml")
 
 
 @pytest.mark.parametrize(

@@ -218,15 +218,10 @@ def test_messages_never_quote_values():
         # every technique and format is built; what a format cannot do yet is refused here
         (
             "format: ndjson\n    key: account.id\n    unknown_fields: keep",
-            "format: xml\n    xml: {record: Doc/Payment}\n    key: account.id\n"
-            "    unknown_fields: drop",
-            "streams.payments.unknown_fields: drop is not supported for xml yet (use keep)",
-        ),
-        (
-            "format: ndjson\n    key: account.id\n    unknown_fields: keep",
-            "format: xml\n    xml: {record: Doc/Payment}\n    key: account.id\n"
-            "    unknown_fields: detect",
-            "streams.payments.unknown_fields: detect is not supported for xml yet (use keep)",
+            "format: protobuf\n    protobuf: {descriptor_set: x.pb, message: a.B}\n"
+            "    key: account.id\n    unknown_fields: detect",
+            "streams.payments.unknown_fields: detect is not supported for protobuf yet "
+            "(use keep or drop)",
         ),
     ],
 )

@@ -146,8 +146,6 @@ BROKEN = [
     ("wire type 6", pb.frame([b"\x0e"]), pb.E_WIRE),
     ("string as varint", pb.frame([b"\x08\x01"]), pb.E_TYPE),
     ("bad UTF-8 in a string", pb.frame([b"\x0a\x02\xc3\x28"]), pb.E_UTF8),
-    ("a field twice", pb.frame([b"\x0a\x01a\x0a\x01b"]), pb.E_DUP),
-    ("a path message twice", pb.frame([b"\x1a\x02\x0a\x00\x1a\x00"]), pb.E_DUP),
     ("truncated frame", b"\x05ab", pb.E_FRAMING),
 ]
 
@@ -163,13 +161,43 @@ def test_broken_records_get_their_reason_and_the_neighbours_are_kept(schema, wha
     assert code in pb.ERRORS
 
 
-def test_repeated_field_with_one_element_is_masked_and_with_two_is_refused(schema):
+@pytest.mark.parametrize(
+    "frame",
+    [pb.frame([b"\x0a\x01a\x0a\x01b"]), pb.frame([b"\x1a\x02\x0a\x00\x1a\x00"])],
+    ids=["a field twice", "a path message twice"],
+)
+def test_a_second_occurrence_marks_the_record_or_is_an_error_when_not_repeated(schema, frame):
+    ds, _ = schema
+    data, lay, sc = _scan(ds, frame)
+    assert list(sc.err) == [0] and list(sc.rep) == [True]
+    strict = pb.scan(data, sc.starts, sc.ends, lay, repeated=False)
+    assert list(strict.err) == [pb.E_DUP]
+
+
+def test_each_occurrence_is_located_with_the_message_instances_around_it(schema):
+    ds, cls = schema
+    m = cls(others=[{"name": "a"}, {"email": "x"}, {"name": "b"}], tags=["t1", "t2"])
+    data, lay, sc = _scan(ds, pb.frame([m.SerializeToString()]), ["others.name", "tags"])
+    assert list(sc.counts[0]) == [2, 2] and sc.rep[0]
+    for leaf, occ, want in [(0, 0, "a"), (0, 1, "b"), (1, 1, "t2")]:
+        one = pb.scan(data, sc.starts, sc.ends, lay, target=leaf, occ=occ)
+        (got,) = pb.extract_columns(data, one, lay, [leaf])[0].to_pylist()
+        assert got == want
+        out = pb.emit(data, one, lay, np.array([True]), [leaf], np.ones((1, 1), bool),
+                      [pa.array(["LONGER-" + want])])  # fmt: skip
+        back = cls.FromString(pb.unframe(out)[0])  # every enclosing length fixed up
+        names = [o.name for o in back.others]
+        assert ("LONGER-" + want) in (names if leaf == 0 else list(back.tags))
+        assert len(back.others) == 3 and back.others[1].email == "x"
+
+
+def test_repeated_field_with_one_element_is_masked_as_a_field(schema):
     ds, cls = schema
     one, two = cls(tags=["a"]), cls(tags=["a", "b"])
     data, lay, sc = _scan(
         ds, pb.frame([one.SerializeToString(), two.SerializeToString()]), ["tags"]
     )
-    assert list(sc.err) == [0, pb.E_DUP] and sc.errfield[1] == 0
+    assert list(sc.err) == [0, 0] and list(sc.rep) == [False, True]
     out = pb.emit(
         data, sc, lay, np.array([True, False]), [0], np.ones((2, 1), bool), [pa.array(["Z", "Z"])]
     )

@@ -117,7 +117,6 @@ MALFORMED = [
     ("an attribute twice", (b"Ccy='USD'", b"Ccy='USD' Ccy='EUR'"), X.E_SYNTAX),
     ("]]> in text", (b"Jr", b"J]]>r"), X.E_SYNTAX),
     ("DOCTYPE inside", (b"<p:Amt>", b"<!DOCTYPE x><p:Amt>"), X.E_DTD),
-    ("field twice", (b"<p:Cdtr>", b"<p:Cdtr><p:Nm>x</p:Nm>"), X.E_DUP),
     ("invalid UTF-8", (b"Jr", b"J\xff"), X.E_UTF8),
     ("control character", (b"Jr", b"J\x01"), X.E_UTF8),
     ("invalid UTF-8 in a tag name", (b"<p:Cdtr>", b"<p:Cdtr><a\xff/>"), X.E_SYNTAX),
@@ -240,3 +239,21 @@ def test_replay_document_wraps_dead_records_in_their_namespaced_ancestors():
     assert len(recs) == 4
     _, body2, lay2, sc2, _ = _split(doc)
     assert len(sc2.starts) == 4 and (sc2.err == 0).all()
+
+
+def test_a_field_that_occurs_again_gets_a_span_per_occurrence_in_extra_columns():
+    doc = (b"<r><e id='1'><a>x</a><a/><t k='p'/><t k='q'><a>no</a></t><a>y<b/></a></e>"
+           b"<e id='2'><a>z</a></e><e id='3'><t k='s'/></e></r>")  # fmt: skip
+    _, body, lay, sc, _ = _split(doc, "r/e", ("a", "t/@k", "@id"))
+    assert (sc.err == 0).all()
+    # columns: the fields, then the second occurrences (a, t/@k), then the third (a)
+    assert sc.extra == {0: [3, 5], 1: [4]} and list(sc.leaf_of) == [0, 1, 2, 0, 1, 0]
+    assert list(sc.vkind[0]) == [K_STRING, K_STRING, K_STRING, K_NULL, K_STRING, K_OBJECT]
+    assert list(sc.vkind[1]) == [K_STRING, K_MISSING, K_STRING, K_MISSING, K_MISSING, K_MISSING]
+    cols = X.extract_columns(body, sc, lay, [0, 1, 3, 4, 5])
+    assert [c.to_pylist() for c in cols] == [
+        ["x", "z", None], ["p", None, "s"], [None, None, None], ["q", None, None],
+        [None, None, None]]  # fmt: skip
+    # t/a is not the field a; without `repeated`, a second occurrence is an error
+    nested = X.scan(body, sc.starts, sc.ends, lay, repeated=False)
+    assert list(nested.err) == [X.E_DUP, 0, 0]

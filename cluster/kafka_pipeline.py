@@ -608,6 +608,8 @@ def run_kafka(
             if not polled and writing is not None:  # an idle input: finish the last round
                 _finish_writes(writing, srcs, views, summary, metrics, broker_timeout_s, pending)
                 writing = None
+                if progress is not None:
+                    progress(summary)
             if not polled:
                 summary.lag_s = 0.0  # nothing waits (or the broker is away: no news of lag)
             lag = summary.lag_s

@@ -49,7 +49,8 @@ __all__ = [
 MAX_BODY_BYTES = 8 << 20
 # Serve's replica autoscaling (build_app: `max_replicas`, or a fixed `replicas` count instead)
 AUTOSCALING = {
-    "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8, "look_back_period_s": 4.0,
+    "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8,
+    "metrics_interval_s": 2.0, "look_back_period_s": 4.0,
     "upscale_delay_s": 2.0, "downscale_delay_s": 30.0,
 }  # fmt: skip
 MAX_ERRORS_LISTED = 100

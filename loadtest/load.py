@@ -501,7 +501,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--metrics-url", default=None, help="remote: Ray's Prometheus endpoint")
     ap.add_argument("--no-report", action="store_true", help="skip the PNG report")
+    ap.add_argument("--find-max", action="store_true",
+                    help="also find the highest 100-record request rate with p99 < 100 ms "
+                    "(open-loop steps; OUT/max.md)")  # fmt: skip
     return ap.parse_args(argv)
+
+
+def find_max(
+    out: Path, host: str, args: argparse.Namespace, metrics_url: str | None, *,
+    p99_limit_ms: float = 100.0, step_s: float = 8.0,
+) -> list[dict]:  # fmt: skip
+    """The highest 100-record request rate the app sustains with p99 under `p99_limit_ms`:
+    open-loop steps (each of --users users sends at a fixed rate, answered or not), rising until
+    p99 passes the limit, a request fails, or the app answers under 95% of what was offered.
+    Writes OUT/max.md and max.json; returns the steps."""
+    rows: list[dict] = []
+    for per_user in (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30):
+        offered = per_user * args.users
+        d = out / f"max-{offered}"
+        http_phase(d, host, args, classes=["MaskHundredRecords"], shape="steady",
+                   seconds=step_s, rate=float(per_user), check_every=0, metrics_url=metrics_url,
+                   deployment="MaskIngress")  # fmt: skip
+        a = aggregated(d)
+        ok = (a["p99_ms"] < p99_limit_ms and not a["failures"]
+              and a["requests_per_s"] >= 0.95 * offered)  # fmt: skip
+        rows.append({"offered_requests_per_s": offered, **a, "sustained": ok})
+        if not ok:
+            break
+    best = max((r for r in rows if r["sustained"]), key=lambda r: r["requests_per_s"],
+               default=None)  # fmt: skip
+    lines = [f"Open-loop steps of {step_s:.0f} s, {args.users} users, 100-record requests, "
+             f"views {args.views}; sustained = p99 < {p99_limit_ms:.0f} ms, no failure, "
+             ">= 95% of the offered rate answered.", "",
+             "| offered requests/s | answered requests/s | records/s | p50 ms | p99 ms | sustained |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {r['offered_requests_per_s']} | {r['requests_per_s']:.1f} | "
+                     f"{r['requests_per_s'] * 100:,.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+                     f"{'yes' if r['sustained'] else 'no'} |")  # fmt: skip
+    lines += ["", "Max sustained: " + (f"{best['requests_per_s'] * 100:,.0f} records/s "
+              f"({best['requests_per_s']:.1f} requests/s, p99 {best['p99_ms']:.0f} ms)"
+              if best else "none of the steps")]  # fmt: skip
+    (out / "max.md").write_text("\n".join(lines) + "\n")
+    (out / "max.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -549,6 +592,9 @@ def main(argv: list[str] | None = None) -> int:
                 stack.drop_echo()
             elif args.compare_echo:
                 print("--compare-echo needs the local stack (no --host): skipped", file=sys.stderr)
+            if args.find_max:
+                find_max(out, host, args, metrics)
+                print((out / "max.md").read_text())
             runs["http"] = http_phase(
                 out / "http", host, args, classes=["MaskOneRecord", "MaskHundredRecords"],
                 shape=args.shape, seconds=args.seconds, rate=args.http_rate, check_every=10,

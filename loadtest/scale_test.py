@@ -9,8 +9,11 @@ What runs, all started here and stopped at the end:
 - the embedded tansu broker, a topic of 3 partitions;
 - `run_kafka` with `autoscale`: workers of 1 CPU each (so each worker past the first needs a node
   of its own), starting with 1, growing from the lag up to `--max-workers`;
-- a producer whose rate follows the load shape: steady at `base` records/s, a spike to 5x base,
-  back to base, then idle, so the pool and the cluster come back down.
+- the load: Locust (loadtest/locustfile.py, `KafkaProducer` users of 30 records/s each) under
+  the day-in-the-life shape: a ramp to `base` records/s, steady, a spike to 5x base, back to
+  base, then nothing, so the pool and the cluster come back down. Locust measures each record's
+  end-to-end latency (`kafka e2e` in its CSV) and waits until every record it produced arrived
+  masked. (`--no-locust`: a paced producer in this process instead, same kind of shape.)
 
 On 2 shared cores a worker's real speed says nothing about a cluster's, so each worker stands for
 one of a known capacity (`--capacity` records/s, a sleep per batch, see run_kafka's
@@ -97,10 +100,44 @@ def _producer(bootstrap: str, topic: str, lines: list[bytes], parts: np.ndarray,
     done.set()
 
 
+LOCUST_USER_RATE = 30.0  # records/s per Locust Kafka user
+
+
+def _locust_producer(bootstrap: str, topic: str, run_dir: Path, users: int, seconds: float,
+                     offered: list, produced: list, done: threading.Event) -> None:  # fmt: skip
+    """The load from Locust: KafkaProducer users (loadtest/locustfile.py) under the
+    day-in-the-life shape (ramp, steady, a spike to 5x the users, recovery), LOCUST_USER_RATE
+    records/s each; Locust waits at the end until every record it produced has arrived masked
+    (its `kafka e2e` latencies). Fills `offered` from Locust's user count over time and
+    `produced` with the records the broker acknowledged."""
+    from raymask.loadtest.load import run_locust
+
+    try:
+        run_locust(
+            run_dir, ["KafkaProducer"], shape="day", users=users, seconds=seconds,
+            env={"RAYMASK_LOAD_KAFKA_TOPIC": topic, "RAYMASK_LOAD_KAFKA_RATE": str(LOCUST_USER_RATE),
+                 "RAYMASK_LOAD_KAFKA_OUTPUT": f"{topic}.masked.default",
+                 "RAYMASK_LOAD_PROFILE": "payments", "RAYMASK_LOAD_KEY": "account.id"},
+            args=["--bootstrap-servers", bootstrap, "--kafka-drain-s", "600"],
+            timeout_s=seconds + 900,
+        )  # fmt: skip
+        k = json.loads((run_dir / "kafka.json").read_text())
+        produced.append(int(k["acknowledged"]))
+        with open(run_dir / "locust_stats_history.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                if row["Name"] == "Aggregated":
+                    users_now = float(row["User Count"])
+                    offered.append((float(row["Timestamp"]), "locust", users_now * LOCUST_USER_RATE,
+                                    ""))  # fmt: skip
+    finally:
+        done.set()
+
+
 def run_scale_test(out: str | Path, *, capacity: float, max_workers: int, max_nodes: int,
-                   short: bool, settle_s: float = 90.0) -> dict:  # fmt: skip
+                   short: bool, settle_s: float = 90.0, locust: bool = True) -> dict:  # fmt: skip
     """Run the scenario (see the module docstring) and return its summary (also in
-    OUT/summary.json)."""
+    OUT/summary.json). `locust`: the load comes from Locust (else from a paced producer in
+    this process with the same shape)."""
     import ray
 
     from raymask.actors.autoscale import AutoscaleConfig
@@ -134,10 +171,20 @@ def run_scale_test(out: str | Path, *, capacity: float, max_workers: int, max_no
         with Broker() as broker:
             bs = broker.bootstrap
             asyncio.run(create_topic(bs, "scale-in", 3))
-            prod = threading.Thread(
-                target=_producer, args=(bs, "scale-in", lines, parts, stages, offered, done),
-                daemon=True,
-            )  # fmt: skip
+            produced_box: list = []
+            if locust:
+                base_users = max(1, round(0.6 * capacity / LOCUST_USER_RATE))
+                prod = threading.Thread(
+                    target=_locust_producer,
+                    args=(bs, "scale-in", out / "locust", base_users,
+                          60.0 if short else 160.0, offered, produced_box, done),
+                    daemon=True,
+                )  # fmt: skip
+            else:
+                prod = threading.Thread(
+                    target=_producer, args=(bs, "scale-in", lines, parts, stages, offered, done),
+                    daemon=True,
+                )  # fmt: skip
 
             def sample() -> None:
                 while not stop.is_set():
@@ -164,8 +211,9 @@ def run_scale_test(out: str | Path, *, capacity: float, max_workers: int, max_no
                 s = summary_box["s"]
                 if s.workers > auto.min_workers:
                     return False
+                done_at = summary_box.setdefault("done_at", time.time())
                 if rows and rows[-1]["nodes"] != 1:
-                    return time.time() - offered[-1][0] > settle_s  # give up waiting
+                    return time.time() - done_at > settle_s  # give up waiting
                 return True
 
             def on_ready() -> None:
@@ -184,7 +232,10 @@ def run_scale_test(out: str | Path, *, capacity: float, max_workers: int, max_no
             stop.set()
             sampler.join(5)
         ray.shutdown()
-    produced = offered[-1][3] if offered else 0
+    if locust:
+        produced = produced_box[0] if produced_box else 0
+    else:
+        produced = offered[-1][3] if offered else 0
     workers = [r["workers"] for r in rows if r["workers"] != ""]
     nodes = [r["nodes"] for r in rows if r["nodes"] != ""]
     spike_end = next((t for t, name, *_ in offered if name == "recovery"), None)
@@ -206,6 +257,9 @@ def run_scale_test(out: str | Path, *, capacity: float, max_workers: int, max_no
         "latency_p99_ms": s.latency_ms(99),
         "seconds": round(rows[-1]["t_unix"] - rows[0]["t_unix"], 1) if rows else 0.0,
         "spike_end_unix": spike_end,
+        "load": "locust (KafkaProducer users, day-in-the-life shape)"
+        if locust
+        else "paced producer",
         "capacity_rps": capacity,
         "stages": [vars(st) for st in stages],
     }
@@ -318,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--short", action="store_true", help="the short version (make test)")
     ap.add_argument("--out", default="scale-out")
+    ap.add_argument("--no-locust", action="store_true",
+                    help="produce from this process instead of Locust (same shape)")  # fmt: skip
     ap.add_argument("--efficiency", action="store_true",
                     help="records/s with 1, 2, 4 workers instead (scaling efficiency)")  # fmt: skip
     args = ap.parse_args(argv)
@@ -329,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             cap = f"{r['capacity_rps']:,.0f} records/s" if r["capacity_rps"] else "uncapped"
             print(f"| {cap} | {r['workers']} | {r['records_per_s']:,.0f} | {r['efficiency']:.0%} |")
         return 0
-    r = run_scale_test(args.out, **(SHORT if args.short else FULL))
+    r = run_scale_test(args.out, **(SHORT if args.short else FULL), locust=not args.no_locust)
     print(json.dumps({k: v for k, v in r.items() if k != "stages"}, indent=2))
     ok = r["balanced"] and r["workers_max"] > 1 and r["nodes_max"] > 1 and r["workers_end"] == 1
     print("scale test", "passed" if ok else "FAILED", f"(figures in {args.out})")

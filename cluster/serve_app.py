@@ -362,6 +362,8 @@ def _workers(policy: Policy, stream: str, keyring: Any, app: str, n: int, pipeli
 
 
 def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.002):
+    """The Serve deployment class. (A batch wait of 0 measured no better: 0.50x the echo
+    deployment against 0.65x with 2 ms, same load, on this machine.)"""
     from fastapi import FastAPI
     from ray import serve
 
@@ -506,10 +508,12 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
             else:
                 t0 = time.perf_counter()
                 body = await request.body()
+                t1 = time.perf_counter()
                 parsed = self.core.parse(stream, v, body, request.headers.get("content-type"))
                 a = parsed if isinstance(parsed, Answer) else await self._batched(parsed)
-                ms = (time.perf_counter() - t0) * 1e3
-                a.headers = {**a.headers, "server-timing": f"mask;dur={ms:.2f}"}
+                t2 = time.perf_counter()
+                a.headers = {**a.headers, "server-timing": f"body;dur={(t1 - t0) * 1e3:.2f}, "
+                             f"mask;dur={(t2 - t1) * 1e3:.2f}"}  # fmt: skip
             return Response(a.body, a.status, a.headers, a.media_type)
 
         async def Mask(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802

@@ -520,15 +520,8 @@ def detect_unknown_fields(
     if len(rec) == 0:
         return data, sc.starts, sc.ends, {}
     values = ndjson.extract(data, vs, ve, vk)
-    new, spans = detect_and_replace(values, spec, keyring)
-    if len(spans) == 0:
-        return data, sc.starts, sc.ends, {}
-    hit = np.unique(spans.record)
-    rep_off, rep_data = ndjson.quote(new.take(pa.array(hit)))
-    out, starts, ends = json_values.rewrite(
-        data, sc.starts, sc.ends, rec[hit], vs[hit], ve[hit], rep_off, rep_data
-    )
-    return out, starts, ends, spans.counts()
+    return _splice_detected(data, sc, rec, vs, ve, values, spec, keyring, ndjson.quote,
+                            json_values.rewrite)  # fmt: skip
 
 
 def detect_unknown_columns(
@@ -578,12 +571,19 @@ def detect_unknown_xml(
     order = np.empty(len(rec), np.int64)
     order[np.concatenate([ti, ai])] = np.arange(len(rec))
     values = pa.concat_arrays(parts).take(pa.array(order))
+    return _splice_detected(data, sc, rec, vs, ve, values, spec, keyring, xml_codec.escape,
+                            xml_codec.rewrite)  # fmt: skip
+
+
+def _splice_detected(data, sc, rec, vs, ve, values, spec, keyring, escape, rewrite):  # noqa: ANN001, ANN202
+    """Replace what `detect` finds in `values` (value i at data[vs[i]:ve[i]] of record rec[i])
+    and splice the changed values back, written by the format's `escape` and `rewrite`."""
     new, spans = detect_and_replace(values, spec, keyring)
     if len(spans) == 0:
         return data, sc.starts, sc.ends, {}
     hit = np.unique(spans.record)
-    rep_off, rep_data = xml_codec.escape(new.take(pa.array(hit)))
-    out, starts, ends = xml_codec.rewrite(
+    rep_off, rep_data = escape(new.take(pa.array(hit)))
+    out, starts, ends = rewrite(
         data, sc.starts, sc.ends, rec[hit], vs[hit], ve[hit], rep_off, rep_data
     )
     return out, starts, ends, spans.counts()

@@ -251,9 +251,11 @@ class SubjectLedger:
         if root is not None:
             self._reload()
 
-    def set_layout(self, shard: int, shards: int) -> None:
-        """This worker is now shard `shard` of `shards`: take over the subjects routed here."""
-        if (shard, shards) == (self.shard, self.shards):
+    def set_layout(self, shard: int, shards: int, reload: bool = False) -> None:
+        """This worker is now shard `shard` of `shards`: take over the subjects routed here.
+        `reload`: read the files again even when the layout is the one it has (a worker made
+        ahead of a resize loaded them then; the other shards have charged since)."""
+        if (shard, shards) == (self.shard, self.shards) and not reload:
             return
         self.shard, self.shards = shard, shards
         if self.root is not None:

@@ -156,12 +156,13 @@ class MaskCore:
         self.plan: StreamPlan = plan
         return plan.version
 
-    def set_layout(self, shard: int, shards: int) -> None:
+    def set_layout(self, shard: int, shards: int, reload: bool = False) -> None:
         """This core is now shard `shard` of a pool of `shards` (after a resize or a restart):
-        per-subject budgets of the keys routed here are loaded from the other shards' files."""
+        per-subject budgets of the keys routed here are loaded from the other shards' files
+        (with `reload`, even when the layout is unchanged)."""
         self.shard, self.shards = shard, shards
         if self.ledger is not None:
-            self.ledger.set_layout(shard, shards)
+            self.ledger.set_layout(shard, shards, reload)
 
     def process(
         self, batch: pa.RecordBatch, role: str | None = None, rows: np.ndarray | None = None
@@ -636,8 +637,8 @@ def _make_actor():  # Ray is imported only where actors are made, never by the p
             # machine whose cores cannot show real workers: a sleep per batch, no CPU taken
             self.capacity_rps = capacity_rps
 
-        def set_layout(self, shard: int, shards: int) -> bool:
-            self.core.set_layout(shard, shards)
+        def set_layout(self, shard: int, shards: int, reload: bool = False) -> bool:
+            self.core.set_layout(shard, shards, reload)
             return True
 
         def process(

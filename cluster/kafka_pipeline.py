@@ -234,7 +234,9 @@ class _ElasticPool:
             joined += 1
         if changed or joined:
             n = len(self.workers)
-            ray.get([w.set_layout.remote(i, n) for i, w in enumerate(self.workers)])
+            # every worker reads the ledgers again: a joining one was made (and loaded them)
+            # before the rounds since, and its layout may equal the one it was made with
+            ray.get([w.set_layout.remote(i, n, True) for i, w in enumerate(self.workers)])
             self.summary.workers = n
             self.summary.resizes.append((round(time.perf_counter() - self.t0, 3), n))
         return bool(changed or joined)

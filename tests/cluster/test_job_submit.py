@@ -41,7 +41,7 @@ def test_a_job_submitted_to_the_cluster_masks_a_file(tmp_path):
         ]  # fmt: skip
         for _ in range(30):  # right after start the dashboard may not have its agent yet
             run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-            if "No available agent to submit job" not in run.stderr:
+            if "No available agent to submit job" not in run.stdout + run.stderr:
                 break
             time.sleep(2)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

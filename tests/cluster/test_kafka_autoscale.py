@@ -28,7 +28,8 @@ AUTO = AutoscaleConfig(min_workers=1, max_workers=3, target_lag_s=0.8, low_lag_s
                        worker_cpus=0.25)  # fmt: skip
 
 
-def _run(kafka_broker, keyring, policy: str, stream: str, topic: str, n: int, **kw):
+def _run(kafka_broker, keyring, policy: str, stream: str, topic: str, n: int,
+         capacity: float = 2500.0, **kw):  # fmt: skip
     """Run until every record is in and the pool is back to one worker."""
     box: dict = {}
 
@@ -38,7 +39,7 @@ def _run(kafka_broker, keyring, policy: str, stream: str, topic: str, n: int, **
 
     return run_kafka(EXAMPLES / policy, stream, topic, bootstrap=kafka_broker,
                      keyring=keyring, idle_s=60, consumer_options=FAST, autoscale=AUTO,
-                     workers=1, worker_capacity_rps=2500, max_poll_records=1000, poll_ms=100,
+                     workers=1, worker_capacity_rps=capacity, max_poll_records=1000, poll_ms=100,
                      progress=lambda s: box.update(s=s), should_stop=done, **kw)  # fmt: skip
 
 
@@ -78,7 +79,10 @@ def test_per_subject_budgets_hold_across_resizes(kafka_broker, ray_session, keyr
     topic = f"autodp-{uuid.uuid4().hex[:8]}"
     n = produce_traffic(kafka_broker, topic, "iot", 9000, key_path="device.id",
                         partitions=PARTS, seed=11)  # fmt: skip
-    s = _run(kafka_broker, keyring, "iot.yaml", "telemetry_dp", topic, n, state=tmp_path / "state")
+    # workers of 1,000 records/s: 9,000 records wait long enough for the pool to grow even
+    # when the first rounds are slow (a cold Numba cache on a clean machine)
+    s = _run(kafka_broker, keyring, "iot.yaml", "telemetry_dp", topic, n, capacity=1000.0,
+             state=tmp_path / "state")  # fmt: skip
     assert max(w for _, w in s.resizes) > 1
     assert s.written["default"] == n
     msgs = read_topic(kafka_broker, s.topics["default"], PARTS, expect=n)

@@ -25,7 +25,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@mkdir -p $(RAY_TMPDIR)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=40
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"

@@ -142,6 +142,9 @@ class FakeCluster:
             ray_bin, "start", "--head", f"--port={GCS_PORT}", f"--num-cpus={self.head_cpus:g}",
             f"--autoscaling-config={cfg}", f"--temp-dir={self.tmp / 'ray'}",
             "--disable-usage-stats",
+            # the dashboard agent's HTTP port is 52365 by default, which any other Ray on this
+            # machine (a test session's own local Ray) may hold already; the job API needs it
+            f"--dashboard-agent-listen-port={_free_port()}",
         ]  # fmt: skip
         if self.dashboard_port is None:
             cmd.append("--include-dashboard=false")

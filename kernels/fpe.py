@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -72,6 +73,27 @@ class _Ecb:
         out = bytearray(n * 16 + 15)
         m = self._enc.update_into(np.ascontiguousarray(blocks).reshape(-1).data, out)
         return np.frombuffer(out, np.uint8, count=m).reshape(n, 16)
+
+    def into(self, blocks: np.ndarray, out: bytearray) -> None:
+        """Encipher contiguous (n, 16) `blocks` into `out` (n * 16 + 15 bytes, reused)."""
+        self._enc.update_into(blocks.reshape(-1).data, out)
+
+
+_ECBS = threading.local()  # per thread: an encryptor context is not shared between threads
+
+
+def _ecb_for(key: bytes) -> _Ecb:
+    """This thread's ECB encryptor of `key`, made once (ECB keeps no state between calls of
+    whole blocks, so one context serves every batch). Up to 64 keys are kept per thread."""
+    cache = getattr(_ECBS, "cache", None)
+    if cache is None:
+        cache = _ECBS.cache = {}
+    ecb = cache.get(key)
+    if ecb is None:
+        if len(cache) >= 64:
+            cache.clear()
+        ecb = cache[key] = _Ecb(key)
+    return ecb
 
 
 # ------------------------------------------------------------------ big-integer helpers (Numba)
@@ -325,6 +347,62 @@ def _round_int8(A, S64, M, sign):
 
 
 @njit(cache=True)
+def _round8_q16(A, S64, M, sign, b, nxt, y0w, q64):
+    """One FF1 round for d = 8 (_round_int8), then, when `nxt` >= 0, the next round's one-block
+    Q from the new half c (_ff1_q16): in both directions the next Q is made from c."""
+    n = A.shape[0]
+    out = np.empty(n, np.uint64)
+    Mu = np.uint64(M)
+    for i in range(n):
+        r = _bswap64(S64[i, 0]) % Mu
+        a = A[i]
+        if sign > 0:
+            c = a + r
+            if c >= Mu:
+                c -= Mu
+        else:
+            c = a - r if a >= r else a + (Mu - r)
+        out[i] = c
+        if nxt >= 0:
+            tail = (np.uint64(nxt) << np.uint64(8 * b)) | c
+            q64[i, 0] = y0w[0]
+            q64[i, 1] = y0w[1] ^ _bswap64(tail)
+    return out
+
+
+@njit(cache=True)
+def _luhn_ok_int(A, B, u, v, tail):
+    """_luhn_ok of the decimal number A (u digits) B (v digits) tail (digits), from the halves
+    as integers, without writing their digits out."""
+    n = A.shape[0]
+    ok = np.zeros(n, np.bool_)
+    for i in range(n):
+        total = 0
+        pos = 0
+        for j in range(tail.shape[1] - 1, -1, -1):
+            dgt = np.int64(tail[i, j])
+            if pos % 2 == 1:
+                dgt *= 2
+                if dgt > 9:
+                    dgt -= 9
+            total += dgt
+            pos += 1
+        for half in range(2):
+            x = B[i] if half == 0 else A[i]
+            for _ in range(v if half == 0 else u):
+                dgt = np.int64(x % np.uint64(10))
+                x = x // np.uint64(10)
+                if pos % 2 == 1:
+                    dgt *= 2
+                    if dgt > 9:
+                        dgt -= 9
+                total += dgt
+                pos += 1
+        ok[i] = total % 10 == 0
+    return ok
+
+
+@njit(cache=True)
 def _ff3_p_int(B, w, rnd):
     """REVB(P) for FF3-1, P = (W xor [rnd]^4) || [NUM_radix(REV(B))]^12, ready for AES."""
     n = B.shape[0]
@@ -365,43 +443,95 @@ def _round_int(A, S, d, M, sign, reverse_s):
     return out
 
 
+class _Ff1Int:
+    """FF1 rounds over halves held as integers (radix^v < 2^56), set up once per key, radix,
+    length and tweak length, so a Luhn cycle walk pays the set-up once, not once per step."""
+
+    def __init__(self, radix: int, n: int, t: int, key: bytes) -> None:
+        self.radix, self.n, self.t = radix, n, t
+        self.u, self.v, self.b, self.d, p = _ff1_params(radix, n, t)
+        self.ecb = _ecb_for(key)
+        self.y0 = self.ecb(np.frombuffer(p, np.uint8).reshape(1, 16))[0]
+        self.qlen = t + ((-t - self.b - 1) % 16) + 1 + self.b
+        self.one_block = self.qlen == 16 and t == 0 and self.b <= 7 and sys.byteorder == "little"
+        self.fused = self.one_block and self.d == 8
+        self.mods = (radix**self.u, radix**self.v)
+
+    def halves(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _to_int(X, 0, self.u, self.radix, False), _to_int(
+            X, self.u, self.n, self.radix, False
+        )
+
+    def digits(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+        out = np.empty((A.shape[0], self.n), np.uint8)
+        _to_digits(A, self.u, self.radix, False, out, 0)
+        _to_digits(B, self.v, self.radix, False, out, self.u)
+        return out
+
+    def run(
+        self, A: np.ndarray, B: np.ndarray, tweak: np.ndarray, decrypt: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ten rounds (FF1.Encrypt steps 6.i-6.vi, or FF1.Decrypt's) on halves A, B."""
+        N = A.shape[0]
+        rounds = list(range(9, -1, -1)) if decrypt else list(range(10))
+        sign = -1 if decrypt else 1
+        q = np.empty((N, self.qlen), np.uint8)
+        y0w = self.y0.view(np.uint64)
+        if self.fused:  # per round: one AES-ECB call and one Numba call
+            buf = bytearray(N * 16 + 15)
+            r64 = np.frombuffer(buf, np.uint64, count=2 * N).reshape(N, 2)
+            q64 = q.view(np.uint64)
+            _ff1_q16(A if decrypt else B, self.b, rounds[0], y0w, q64)
+            for k, i in enumerate(rounds):
+                self.ecb.into(q, buf)
+                nxt = rounds[k + 1] if k + 1 < len(rounds) else -1
+                M = self.mods[0] if i % 2 == 0 else self.mods[1]
+                c = _round8_q16(B if decrypt else A, r64, M, sign, self.b, nxt, y0w, q64)
+                A, B = (c, A) if decrypt else (B, c)
+            return A, B
+        tw = np.ascontiguousarray(tweak, dtype=np.uint8)
+        for i in rounds:
+            M = self.mods[0] if i % 2 == 0 else self.mods[1]
+            src = A if decrypt else B
+            if self.one_block:
+                _ff1_q16(src, self.b, i, y0w, q.view(np.uint64))
+            else:
+                _ff1_q_int(src, tw, self.t, self.qlen, self.b, i, self.y0, q)
+            r = self.ecb(q[:, :16])
+            for j in range(1, self.qlen // 16):
+                r = self.ecb(r ^ q[:, 16 * j : 16 * j + 16])
+            x = B if decrypt else A
+            if self.d == 8 and sys.byteorder == "little":
+                c = _round_int8(x, r.view(np.uint64), M, sign)
+            else:
+                c = _round_int(x, r, self.d, M, sign, False)
+            A, B = (c, A) if decrypt else (B, c)
+        return A, B
+
+
 def _ff1_int(X: np.ndarray, radix: int, key: bytes, tweak: np.ndarray, decrypt: bool) -> np.ndarray:
-    N, n = X.shape
-    t = tweak.shape[1]
-    u, v, b, d, p = _ff1_params(radix, n, t)
-    ecb = _Ecb(key)
-    y0 = ecb(np.frombuffer(p, np.uint8).reshape(1, 16))[0]
-    qlen = t + ((-t - b - 1) % 16) + 1 + b
-    tw = np.ascontiguousarray(tweak, dtype=np.uint8)
-    A = _to_int(X, 0, u, radix, False)
-    B = _to_int(X, u, n, radix, False)
-    q = np.empty((N, qlen), np.uint8)
-    one_block = qlen == 16 and t == 0 and b <= 7 and sys.byteorder == "little"
-    y0w = y0.view(np.uint64)
-    rounds = range(9, -1, -1) if decrypt else range(10)
-    for i in rounds:
-        m = u if i % 2 == 0 else v
-        src = A if decrypt else B
-        if one_block:
-            _ff1_q16(src, b, i, y0w, q.view(np.uint64))
-        else:
-            _ff1_q_int(src, tw, t, qlen, b, i, y0, q)
-        r = ecb(q[:, :16])
-        for j in range(1, qlen // 16):
-            r = ecb(r ^ q[:, 16 * j : 16 * j + 16])
-        x = B if decrypt else A
-        if d == 8 and sys.byteorder == "little":
-            c = _round_int8(x, r.view(np.uint64), radix**m, -1 if decrypt else 1)
-        else:
-            c = _round_int(x, r, d, radix**m, -1 if decrypt else 1, False)
-        if decrypt:
-            B, A = A, c
-        else:
-            A, B = B, c
-    out = np.empty((N, n), np.uint8)
-    _to_digits(A, u, radix, False, out, 0)
-    _to_digits(B, v, radix, False, out, u)
-    return out
+    f = _Ff1Int(radix, X.shape[1], tweak.shape[1], key)
+    A, B = f.halves(X)
+    return f.digits(*f.run(A, B, tweak, decrypt))
+
+
+def _ff1_luhn_walk(
+    X: np.ndarray, tail: np.ndarray, key: bytes, tweak: np.ndarray, decrypt: bool
+) -> np.ndarray:
+    """Decimal FF1 with cycle walking: each row is enciphered (or deciphered) again until the
+    row followed by its `tail` passes Luhn. The rows stay integer halves between steps and
+    the Luhn check reads them as such; only the rows still walking take the next step."""
+    f = _Ff1Int(10, X.shape[1], tweak.shape[1], key)
+    A, B = f.halves(X)
+    A, B = f.run(A, B, tweak, decrypt)
+    todo = np.flatnonzero(~_luhn_ok_int(A, B, f.u, f.v, tail))
+    walks = 0
+    while len(todo) and walks < 10_000:
+        a, b = f.run(A[todo], B[todo], tweak[todo], decrypt)
+        A[todo], B[todo] = a, b
+        todo = todo[~_luhn_ok_int(a, b, f.u, f.v, tail[todo])]
+        walks += 1
+    return f.digits(A, B)
 
 
 def _ff3_int(
@@ -410,7 +540,7 @@ def _ff3_int(
     N, n = X.shape
     u = (n + 1) // 2
     v = n - u
-    ecb = _Ecb(bytes(reversed(key)))
+    ecb = _ecb_for(bytes(reversed(key)))
     A = _to_int(X, 0, u, radix, True)  # NUM_radix(REV(A))
     B = _to_int(X, u, n, radix, True)
     rounds = range(7, -1, -1) if decrypt else range(8)
@@ -459,7 +589,7 @@ def ff1_digits(
         return _ff1_int(X, radix, key, tweak, decrypt)
     t = tweak.shape[1]
     u, v, b, d, p = _ff1_params(radix, n, t)
-    ecb = _Ecb(key)
+    ecb = _ecb_for(key)
     y0 = ecb(np.frombuffer(p, np.uint8).reshape(1, 16))[0]
     qlen = t + ((-t - b - 1) % 16) + 1 + b
     A = np.ascontiguousarray(X[:, :u], dtype=np.uint8)
@@ -538,7 +668,7 @@ def ff3_1_digits(
         return _ff3_int(X, radix, key, tl, tr, decrypt)
     u = (n + 1) // 2
     v = n - u
-    ecb = _Ecb(bytes(reversed(key)))
+    ecb = _ecb_for(bytes(reversed(key)))
     A = np.ascontiguousarray(X[:, :u], dtype=np.uint8)
     B = np.ascontiguousarray(X[:, u:], dtype=np.uint8)
     rounds = range(7, -1, -1) if decrypt else range(8)
@@ -746,6 +876,10 @@ def _crypt(
             rows, X, tail, tw = rows[keep], X[keep], tail[keep], tw[keep]
             if not len(rows):
                 continue
+        if luhn and mode == "ff1" and 10 ** (int(length) - int(length) // 2) < 2**56:
+            Y = _ff1_luhn_walk(X, tail, key, tw, decrypt)
+            _scatter(out_flat, start, rows, np.ascontiguousarray(Y, dtype=np.uint8))
+            continue
         Y = step(X, np.arange(len(rows)), tw)
         if luhn:
             # cycle walking: step again until the whole number passes Luhn (about 10 steps on

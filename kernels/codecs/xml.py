@@ -1047,6 +1047,29 @@ def _grow(a, r):
 
 
 @njit(cache=True)
+def _in_skip(skip_s, skip_e, skip_k, i, pos):
+    """Whether `pos` lies inside one of record i's skip spans (kind != 0)."""
+    for f in range(skip_s.shape[1]):
+        if skip_k[i, f] != 0 and skip_s[i, f] <= pos < skip_e[i, f]:
+            return True
+    return False
+
+
+@njit(cache=True)
+def _push_span(rec, vs, ve, at, r, i, s, e, attr):
+    """Append (record, start, end, is attribute) at row r, growing the columns as needed."""
+    rec = _grow(rec, r)
+    vs = _grow(vs, r)
+    ve = _grow(ve, r)
+    at = _grow(at, r)
+    rec[r] = i
+    vs[r] = s
+    ve[r] = e
+    at[r] = attr
+    return rec, vs, ve, at, r + 1
+
+
+@njit(cache=True)
 def _unknown(data, starts, ends, ok, skip_s, skip_e, skip_k):
     """(record, start, end, is attribute) of every text run, CDATA section and attribute value
     inside each ok record's element, except those inside a span of skip (n, k) with kind != 0."""
@@ -1056,7 +1079,6 @@ def _unknown(data, starts, ends, ok, skip_s, skip_e, skip_k):
     ve = np.empty(cap, np.int64)
     at = np.empty(cap, np.bool_)
     r = 0
-    k = skip_s.shape[1]
     for i in range(starts.shape[0]):
         if not ok[i]:
             continue
@@ -1115,21 +1137,9 @@ def _unknown(data, starts, ends, ok, skip_s, skip_e, skip_k):
                         xmlns = (ns - nb >= 5 and data[nb + 1] == 120 and data[nb + 2] == 109
                                  and data[nb + 3] == 108 and data[nb + 4] == 110
                                  and data[nb + 5] == 115)  # fmt: skip
-                        if u > t + 1 and not xmlns:
-                            inside = False
-                            for f in range(k):
-                                if skip_k[i, f] != 0 and skip_s[i, f] <= t + 1 < skip_e[i, f]:
-                                    inside = True
-                            if not inside:
-                                rec = _grow(rec, r)
-                                vs = _grow(vs, r)
-                                ve = _grow(ve, r)
-                                at = _grow(at, r)
-                                rec[r] = i
-                                vs[r] = t + 1
-                                ve[r] = u
-                                at[r] = True
-                                r += 1
+                        if (u > t + 1 and not xmlns
+                                and not _in_skip(skip_s, skip_e, skip_k, i, t + 1)):  # fmt: skip
+                            rec, vs, ve, at, r = _push_span(rec, vs, ve, at, r, i, t + 1, u, True)
                         t = u + 1
                     else:
                         t += 1
@@ -1138,21 +1148,8 @@ def _unknown(data, starts, ends, ok, skip_s, skip_e, skip_k):
                     d += 1
                 p = q
                 continue
-            if a >= 0:
-                inside = False
-                for f in range(k):
-                    if skip_k[i, f] != 0 and skip_s[i, f] <= a < skip_e[i, f]:
-                        inside = True
-                if not inside:
-                    rec = _grow(rec, r)
-                    vs = _grow(vs, r)
-                    ve = _grow(ve, r)
-                    at = _grow(at, r)
-                    rec[r] = i
-                    vs[r] = a
-                    ve[r] = b
-                    at[r] = is_attr
-                    r += 1
+            if a >= 0 and not _in_skip(skip_s, skip_e, skip_k, i, a):
+                rec, vs, ve, at, r = _push_span(rec, vs, ve, at, r, i, a, b, is_attr)
     return rec[:r], vs[:r], ve[:r], at[:r]
 
 

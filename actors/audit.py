@@ -251,33 +251,12 @@ class KafkaCopy:
 def read_copy(url: str, idle_s: float = 2.0) -> tuple[str, list[bytes]]:
     """An audit log's copy on Kafka (kafka://BOOTSTRAP/TOPIC): the log's file name and its lines
     in order."""
-    import asyncio
+    from raymask.actors.sources.kafka import read_all
 
     bootstrap, _, topic = url[len("kafka://") :].partition("/")
     if not url.startswith("kafka://") or not bootstrap or not topic:
         raise InputError(f"{url}: give the copy as kafka://BOOTSTRAP/TOPIC")
-
-    async def read() -> list[Any]:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, fetch_max_wait_ms=100)  # fmt: skip
-        await c.start()
-        try:
-            tp = TopicPartition(topic, 0)
-            c.assign([tp])
-            c.seek(tp, 0)
-            out, last = [], time.monotonic()
-            while time.monotonic() - last < idle_s:
-                got = await c.getmany(timeout_ms=200, max_records=10_000)
-                for msgs in got.values():
-                    out += msgs
-                    last = time.monotonic() if msgs else last
-            return out
-        finally:
-            await c.stop()
-
-    msgs = asyncio.run(read())
+    msgs = read_all(bootstrap, topic, partitions=[0], idle_s=idle_s)
     names = {m.key for m in msgs}
     if len(names) > 1:
         raise InputError(f"{url}: holds the copies of several logs; one topic per log")

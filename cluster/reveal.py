@@ -150,40 +150,13 @@ def kafka_vault(url: str, idle_s: float = 2.0) -> pa.Table:
     """The vault a Kafka run wrote (kafka://BOOTSTRAP/TOPIC, e.g. kafka://127.0.0.1:9092/in.vault):
     every message of the topic, each an Arrow IPC stream of vault rows, read from the start
     until nothing came for `idle_s`."""
-    import asyncio
-    import time
+    from raymask.actors.sources.kafka import read_all
 
     rest = url[len("kafka://") :]
     bootstrap, _, topic = rest.partition("/")
     if not bootstrap or not topic:
         raise InputError(f"{url}: give the vault as kafka://BOOTSTRAP/TOPIC")
-
-    async def read() -> list[bytes]:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, fetch_max_wait_ms=100)  # fmt: skip
-        await c.start()
-        try:
-            await c.topics()  # fetches the cluster's metadata
-            parts = c.partitions_for_topic(topic) or set()
-            if not parts:
-                raise InputError(f"{url}: no such topic")
-            tps = [TopicPartition(topic, p) for p in sorted(parts)]
-            c.assign(tps)
-            for tp in tps:
-                c.seek(tp, 0)
-            out, last = [], time.monotonic()
-            while time.monotonic() - last < idle_s:
-                got = await c.getmany(timeout_ms=200, max_records=10_000)
-                for msgs in got.values():
-                    out += [m.value for m in msgs if m.value]
-                    last = time.monotonic() if msgs else last
-            return out
-        finally:
-            await c.stop()
-
-    values = asyncio.run(read())
+    values = [m.value for m in read_all(bootstrap, topic, idle_s=idle_s) if m.value]
     tables = [pa.ipc.open_stream(v).read_all() for v in values]
     if not tables:
         return pa.table({"ref": pa.array([], pa.string()), "field": pa.array([], pa.string()),

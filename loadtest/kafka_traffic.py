@@ -7,7 +7,6 @@ here the router's jump hash), so every record of a key is in one partition, in o
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,40 +122,17 @@ def read_topic(
 ) -> list[Message]:  # fmt: skip
     """Every message of `topic` (stops when `expect` are read, or nothing came for `idle_s`);
     with `only`, of that one partition."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from raymask.actors.sources.kafka import read_all
 
-    async def go() -> list[Message]:
-        c = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
-            fetch_max_wait_ms=100, max_partition_fetch_bytes=8 << 20,
+    parts = [only] if only is not None else list(range(partitions))
+    return [
+        Message(
+            m.partition,
+            m.offset,
+            m.value,
+            dict(m.headers or ()),
+            m.timestamp,
+            tuple(m.headers or ()),
         )  # fmt: skip
-        await c.start()
-        tps = [
-            TopicPartition(topic, p) for p in ([only] if only is not None else range(partitions))
-        ]
-        c.assign(tps)
-        for tp in tps:
-            c.seek(tp, 0)
-        out: list[Message] = []
-        last = time.monotonic()
-        try:
-            while time.monotonic() - last < idle_s and (expect is None or len(out) < expect):
-                got = await c.getmany(timeout_ms=200, max_records=50_000)
-                for tp, msgs in got.items():
-                    out += [
-                        Message(
-                            tp.partition,
-                            m.offset,
-                            m.value,
-                            dict(m.headers or ()),
-                            m.timestamp,
-                            tuple(m.headers or ()),
-                        )  # fmt: skip
-                        for m in msgs
-                    ]
-                    last = time.monotonic()
-        finally:
-            await c.stop()
-        return out
-
-    return asyncio.run(go())
+        for m in read_all(bootstrap, topic, partitions=parts, expect=expect, idle_s=idle_s)
+    ]

@@ -360,7 +360,9 @@ class KafkaSink:
     ) -> int | None:
         """The highest source offset (header `raymask.src.offset`) in output `topic[partition]`,
         or None when the partition holds no record written by raymask."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import TopicPartition
+
+        from raymask.actors.sources.kafka import READ_BACK_WAIT_MS
 
         tp = TopicPartition(topic, partition)
         start = 0
@@ -368,24 +370,49 @@ class KafkaSink:
             mark = await self._marks.committed(tp)
             if mark:
                 start = int(mark) - 1  # the last record the mark vouches for, and what follows
+        deadline = time.monotonic() + timeout
+        # a short fetch wait first (an empty partition answers after the wait); a store too slow
+        # to answer within it (tansu on S3 with many batches, READ_BACK_WAIT_MS) gets longer ones
+        waits = (100, 1000, READ_BACK_WAIT_MS)
+        for k, wait in enumerate(waits):
+            last = k == len(waits) - 1
+            stall = deadline if last else time.monotonic() + max(2.0, 3 * wait / 1000)
+            got = await self._read_tail(topic, tp, start, wait, stall, deadline)
+            if got is not _STALLED:
+                return got  # type: ignore[return-value]
+            if time.monotonic() > deadline:
+                break
+        raise BrokerUnreachable(
+            f"kafka sink: could not read the tail of {topic}[{partition}] within {timeout:.0f} s"
+        )
+
+    async def _read_tail(
+        self, topic: str, tp: Any, start: int, wait_ms: int, give_up: float, deadline: float
+    ) -> int | None | object:
+        """tail_written with one fetch wait: the result, or _STALLED when no fetch answered
+        (no record and no high watermark) by `give_up`, or the read is not done by `deadline`."""
+        from aiokafka import AIOKafkaConsumer
+
         reader = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest", fetch_max_wait_ms=100, **self.client_options,
+            auto_offset_reset="earliest", fetch_max_wait_ms=wait_ms, **self.client_options,
         )  # fmt: skip
         await reader.start()
         best: int | None = None
         try:
             reader.assign([tp])
             reader.seek(tp, start)
-            deadline = time.monotonic() + timeout
+            answered = False
             while True:
                 got = await reader.getmany(tp, timeout_ms=200, max_records=50_000)
                 for m in got.get(tp, ()):
-                    src = _source_offset(m.headers, topic, partition, m.offset)
+                    answered = True
+                    src = _source_offset(m.headers, topic, tp.partition, m.offset)
                     if src is not None and (best is None or src > best):
                         best = src
                 hw = reader.highwater(tp)
                 if hw is not None:
+                    answered = True
                     if start > 0 and hw <= start:  # the mark is past the end: read it all
                         start = 0
                         best = None
@@ -393,13 +420,14 @@ class KafkaSink:
                         continue
                     if await reader.position(tp) >= hw:
                         return best
-                if time.monotonic() > deadline:
-                    raise BrokerUnreachable(
-                        f"kafka sink: could not read the tail of {topic}[{partition}] within "
-                        f"{timeout:.0f} s"
-                    )
+                now = time.monotonic()
+                if now > deadline or (not answered and now > give_up):
+                    return _STALLED
         finally:
             await reader.stop()
+
+
+_STALLED = object()
 
 
 def _no_client_resends(producer: Any) -> None:

@@ -43,9 +43,18 @@ import pyarrow as pa
 from raymask.actors._lazy import LazyActor
 from raymask.errors import BrokerUnreachable, PipelineError
 
-__all__ = ["BadMessage", "KafkaSource", "KafkaSourceActor", "PartitionChunk", "frame_values"]
+__all__ = [
+    "BadMessage", "KafkaSource", "KafkaSourceActor", "PartitionChunk", "frame_values", "read_all",
+]  # fmt: skip
 
 _NL = 10
+# A fetch's longest wait when reading a topic back (read_all, the sink's tail read-back). tansu on
+# S3 storage lists the partition's objects (one per record batch) to answer a fetch and gives up
+# the listing when the fetch's wait runs out; with a short wait and a few hundred objects on a
+# slow store it never answers, and the client fetches again (measured: 500 batches on the
+# loopback moto server, a 100 ms wait read 20 records in 37 s; a 2 s wait read all 5,000 in
+# 1.4 s). A fetch still returns as soon as it has records.
+READ_BACK_WAIT_MS = 5000
 _BLANK = (32, 9, 13)  # what the codecs treat as blank besides the newline
 
 
@@ -336,6 +345,53 @@ class KafkaSource:
             return True
         except Exception:  # refused, timed out, no broker known: all mean "not now"
             return False
+
+
+def read_all(
+    bootstrap: str, topic: str, *, partitions: Sequence[int] | None = None,
+    expect: int | None = None, idle_s: float = 2.0, max_fetch_bytes: int = 8 << 20,
+    fetch_max_wait_ms: int = READ_BACK_WAIT_MS,
+) -> list[Any]:  # fmt: skip
+    """Every message of `topic` from offset 0, in offset order per partition (aiokafka's
+    ConsumerRecords), without a consumer group: for readers of a whole topic (a vault, an audit
+    copy, a test's output). Stops once `expect` messages are read, or when nothing came for
+    `idle_s`. `partitions` defaults to all of the topic's; a topic the broker does not know
+    raises InputError."""
+    import time
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from raymask.errors import InputError
+
+    async def go() -> list[Any]:
+        c = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+            fetch_max_wait_ms=fetch_max_wait_ms, max_partition_fetch_bytes=max_fetch_bytes,
+        )  # fmt: skip
+        await c.start()
+        try:
+            parts = partitions
+            if parts is None:
+                await c.topics()  # fetches the cluster's metadata
+                parts = sorted(c.partitions_for_topic(topic) or ())
+                if not parts:
+                    raise InputError(f"kafka://{bootstrap}/{topic}: no such topic")
+            tps = [TopicPartition(topic, p) for p in parts]
+            c.assign(tps)
+            for tp in tps:
+                c.seek(tp, 0)
+            out: list[Any] = []
+            last = time.monotonic()
+            while time.monotonic() - last < idle_s and (expect is None or len(out) < expect):
+                got = await c.getmany(timeout_ms=200, max_records=50_000)
+                for msgs in got.values():
+                    out += msgs
+                    last = time.monotonic() if msgs else last
+            return out
+        finally:
+            await c.stop()
+
+    return asyncio.run(go())
 
 
 def _make_actor():  # Ray is imported only where actors are made, never by the pure core

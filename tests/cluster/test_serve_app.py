@@ -415,20 +415,13 @@ def test_segregated_fields_over_http_go_to_the_vault_before_the_answer(served, t
     from raymask.cluster.serve_app import build_app
     from raymask.policy.keys import Key
     from raymask.policy.loader import parse_policy
+    from tests.cluster.test_segregate import POLICY as SEGREGATE_POLICY
 
     url, ring = served
     ring.add(Key("vault", 1, b"v" * 64))
-    pol = parse_policy("""
-version: 1
-streams:
-  payments:
-    format: ndjson
-    key: account.id
-    fields:
-      account.id:    {technique: tokenize, key: tok, length: 16}
-      customer.name: {technique: segregate, key: vault}
-    reveal: {roles: [fraud-lead], per_minute: 1000}
-""", "seg.yaml")  # fmt: skip
+    # the segregate test's policy, with a role that may reveal
+    reveal = "    reveal: {roles: [fraud-lead], per_minute: 1000}\n"
+    pol = parse_policy(SEGREGATE_POLICY + reveal, "seg.yaml")
     body = generate_bytes("payments", 50, seed=12)
     names = [json.loads(x)["customer"]["name"] for x in body.splitlines()]
     # without a vault the stream is not served at all

@@ -385,7 +385,7 @@ def _scan(data, starts, ends, parent, fieldno, ftype, leaf, ch_start, ch_count, 
           nleaves, depth, wire_of, first_leaf, repeated, target, occ):  # fmt: skip
     """`repeated`: a field or path message that occurs again marks the record in `rep` instead
     of being an error (E_DUP); the first occurrences are located, and `cnt` counts each field's.
-    `target` >= 0: locate only occurrence `occ` of that field (document order) and the path
+    `target` >= 0: locate only occurrence `occ[r]` of that field (document order) and the path
     messages that enclose that occurrence."""
     n = starts.shape[0]
     nn = parent.shape[0]
@@ -513,7 +513,7 @@ def _scan(data, starts, ends, parent, fieldno, ftype, leaf, ch_start, ch_count, 
                     break
                 if seen > 0:
                     rep[r] = True
-                take = (seen == 0) if target < 0 else (lf == target and seen == occ)
+                take = (seen == 0) if target < 0 else (lf == target and seen == occ[r])
                 kind = K_NUMBER
                 if t == 1:  # string
                     q = vs
@@ -575,7 +575,7 @@ def _first_leaf(lay: ProtoLayout) -> np.ndarray:
 
 def scan(
     data: np.ndarray, starts: np.ndarray, ends: np.ndarray, lay: ProtoLayout,
-    repeated: bool = True, target: int = -1, occ: int = 0,
+    repeated: bool = True, target: int = -1, occ: int | np.ndarray = 0,
 ) -> ProtoScan:  # fmt: skip
     """Validate each frame and locate the layout's fields (spans of the values' bytes).
 
@@ -584,11 +584,13 @@ def scan(
     (n, leaves) says how often each field occurs: such a record is masked one occurrence at a
     time, by scans with `target` (a field) and `occ` (its occurrence, in document order) that
     locate that occurrence and the message instances around it, for `emit` to fix their
-    lengths. `repeated=False` makes a second occurrence an error (E_DUP) instead."""
+    lengths; `occ` may differ per record (an array). `repeated=False` makes a second
+    occurrence an error (E_DUP) instead."""
+    occ_r = np.broadcast_to(np.asarray(occ, np.int64), (len(starts),))
     out = _scan(
         data, starts, ends, lay.parent, lay.fieldno, lay.ftype, lay.leaf, lay.ch_start,
         lay.ch_count, lay.children, len(lay.paths), lay.depth, _WIRE_OF, _first_leaf(lay),
-        repeated, target, occ,
+        repeated, target, np.ascontiguousarray(occ_r),
     )  # fmt: skip
     vs, ve, vk, err, errpos, errfield, fstart, lstart, body, mls, mvs, mve, mseen, cnt, rep = out
     sc = ProtoScan(

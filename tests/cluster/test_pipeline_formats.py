@@ -506,6 +506,46 @@ streams:
     run()
 
 
+def test_protobuf_occurrences_masked_to_null_are_all_removed(tmp_path, keyring):
+    """A null result removes an occurrence, so the ones after it move up: each is still
+    masked (this once let every second element through in the clear)."""
+    from pathlib import Path
+
+    proto = Path(__file__).parents[1] / "kernels" / "codecs" / "data" / "payment.proto"
+    cls = pb.message_class(pb.compile_proto(proto), "raymask.test.Payment")
+    msgs = []
+    for i in range(40):
+        m = cls(account_id=f"acc-{i}", tags=[f"t{i}.{k}" for k in range(i % 5)])
+        for k in range(i % 4):
+            m.others.add(name=f"n{k}", email=f"e{k}@x.io")
+        msgs.append(m)
+    src, dst, pol = tmp_path / "in.pb", tmp_path / "out.pb", tmp_path / "p.yaml"
+    src.write_bytes(pb.frame([m.SerializeToString() for m in msgs]))
+    pol.write_text(f"""version: 1
+streams:
+  s:
+    format: protobuf
+    protobuf: {{proto: "{proto}", message: raymask.test.Payment}}
+    key: account_id
+    fields:
+      account_id: keep
+      tags: {{technique: redact, replacement: null}}
+      others.name: {{technique: redact, replacement: null}}
+""")
+    s = mask_file(pol, "s", src, dst, keyring=keyring, local=True, workers=1)
+    assert (s.records_out, s.dead_letters) == (40, 0)
+    body = dst.read_bytes()
+    st_, en, _ = pb.split(np.frombuffer(body, np.uint8), 0)
+    for a, got in zip(msgs, pb.unframe([body[x:y] for x, y in zip(st_, en, strict=True)]),
+                      strict=True):  # fmt: skip
+        want = cls()
+        want.CopyFrom(a)
+        want.ClearField("tags")
+        for o in want.others:
+            o.ClearField("name")
+        assert cls.FromString(got) == want
+
+
 def test_protobuf_unknown_fields_drop_keeps_only_the_named_fields(tmp_path, keyring):
     from pathlib import Path
 

@@ -626,6 +626,34 @@ streams:
     assert "field s32: occurs more than once, and noise takes one value per record" in reasons
 
 
+def test_protobuf_malformed_packed_block_is_a_dead_letter_with_its_reason(tmp_path, keyring):
+    from pathlib import Path
+
+    proto = Path(__file__).parents[1] / "kernels" / "codecs" / "data" / "telemetry.proto"
+    cls = pb.message_class(pb.compile_proto(proto), "raymask.test.Sample")
+    good = cls(device="d", f32=[1, 2], i32=[5]).SerializeToString()
+    bad = b"\x0a\x01d" + b"\x52\x05" + b"\x00" * 5  # a fixed32 block of 5 bytes
+    src, dst, pol = tmp_path / "in.pb", tmp_path / "out.pb", tmp_path / "p.yaml"
+    src.write_bytes(pb.frame([good, bad, good]))
+    pol.write_text(f"""version: 1
+streams:
+  s:
+    format: protobuf
+    protobuf: {{proto: "{proto}", message: raymask.test.Sample}}
+    key: device
+    fields:
+      device: keep
+      f32: {{technique: redact, number_replacement: 9}}
+""")
+    s = mask_file(pol, "s", src, dst, keyring=keyring, local=True, workers=1)
+    assert (s.records_in, s.records_out, s.dead_letters) == (3, 2, 1)
+    (d,) = read_dead_letters(s.dead_letter_file, keyring)
+    assert (d.line, d.field, d.raw) == (2, "f32", pb.frame([bad]))
+    assert d.reason == f"field f32: {pb.ERRORS[pb.E_PACKED]}"
+    want = cls(device="d", f32=[9, 9], i32=[5]).SerializeToString()
+    assert dst.read_bytes() == pb.frame([want, want])
+
+
 @pytest.mark.parametrize("unknown", ["keep", "drop"])
 def test_fuzz_packed_protobuf_fields_never_crash_lose_or_leak(tmp_path_factory, keyring,
                                                               unknown):  # fmt: skip

@@ -381,8 +381,10 @@ class MaskCore:
         input bytes one field occurrence at a time (`scan_occurrence` locates it and the
         message instances around it, `emit` fixes their lengths). A record with a
         one-value-per-record technique (local DP, segregate) on a field it has goes to the dead
-        letters instead. Returns `out` with these records replaced; `emit`, `err_code`,
-        `err_op`, `once_op` and `counts` are updated in place."""
+        letters instead. An occurrence masked to null is removed (a packed element alone), so
+        the record's later occurrences of that field move one place up: `gone` counts them.
+        Returns `out` with these records replaced; `emit`, `err_code`, `err_op`, `once_op` and
+        `counts` are updated in place."""
         plan, fmt = self.plan, self.fmt
         ops = view.changing
         cnt = sc.counts
@@ -405,13 +407,14 @@ class MaskCore:
         alive = np.ones(len(idx), np.bool_)
         for oi, op in enumerate(ops):
             tech = REGISTRY[op.technique]
+            gone = np.zeros(len(idx), np.int64)  # occurrences of this field removed so far
             for j in range(int(cnt[idx, op.index].max())):
                 sel = np.flatnonzero(alive & (cnt[idx, op.index] > j))
                 if len(sel) == 0:
                     break
                 b = string_buffers(recs.take(pa.array(sel)))
                 d2, st, en = b.data, b.offsets[:-1], b.offsets[1:]
-                sj = fmt.scan_occurrence(d2, st, en, sc.paths, op.index, j)
+                sj = fmt.scan_occurrence(d2, st, en, sc.paths, op.index, j - gone[sel])
                 kinds = sj.vkind[:, op.index]
                 m = len(sel)
                 values = fmt.extract(d2, sj, op.index) if tech.needs_values else pa.nulls(
@@ -430,6 +433,7 @@ class MaskCore:
                     alive[sel[bad]] = False
                 edit = (kinds != K_MISSING) & (kinds != K_NULL) & ~bad
                 counts[op.path] += int(edit.sum())
+                gone[sel] += edit & ~applied.values.is_valid().to_numpy(zero_copy_only=False)
                 new = fmt.emit(d2, sj, plan.tree, False, plan.named, ~bad, [op.index],
                                edit[:, None], [applied.values])  # fmt: skip
                 at = np.arange(len(idx))

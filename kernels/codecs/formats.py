@@ -294,9 +294,10 @@ class ProtobufFormat(Format):
 
     def scan_occurrence(
         self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray, paths: tuple[str, ...],
-        leaf: int, occ: int,
+        leaf: int, occ: int | np.ndarray,
     ) -> pb.ProtoScan:  # fmt: skip
-        """Occurrence `occ` of field `leaf` alone (see protobuf.scan), for `emit`."""
+        """Occurrence `occ` (one, or one per record) of field `leaf` alone (see protobuf.scan),
+        for `emit`."""
         sc = pb.scan(data, starts, ends, self.layout(paths), target=leaf, occ=occ)
         sc.paths = paths  # type: ignore[attr-defined]
         return sc

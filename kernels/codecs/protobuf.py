@@ -16,8 +16,19 @@ string fields), and records for each policy field the span of its value.
 
 A policy field that occurs more than once in a record (a repeated field with several elements,
 a non-repeated field written twice, or a message on the path written twice, which parsers merge)
-sends the record to the dead letters: masking one occurrence would let another through in clear.
-Groups (wire types 3 and 4, deprecated) are refused. A masked value of null removes the field.
+is counted (`sc.counts`, `sc.rep`) and masked one occurrence at a time (`scan` with `target`
+and `occ`); with `repeated=False` it is an error instead (E_DUP). Groups (wire types 3 and 4,
+deprecated) are refused. A masked value of null removes the field.
+
+Repeated numeric fields (every scalar type but string and bytes) are read in both encodings, as
+parsers must (encoding reference, "Packed Repeated Fields"): unpacked, one tag and value per
+element, and packed, one length-delimited block of concatenated varints or 4- or 8-byte values
+(proto3's default), even both in one record. Each element is one occurrence, masked like a
+single value of its type; the output keeps the record's encoding, a packed element re-encoded
+in place with its block's length prefix fixed along with the enclosing ones. A null result
+drops that element alone, and a block left without elements goes, tag and all, as the library
+writes no field for an empty repeated one. A packed block cut off inside a varint, or whose
+length is not a multiple of its element size, sends the record to the dead letters (E_PACKED).
 """
 
 from __future__ import annotations
@@ -60,7 +71,7 @@ __all__ = [
     "EncodeError",
 ]
 
-E_FRAMING, E_WIRE, E_GROUP, E_TYPE, E_UTF8, E_DUP, E_TOO_BIG = 1, 2, 3, 4, 5, 6, 7
+E_FRAMING, E_WIRE, E_GROUP, E_TYPE, E_UTF8, E_DUP, E_TOO_BIG, E_PACKED = 1, 2, 3, 4, 5, 6, 7, 8
 ERRORS = {
     E_FRAMING: "length prefix does not match the message (truncated or corrupt framing)",
     E_WIRE: "invalid protobuf wire format",
@@ -69,6 +80,8 @@ ERRORS = {
     E_UTF8: "invalid UTF-8 in a string field",
     E_DUP: "field occurs more than once (repeated, or a message on its path written twice)",
     E_TOO_BIG: "message longer than the 64 MiB limit",
+    E_PACKED: "malformed packed repeated field (a varint cut off, or a length that is not a "
+    "multiple of the element size)",
 }
 MAX_MESSAGE = 64 << 20
 
@@ -82,6 +95,8 @@ _WIRE.update({t: 5 for t in (T_FIXED32, T_SFIXED32, T_FLOAT)})
 _WIRE_OF = np.array([_WIRE.get(t, 0) for t in range(17)], np.int64)
 _INTEGER = (T_INT32, T_INT64, T_UINT32, T_UINT64, T_SINT32, T_SINT64, T_ENUM)
 _INTEGER += (T_FIXED32, T_FIXED64, T_SFIXED32, T_SFIXED64)
+# types a repeated field may write packed: every scalar but string and bytes
+_PACKABLE = (*_INTEGER, T_BOOL, T_FLOAT, T_DOUBLE)
 TYPE_NAMES = {
     T_STRING: "string", T_INT32: "int32", T_INT64: "int64", T_UINT32: "uint32",
     T_UINT64: "uint64", T_SINT32: "sint32", T_SINT64: "sint64", T_BOOL: "bool", T_ENUM: "enum",
@@ -157,6 +172,7 @@ class ProtoLayout:
     ch_count: np.ndarray
     children: np.ndarray
     depth: int
+    packable: np.ndarray  # node -> a repeated numeric leaf (read packed and unpacked)
 
 
 def load_layout(
@@ -168,7 +184,7 @@ def load_layout(
         root = pool.FindMessageTypeByName(message)
     except KeyError:
         raise ValueError(f"message {message} is not in the descriptor set") from None
-    parent, fieldno, ftype, leaf = [-1], [0], [T_MESSAGE], [-1]
+    parent, fieldno, ftype, leaf, packable = [-1], [0], [T_MESSAGE], [-1], [False]
     kids: list[list[int]] = [[]]
     desc = [root]
     for li, path in enumerate(paths):
@@ -191,10 +207,6 @@ def load_layout(
                 raise ValueError(f"field {path}: {part} is a {TYPE_NAMES[t]}, not a message")
             if last and t == T_BYTES:
                 raise ValueError(f"field {path}: bytes fields cannot be masked yet")
-            if last and _is_repeated(fd) and t != T_STRING:
-                raise ValueError(
-                    f"field {path}: repeated numeric fields (packed) cannot be masked yet"
-                )
             found = next((c for c in kids[node] if fieldno[c] == fd.number), -1)
             if found < 0:
                 found = len(parent)
@@ -202,6 +214,7 @@ def load_layout(
                 fieldno.append(fd.number)
                 ftype.append(t)
                 leaf.append(-1)
+                packable.append(last and t in _PACKABLE and _is_repeated(fd))
                 kids.append([])
                 desc.append(fd.message_type if t == T_MESSAGE else None)
                 kids[node].append(found)
@@ -227,6 +240,7 @@ def load_layout(
         ftype=np.array(ftype, np.int64), leaf=leaf_a, leaf_node=leaf_node, ch_start=ch_start,
         ch_count=ch_count, children=np.array(children or [0], np.int64),
         depth=max((p.count(".") + 1 for p in paths), default=1),
+        packable=np.array(packable, np.bool_),
     )  # fmt: skip
 
 
@@ -378,15 +392,21 @@ class ProtoScan(Scan):
     mvs: np.ndarray = None  # type: ignore[assignment]
     mve: np.ndarray = None  # type: ignore[assignment]
     mseen: np.ndarray = None  # type: ignore[assignment]
+    # (n, leaves) the packed block around an element: its tag start, length-prefix start,
+    # payload start (-1 when the element is not in a packed block) and payload end
+    pts: np.ndarray = None  # type: ignore[assignment]
+    pls: np.ndarray = None  # type: ignore[assignment]
+    pvs: np.ndarray = None  # type: ignore[assignment]
+    pve: np.ndarray = None  # type: ignore[assignment]
 
 
 @njit(cache=True)
 def _scan(data, starts, ends, parent, fieldno, ftype, leaf, ch_start, ch_count, children,
-          nleaves, depth, wire_of, first_leaf, repeated, target, occ):  # fmt: skip
+          nleaves, depth, wire_of, first_leaf, packable, repeated, target, occ):  # fmt: skip
     """`repeated`: a field or path message that occurs again marks the record in `rep` instead
     of being an error (E_DUP); the first occurrences are located, and `cnt` counts each field's.
-    `target` >= 0: locate only occurrence `occ` of that field (document order) and the path
-    messages that enclose that occurrence."""
+    `target` >= 0: locate only occurrence `occ[r]` of that field (document order) and the path
+    messages that enclose that occurrence. Each element of a packed block is an occurrence."""
     n = starts.shape[0]
     nn = parent.shape[0]
     cnt = np.zeros((n, max(nleaves, 1)), np.int32)
@@ -399,6 +419,10 @@ def _scan(data, starts, ends, parent, fieldno, ftype, leaf, ch_start, ch_count, 
     vkind = np.zeros((n, nleaves), np.int8)
     fstart = np.zeros((n, nleaves), np.int64)
     lstart = np.zeros((n, nleaves), np.int64)
+    pts = np.zeros((n, nleaves), np.int64)
+    pls = np.zeros((n, nleaves), np.int64)
+    pvs = np.full((n, nleaves), -1, np.int64)
+    pve = np.zeros((n, nleaves), np.int64)
     mls = np.zeros((n, nn), np.int64)
     mvs = np.zeros((n, nn), np.int64)
     mve = np.zeros((n, nn), np.int64)
@@ -476,7 +500,8 @@ def _scan(data, starts, ends, parent, fieldno, ftype, leaf, ch_start, ch_count, 
                     break
             if c >= 0:
                 t = ftype[c]
-                if wt != wire_of[t]:
+                packed = wt == 2 and packable[c]
+                if wt != wire_of[t] and not packed:
                     code = E_TYPE
                     efield = first_leaf[c]
                     p = ts
@@ -504,51 +529,83 @@ def _scan(data, starts, ends, parent, fieldno, ftype, leaf, ch_start, ch_count, 
                     p = vs
                     continue
                 lf = leaf[c]
-                seen = cnt[r, lf]
-                cnt[r, lf] += 1
-                if seen > 0 and not repeated:
-                    code = E_DUP
+                # a packed block's elements: varints, or 4 / 8 bytes each (encoding reference,
+                # "Packed Repeated Fields"); an unpacked value is one element
+                width = 4 if wire_of[t] == 5 else (8 if wire_of[t] == 1 else 0)
+                if packed and width > 0 and (ve - vs) % width != 0:
+                    code = E_PACKED
                     efield = lf
                     p = ts
                     break
-                if seen > 0:
-                    rep[r] = True
-                take = (seen == 0) if target < 0 else (lf == target and seen == occ)
-                kind = K_NUMBER
-                if t == 1:  # string
-                    q = vs
-                    while q < ve:
-                        if data[q] < 128:
-                            q += 1
+                es = vs
+                while code == 0 and (es < ve or not packed):
+                    ee = ve
+                    if packed:
+                        if width > 0:
+                            ee = es + width
                         else:
-                            k2 = seq_len(data, q, ve)
-                            if k2 == 0:
+                            _, ee = _varint(data, es, ve)
+                            if ee < 0:
+                                code = E_PACKED
+                                efield = lf
+                                p = ts
                                 break
-                            q += k2
-                    if q < ve:
-                        code = E_UTF8
+                    seen = cnt[r, lf]
+                    cnt[r, lf] += 1
+                    if seen > 0 and not repeated:
+                        code = E_DUP
                         efield = lf
                         p = ts
                         break
-                    kind = K_STRING
-                elif t == 8:  # bool
-                    kind = K_FALSE
-                    for q in range(vs, ve):
-                        if data[q] & 0x7F:
-                            kind = K_TRUE
-                if take:
-                    vstart[r, lf] = vs
-                    vend[r, lf] = ve
-                    vkind[r, lf] = kind
-                    fstart[r, lf] = ts
-                    lstart[r, lf] = ls
-                    if target >= 0:  # the path messages around this occurrence
-                        for k in range(1, d + 1):
-                            mn = snode[k]
-                            mseen[r, mn] = True
-                            mls[r, mn] = st_ls[k]
-                            mvs[r, mn] = st_vs[k]
-                            mve[r, mn] = st_ve[k]
+                    if seen > 0:
+                        rep[r] = True
+                    take = (seen == 0) if target < 0 else (lf == target and seen == occ[r])
+                    kind = K_NUMBER
+                    if t == 1:  # string
+                        q = es
+                        while q < ee:
+                            if data[q] < 128:
+                                q += 1
+                            else:
+                                k2 = seq_len(data, q, ee)
+                                if k2 == 0:
+                                    break
+                                q += k2
+                        if q < ee:
+                            code = E_UTF8
+                            efield = lf
+                            p = ts
+                            break
+                        kind = K_STRING
+                    elif t == 8:  # bool
+                        kind = K_FALSE
+                        for q in range(es, ee):
+                            if data[q] & 0x7F:
+                                kind = K_TRUE
+                    if take:
+                        vstart[r, lf] = es
+                        vend[r, lf] = ee
+                        vkind[r, lf] = kind
+                        # an element of a packed block is removed alone, without a tag
+                        fstart[r, lf] = es if packed else ts
+                        lstart[r, lf] = es if packed else ls
+                        if packed:
+                            pts[r, lf] = ts
+                            pls[r, lf] = ls
+                            pvs[r, lf] = vs
+                            pve[r, lf] = ve
+                        if target >= 0:  # the path messages around this occurrence
+                            for k in range(1, d + 1):
+                                mn = snode[k]
+                                mseen[r, mn] = True
+                                mls[r, mn] = st_ls[k]
+                                mvs[r, mn] = st_vs[k]
+                                mve[r, mn] = st_ve[k]
+                    if not packed:
+                        break
+                    es = ee
+                if code != 0:
+                    break
             p = ve
         if code != 0:
             err[r] = code
@@ -559,7 +616,7 @@ def _scan(data, starts, ends, parent, fieldno, ftype, leaf, ch_start, ch_count, 
                 vkind[r, j] = K_MISSING
                 cnt[r, j] = 0
     return (vstart, vend, vkind, err, errpos, errfield, fstart, lstart, body, mls, mvs, mve, mseen,
-            cnt, rep)  # fmt: skip
+            cnt, rep, pts, pls, pvs, pve)  # fmt: skip
 
 
 def _first_leaf(lay: ProtoLayout) -> np.ndarray:
@@ -575,7 +632,7 @@ def _first_leaf(lay: ProtoLayout) -> np.ndarray:
 
 def scan(
     data: np.ndarray, starts: np.ndarray, ends: np.ndarray, lay: ProtoLayout,
-    repeated: bool = True, target: int = -1, occ: int = 0,
+    repeated: bool = True, target: int = -1, occ: int | np.ndarray = 0,
 ) -> ProtoScan:  # fmt: skip
     """Validate each frame and locate the layout's fields (spans of the values' bytes).
 
@@ -584,18 +641,23 @@ def scan(
     (n, leaves) says how often each field occurs: such a record is masked one occurrence at a
     time, by scans with `target` (a field) and `occ` (its occurrence, in document order) that
     locate that occurrence and the message instances around it, for `emit` to fix their
-    lengths. `repeated=False` makes a second occurrence an error (E_DUP) instead."""
+    lengths; `occ` may differ per record (an array). `repeated=False` makes a second
+    occurrence an error (E_DUP) instead.
+
+    A repeated numeric field is read in both encodings, even mixed in one record: unpacked
+    (one tag per element) and packed (one length-delimited block of elements); each element of
+    a packed block is one occurrence, located with the block around it (`sc.pvs` >= 0), whose
+    length prefix `emit` fixes. A packed block that is cut off inside a varint, or whose length
+    is not a multiple of its fixed element size, is an error (E_PACKED)."""
+    occ_r = np.broadcast_to(np.asarray(occ, np.int64), (len(starts),))
     out = _scan(
         data, starts, ends, lay.parent, lay.fieldno, lay.ftype, lay.leaf, lay.ch_start,
         lay.ch_count, lay.children, len(lay.paths), lay.depth, _WIRE_OF, _first_leaf(lay),
-        repeated, target, occ,
+        lay.packable, repeated, target, np.ascontiguousarray(occ_r),
     )  # fmt: skip
-    vs, ve, vk, err, errpos, errfield, fstart, lstart, body, mls, mvs, mve, mseen, cnt, rep = out
-    sc = ProtoScan(
-        starts, ends, vs, ve, vk, err, errpos, errfield, fstart, lstart, body, mls, mvs, mve, mseen
-    )
-    sc.counts = cnt  # type: ignore[attr-defined]
-    sc.rep = rep  # type: ignore[attr-defined]
+    sc = ProtoScan(starts, ends, *out[:13])
+    sc.counts, sc.rep = out[13], out[14]  # type: ignore[attr-defined]
+    sc.pts, sc.pls, sc.pvs, sc.pve = out[15:]
     return sc
 
 
@@ -801,15 +863,18 @@ def encode_values(values: pa.Array, t: int, path: str) -> tuple[np.ndarray, np.n
 
 @njit(cache=True)
 def _emit(data, starts, ends, emit, body, parent, nodes_inner, lnode, fstart, lstart, vend, edit,
-          rep_off, rep_data, rep_valid, mls, mvs, mve, mseen, prefix):  # fmt: skip
+          rep_off, rep_data, rep_valid, mls, mvs, mve, mseen, pts, pls, pvs, pve, prefix):  # fmt: skip
     n = starts.shape[0]
     nn = parent.shape[0]
     k = lnode.shape[0]
-    nops_max = k + nodes_inner.shape[0]
+    nops_max = 2 * k + nodes_inner.shape[0]
     op_s = np.empty(nops_max, np.int64)
     op_e = np.empty(nops_max, np.int64)
-    op_src = np.empty(nops_max, np.int64)  # >= 0: edited column; < 0: -(inner node) - 1
+    # < k: edited column; >= k: the length prefix of column (src - k)'s packed block;
+    # < 0: the length prefix of inner node -(src) - 1
+    op_src = np.empty(nops_max, np.int64)
     new_len = np.zeros(nn, np.int64)
+    block_len = np.zeros(max(k, 1), np.int64)
     delta = np.zeros(nn, np.int64)
     sizes = np.zeros(n, np.int64)
     for phase in range(2):
@@ -831,9 +896,26 @@ def _emit(data, starts, ends, emit, body, parent, nodes_inner, lnode, fstart, ls
                 if edit[i, c]:
                     a = lstart[i, c] if rep_valid[c, i] else fstart[i, c]
                     rl = rep_off[c, i + 1] - rep_off[c, i] if rep_valid[c, i] else 0
-                    delta[parent[lnode[c]]] += rl - (vend[i, c] - a)
+                    dl = rl - (vend[i, c] - a)
+                    e = vend[i, c]
+                    bs = pvs[i, c]
+                    if bs >= 0 and dl != 0:  # an element of a packed block
+                        if a == bs and e == pve[i, c] and not rep_valid[c, i]:
+                            # its only element removed: the field goes, as the library writes
+                            # no field for a repeated one without elements
+                            a = pts[i, c]
+                            dl = -(e - a)
+                        else:
+                            nl = pve[i, c] - bs + dl
+                            block_len[c] = nl
+                            dl += _vsize(np.uint64(nl)) - (bs - pls[i, c])
+                            op_s[m] = pls[i, c]
+                            op_e[m] = bs
+                            op_src[m] = k + c
+                            m += 1
+                    delta[parent[lnode[c]]] += dl
                     op_s[m] = a
-                    op_e[m] = vend[i, c]
+                    op_e[m] = e
                     op_src[m] = c
                     m += 1
             for j in range(nodes_inner.shape[0] - 1, -1, -1):  # children before parents
@@ -866,7 +948,9 @@ def _emit(data, starts, ends, emit, body, parent, nodes_inner, lnode, fstart, ls
                     out[o] = data[q]
                     o += 1
                 src = op_src[j]
-                if src >= 0:
+                if src >= k:
+                    o = _put_varint(out, o, np.uint64(block_len[src - k]))
+                elif src >= 0:
                     if rep_valid[src, i]:
                         for q in range(rep_off[src, i], rep_off[src, i + 1]):
                             out[o] = rep_data[q]
@@ -892,7 +976,9 @@ def emit(
     prefix: bool = True,
 ) -> pa.Array:
     """Emitted records (delimited frames when `prefix`) with the `edited` leaves re-encoded from
-    `values` where `edit` is set, enclosing lengths fixed up, every other byte kept."""
+    `values` where `edit` is set, enclosing lengths fixed up, every other byte kept. A leaf
+    located in a packed block is one element: re-encoded alone, or dropped when null, with the
+    block's length prefix fixed."""
     n = len(sc.starts)
     k = len(edited)
     rep_off = np.zeros((max(k, 1), n + 1), np.int64)
@@ -922,7 +1008,8 @@ def emit(
     off, out = _emit(
         data, sc.starts, sc.ends, emit_mask, sc.body, lay.parent, inner, lnode, pick(sc.fstart),
         pick(sc.lstart), pick(sc.vend), present,
-        rep_off, rep_data, rep_valid, sc.mls, sc.mvs, sc.mve, sc.mseen, prefix,
+        rep_off, rep_data, rep_valid, sc.mls, sc.mvs, sc.mve, sc.mseen, pick(sc.pts),
+        pick(sc.pls), pick(sc.pvs), pick(sc.pve), prefix,
     )  # fmt: skip
     return string_array(off, out, None, binary=True)
 

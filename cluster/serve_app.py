@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 from fastapi import Request as HttpRequest  # real annotations (no __future__): FastAPI reads them
 from fastapi import Response
+from starlette.requests import ClientDisconnect
 
 from raymask.cluster.http_formats import MEDIA_KINDS, MEDIA_TYPES, BodyError, body_codec
 from raymask.errors import InputError, RaymaskError
@@ -410,6 +411,7 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
             self.pools: dict[str, list] = {}
             self.local: dict[str, Any] = {}
             self.by_format: dict[tuple[str, bytes], tuple[Any, Any]] = {}  # CSV headers seen
+            self._batchers: dict[tuple[str, str | None], Any] = {}  # serve.batch per view
             for stream, plan in self.core.plans.items():
                 codec = self.core.codecs.get(stream)
                 fmt = format_for("ndjson") if codec is None else codec.fixed_format
@@ -492,9 +494,23 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
             if tables and self.vault is not None:
                 self.vault.write(tables, tag=self.vault_tag)
 
-        @serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s)
-        async def _batched(self, requests: list[Request]) -> list[Answer]:
-            return await self.core.answer(requests)
+        async def _batched(self, request: Request) -> Answer:
+            """The request's answer, masked in a batch with the requests of the same stream and
+            view that came meanwhile (one `serve.batch` queue per stream and view: requests of
+            different views share no work, and one queue would make each wait for the others'
+            masking)."""
+            key = (request.stream, request.view)
+            batcher = self._batchers.get(key)
+            if batcher is None:
+                core = self.core
+
+                async def answer(requests: list[Request]) -> list[Answer]:
+                    return await core.answer(requests)
+
+                batcher = self._batchers[key] = serve.batch(
+                    max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s
+                )(answer)
+            return await batcher(request)
 
         @api.post("/v1/streams/{stream}/mask", summary="Mask a body of records for one view")
         async def mask(
@@ -507,7 +523,10 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
                 a = v
             else:
                 t0 = time.perf_counter()
-                body = await request.body()
+                try:
+                    body = await request.body()
+                except ClientDisconnect:  # the caller left mid-body: nobody reads an answer
+                    return Response(b"", 499)
                 t1 = time.perf_counter()
                 parsed = self.core.parse(stream, v, body, request.headers.get("content-type"))
                 a = parsed if isinstance(parsed, Answer) else await self._batched(parsed)

@@ -509,23 +509,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def find_max(
     out: Path, host: str, args: argparse.Namespace, metrics_url: str | None, *,
-    p99_limit_ms: float = 100.0, step_s: float = 8.0,
+    p99_limit_ms: float = 100.0, step_s: float = 8.0, name: str = "max",
+    deployment: str = "MaskIngress",
 ) -> list[dict]:  # fmt: skip
     """The highest 100-record request rate the app sustains with p99 under `p99_limit_ms`:
     open-loop steps (each of --users users sends at a fixed rate, answered or not), rising until
-    p99 passes the limit, a request fails, or the app answers under 95% of what was offered.
-    Writes OUT/max.md and max.json; returns the steps."""
+    p99 passes the limit, a request fails, or the app answers under 95% of what was offered,
+    twice in a row at the same rate.
+    Writes OUT/{name}.md and {name}.json (steps in OUT/{name}-RATE/); returns the steps."""
     rows: list[dict] = []
-    for per_user in (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30):
+    for per_user in (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80):
         offered = per_user * args.users
-        d = out / f"max-{offered}"
-        http_phase(d, host, args, classes=["MaskHundredRecords"], shape="steady",
-                   seconds=step_s, rate=float(per_user), check_every=0, metrics_url=metrics_url,
-                   deployment="MaskIngress")  # fmt: skip
-        a = aggregated(d)
-        ok = (a["p99_ms"] < p99_limit_ms and not a["failures"]
-              and a["requests_per_s"] >= 0.95 * offered)  # fmt: skip
-        rows.append({"offered_requests_per_s": offered, **a, "sustained": ok})
+        # a step that fails is run once more (p99 of a few hundred requests is the second
+        # slowest or so: one stall of a neighbour decides it); two fails in a row end the search
+        for attempt in (1, 2):
+            d = out / f"{name}-{offered}" if attempt == 1 else out / f"{name}-{offered}-again"
+            http_phase(d, host, args, classes=["MaskHundredRecords"], shape="steady",
+                       seconds=step_s, rate=float(per_user), check_every=0,
+                       metrics_url=metrics_url, deployment=deployment)  # fmt: skip
+            a = aggregated(d)
+            ok = (a["p99_ms"] < p99_limit_ms and not a["failures"]
+                  and a["requests_per_s"] >= 0.95 * offered)  # fmt: skip
+            rows.append({"offered_requests_per_s": offered, **a, "sustained": ok})
+            if ok:
+                break
         if not ok:
             break
     best = max((r for r in rows if r["sustained"]), key=lambda r: r["requests_per_s"],
@@ -542,9 +549,14 @@ def find_max(
     lines += ["", "Max sustained: " + (f"{best['requests_per_s'] * 100:,.0f} records/s "
               f"({best['requests_per_s']:.1f} requests/s, p99 {best['p99_ms']:.0f} ms)"
               if best else "none of the steps")]  # fmt: skip
-    (out / "max.md").write_text("\n".join(lines) + "\n")
-    (out / "max.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
     return rows
+
+
+def best_sustained(rows: list[dict]) -> float:
+    """The highest answered requests/s among the sustained steps (0 when none was)."""
+    return max((r["requests_per_s"] for r in rows if r["sustained"]), default=0.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -589,12 +601,24 @@ def main(argv: list[str] | None = None) -> int:
                         )  # fmt: skip
                     pairs.append((out / f"echo{sfx}", out / f"http-batch{sfx}"))
                 compare(out, pairs, command)
+                if args.find_max:  # the same open-loop steps against the echo deployment
+                    echo_rows = find_max(out, stack.echo_host, args, metrics, name="max-echo",
+                                         deployment="EchoIngress")  # fmt: skip
+                    print("echo deployment:\n" + (out / "max-echo.md").read_text())
                 stack.drop_echo()
             elif args.compare_echo:
                 print("--compare-echo needs the local stack (no --host): skipped", file=sys.stderr)
             if args.find_max:
-                find_max(out, host, args, metrics)
-                print((out / "max.md").read_text())
+                rows = find_max(out, host, args, metrics)
+                print("raymask:\n" + (out / "max.md").read_text())
+                if echo:
+                    mine, theirs = best_sustained(rows), best_sustained(echo_rows)
+                    ratio = mine / theirs if theirs else float("nan")
+                    text = (f"Highest sustained rate (p99 < 100 ms), 100-record requests: raymask "
+                            f"{mine:.1f} requests/s, echo deployment {theirs:.1f} requests/s: "
+                            f"**{ratio:.2f}x**\n")  # fmt: skip
+                    (out / "max-compare.md").write_text(text)
+                    print(text)
             runs["http"] = http_phase(
                 out / "http", host, args, classes=["MaskOneRecord", "MaskHundredRecords"],
                 shape=args.shape, seconds=args.seconds, rate=args.http_rate, check_every=10,

@@ -204,12 +204,7 @@ def _add_y_fast(X, S, d, radix, m, M, sign, out, table, k):
         a = np.uint64(0)
         for j in range(m):
             a = a * np.uint64(radix) + np.uint64(X[i, j])
-        if sign > 0:
-            c = a + r
-            if c >= Mu:
-                c -= Mu
-        else:
-            c = a - r if a >= r else a + (Mu - r)
+        c = _add_mod(a, r, Mu, sign)
         pos = m
         while pos > 0:
             take = k if pos >= k else pos
@@ -327,6 +322,15 @@ def _ff1_q16(B, b, rnd, y0w, q64):
         q64[i, 1] = y0w[1] ^ _bswap64(tail)
 
 
+@njit(cache=True, inline="always")
+def _add_mod(a, r, Mu, sign):
+    """(a + sign * r) mod Mu for a, r < Mu."""
+    if sign > 0:
+        c = a + r
+        return c - Mu if c >= Mu else c
+    return a - r if a >= r else a + (Mu - r)
+
+
 @njit(cache=True)
 def _round_int8(A, S64, M, sign):
     """_round_int for d = 8: y is the first 8 bytes of S, big-endian."""
@@ -335,13 +339,7 @@ def _round_int8(A, S64, M, sign):
     Mu = np.uint64(M)
     for i in range(n):
         r = _bswap64(S64[i, 0]) % Mu
-        a = A[i]
-        if sign > 0:
-            c = a + r
-            if c >= Mu:
-                c -= Mu
-        else:
-            c = a - r if a >= r else a + (Mu - r)
+        c = _add_mod(A[i], r, Mu, sign)
         out[i] = c
     return out
 
@@ -355,13 +353,7 @@ def _round8_q16(A, S64, M, sign, b, nxt, y0w, q64):
     Mu = np.uint64(M)
     for i in range(n):
         r = _bswap64(S64[i, 0]) % Mu
-        a = A[i]
-        if sign > 0:
-            c = a + r
-            if c >= Mu:
-                c -= Mu
-        else:
-            c = a - r if a >= r else a + (Mu - r)
+        c = _add_mod(A[i], r, Mu, sign)
         out[i] = c
         if nxt >= 0:
             tail = (np.uint64(nxt) << np.uint64(8 * b)) | c
@@ -432,13 +424,7 @@ def _round_int(A, S, d, M, sign, reverse_s):
             byte = S[i, 15 - q] if reverse_s else S[i, q]
             r = (r << np.uint64(8)) | np.uint64(byte)
         r = r % Mu
-        a = A[i]
-        if sign > 0:
-            c = a + r
-            if c >= Mu:
-                c -= Mu
-        else:
-            c = a - r if a >= r else a + (Mu - r)
+        c = _add_mod(A[i], r, Mu, sign)
         out[i] = c
     return out
 

@@ -23,6 +23,29 @@ from raymask.policy.registry import REGISTRY, FieldContext
 from raymask.policy.schema import Tokenize
 
 
+def _mutated_frame(draw, raw: bytes) -> bytes:  # noqa: ANN001
+    """One length-delimited frame of `raw` with up to two bytes after the first overwritten."""
+    f = bytearray(pb.frame([raw]))
+    for _ in range(draw(st.integers(0, 2))):
+        if len(f) > 1:
+            f[draw(st.integers(1, len(f) - 1))] = draw(st.integers(0, 255))
+    return bytes(f)
+
+
+def _masked_messages(pol, keyring, tmp, blob: bytes, cls) -> list:  # noqa: ANN001
+    """Mask the delimited stream `blob` with stream "s" of `pol` (the run must balance) and
+    parse every output frame as `cls`."""
+    src, dst = tmp / "in", tmp / "out"
+    src.write_bytes(blob)
+    s = mask_file(pol, "s", src, dst, keyring=keyring, local=True, workers=1)
+    assert s.balanced
+    body = dst.read_bytes()
+    st_, en, _ = pb.split(np.frombuffer(body, np.uint8), 0)
+    return [
+        cls.FromString(r) for r in pb.unframe([body[a:b] for a, b in zip(st_, en, strict=True)])
+    ]
+
+
 def _tokens(values: list[str], keyring: Keyring, **spec) -> list[str]:
     """The tokenize technique's own output for `values` (the oracle for masked fields)."""
     s = Tokenize(technique="tokenize", key="tok", **spec)
@@ -479,24 +502,13 @@ streams:
             m.tags.extend(draw(st.lists(st.sampled_from(["x", "yy", "é"]), max_size=4)))
             for name in draw(st.lists(st.sampled_from(["n", "nnnn" * 40]), max_size=3)):
                 m.others.add(name=name).address.city = "c" * draw(st.integers(0, 200))
-            f = bytearray(pb.frame([m.SerializeToString()]))
-            for _ in range(draw(st.integers(0, 2))):
-                if len(f) > 1:
-                    f[draw(st.integers(1, len(f) - 1))] = draw(st.integers(0, 255))
-            frames.append(bytes(f))
+            frames.append(_mutated_frame(draw, m.SerializeToString()))
         return b"".join(frames)
 
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
     @given(streams())
     def run(blob: bytes) -> None:
-        src, dst = tmp / "in", tmp / "out"
-        src.write_bytes(blob)
-        s = mask_file(pol, "s", src, dst, keyring=keyring, local=True, workers=1)
-        assert s.balanced
-        body = dst.read_bytes()
-        st_, en, _ = pb.split(np.frombuffer(body, np.uint8), 0)
-        for raw in pb.unframe([body[a:b] for a, b in zip(st_, en, strict=True)]):
-            m = cls.FromString(raw)
+        for m in _masked_messages(pol, keyring, tmp, blob, cls):
             assert set(m.tags) <= {"[REDACTED]"}
             assert {o.name for o in m.others} <= {"[REDACTED]", ""}
             assert {o.address.city for o in m.others} <= {"[REDACTED]", ""}
@@ -697,24 +709,13 @@ streams:
             raw = m.SerializeToString()
             if draw(st.booleans()):
                 raw = ucls.FromString(raw).SerializeToString()
-            f = bytearray(pb.frame([raw]))
-            for _ in range(draw(st.integers(0, 2))):
-                if len(f) > 1:
-                    f[draw(st.integers(1, len(f) - 1))] = draw(st.integers(0, 255))
-            frames.append(bytes(f))
+            frames.append(_mutated_frame(draw, raw))
         return b"".join(frames)
 
     @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
     @given(streams())
     def run(blob: bytes) -> None:
-        src, dst = tmp / "in", tmp / "out"
-        src.write_bytes(blob)
-        s = mask_file(pol, "s", src, dst, keyring=keyring, local=True, workers=1)
-        assert s.balanced
-        body = dst.read_bytes()
-        st_, en, _ = pb.split(np.frombuffer(body, np.uint8), 0)
-        for raw in pb.unframe([body[a:b] for a, b in zip(st_, en, strict=True)]):
-            m = cls.FromString(raw)
+        for m in _masked_messages(pol, keyring, tmp, blob, cls):
             assert set(m.i32) <= {-1} and not m.readings and set(m.f64) <= {3}
             assert all(set(x.deltas) <= {7} for x in m.series)
             if unknown == "drop":

@@ -202,6 +202,9 @@ class KafkaCopy:
         from aiokafka import AIOKafkaProducer
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+        from raymask.actors.sources.kafka import with_ssl_context
+
+        options = with_ssl_context(options)
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **options)
         await admin.start()
         try:

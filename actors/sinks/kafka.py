@@ -137,6 +137,7 @@ class KafkaSink:
         # clusters support it, the embedded tansu 0.6.0 does not (InitProducerId fails)
         self.idempotent = idempotent
         self.client_options = dict(client_options or {})
+        self._opts: dict[str, Any] | None = None  # with the SSL context, made in this process
         self.call_timeout_s = call_timeout_s
         self.framing = framing
         self._producer: Any = None
@@ -156,7 +157,7 @@ class KafkaSink:
         # a batch the broker does not take expires after request_timeout_ms (aiokafka's default
         # 40 s): no longer than a call may wait, unless the caller says otherwise
         opts = {"request_timeout_ms": int(min(40.0, self.call_timeout_s) * 1000),
-                **self.client_options}  # fmt: skip
+                **self._client_opts()}  # fmt: skip
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, acks=self.acks, enable_idempotence=self.idempotent,
             max_batch_size=self.max_batch_bytes, max_request_size=max(self.max_batch_bytes, self.max_record_bytes) + (1 << 16),
@@ -169,7 +170,7 @@ class KafkaSink:
             if self.mark_group is not None:
                 self._marks = AIOKafkaConsumer(
                     bootstrap_servers=self.bootstrap, group_id=self.mark_group,
-                    enable_auto_commit=False, **self.client_options,
+                    enable_auto_commit=False, **self._client_opts(),
                 )  # fmt: skip
                 await self._bounded(self._marks.start(), "connect")
         except Exception as exc:
@@ -229,7 +230,14 @@ class KafkaSink:
     def _admin_options(self) -> dict[str, Any]:
         keep = ("security_protocol", "ssl_context", "sasl_mechanism", "sasl_plain_username",
                 "sasl_plain_password", "sasl_kerberos_service_name", "sasl_oauth_token_provider")  # fmt: skip
-        return {k: v for k, v in self.client_options.items() if k in keep}
+        return {k: v for k, v in self._client_opts().items() if k in keep}
+
+    def _client_opts(self) -> dict[str, Any]:
+        if self._opts is None:
+            from raymask.actors.sources.kafka import with_ssl_context
+
+            self._opts = with_ssl_context(self.client_options)
+        return self._opts
 
     async def write(
         self, topic: str, partition: int, role: str, records: pa.Array | Sequence[bytes],
@@ -395,7 +403,7 @@ class KafkaSink:
 
         reader = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest", fetch_max_wait_ms=wait_ms, **self.client_options,
+            auto_offset_reset="earliest", fetch_max_wait_ms=wait_ms, **self._client_opts(),
         )  # fmt: skip
         await reader.start()
         best: int | None = None

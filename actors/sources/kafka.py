@@ -45,6 +45,7 @@ from raymask.errors import BrokerUnreachable, PipelineError
 
 __all__ = [
     "BadMessage", "KafkaSource", "KafkaSourceActor", "PartitionChunk", "frame_values", "read_all",
+    "with_ssl_context",
 ]  # fmt: skip
 
 _NL = 10
@@ -225,7 +226,7 @@ class KafkaSource:
         from aiokafka import AIOKafkaConsumer
 
         self._consumer = AIOKafkaConsumer(
-            *self.topics, bootstrap_servers=self.bootstrap, **self.options
+            *self.topics, bootstrap_servers=self.bootstrap, **with_ssl_context(self.options)
         )
         try:
             await asyncio.wait_for(self._consumer.start(), self.call_timeout_s)
@@ -345,6 +346,43 @@ class KafkaSource:
             return True
         except Exception:  # refused, timed out, no broker known: all mean "not now"
             return False
+
+
+SSL_FILE_OPTIONS = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password")
+
+
+def with_ssl_context(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Client options as aiokafka takes them. aiokafka wants an `ssl_context` object for
+    security_protocol SSL and SASL_SSL (MSK, Confluent Cloud, most managed clusters); options
+    given as text (`--kafka-option`) name files instead, as other Kafka clients do: `ssl_cafile`,
+    `ssl_certfile`, `ssl_keyfile`, `ssl_password`. They become the context here (aiokafka's
+    `create_ssl_context`, the system's CAs when no cafile is named). Call it where the client is
+    made: a context does not cross processes, so actors get the text and build their own."""
+    from raymask.errors import InputError
+
+    out = dict(options)
+    files = {k: out.pop(k) for k in SSL_FILE_OPTIONS if k in out}
+    protocol = str(out.get("security_protocol", "PLAINTEXT")).upper()
+    if protocol in ("SSL", "SASL_SSL"):
+        if out.get("ssl_context") is None:
+            from aiokafka.helpers import create_ssl_context
+
+            try:
+                out["ssl_context"] = create_ssl_context(
+                    cafile=files.get("ssl_cafile"), certfile=files.get("ssl_certfile"),
+                    keyfile=files.get("ssl_keyfile"), password=files.get("ssl_password"),
+                )  # fmt: skip
+            except (OSError, ValueError) as exc:  # a missing or unreadable file, a bad key
+                names = ", ".join(sorted(k for k in files if k != "ssl_password")) or "defaults"
+                raise InputError(
+                    f"kafka SSL options ({names}): cannot build the TLS context "
+                    f"({type(exc).__name__})"
+                ) from None
+    elif files:
+        raise InputError(
+            f"kafka options {', '.join(sorted(files))} need security_protocol SSL or SASL_SSL"
+        )
+    return out
 
 
 def read_all(

@@ -362,6 +362,16 @@ def _round8_q16(A, S64, M, sign, b, nxt, y0w, q64):
     return out
 
 
+@njit(cache=True, inline="always")
+def _luhn_digit(dgt, pos):
+    """A digit's share of the Luhn sum, `pos` places from the right (every second doubled)."""
+    if pos % 2 == 1:
+        dgt *= 2
+        if dgt > 9:
+            dgt -= 9
+    return dgt
+
+
 @njit(cache=True)
 def _luhn_ok_int(A, B, u, v, tail):
     """_luhn_ok of the decimal number A (u digits) B (v digits) tail (digits), from the halves
@@ -373,22 +383,14 @@ def _luhn_ok_int(A, B, u, v, tail):
         pos = 0
         for j in range(tail.shape[1] - 1, -1, -1):
             dgt = np.int64(tail[i, j])
-            if pos % 2 == 1:
-                dgt *= 2
-                if dgt > 9:
-                    dgt -= 9
-            total += dgt
+            total += _luhn_digit(dgt, pos)
             pos += 1
         for half in range(2):
             x = B[i] if half == 0 else A[i]
             for _ in range(v if half == 0 else u):
                 dgt = np.int64(x % np.uint64(10))
                 x = x // np.uint64(10)
-                if pos % 2 == 1:
-                    dgt *= 2
-                    if dgt > 9:
-                        dgt -= 9
-                total += dgt
+                total += _luhn_digit(dgt, pos)
                 pos += 1
         ok[i] = total % 10 == 0
     return ok
@@ -762,19 +764,11 @@ def _luhn_ok(head, tail):
         pos = 0
         for j in range(tail.shape[1] - 1, -1, -1):
             dgt = tail[i, j]
-            if pos % 2 == 1:
-                dgt *= 2
-                if dgt > 9:
-                    dgt -= 9
-            total += dgt
+            total += _luhn_digit(dgt, pos)
             pos += 1
         for j in range(head.shape[1] - 1, -1, -1):
             dgt = head[i, j]
-            if pos % 2 == 1:
-                dgt *= 2
-                if dgt > 9:
-                    dgt -= 9
-            total += dgt
+            total += _luhn_digit(dgt, pos)
             pos += 1
         ok[i] = total % 10 == 0
     return ok

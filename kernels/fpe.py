@@ -333,15 +333,8 @@ def _add_mod(a, r, Mu, sign):
 
 @njit(cache=True)
 def _round_int8(A, S64, M, sign):
-    """_round_int for d = 8: y is the first 8 bytes of S, big-endian."""
-    n = A.shape[0]
-    out = np.empty(n, np.uint64)
-    Mu = np.uint64(M)
-    for i in range(n):
-        r = _bswap64(S64[i, 0]) % Mu
-        c = _add_mod(A[i], r, Mu, sign)
-        out[i] = c
-    return out
+    """_round_int for d = 8: y is the first 8 bytes of S, big-endian (no next Q)."""
+    return _round8_q16(A, S64, M, sign, 0, -1, np.zeros(2, np.uint64), np.zeros((1, 2), np.uint64))
 
 
 @njit(cache=True)

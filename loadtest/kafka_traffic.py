@@ -118,10 +118,10 @@ def produce_traffic(
 
 def read_topic(
     bootstrap: str, topic: str, partitions: int, *, expect: int | None = None, idle_s: float = 3.0,
-    only: int | None = None,
+    only: int | None = None, fetch_max_wait_ms: int = 100,
 ) -> list[Message]:  # fmt: skip
     """Every message of `topic` (stops when `expect` are read, or nothing came for `idle_s`);
-    with `only`, of that one partition."""
+    with `only`, of that one partition. `fetch_max_wait_ms`: see read_all."""
     from raymask.actors.sources.kafka import read_all
 
     parts = [only] if only is not None else list(range(partitions))
@@ -134,5 +134,12 @@ def read_topic(
             m.timestamp,
             tuple(m.headers or ()),
         )  # fmt: skip
-        for m in read_all(bootstrap, topic, partitions=parts, expect=expect, idle_s=idle_s)
+        for m in read_all(
+            bootstrap,
+            topic,
+            partitions=parts,
+            expect=expect,
+            idle_s=idle_s,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+        )  # fmt: skip
     ]

@@ -388,13 +388,15 @@ def with_ssl_context(options: Mapping[str, Any]) -> dict[str, Any]:
 def read_all(
     bootstrap: str, topic: str, *, partitions: Sequence[int] | None = None,
     expect: int | None = None, idle_s: float = 2.0, max_fetch_bytes: int = 8 << 20,
-    fetch_max_wait_ms: int = READ_BACK_WAIT_MS,
+    fetch_max_wait_ms: int = 100,
 ) -> list[Any]:  # fmt: skip
     """Every message of `topic` from offset 0, in offset order per partition (aiokafka's
     ConsumerRecords), without a consumer group: for readers of a whole topic (a vault, an audit
     copy, a test's output). Stops once `expect` messages are read, or when nothing came for
     `idle_s`. `partitions` defaults to all of the topic's; a topic the broker does not know
-    raises InputError."""
+    raises InputError. Keep `fetch_max_wait_ms` well under `idle_s`: a fetch in flight holds back
+    the next one to the same broker, so a long wait can end the read early. A large topic on
+    tansu's S3 storage needs a long one (READ_BACK_WAIT_MS) with a long `idle_s`."""
     import time
 
     from aiokafka import AIOKafkaConsumer, TopicPartition

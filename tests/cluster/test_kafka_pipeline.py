@@ -327,8 +327,11 @@ def test_a_broker_restart_mid_run_on_s3_storage_loses_and_doubles_nothing(
             for role in roles:
                 # a broker reading a large topic back from the loopback S3 pauses between
                 # fetches: a longer idle limit for the long runs, or the read stops early
+                # and answers a fetch only after listing the partition's objects (a fetch wait
+                # long enough for that, and an idle limit well over the wait: read_all)
+                idle = 3 if n <= 50_000 else 30
                 msgs = read_topic(again.bootstrap, s.topics[role], PARTS, expect=n + 1,
-                                  idle_s=3 if n <= 50_000 else 30)  # fmt: skip
+                                  idle_s=idle, fetch_max_wait_ms=1000 if idle < 30 else 5000)  # fmt: skip
                 _exactly_once_in_order(msgs, n, lambda r: r["device"]["id"])
 
 

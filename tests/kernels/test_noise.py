@@ -1,7 +1,8 @@
 """Exact samplers against their exact laws and OpenDP's; noise columns; an empirical DP audit.
 
-Every statistical test below fails by chance with probability 0.001 (alpha) or less, stated
-per test; the random streams are OS-seeded, so a failure is never replayed by a fixed seed.
+Every statistical test below fails a correct sampler by chance with probability ALPHA (1e-6,
+tests/chance.py) or less; the random streams are OS-seeded, so a failure is never replayed by
+a fixed seed.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from scipy import optimize, stats
 
 from raymask.kernels import noise
 from raymask.kernels.rng import SecureRandom
+from tests.chance import ALPHA, Z
 
 N = 1_000_000
-ALPHA = 0.001
-Z = stats.norm.isf(ALPHA / 2)  # two-sided 0.001
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def _chi2_gof(sample: np.ndarray, pmf) -> float:
 
 
 def _moments_in_ci(sample: np.ndarray, pmf, L: int) -> None:
-    """Mean and variance inside their 0.001 confidence intervals (exact moments of the law)."""
+    """Mean and variance inside their 1 - ALPHA confidence intervals (exact moments of the law)."""
     z = np.arange(-L, L + 1)
     p = pmf(z)
     var = float((p * z**2).sum())
@@ -76,7 +76,7 @@ def _moments_in_ci(sample: np.ndarray, pmf, L: int) -> None:
 
 @pytest.mark.parametrize("gamma", [Fraction(0), Fraction(1, 3), Fraction(1), Fraction(7, 3)])
 def test_bernoulli_exp_rate(rng, gamma):
-    # binomial z-test at two-sided alpha = 0.001 per gamma
+    # binomial z-test at two-sided ALPHA per gamma
     b = noise.bernoulli_exp(N, gamma, rng)
     p = math.exp(-gamma)
     assert abs(b.mean() - p) <= Z * math.sqrt(p * (1 - p) / N) + 1e-12
@@ -91,7 +91,7 @@ def test_bernoulli_exp_rate(rng, gamma):
     ids=["scale-3", "scale-7+2^-20", "scale-5/2"],
 )
 def test_discrete_laplace_matches_exact_law(rng, t, s):
-    # chi-square goodness of fit, then mean and variance CIs: each alpha = 0.001
+    # chi-square goodness of fit, then mean and variance CIs: each at ALPHA
     z = noise.discrete_laplace(N, t, s, rng)
     scale = t / s
     assert _chi2_gof(z, lambda v: _dlap_pmf(v, scale)) > ALPHA
@@ -100,7 +100,7 @@ def test_discrete_laplace_matches_exact_law(rng, t, s):
 
 def test_discrete_laplace_agrees_with_opendp(rng):
     # two-sample chi-square (contingency table) of 10**6 of ours vs 10**5 of OpenDP's
-    # (OpenDP's sampler runs at ~80k/s here), alpha = 0.001
+    # (OpenDP's sampler runs at ~80k/s here), at ALPHA
     import opendp.prelude as dp
 
     dp.enable_features("contrib")
@@ -131,7 +131,7 @@ def test_discrete_gaussian_matches_exact_law(rng, sigma2):
 
 
 def test_discrete_gaussian_agrees_with_opendp(rng):
-    # as for Laplace: 10**6 ours vs 10**5 OpenDP, two-sample chi-square at alpha = 0.001
+    # as for Laplace: 10**6 ours vs 10**5 OpenDP, two-sample chi-square at ALPHA
     import opendp.prelude as dp
 
     dp.enable_features("contrib")
@@ -196,7 +196,7 @@ def test_float_laplace_column_is_on_the_grid_and_laplace_shaped(rng):
     steps = np.ldexp(out, -p.j)
     assert np.array_equal(steps, np.rint(steps))  # every output a multiple of 2**j (Mironov)
     # KS against the continuous Laplace(3, 10): the grid (2**-17 here) moves the CDF by far
-    # less than KS can see at n = 10**6; alpha = 0.001
+    # less than KS can see at n = 10**6; at ALPHA
     assert stats.kstest(out, stats.laplace(loc=3.0, scale=10.0).cdf).pvalue > ALPHA
 
 
@@ -245,7 +245,7 @@ def test_nulls_nan_clamp_types_and_rounding(rng):
 def test_neighbouring_inputs_log_ratio_stays_within_epsilon(rng, mech):
     """Inputs lo and hi (the farthest neighbours), 10**6 outputs each, integer noise: per output
     value with >= 2000 hits in both, |log(count ratio)| <= eps + z * its standard error, z the
-    Bonferroni 0.001 quantile over the values compared. For Laplace the bound is tight: the
+    Bonferroni ALPHA quantile over the values compared. For Laplace the bound is tight: the
     largest log ratio also reaches eps - that margin (the audit would see too little noise)."""
     eps = 1.0
     x0 = pa.array(np.zeros(N, np.int64))
@@ -274,7 +274,7 @@ def test_neighbouring_inputs_log_ratio_stays_within_epsilon(rng, mech):
 # per draw, an escape of the top digit below e**-12 and the Gaussian tail below 2**-40: the
 # parameters below make each frequent (fewer bits, smaller bases, a low escape bound, a short
 # table), so the rare paths decide thousands of values here. Each chi-square test fails by
-# chance with probability 0.001 (alpha).
+# chance with probability ALPHA.
 
 
 @pytest.fixture()

@@ -11,6 +11,7 @@ from scipy import stats
 
 from raymask.kernels import rng as rng_mod
 from raymask.kernels.rng import CtrDrbg, SecureRandom
+from tests.chance import ALPHA
 
 # NIST CAVP "CTR_DRBG AES-256 no df, PredictionResistance = False" (drbgvectors_pr_false), as
 # mirrored in aws-lc's crypto/fipsmodule/rand/ctrdrbg_vectors.txt. Procedure: instantiate
@@ -152,10 +153,10 @@ def test_a_forked_child_reseeds(monkeypatch):
 
 def test_bits_are_uniform():
     # every one of the 64 bit positions over 10**6 words: each a binomial z-test, and the 64
-    # p-values together under a KS test against uniform; false-failure rate 0.001
+    # p-values together under a KS test against uniform; false-failure rate ALPHA
     w = SecureRandom().uint64(1_000_000)
     bits = (w[:, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)
     ones = bits.sum(axis=0).astype(np.float64)
     z = (ones - 500_000) / np.sqrt(250_000)
     p = 2 * stats.norm.sf(np.abs(z))
-    assert stats.kstest(p, "uniform").pvalue > 0.001
+    assert stats.kstest(p, "uniform").pvalue > ALPHA

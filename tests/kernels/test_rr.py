@@ -1,6 +1,7 @@
 """k-ary randomized response: keep rate, uniform replacements, unbiased decoder, DP audit.
 
-Statistical tests fail by chance with probability 0.001 (alpha) each, as stated per test.
+Statistical tests fail a correct kernel by chance with probability ALPHA (1e-6,
+tests/chance.py) each, as stated per test.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from scipy import stats
 
 from raymask.kernels import rr
 from raymask.kernels.rng import SecureRandom
+from tests.chance import ALPHA, Z
 
 N = 1_000_000
-ALPHA = 0.001
-Z = stats.norm.isf(ALPHA / 2)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_threshold_rounds_down_and_effective_epsilon_is_within_eps(k, eps):
 @pytest.mark.parametrize(("k", "eps"), [(2, 1.0), (5, 0.5), (64, 3.0)])
 def test_keep_rate_and_uniform_replacements(rng, k, eps):
     # keep rate: binomial z-test; replacements given the true index 0: chi-square against
-    # uniform over the k - 1 others; each at alpha = 0.001
+    # uniform over the k - 1 others; each at ALPHA
     idx = np.zeros(N, np.int64)
     out = rr.randomize_indices(idx, np.ones(N, np.bool_), k, eps, rng)
     p = rr.keep_probability(k, eps)
@@ -58,7 +58,7 @@ def test_estimator_is_exactly_unbiased_on_expected_counts():
 
 def test_estimator_recovers_frequencies_within_its_ci(rng):
     # per category: |pi_hat - pi| <= z * sd, sd from the multinomial variance; Bonferroni over
-    # the k categories at alpha = 0.001
+    # the k categories at ALPHA
     k, eps = 4, 1.0
     pi = np.array([0.5, 0.3, 0.2, 0.0])
     idx = np.repeat(np.arange(k), (pi * N).astype(int))
@@ -92,7 +92,7 @@ def test_strings_bools_nulls_and_unknown_values(rng):
 
 def test_neighbouring_inputs_log_ratio_stays_within_epsilon(rng):
     """Audit: 10**6 reports of category 0 and of category 1 (k = 3, eps = 1); per output the
-    log count ratio is within eps + z * se (Bonferroni over 3 outputs, alpha = 0.001) and the
+    log count ratio is within eps + z * se (Bonferroni over 3 outputs at ALPHA) and the
     largest reaches eps - z * se (the bound is tight for randomized response)."""
     k, eps = 3, 1.0
     ones = np.ones(N, np.bool_)

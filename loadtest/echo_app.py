@@ -28,8 +28,9 @@ def _ingress_options() -> dict[str, Any]:
     }
 
 
-def build_echo_app() -> Any:
-    """The Serve application (bind it with `serve.run(build_echo_app(), route_prefix="/")`)."""
+def build_echo_app(replicas: int | None = None) -> Any:
+    """The Serve application (bind it with `serve.run(build_echo_app(), route_prefix="/")`);
+    `replicas`: a fixed count, as `build_app(replicas=)` gives raymask's ingress."""
     from ray import serve
 
     api = FastAPI(title="raymask echo baseline")
@@ -48,4 +49,7 @@ def build_echo_app() -> Any:
             return {"status": "ok"}
 
     opts = {k: v for k, v in _ingress_options().items() if v is not None}
+    if replicas is not None:
+        opts.pop("autoscaling_config", None)
+        opts["num_replicas"] = replicas
     return serve.deployment(EchoIngress, name="EchoIngress", **opts).bind()

@@ -162,9 +162,11 @@ class LocalStack:
 
     def __init__(
         self, policy: Any, keyring: Any, workers: int, stream: str, profile: str,
-        metrics_url: str | None = None,
+        metrics_url: str | None = None, replicas: int | None = None,
     ) -> None:  # fmt: skip
-        """On a Ray already running (tests), `metrics_url` is its Prometheus endpoint."""
+        """On a Ray already running (tests), `metrics_url` is its Prometheus endpoint.
+        `replicas`: a fixed replica count for raymask's ingress and the echo deployment alike
+        (None: both autoscale with raymask's settings)."""
         import ray
         from ray import serve
 
@@ -188,6 +190,7 @@ class LocalStack:
         self.echo_host = self.host + ECHO_PREFIX
         self.policy, self.keyring, self.workers = policy, keyring, workers
         self.stream, self.profile = stream, profile
+        self.replicas = replicas
 
     def deploy(self, views: list[str], *, echo: bool = False) -> None:
         """raymask's HTTP app at route prefix "/", and with `echo` the echo deployment at
@@ -198,14 +201,17 @@ class LocalStack:
         from raymask.cluster.serve_app import build_app
 
         log = {"enable_access_log": False}
-        app = build_app(self.policy, self.keyring, workers=self.workers, app="load")
+        app = build_app(
+            self.policy, self.keyring, workers=self.workers, app="load", replicas=self.replicas
+        )
         serve.run(app, name="raymask", route_prefix="/", logging_config=log)
         _wait_http(f"{self.host}/healthz")
         self.warm_up(self.host, views)
         if echo:
             from raymask.loadtest.echo_app import build_echo_app
 
-            serve.run(build_echo_app(), name="echo", route_prefix=ECHO_PREFIX, logging_config=log)
+            echo_app = build_echo_app(self.replicas)
+            serve.run(echo_app, name="echo", route_prefix=ECHO_PREFIX, logging_config=log)
             _wait_http(f"{self.echo_host}/healthz")
             self.warm_up(self.echo_host, views)
 
@@ -488,6 +494,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="a field every view masks: checked in sampled answers")  # fmt: skip
     ap.add_argument("--keys", default=None, help="key file (default: random keys for this run)")
     ap.add_argument("--workers", type=int, default=2, help="MaskWorker actors (local stack)")
+    ap.add_argument("--replicas", type=int, default=None,
+                    help="fixed Serve replicas, raymask and echo alike (default: autoscale)")  # fmt: skip
     ap.add_argument("--partitions", type=int, default=3)
     ap.add_argument("--host", default=None, help="a remote raymask HTTP app: nothing is started")
     ap.add_argument("--bootstrap-servers", default=None,
@@ -576,7 +584,9 @@ def main(argv: list[str] | None = None) -> int:
         from raymask.policy.loader import load_policy
 
         policy, keyring = load_policy(args.policy), _keyring(args.keys)
-        stack = LocalStack(policy, keyring, args.workers, args.stream, args.profile)
+        stack = LocalStack(
+            policy, keyring, args.workers, args.stream, args.profile, replicas=args.replicas
+        )
     metrics = stack.metrics_url if stack else args.metrics_url
     views = [v.strip() for v in args.views.split(",") if v.strip()]
     try:

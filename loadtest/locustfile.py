@@ -48,6 +48,8 @@ VIEWS = [v.strip() for v in os.environ.get("RAYMASK_LOAD_VIEWS", "default,ops,fr
 CHECK_FIELD = os.environ.get("RAYMASK_LOAD_CHECK_FIELD", "card.number")
 CHECK_EVERY = int(os.environ.get("RAYMASK_LOAD_CHECK_EVERY", "20"))  # 0: no check (echo runs)
 RATE = float(os.environ.get("RAYMASK_LOAD_RATE", "0"))  # requests/s per HTTP user; 0: closed loop
+# how an HTTP user at RATE spaces its requests: "constant" (every 1/RATE s) or "poisson"
+ARRIVALS = os.environ.get("RAYMASK_LOAD_ARRIVALS", "constant")
 KAFKA_RATE = float(os.environ.get("RAYMASK_LOAD_KAFKA_RATE", "200"))  # records/s per user
 KAFKA_BATCH = int(os.environ.get("RAYMASK_LOAD_KAFKA_BATCH", "20"))  # records per produce call
 SENT_HEADER = "loadtest-sent-ns"
@@ -110,8 +112,29 @@ class _Checks:
 CHECKS = _Checks()
 
 
+def poisson_throughput(rate: float) -> Any:
+    """A Locust wait_time for open-loop Poisson arrivals at `rate` requests/s a user: the gaps
+    between a user's sends are exponential (mean 1/rate) and counted on its own schedule, not
+    from its last answer, so the users together send as one Poisson process of their summed
+    rate, as independent clients do. (`constant_throughput` users spawned at an even pace stay
+    in step and send in bursts.) A user whose answer comes after its next send time sends at
+    once, and the send it missed is lost rather than sent late as a burst."""
+
+    def wait_time(user: Any) -> float:
+        now = time.monotonic()
+        # the next send is due an exponential gap after the last one was due; if that time
+        # passed while the user waited for its answer, it sends now and goes on from there
+        due = max(getattr(user, "_due", now) + random.expovariate(rate), now)
+        user._due = due
+        return due - now
+
+    return wait_time
+
+
 def _wait() -> Any:
-    return constant_throughput(RATE) if RATE > 0 else constant(0)
+    if RATE <= 0:
+        return constant(0)
+    return poisson_throughput(RATE) if ARRIVALS == "poisson" else constant_throughput(RATE)
 
 
 class _MaskUser(FastHttpUser):

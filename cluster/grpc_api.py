@@ -2,8 +2,8 @@
 proxy, the same service as `POST /v1/streams/{stream}/mask?view=ROLE`.
 
 The RPC is a method of the same Serve deployment (`MaskIngress.Mask`), so a gRPC body goes
-through the same checks, the same `@serve.batch` buffer (HTTP and gRPC callers are batched
-together) and the same kernels, and comes back in its own format. Credentials come as metadata
+through the same checks, the same path to the masking (`MaskIngress._answer`: HTTP and gRPC
+callers share its `@serve.batch` queues where a stream has them) and the same kernels, and comes back in its own format. Credentials come as metadata
 (`x-api-key`, `authorization`), as HTTP headers do. An HTTP error status becomes a gRPC status
 with the same one-line message as details; per-record errors are in the reply.
 
@@ -37,9 +37,9 @@ def _status(http: int) -> Any:
 
 
 async def mask_rpc(
-    core: Any, batched: Callable[[Any], Awaitable[Any]], request: Any, grpc_context: Any
+    core: Any, answer: Callable[[Any], Awaitable[Any]], request: Any, grpc_context: Any
 ) -> Any:
-    """The Mask RPC over an IngressCore `core`; `batched` is the deployment's batch queue."""
+    """The Mask RPC over an IngressCore `core`; `answer` is the deployment's `_answer`."""
     from raymask.cluster.serve_app import Answer, _error
 
     headers = {}
@@ -52,7 +52,7 @@ async def mask_rpc(
         a = v
     else:
         parsed = core.parse(stream, v, request.body, request.content_type or None)
-        a = parsed if isinstance(parsed, Answer) else await batched(parsed)
+        a = parsed if isinstance(parsed, Answer) else await answer(parsed)
     return reply(a, grpc_context)
 
 

@@ -8,7 +8,7 @@ records are cut back per request. So per-key order (within a request, and betwee
 arrival order) and per-subject budgets hold as in the streaming core; with `pipeline=NAME` the
 app uses a running Kafka pipeline's workers themselves (`kworker:NAME:i`), so HTTP and Kafka
 share one ledger. Streams without per-subject state are masked in the replica itself, each
-request at once (`MaskIngress._mask` and `_batched` say why).
+request at once (`MaskIngress._mask` and `_answer` say why).
 
 Bodies: NDJSON (`application/x-ndjson`), a JSON array (`application/json`: turned into lines and
 back by kernels/codecs/jsonarray.py), and for streams of those formats CSV (`text/csv`), XML
@@ -501,11 +501,11 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
             if tables and self.vault is not None:
                 self.vault.write(tables, tag=self.vault_tag)
 
-        async def _batched(self, request: Request) -> Answer:
+        async def _answer(self, request: Request) -> Answer:
             """The request's answer. A stream masked here, in the replica, is masked at once:
             its masking runs on the event loop without a pause, so no request could join a
-            batch, and a batch queue's wait and tasks only add latency (under open-loop load,
-            the highest rate with p99 < 100 ms went from 57 to 75 requests/s without it). A
+            batch, and a batch queue's wait and tasks only add latency (p50 at 4 requests/s
+            went from 13-15 to 11-12 ms without it; docs/benchmarks.md). A
             stream masked by the key-sharded workers is masked in a batch with the requests of
             the same stream and view that came meanwhile, one hop to the workers for all (one
             `serve.batch` queue per stream and view: requests of different views share no
@@ -542,7 +542,7 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
                     return Response(b"", 499)
                 t1 = time.perf_counter()
                 parsed = self.core.parse(stream, v, body, request.headers.get("content-type"))
-                a = parsed if isinstance(parsed, Answer) else await self._batched(parsed)
+                a = parsed if isinstance(parsed, Answer) else await self._answer(parsed)
                 t2 = time.perf_counter()
                 a.headers = {**a.headers, "server-timing": f"body;dur={(t1 - t0) * 1e3:.2f}, "
                              f"mask;dur={(t2 - t1) * 1e3:.2f}"}  # fmt: skip
@@ -552,7 +552,7 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
             """gRPC `raymask.v1.Masking/Mask`: the same service (cluster/grpc_api.py)."""
             from raymask.cluster.grpc_api import mask_rpc
 
-            return await mask_rpc(self.core, self._batched, request, grpc_context)
+            return await mask_rpc(self.core, self._answer, request, grpc_context)
 
         @api.post("/v1/streams/{stream}/reveal", summary="Clear values of fpe/encrypt fields")
         async def reveal(

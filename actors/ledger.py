@@ -314,6 +314,16 @@ class SubjectLedger:
             self.b_delta,
         )  # fmt: skip
 
+    def charge_classes(
+        self, hashes: np.ndarray, cls: np.ndarray, c_eps: np.ndarray, c_rho: np.ndarray,
+        c_delta: np.ndarray,
+    ) -> np.ndarray:  # fmt: skip
+        """`charge` with each row's cost given as its class: row r costs c_eps[cls[r]] etc."""
+        return self.table.charge_classes(
+            hashes, cls, c_eps, c_rho, c_delta, self.period(), self.mode, self.b_eps, self.b_rho,
+            self.b_delta,
+        )  # fmt: skip
+
     def commit(self) -> None:
         """Make this batch's charges durable; call before its output is handed on."""
         if self.store is None:

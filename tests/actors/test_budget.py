@@ -222,3 +222,52 @@ def test_a_second_concurrent_run_is_refused_before_any_data_moves(tmp_path):
     s = mask_file(pol, "s", src, tmp_path / "out.ndjson", keyring=ring, local=True,
                   dead_letter_key="deadletter", state=tmp_path / "state")  # fmt: skip
     assert s.records_out == 2 and s.dp_records == 2
+
+
+@pytest.mark.parametrize("fields", [3, 9])
+def test_records_are_charged_for_the_noised_fields_they_carry(fields):
+    """A record pays for the noised fields it has. Up to eight noised fields the worker passes
+    a record's cost as its class (which fields it had), past eight as costs per record: both
+    grant exactly what adding up the costs in order grants."""
+    pol = Policy.model_validate(
+        {
+            "version": 1,
+            "streams": {
+                "s": {
+                    "format": "ndjson",
+                    "key": "user",
+                    "fields": {
+                        f"f{j}": {
+                            "technique": "noise",
+                            "epsilon": round(0.1 * (j + 1), 1),
+                            "lo": 0,
+                            "hi": 9,
+                        }
+                        for j in range(fields)
+                    },
+                    "budget": {"key": "ledger", "epsilon": 6.0, "exhausted": "suppress"},
+                }
+            },
+        }
+    )
+    core = _core(pol)
+    rng = np.random.default_rng(fields)
+    has = rng.random((300, fields)) < 0.3
+    users = rng.choice(["alice", "bob", "carol"], 300)
+    lines = [
+        json.dumps({"user": u, **{f"f{j}": 5 for j in range(fields) if h[j]}})
+        for u, h in zip(users, has, strict=True)
+    ]
+    out = _run(core, np.frombuffer(("\n".join(lines) + "\n").encode(), np.uint8))
+    spent = {u: 0 for u in ("alice", "bob", "carol")}  # in tenths of an epsilon, exact
+    want = []
+    for u, h in zip(users, has, strict=True):
+        cost = sum(j + 1 for j in range(fields) if h[j])
+        ok = spent[u] + cost <= 60
+        spent[u] += cost if ok else 0
+        want.append(ok and cost > 0)
+    got = out.privacy.epsilon > 0
+    assert got.tolist() == want
+    assert out.privacy.suppressed == sum(
+        1 for u, h, w in zip(users, has, want, strict=True) if h.any() and not w
+    )

@@ -89,3 +89,33 @@ def test_merge_keeps_newest_period_and_largest_spend():
     assert t.rows()[1:3] == (np.array([3]), np.array([5]))
     t.merge([7], [4], [1], [0], [0])  # a newer period does
     assert t.rows()[1].tolist() == [4] and t.rows()[2].tolist() == [1]
+
+
+@pytest.mark.parametrize("mode", [BASIC, ZCDP])
+def test_cost_classes_charge_exactly_like_costs_per_row(mode):
+    """A record's cost given as its class (which noised fields it released) grants and spends
+    exactly what the same costs given per row do, through growth and a new period."""
+    rng = np.random.default_rng(11)
+    ce = np.array([0, 3, 5, 8]) * 10**11  # class 0 costs nothing: no row is touched
+    cr = ce // 7
+    cd = np.array([0, 10**6, 0, 10**6])
+    by_class, by_row = LedgerTable(capacity=16), LedgerTable(capacity=16)
+    for batch in range(20):
+        n = 700
+        h = rng.integers(0, 2000, n).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        cls = rng.integers(0, 4, n).astype(np.uint8)
+        args = (batch // 10, mode, 2 * 10**12, 10**11, 3 * 10**6)
+        got = by_class.charge_classes(h, cls, ce, cr, cd, *args)
+        want = by_row.charge(h, ce[cls], cr[cls], cd[cls], *args)
+        assert got.tolist() == want.tolist()
+    for a, b in zip(by_class.rows(), by_row.rows(), strict=True):
+        assert a.tolist() == b.tolist()
+    assert by_class.used == by_row.used
+
+
+def test_a_class_without_a_cost_is_refused():
+    t = LedgerTable()
+    one = np.ones(1, np.int64)
+    with pytest.raises(ValueError, match="no cost"):
+        t.charge_classes(np.array([5], np.uint64), np.array([1], np.uint8), one, one, one,
+                         0, BASIC, 10, 10, 10)  # fmt: skip

@@ -1,0 +1,40 @@
+"""Memory hints for Numba kernels whose reads are random: `prefetch` asks for a cache line
+before it is needed, so a loop can start the next rows' loads while it works on this one.
+
+A kernel that reads a random row per record waits on each read in turn when the address of
+the next one depends on what it is doing now; issuing `prefetch` for the row a fixed distance
+ahead (the address is known from the input alone) keeps several reads in flight. It is only a
+hint: it never faults, and an address past the end is not touched (the caller checks bounds).
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = ["prefetch"]
+
+
+@intrinsic
+def prefetch(typingctx, arr, idx):  # noqa: ANN001, ANN201 (Numba intrinsic)
+    """Hint that arr[idx] (1-d, C-contiguous) will be read and written soon (LLVM's
+    `llvm.prefetch`, write intent, highest locality). No bounds check: the caller keeps
+    0 <= idx < len(arr)."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C"):
+        return None
+    sig = types.void(arr, types.intp)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        # (address, rw = 1 write, locality = 3 keep in all levels, cache type = 1 data)
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(1), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen

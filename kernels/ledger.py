@@ -263,25 +263,44 @@ class LedgerTable:
         cols = [np.ascontiguousarray(c, np.int64) for c in (period, eps, rho, delta)]
         self._in_passes(len(keys), lambda r, room: _merge(self.t, keys, *cols, r, room))
 
-    def rows(self, which: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-        """(subject uint64, period, eps, rho, delta) of the occupied slots (or of `which`)."""
-        sel = self.t[:, KEY] != 0 if which is None else which & (self.t[:, KEY] != 0)
-        sub = self.t[sel]
-        return (np.ascontiguousarray(sub[:, KEY]).view(np.uint64),) + tuple(
-            np.ascontiguousarray(sub[:, c]) for c in (PERIOD, EPS, RHO, DELTA)
-        )
+    def rows(self) -> tuple[np.ndarray, ...]:
+        """(subject uint64, period, eps, rho, delta) of the occupied slots."""
+        return self._rows(dirty=False)
 
     def take_dirty(self) -> tuple[np.ndarray, ...]:
-        """Rows changed since the last call, and clears the flags."""
-        rows = self.rows(self.t[:, DIRTY] != 0)
-        self.t[:, DIRTY] = 0
-        return rows
+        """Rows changed since the last call, and clears the flags (one pass over the table;
+        each batch's commit calls it, so it is not NumPy's mask, gather and five copies)."""
+        return self._rows(dirty=True)
+
+    def _rows(self, dirty: bool) -> tuple[np.ndarray, ...]:
+        k, p, e, r, d = _rows(self.t, dirty)
+        return k.view(np.uint64), p, e, r, d
 
     def spent(self, hashes: np.ndarray, now: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(eps, rho, delta) units spent in period `now` by each subject (0 when unknown)."""
         out = np.zeros((len(hashes), 3), np.int64)
         _lookup(self.t, np.ascontiguousarray(hashes, np.uint64).view(np.int64), now, out)
         return out[:, 0].copy(), out[:, 1].copy(), out[:, 2].copy()
+
+
+@njit(cache=True)
+def _rows(t, dirty):
+    """The occupied rows' columns (only the dirty ones, clearing every flag, when `dirty`), as
+    five contiguous views of one buffer sized for a full table (only the pages written are
+    ever touched)."""
+    out = np.empty((5, t.shape[0]), np.int64)
+    m = 0
+    for j in range(t.shape[0]):
+        if t[j, KEY] != 0 and (not dirty or t[j, DIRTY] != 0):
+            out[0, m] = t[j, KEY]
+            out[1, m] = t[j, PERIOD]
+            out[2, m] = t[j, EPS]
+            out[3, m] = t[j, RHO]
+            out[4, m] = t[j, DELTA]
+            m += 1
+        if dirty:
+            t[j, DIRTY] = 0
+    return out[0, :m], out[1, :m], out[2, :m], out[3, :m], out[4, :m]
 
 
 @njit(cache=True)

@@ -119,3 +119,18 @@ def test_a_class_without_a_cost_is_refused():
     with pytest.raises(ValueError, match="no cost"):
         t.charge_classes(np.array([5], np.uint64), np.array([1], np.uint8), one, one, one,
                          0, BASIC, 10, 10, 10)  # fmt: skip
+
+
+def test_take_dirty_gives_the_rows_changed_since_the_last_call_once():
+    t = LedgerTable(capacity=16)
+    z = np.zeros(50, np.int64)
+    h = np.arange(1, 51, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    t.charge(h, np.full(50, 7), z, z, 0, BASIC, 100, 0, 0)  # grows on the way
+    first = t.take_dirty()
+    assert sorted(first[0].tolist()) == sorted(h.tolist())
+    assert first[2].tolist() == [7] * 50
+    t.charge(h[:5], np.full(5, 7), z[:5], z[:5], 0, BASIC, 100, 0, 0)
+    again = t.take_dirty()
+    assert sorted(again[0].tolist()) == sorted(h[:5].tolist()) and again[2].tolist() == [14] * 5
+    assert all(len(c) == 0 for c in t.take_dirty())
+    assert len(t.rows()[0]) == 50  # rows() reads every occupied row and clears nothing

@@ -3,9 +3,10 @@ proxy, the same service as `POST /v1/streams/{stream}/mask?view=ROLE`.
 
 The RPC is a method of the same Serve deployment (`MaskIngress.Mask`), so a gRPC body goes
 through the same checks, the same path to the masking (`MaskIngress._answer`: HTTP and gRPC
-callers share its `@serve.batch` queues where a stream has them) and the same kernels, and comes back in its own format. Credentials come as metadata
-(`x-api-key`, `authorization`), as HTTP headers do. An HTTP error status becomes a gRPC status
-with the same one-line message as details; per-record errors are in the reply.
+callers share its `@serve.batch` queues where a stream has them) and the same kernels, and
+comes back in its own format. Credentials come as metadata (`x-api-key`, `authorization`), as
+HTTP headers do. An HTTP error status becomes a gRPC status with the same one-line message as
+details; per-record errors are in the reply.
 
 `raymask serve --grpc-port P` turns it on (Serve needs the servicer function `SERVICER` when it
 starts); callers send the metadata `application: raymask` (Serve routes by application name).

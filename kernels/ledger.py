@@ -77,15 +77,15 @@ def _charge(T, hashes, cls, ce_t, cr_t, cd_t, now, mode, b_eps, b_rho, b_delta, 
 
     T is the table flattened (WIDTH int64 per slot). Row r costs (ce_t[k], cr_t[k], cd_t[k])
     with k = cls[r], the row's cost class, or k = r when `cls` is None (a cost per row: Numba
-    compiles that case apart, so neither pays for the other's branch). The rows start at 0:
-    the caller passes views from where the last pass stopped, so Numba knows every index is
-    >= 0 and emits no negative-index fix-up (a `range(start, n)` cost 1 ms per 1M rows).
+    compiles that case apart, so neither pays for the other's branch).
 
     Speed (the hot path of per-subject budgets, one random table row per record): the slot a
     fixed distance ahead is prefetched, so several rows are in flight while this one is
-    charged; indices are unsigned and the row offset a constant multiple, so Numba emits no
-    negative-index fix-ups; the probe for a displaced or new subject is inline (a call to
-    another kernel costs a reference count on the table each time)."""
+    charged; the rows start at 0 (the caller passes views from where the last pass stopped)
+    and table indices are unsigned, so Numba knows every index is >= 0 and emits no
+    negative-index fix-ups (a `range(start, n)` alone cost 1 ms per 1M rows); the probe for a
+    displaced or new subject is inline (a call to another kernel costs a reference count on
+    the table each time)."""
     cap = np.uint64(T.shape[0] // WIDTH)
     mask = cap - np.uint64(1)
     w = np.uint64(WIDTH)
@@ -233,13 +233,10 @@ class LedgerTable:
         h = np.ascontiguousarray(hashes, np.uint64).view(np.int64)
 
         def run(r: int, room: int) -> tuple[int, int]:  # rows r.. as views from 0
-            if cls is None:
-                costs = ce[r:], cr[r:], cd[r:]
-                done, added = _charge(self.t.reshape(-1), h[r:], None, *costs, now, mode,
-                                      b_eps, b_rho, b_delta, granted[r:], room)  # fmt: skip
-            else:
-                done, added = _charge(self.t.reshape(-1), h[r:], cls[r:], ce, cr, cd, now, mode,
-                                      b_eps, b_rho, b_delta, granted[r:], room)  # fmt: skip
+            # costs per row are sliced with the rows; a class's cost is not
+            k, costs = (None, (ce[r:], cr[r:], cd[r:])) if cls is None else (cls[r:], (ce, cr, cd))
+            done, added = _charge(self.t.reshape(-1), h[r:], k, *costs, now, mode, b_eps, b_rho,
+                                  b_delta, granted[r:], room)  # fmt: skip
             return r + done, added
 
         self._in_passes(len(h), run)

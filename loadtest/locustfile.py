@@ -117,8 +117,9 @@ def poisson_throughput(rate: float) -> Any:
     between a user's sends are exponential (mean 1/rate) and counted on its own schedule, not
     from its last answer, so the users together send as one Poisson process of their summed
     rate, as independent clients do. (`constant_throughput` users fall into step after a stall,
-    since their answers come back together, and then send in bursts.) A user whose answer comes after its next send time sends at
-    once, and the send it missed is lost rather than sent late as a burst."""
+    since their answers come back together, and then send in bursts.) A user whose answer comes
+    after its next send time sends at once, and the send it missed is lost rather than sent
+    late as a burst."""
 
     def wait_time(user: Any) -> float:
         now = time.monotonic()

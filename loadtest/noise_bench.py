@@ -19,6 +19,7 @@ from numba import njit
 
 from raymask.kernels import noise
 from raymask.kernels._mem import prefetch
+from raymask.kernels.ledger import AHEAD, EPS, WIDTH, _home
 from raymask.kernels.rng import SecureRandom
 from raymask.loadtest.bench import best
 
@@ -70,15 +71,13 @@ def _add_only(T, hashes, c, mask):  # noqa: ANN001, ANN202
     """The least any exact per-subject accounting does: add each record's cost into its
     subject's row (the first slot its digest maps to, no check that it is the subject's, no
     allowance test): one random read-modify-write per record, with the ledger's prefetch."""
-    w = np.uint64(6)
     m = np.uint64(mask)
+    w = np.uint64(WIDTH)
     n = hashes.shape[0]
     for r in range(n):
-        if r + 16 < n:
-            u = np.uint64(hashes[r + 16])
-            prefetch(T, np.int64(((u ^ (u >> np.uint64(29))) & m) * w))
-        u = np.uint64(hashes[r])
-        T[((u ^ (u >> np.uint64(29))) & m) * w + np.uint64(2)] += c
+        if r + AHEAD < n:
+            prefetch(T, np.int64(_home(hashes[r + AHEAD], m) * w))
+        T[_home(hashes[r], m) * w + np.uint64(EPS)] += c
 
 
 def accounting(values: int, subjects: int, repeat: int) -> dict[str, float]:

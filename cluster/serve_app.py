@@ -36,6 +36,7 @@ from fastapi import Request as HttpRequest  # real annotations (no __future__): 
 from fastapi import Response
 from starlette.requests import ClientDisconnect
 
+from raymask.actors.warm import warm_up
 from raymask.cluster.http_formats import MEDIA_KINDS, MEDIA_TYPES, BodyError, body_codec
 from raymask.errors import InputError, RaymaskError
 from raymask.kernels.codecs.jsonarray import ArrayError, array_to_lines, join_lines
@@ -587,45 +588,6 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
             return {"status": "ok", "streams": sorted(self.core.plans)}
 
     return MaskIngress
-
-
-# what warm_up sets every field to, one record each: a string of digits (card-like), a date,
-# a number, an e-mail address, an IPv4 address
-WARM_VALUES = ("4111111111111111", "2026-01-02T03:04:05Z", 42, "someone@example.com", "10.1.2.3")
-
-
-def warm_records(plan: Any) -> bytes:
-    """NDJSON records that set each of the plan's fields, once to each of WARM_VALUES."""
-    lines = []
-    for v in WARM_VALUES:
-        rec: dict = {}
-        for path in plan.paths:
-            *parents, leaf = path.split(".")
-            d = rec
-            for name in parents:
-                d = d.setdefault(name, {})
-                if not isinstance(d, dict):  # a field that is also another's parent
-                    break
-            else:
-                d.setdefault(leaf, v)
-        lines.append(json.dumps(rec))
-    return ("\n".join(lines) + "\n").encode()
-
-
-def warm_up(core: Any, router: Any, plan: Any) -> None:
-    """Mask `warm_records` once in every view of an NDJSON stream masked in this replica, so that
-    the techniques' Numba kernels are loaded (seconds in a new process) before the replica takes
-    requests: an autoscaled replica's first callers would otherwise wait for them (p99 1.4 s in
-    one open-loop step here). Values a technique refuses are dead letters, as in a request; the
-    outputs are dropped (vault rows included). A failure only leaves the replica cold."""
-    if plan.format != "ndjson":
-        return
-    try:
-        routed = router.route(np.frombuffer(warm_records(plan), np.uint8), 0)
-        if routed.shards[0] is not None:
-            core.process_views(routed.batch, list(plan.views), routed.shards[0])
-    except Exception:  # noqa: BLE001 (a cold replica still works)
-        pass
 
 
 async def _gather(futs: list) -> list:

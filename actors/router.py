@@ -10,6 +10,11 @@ buffer), its line, its row and its key's hash; each worker gets the rows of its 
 the object store once and every worker reads it from shared memory, so the router copies nothing
 per worker. Workers validate whole records and locate, extract and mask the policy's fields
 themselves, in parallel.
+
+A stream with no per-key state (no privacy budget) read from a plain file need not be routed:
+the driver cuts each chunk into one `FileSpan` of whole records per worker (`span_cuts`), and
+each worker reads, checks (`key_reason`, the same reasons) and masks its span itself. The
+output is written in input order either way, so per-key order holds (cluster/pipeline.py).
 """
 
 from __future__ import annotations
@@ -27,7 +32,18 @@ from raymask.kernels.codecs.spans import K_NUMBER, K_STRING, KIND_NAMES, Scan
 from raymask.kernels.hashing import jump_hash, key_hash
 from raymask.policy.compile import StreamPlan
 
-__all__ = ["DeadLetter", "Routed", "RouterCore", "batch_records", "scan_reason"]
+__all__ = [
+    "DeadLetter",
+    "FileSpan",
+    "Routed",
+    "RouterCore",
+    "SpanChunk",
+    "batch_records",
+    "key_reason",
+    "make_batch",
+    "scan_reason",
+    "span_cuts",
+]
 
 
 @dataclass(frozen=True)
@@ -51,6 +67,46 @@ class Routed:
     ends: np.ndarray
     lines: np.ndarray
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> time spent here
+
+
+@dataclass(frozen=True)
+class FileSpan:
+    """Whole records at `offset`, `length` bytes, in the input file at `path`: what a mask worker
+    on the driver's machine reads itself, instead of records sent through the object store."""
+
+    path: str
+    offset: int
+    length: int
+
+
+@dataclass
+class SpanChunk:
+    """A chunk handed to the workers as file spans, one contiguous span per worker (see
+    `run_pipeline`); the workers find its records, dead letters and lines themselves."""
+
+    base_line: int  # line number of the chunk's first byte
+    seconds: dict[str, float] = field(default_factory=dict)
+    records: int = 0  # filled in when the workers' results are in
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+def span_cuts(fmt: Format, data: np.ndarray, n: int) -> list[int]:
+    """n + 1 positions that cut `data` (whole records) into n parts of about equal bytes, each of
+    whole records (a part may be empty)."""
+    cuts = [0]
+    for k in range(1, n):
+        p = len(data) * k // n
+        c = fmt.boundary(data[:p]) if p > cuts[-1] else -1
+        cuts.append(max(cuts[-1], c))
+    cuts.append(len(data))
+    return cuts
+
+
+def key_reason(plan: StreamPlan, kind: int) -> str:
+    """Why a record whose key field is of `kind` (not a string or number) cannot be routed."""
+    what = "missing" if kind in (0, 5) else f"a {KIND_NAMES[kind]}, not a string or number"
+    role = "key" if plan.route_path == plan.key_path else "budget subject"
+    return f"{role} field {plan.route_path}: {what}"
 
 
 def scan_reason(fmt: Format, paths: tuple[str, ...], sc: Scan, r: int) -> tuple[str, str | None]:
@@ -87,17 +143,14 @@ class RouterCore:
         kk = sc.vkind[:, 0]
         bad_key = ~bad & (kk != K_STRING) & (kk != K_NUMBER)
         for r in np.flatnonzero(bad_key):
-            k = int(kk[r])
-            what = "missing" if k in (0, 5) else f"a {KIND_NAMES[k]}, not a string or number"
-            role = "key" if plan.route_path == plan.key_path else "budget subject"
-            reason = f"{role} field {plan.route_path}: {what}"
+            reason = key_reason(plan, int(kk[r]))
             dead.append(
                 DeadLetter(int(lines[r]), reason, bytes(data[starts[r] : ends[r]]), plan.route_path)
             )
         ok = ~bad & ~bad_key
         hashes = key_hash(fmt.extract(data, sc, 0))
         worker = jump_hash(hashes, self.workers)
-        batch = _batch(data, starts, ends, lines, hashes)
+        batch = make_batch(data, starts, ends, lines, hashes)
         shards: list[np.ndarray | None] = []
         for w in range(self.workers):
             idx = np.flatnonzero(ok & (worker == w))
@@ -107,7 +160,7 @@ class RouterCore:
         return Routed(batch, shards, dead, n, starts, ends, lines, {"route": t2 - t0})
 
 
-def _batch(
+def make_batch(
     data: np.ndarray, starts: np.ndarray, ends: np.ndarray, lines: np.ndarray, hashes: np.ndarray
 ) -> pa.RecordBatch:
     n = len(starts)

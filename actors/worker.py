@@ -9,6 +9,7 @@ emitted; it comes back as (row, field, code) for the dead letters.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,13 +20,22 @@ import pyarrow.compute as pc
 
 from raymask.actors._lazy import LazyActor
 from raymask.actors.ledger import SubjectLedger
-from raymask.actors.router import batch_records, scan_reason
+from raymask.actors.router import (
+    DeadLetter,
+    FileSpan,
+    batch_records,
+    key_reason,
+    make_batch,
+    scan_reason,
+)
+from raymask.errors import PipelineError
 from raymask.kernels._arrow import string_array, string_buffers
 from raymask.kernels.codecs import csv as csv_codec
 from raymask.kernels.codecs import json_values, ndjson
 from raymask.kernels.codecs import xml as xml_codec
 from raymask.kernels.codecs.formats import CsvFormat, Format, XmlFormat, format_for
-from raymask.kernels.codecs.spans import K_MISSING, K_NULL, Scan, splice
+from raymask.kernels.codecs.paths import build_tree
+from raymask.kernels.codecs.spans import K_MISSING, K_NULL, K_NUMBER, K_STRING, Scan, splice
 from raymask.kernels.hashing import key_hash
 from raymask.kernels.ledger import DELTA_UNIT, EPS_UNIT, units
 from raymask.kernels.rng import SecureRandom
@@ -80,6 +90,11 @@ class MaskOutput:
     detected: dict[str, int] = field(default_factory=dict)  # unknown fields: spans masked per type
     leaks: list[tuple[str, str, int]] = field(default_factory=list)  # (field, type, count) found
     leak_sampled: int = 0  # records the leak monitor scanned
+    # a FileSpan's results (see MaskCore.process): rows count within the span, the records that
+    # failed as dead letters (lines from the span's first line, 0), its records and lines
+    span_dead: list[DeadLetter] | None = None
+    span_records: int = 0
+    span_lines: int = 0
 
 
 @dataclass
@@ -178,16 +193,73 @@ class MaskCore:
             self.ledger.set_layout(shard, shards, reload)
 
     def process(
-        self, batch: pa.RecordBatch, role: str | None = None, rows: np.ndarray | None = None
+        self,
+        batch: pa.RecordBatch | FileSpan,
+        role: str | None = None,
+        rows: np.ndarray | None = None,
     ) -> MaskOutput:
-        """Mask `rows` of a routed chunk (all of them when None) for `role`'s view."""
+        """Mask `rows` of a routed chunk (all of them when None) for `role`'s view, or every
+        record of a FileSpan, read here from the input file (see `_span`)."""
+        if isinstance(batch, FileSpan):
+            return self._span(batch, role)
         return self.process_views(batch, [role], rows)[0]
 
+    def _span(self, span: FileSpan, role: str | None) -> MaskOutput:
+        """Every record of a span of the input file, for a stream with no per-key state: read,
+        split and masked here, so no record bytes cross the object store on the way in. What
+        the router checks (a usable key) is checked here, on the worker's own scan, with the
+        router's reason; the records that fail come back as whole dead letters, their lines
+        counted from the span's first line (0): the driver adds where the span starts."""
+        if self.ledger is not None:  # the driver never sends spans then; a guard, not a path
+            raise PipelineError("a stream with per-subject budgets is routed by key, not by span")
+        t0 = time.perf_counter()
+        with open(span.path, "rb") as f:
+            buf = os.pread(f.fileno(), span.length, span.offset)
+        if len(buf) != span.length:
+            raise PipelineError(f"{span.path}: shorter than the span the driver read")
+        data = np.frombuffer(buf, np.uint8)
+        starts, ends, lines = self.fmt.split(data, 0)
+        batch = make_batch(data, starts, ends, lines, np.zeros(len(starts), np.uint64))
+        read_s = time.perf_counter() - t0
+        out = self.process_views(batch, [role], None, check_key=True)[0]
+        out.seconds["decode"] = out.seconds.get("decode", 0.0) + read_s
+        out.span_dead = [
+            DeadLetter(int(lines[r]), reason, bytes(data[starts[r] : ends[r]]), fld)
+            for r, reason, fld in zip(out.dead_rows, out.dead_reasons, out.dead_fields, strict=True)
+        ]  # error path only: one per dead record
+        out.dead_rows = out.dead_rows[:0]
+        out.dead_reasons, out.dead_fields = [], []
+        out.span_records, out.span_lines = len(starts), self.fmt.units(data)
+        return out
+
+    def _no_key(
+        self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray, sc: Scan
+    ) -> np.ndarray:
+        """Per record, the kind of a key the router would send to the dead letters (-1: none;
+        see `key_reason`). A record invalid
+        somewhere is read again up to its key only (error path only), as the router reads it:
+        a record with an unusable key and broken JSON after it gets the key's reason here too."""
+        plan = self.plan
+        kind = sc.vkind[:, plan.key_index].astype(np.int8)
+        valid = sc.err == 0
+        bad = np.flatnonzero(~valid)
+        if len(bad):
+            tree = build_tree([plan.route_path])
+            ks = self.fmt.scan(data, starts[bad], ends[bad], tree, locate_only=True)
+            kind[bad] = np.where(ks.err == 0, ks.vkind[:, 0], K_STRING)  # K_STRING: not this
+        return np.where((kind != K_STRING) & (kind != K_NUMBER), kind, -1).astype(np.int8)
+
     def process_views(
-        self, batch: pa.RecordBatch, roles: list[str | None], rows: np.ndarray | None = None
+        self,
+        batch: pa.RecordBatch,
+        roles: list[str | None],
+        rows: np.ndarray | None = None,
+        check_key: bool = False,
     ) -> list[MaskOutput]:
         """Mask `rows` of a routed chunk once per view in `roles`: the records are validated
-        and located once, each column any view reads is extracted once."""
+        and located once, each column any view reads is extracted once. With `check_key`
+        (records no router has seen), a record without a usable key is not emitted and its
+        reason is the router's."""
         t0 = time.perf_counter()
         plan, fmt = self.plan, self.fmt
         data, starts, ends = batch_records(batch)
@@ -196,6 +268,9 @@ class MaskCore:
         else:
             starts, ends = starts[rows], ends[rows]
         sc = fmt.scan(data, starts, ends, plan.tree)
+        no_key = None
+        if check_key:
+            no_key = self._no_key(data, starts, ends, sc)
         detected: dict[str, int] = {}
         if plan.unknown_detect is not None:  # rewrite unknown fields, then locate again
             if isinstance(fmt, CsvFormat):
@@ -237,7 +312,7 @@ class MaskCore:
                 subjects = key_hash(column(plan.route_path))
         decode_s = time.perf_counter() - t0
         outs = [
-            self._view(view, data, sc, rows, column, subjects, decode_s if i == 0 else 0.0)
+            self._view(view, data, sc, rows, column, subjects, decode_s if i == 0 else 0.0, no_key)
             for i, view in enumerate(views)
         ]
         for o in outs:
@@ -250,7 +325,9 @@ class MaskCore:
             outs[0].seconds["budget"] = outs[0].seconds.get("budget", 0.0) + time.perf_counter() - t
         return outs
 
-    def _view(self, view, data, sc, rows, column, subjects, decode_s: float) -> MaskOutput:  # noqa: ANN001
+    def _view(
+        self, view, data, sc, rows, column, subjects, decode_s: float, no_key=None
+    ) -> MaskOutput:  # noqa: ANN001
         t_decode = time.perf_counter()
         plan, fmt = self.plan, self.fmt
         n = len(sc.starts)
@@ -301,6 +378,8 @@ class MaskCore:
         err_code[(once_op >= 0) & (err_code == 0)] = -1  # sent to the dead letters below
         invalid = sc.err != 0  # the whole record failed validation (its kinds read as missing)
         emit = (err_code == 0) & ~invalid
+        if no_key is not None:  # records no router checked: a record without a usable key
+            emit &= no_key < 0
         t_budget = time.perf_counter()
         dp = self._privacy(ops, applieds, edits, emit, subjects)
         emit &= ~dp.dropped
@@ -336,7 +415,9 @@ class MaskCore:
         reasons: list[str] = []
         fields: list[str | None] = []
         for r in dead:  # error path only
-            if invalid[r]:
+            if no_key is not None and no_key[r] >= 0:
+                reason, fld = key_reason(plan, int(no_key[r])), plan.route_path
+            elif invalid[r]:
                 reason, fld = scan_reason(fmt, plan.paths, sc, int(r))
             elif dp.dropped[r]:
                 reason, fld = BUDGET_REASON.format(path=plan.route_path), plan.route_path
@@ -700,6 +781,10 @@ def _make_actor():  # Ray is imported only where actors are made, never by the p
                 return self.core.process_views(batch, roles, rows)
             finally:
                 self.core.fmt = own
+
+        def node_id(self) -> str:
+            """The Ray node this worker runs on (the driver sends file spans only to its own)."""
+            return ray.get_runtime_context().get_node_id()
 
         def rss_bytes(self) -> int:
             """This worker process's resident memory (Linux), for memory-bound tests."""

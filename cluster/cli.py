@@ -285,6 +285,8 @@ def print_summary(console: Console, s) -> None:
     table.add_row("dead letters", f"{s.dead_letters:,}")
     table.add_row("in = out + dead", "yes" if s.balanced else "NO")
     table.add_row("workers", str(s.workers))
+    if s.span_chunks:
+        table.add_row("chunks sent as file spans", f"{s.span_chunks:,} (no per-key state)")
     if len(s.versions) > 1:
         table.add_row(
             "policy versions", ", ".join(f"v{v}: {n:,}" for v, n in sorted(s.versions.items()))
@@ -337,6 +339,15 @@ DbOpt = Annotated[
     ),
 ]
 
+RoutingOpt = Annotated[
+    str,
+    typer.Option(
+        "--routing",
+        help="auto: a plain NDJSON file of a stream with no per-key state goes to the workers as "
+        "file spans (one per worker, read by the worker), else by key; key: always by key.",
+    ),
+]
+
 StateOpt = Annotated[
     str | None,
     typer.Option(
@@ -378,6 +389,7 @@ def mask(
         typer.Option("--name", help="Pipeline name for `policy push` (default: the stream)."),
     ] = None,
     state: StateOpt = None,
+    routing: RoutingOpt = "auto",
 ) -> None:
     """Mask a file on Ray: shard by key across workers, write the role's view."""
     from raymask.cluster.pipeline import prepare, run_job
@@ -390,6 +402,7 @@ def mask(
         "dead_letters": dead_letters,
         "name": name,
         "state": state,
+        "routing": routing,
     }
     if quiet:
         run_job(job, output, **opts)
@@ -559,6 +572,7 @@ def run(
     worker_cpus: Annotated[
         float, typer.Option("--worker-cpus", help="With --autoscale: CPUs per mask worker.")
     ] = 0.5,
+    routing: RoutingOpt = "auto",
 ) -> None:
     """A long-running streaming job. File mode (--input, --output): mask a file and, with
     --follow, what is appended to it. Kafka mode (--input-topic): mask a topic into one topic per
@@ -594,7 +608,7 @@ def run(
         )
         summary = run_job(
             job, output, role=role, workers=workers, address=address, name=name, state=state,
-            aggregates=aggregates, accountant_db=db,
+            aggregates=aggregates, accountant_db=db, routing=routing,
         )  # fmt: skip
     finally:
         signal.signal(signal.SIGINT, previous)

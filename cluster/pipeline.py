@@ -14,7 +14,7 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,7 +25,7 @@ from raymask.actors.audit import LeakAudit, audit_leaks, leak_events
 from raymask.actors.control import ControlCore, key_shapes, make_control_actor
 from raymask.actors.ledger import ledger_lock, state_base
 from raymask.actors.metrics import PipelineMetrics
-from raymask.actors.router import DeadLetter, Routed, RouterCore
+from raymask.actors.router import DeadLetter, FileSpan, Routed, RouterCore, SpanChunk, span_cuts
 from raymask.actors.sinks.deadletters import DEFAULT_KEY_ID, DeadLetterWriter
 from raymask.actors.sources.files import FileSource
 from raymask.actors.worker import MaskCore, MaskOutput, merge_outputs
@@ -68,6 +68,7 @@ class RunSummary:
     latencies: list = field(default_factory=list)  # seconds from routing a chunk to its output
     resent: int = 0  # batches sent again after their worker died
     resizes: list = field(default_factory=list)  # (records in before the resize, new pool size)
+    span_chunks: int = 0  # chunks sent to the workers as file spans, not routed by key
     # local DP: records carrying noised values, records whose subject's allowance was used up
     # (noised fields written null), and the largest epsilon one record spent in this view
     dp_records: int = 0
@@ -124,6 +125,9 @@ def resend_backoff(deaths: int, first_death: float) -> None:
 ProgressFn = Callable[[int, int, int], None]  # (records so far, bytes so far, bytes total)
 
 
+ROUTINGS = ("auto", "key", "span")
+
+
 def _collect(
     routed: Routed,
     data: np.ndarray,
@@ -131,11 +135,18 @@ def _collect(
     summary: RunSummary,
     version: int,
     fmt: Any = None,
-) -> tuple[pa.Array, list[DeadLetter], pa.Array]:
+) -> tuple[Any, list[DeadLetter], Any]:
     """(masked records, dead letters, what to write: the records, and for XML the tails of the
-    dead records in their places)."""
+    dead records in their places). A chunk sent as file spans (`SpanChunk`) gets its record
+    count here, and its dead letters' lines from where each span starts."""
+    spans = isinstance(routed, SpanChunk)
     dead = list(routed.dead)
+    line = routed.base_line if spans else 0
     for o in outputs:
+        if spans:
+            dead.extend(replace(d, line=d.line + line) for d in o.span_dead or ())
+            line += o.span_lines
+            routed.records += o.span_records
         for r, reason, fld in zip(o.dead_rows, o.dead_reasons, o.dead_fields, strict=True):
             s, e = int(routed.starts[r]), int(routed.ends[r])
             dead.append(DeadLetter(int(routed.lines[r]), reason, bytes(data[s:e]), fld))
@@ -155,6 +166,9 @@ def _collect(
             raise PipelineError(
                 f"a worker masked a batch with policy version {o.policy_version}, not {version}"
             )
+    if spans:  # one span per worker, in input order: the records are in order already
+        records = pa.chunked_array([o.records for o in outputs], pa.large_binary())
+        return records, sorted(dead, key=lambda d: d.line), records
     records, rows = merge_outputs(list(outputs))
     written = records
     if fmt is not None and fmt.keeps_tails and len(rows) < routed.records:
@@ -176,7 +190,11 @@ def _with_tails(
     return both.take(pa.array(order))
 
 
-def _write_records(out: IO[bytes], records: pa.Array) -> None:
+def _write_records(out: IO[bytes], records: pa.Array | pa.ChunkedArray) -> None:
+    if isinstance(records, pa.ChunkedArray):
+        for part in records.chunks:
+            _write_records(out, part)
+        return
     if len(records) == 0:
         return
     bufs = records.buffers()
@@ -234,6 +252,7 @@ def run_pipeline(
     audit: Callable[..., None] | None = None,
     vault: VaultWriter | None = None,
     leak_audit: Any | None = None,
+    spans: Callable[[], bool] | None = None,
 ) -> RunSummary:
     """Stream `source` through `workers`; `submit(worker, chunk, rows, role)` starts one worker's
     share of a chunk, `fetch` waits for a chunk's results. `share(batch)` turns a routed chunk into
@@ -256,6 +275,14 @@ def run_pipeline(
 
     `audit(kind, **fields)` records each policy version applied and each chunk's dead-letter
     count (raymask.actors.audit; counts and versions only).
+
+    File spans: while `spans()` says so (a stream with no per-key state, and every worker on
+    this machine), a chunk of a plain file is not routed: it is cut into one span of whole
+    records per worker, and each worker reads its span from the file itself. Nothing of a key
+    lives on a worker then, so sharding by key buys nothing: per-key order holds because the
+    output is written in input order, as it is when routing by key. What it saves is the
+    router's key scan, the chunk's trip through the object store and the merge by row (on 2
+    cores, most of the driver's work; docs/benchmarks.md).
     """
     tune_malloc()
     router = RouterCore(plan, source.format, len(workers))
@@ -337,9 +364,20 @@ def run_pipeline(
         if tap is not None:  # e.g. the stream's DP aggregates, on the same chunks
             tap(chunk)
         t_route = time.perf_counter()
-        routed = router.route(chunk.data, chunk.base_line)
-        shared = share(routed.batch) if share is not None else routed.batch
-        jobs = [(wi, shared, idx) for wi, idx in enumerate(routed.shards) if idx is not None]
+        if chunk.offset is not None and spans is not None and spans():
+            cuts = span_cuts(source.format, chunk.data, len(workers))
+            path = os.path.abspath(source.path)
+            jobs = [
+                (wi, FileSpan(path, chunk.offset + a, b - a), None)
+                for wi, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False))
+                if b > a
+            ]
+            routed = SpanChunk(chunk.base_line, {"route": time.perf_counter() - t_route})
+            summary.span_chunks += 1
+        else:
+            routed = router.route(chunk.data, chunk.base_line)
+            shared = share(routed.batch) if share is not None else routed.batch
+            jobs = [(wi, shared, idx) for wi, idx in enumerate(routed.shards) if idx is not None]
         futures = [submit(workers[wi], b, idx, role) for wi, b, idx in jobs]
         pending.append((routed, chunk.data, futures, version, t_route, chunk.nbytes, jobs))
         summary.bytes_in += chunk.nbytes
@@ -451,6 +489,7 @@ def run_job(
     state: str | Path | None = None,
     aggregates: str | Path | None = None,
     accountant_db: str | Path | None = None,
+    routing: str = "auto",
 ) -> RunSummary:
     """Run a prepared job (see `mask_file`). With `aggregates` (a file), the stream's windowed
     DP aggregates run on the same chunks, charged to the accountant at `accountant_db`. `throttle_s` makes every worker sleep that long per
@@ -459,7 +498,8 @@ def run_job(
         raise InputError("workers must be >= 1")
     return _run(job.policy, job.plan, job.source, str(output), role, workers, address, job.keyring,
                 dead_letters, job.dead_letter_key, progress, local, name, control, throttle_s,
-                state=state, aggregates=aggregates, accountant_db=accountant_db)  # fmt: skip
+                state=state, aggregates=aggregates, accountant_db=accountant_db,
+                routing=routing)  # fmt: skip
 
 
 def mask_file(
@@ -479,6 +519,7 @@ def mask_file(
     local: bool = False,
     name: str | None = None,
     state: str | Path | None = None,
+    routing: str = "auto",
 ) -> RunSummary:
     """Mask a file (NDJSON or CSV; '-' for stdin/stdout) on Ray and return the run's summary.
 
@@ -489,6 +530,12 @@ def mask_file(
     pipeline takes new policy versions through `push_policy(name, ...)` (name: default the
     stream's name). A policy with a `budget` keeps its per-subject ledger under `state` (see
     `ledger_root`).
+
+    `routing`: "key" sends every record of a key to one worker, through the object store;
+    "span" and "auto" (the default) send a plain NDJSON file's chunks as file spans, one per
+    worker, when the stream keeps no per-key state (no `budget`) and, on Ray, every worker runs
+    on this machine (see `run_pipeline`); otherwise by key. In-process (`local`), only "span"
+    sends spans.
     """
     job = prepare(
         policy,
@@ -499,7 +546,7 @@ def mask_file(
         chunk_bytes=chunk_bytes,
     )
     return run_job(job, output, role=role, workers=workers, address=address, dead_letters=dead_letters,
-                   progress=progress, local=local, name=name, state=state)  # fmt: skip
+                   progress=progress, local=local, name=name, state=state, routing=routing)  # fmt: skip
 
 
 def replay_dead_letters(
@@ -586,8 +633,15 @@ def _run_locked(
     progress: ProgressFn | None, local: bool, name: str | None = None,
     control: ControlCore | None = None, throttle_s: float = 0.0, state: str | Path | None = None,
     aggregates: str | Path | None = None, accountant_db: str | Path | None = None,
+    routing: str = "auto",
 ) -> RunSummary:  # fmt: skip
     stream = plan.stream
+    if routing not in ROUTINGS:
+        raise InputError(f"routing must be one of {', '.join(ROUTINGS)}, not {routing!r}")
+    # file spans (see run_pipeline): a plain NDJSON file, no per-key state on the workers
+    by_span = (
+        routing != "key" and plan.budget is None and plan.format == "ndjson" and not src.follow
+    )
     view = plan.view(role)
     summary = RunSummary(
         stream=stream,
@@ -655,10 +709,11 @@ def _run_locked(
                     data = control.current()[1]
                     return compile_stream(validate_data(data), stream), lambda w: w.set_policy(data)
 
+            in_process = by_span and routing == "span"  # no object store to spare: asked for
             run_pipeline(
                 plan, src, cores, lambda w, b, i, r: w.process(b, r, i), lambda fs: list(fs), out_f, writer,
                 role, summary, progress=progress, poll=poll, switch=switch, tap=tap, audit=emit,
-                vault=vault_writer, leak_audit=leak_audit,
+                vault=vault_writer, leak_audit=leak_audit, spans=lambda: in_process,
             )  # fmt: skip
         else:
             import ray
@@ -705,6 +760,7 @@ def _run_locked(
                     ray.get([a.warm.remote(), a.set_policy.remote(policies[version])])
                     actors.append(a)
                 summary.workers = n
+                near[0] = by_span and all_here(actors)
                 return list(actors)
 
             def recover(futures: list, jobs: list, v: int) -> list:
@@ -734,15 +790,22 @@ def _run_locked(
                             f = a.process.remote(batch, role, idx)
                 return outs
 
+            here = ray.get_runtime_context().get_node_id()
+
+            def all_here(pool: list) -> bool:
+                """Every worker runs on this machine, so it can read the input file."""
+                return all(n == here for n in ray.get([a.node_id.remote() for a in pool]))
+
             try:
                 ray.get([a.warm.remote() for a in actors])
+                near = [by_span and all_here(actors)]
                 run_pipeline(
                     plan, src, actors, lambda w, b, i, r: w.process.remote(b, r, i), ray.get, out_f, writer,
                     role, summary, progress=progress,
                     poll=lambda: tuple(ray.get(ctl.state.remote())), switch=switch_ray,
                     metrics=PipelineMetrics(stream), recover=recover,
                     resize=resize, share=ray.put, tap=tap, audit=emit, vault=vault_writer,
-                    leak_audit=leak_audit,
+                    leak_audit=leak_audit, spans=lambda: near[0],
                 )  # fmt: skip
             except ray.exceptions.RayActorError:
                 raise PipelineError("a mask worker died; see the Ray logs") from None

@@ -498,11 +498,16 @@ def pipeline_bench(records: int, repeat: int) -> None:
 
         t_copy = best(copy, repeat)
         ensure_ray()
-        runs: dict[int, list] = {1: [], 2: []}
-        for _ in range(repeat + 1):  # 1 and 2 workers alternate, so both see the same noise
-            for w in (1, 2):
-                runs[w].append(mask_file(pol, "payments", src, dst, keyring=ring, workers=w))
-        rows = [(w, min(runs[w][1:], key=lambda r: r.seconds)) for w in (1, 2)]
+        # (workers, routing): the default, and every record routed by key through the object
+        # store, which the default does only for streams with per-key state
+        kinds = [(1, "auto"), (2, "auto"), (1, "key"), (2, "key")]
+        runs: dict[tuple, list] = {k: [] for k in kinds}
+        for _ in range(repeat + 1):  # the kinds alternate, so all see the same noise
+            for w, routing in kinds:
+                runs[(w, routing)].append(
+                    mask_file(pol, "payments", src, dst, keyring=ring, workers=w, routing=routing)
+                )
+        rows = [(k, min(runs[k][1:], key=lambda r: r.seconds)) for k in kinds]
         import ray
 
         ray.shutdown()
@@ -514,9 +519,10 @@ def pipeline_bench(records: int, repeat: int) -> None:
     print(
         f"| pure-Python baseline (json.loads, hmac, slicing, libffx, json.dumps) | {records / t_base:,.0f} | {mb / t_base:.1f} | 1.0x |"
     )
-    for w, s in rows:
+    for (w, _), s in rows:
+        how = "file spans" if s.span_chunks else "routed by key"
         print(
-            f"| raymask on local Ray, {w} worker(s) | {records / s.seconds:,.0f} | {mb / s.seconds:.1f} | {t_base / s.seconds:.1f}x |"
+            f"| raymask on local Ray, {w} worker(s), {how} | {records / s.seconds:,.0f} | {mb / s.seconds:.1f} | {t_base / s.seconds:.1f}x |"
         )
     print(
         f"| I/O ceiling: pyarrow.json.read_json (2 threads) + polars write_ndjson, no masking | {records / t_rt:,.0f} | {mb / t_rt:.0f} | |"
@@ -532,12 +538,16 @@ def pipeline_bench(records: int, repeat: int) -> None:
         "| workers | p50 chunk latency | p99 chunk latency | route | decode | mask | encode | write | wall |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    for w, s in rows:
+    for (w, _), s in rows:
         st = s.stage_seconds
-        print(f"| {w} | {s.latency(50) * 1e3:.0f} ms | {s.latency(99) * 1e3:.0f} ms | {st['route']:.2f} s | {st['decode']:.2f} s | "
+        print(f"| {w}, {'spans' if s.span_chunks else 'by key'} | {s.latency(50) * 1e3:.0f} ms | {s.latency(99) * 1e3:.0f} ms | {st['route']:.2f} s | {st['decode']:.2f} s | "
               f"{st['mask']:.2f} s | {st['encode']:.2f} s | {st['write']:.2f} s | {s.seconds:.2f} s |")  # fmt: skip
     print()
-    print(f"speed-up from 1 to 2 workers: {rows[0][1].seconds / rows[1][1].seconds:.2f}x")
+    sec = {k: s.seconds for k, s in rows}
+    print(
+        f"speed-up from 1 to 2 workers: {sec[(1, 'auto')] / sec[(2, 'auto')]:.2f}x "
+        f"(routed by key: {sec[(1, 'key')] / sec[(2, 'key')]:.2f}x)"
+    )
     best_s = min(s.seconds for _, s in rows)
     print(
         f"best run against the I/O ceiling: {t_rt / best_s:.0%}; against the baseline: {t_base / best_s:.1f}x"

@@ -42,6 +42,7 @@ class Chunk:
     data: np.ndarray  # uint8, whole records only
     base_line: int  # line number of data[0]
     nbytes: int
+    offset: int | None = None  # where data[0] is in the input file (None: not a plain file)
 
 
 def open_input(path: str) -> BinaryIO:
@@ -76,6 +77,8 @@ class FileSource:
         self.bytes_total = Path(path).stat().st_size if (stream is None and path != "-") else 0
         self._line = 1
         self._pending = b""
+        # a plain file's chunks say where they are in it (the mask workers may read them there)
+        self._at: int | None = 0 if (stream is None and path != "-") else None
         if fmt_name == "csv":
             header = self._f.readline()
             self.header_line: bytes | None = header
@@ -130,6 +133,8 @@ class FileSource:
         records read so far are handed on at once (low latency), a partial last line waits for
         its newline, and the iteration ends only after stop()."""
         fmt = self.format
+        if self._at is not None:
+            self._at = self._f.tell() - len(self._pending)  # after a CSV header or XML prolog
         while True:
             block = self._f.read(self.chunk_bytes)
             buf = self._pending + block
@@ -158,9 +163,11 @@ class FileSource:
 
     def _emit(self, buf: bytes) -> Chunk:
         data = np.frombuffer(buf, np.uint8)
-        base = self._line
+        base, at = self._line, self._at
         self._line += self.format.units(data)
-        return Chunk(data, base, len(buf))
+        if at is not None:
+            self._at = at + len(buf)
+        return Chunk(data, base, len(buf), at)
 
     @classmethod
     def from_bytes(

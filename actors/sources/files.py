@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -59,6 +61,14 @@ def open_input(path: str) -> BinaryIO:
         raise InputError(f"{p}: cannot read ({exc.strerror or type(exc).__name__})") from None
 
 
+def _regular(f: BinaryIO) -> bool:
+    """A regular file, which another process can read at an offset (not a pipe or a device)."""
+    try:
+        return stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 class FileSource:
     """Chunks of about `chunk_bytes` from a file; for CSV the header line is read first."""
 
@@ -78,7 +88,7 @@ class FileSource:
         self._line = 1
         self._pending = b""
         # a plain file's chunks say where they are in it (the mask workers may read them there)
-        self._at: int | None = 0 if (stream is None and path != "-") else None
+        self._at: int | None = 0 if (stream is None and path != "-" and _regular(self._f)) else None
         if fmt_name == "csv":
             header = self._f.readline()
             self.header_line: bytes | None = header

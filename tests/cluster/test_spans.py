@@ -117,3 +117,22 @@ def test_spans_on_ray_give_what_routing_by_key_gives(ray_session, tmp_path, keyr
     assert a.span_chunks == 0 and b.span_chunks > 20
     assert out_b == out_a and dead_b == dead_a
     assert b.balanced and (b.records_out, b.dead_letters) == (a.records_out, a.dead_letters)
+
+
+def test_a_named_pipe_is_routed_by_key(tmp_path, keyring):
+    """Only a regular file can be read again at an offset by a worker."""
+    import os
+    import threading
+
+    body = generate_bytes("payments", 300, seed=6)
+    fifo = tmp_path / "in.pipe"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(body))
+    writer.start()
+    s, out, _ = _run(fifo, tmp_path / "out.ndjson", keyring, "span", local=True, workers=2)
+    writer.join()
+    assert s.span_chunks == 0 and s.records_in == 300 and s.balanced
+    plain = tmp_path / "in.ndjson"
+    plain.write_bytes(body)
+    _, ref, _ = _run(plain, tmp_path / "ref.ndjson", keyring, "span", local=True, workers=2)
+    assert out == ref

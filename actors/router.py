@@ -77,9 +77,6 @@ class FileSpan:
     path: str
     offset: int
     length: int
-    # the output file, when the worker is to write the span's masked records there itself (at
-    # the offset the driver gives once the spans before it are sized): "" to return them
-    out: str = ""
 
 
 @dataclass

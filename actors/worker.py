@@ -58,7 +58,6 @@ __all__ = [
     "MaskCore",
     "MaskWorker",
     "PrivacyMeta",
-    "SpanLost",
     "merge_outputs",
     "BUDGET_REASON",
     "detect_unknown_fields",
@@ -96,11 +95,6 @@ class MaskOutput:
     span_dead: list[DeadLetter] | None = None
     span_records: int = 0
     span_lines: int = 0
-    # a span with an output file: its masked records stay on the worker until `write_span`
-    # (records is then empty): how many, and their bytes
-    held: bool = False
-    held_records: int = 0
-    held_bytes: int = 0
 
 
 @dataclass
@@ -122,10 +116,6 @@ class _Spend:
     delta: np.ndarray | None
     suppressed: np.ndarray
     dropped: np.ndarray
-
-
-class SpanLost(PipelineError):
-    """A span to write is not held here: the worker restarted since it masked it."""
 
 
 class MaskCore:
@@ -157,7 +147,6 @@ class MaskCore:
         self.rng = rng
         self.clock = clock
         self.ledger: SubjectLedger | None = None
-        self._held: dict[FileSpan, pa.Array] = {}  # masked spans waiting for `write_span`
         # the leak monitor's sampling (not a secret, not DP: an ordinary generator will do)
         self.leak_rng = leak_rng if leak_rng is not None else np.random.default_rng()
         self.set_policy(policy)
@@ -241,34 +230,7 @@ class MaskCore:
         out.dead_rows = out.dead_rows[:0]
         out.dead_reasons, out.dead_fields = [], []
         out.span_records, out.span_lines = len(starts), self.fmt.units(data)
-        if span.out:
-            recs = out.records
-            offs = np.frombuffer(recs.buffers()[1], np.int64)[
-                recs.offset : recs.offset + len(recs) + 1
-            ]
-            self._held[span] = recs
-            out.held, out.held_records = True, len(recs)
-            out.held_bytes = int(offs[-1] - offs[0])
-            out.records = recs.slice(0, 0)
         return out
-
-    def write_span(self, span: FileSpan, offset: int) -> int:
-        """Write a held span's masked records into its output file at `offset` (the driver
-        gives it once every span before it is sized), and let them go; the bytes written."""
-        recs = self._held.pop(span, None)
-        if recs is None:
-            raise SpanLost("a span's masked records are not on this worker (it restarted)")
-        bufs = recs.buffers()
-        offs = np.frombuffer(bufs[1], np.int64)[recs.offset : recs.offset + len(recs) + 1]
-        view = memoryview(bufs[2])[int(offs[0]) : int(offs[-1])] if len(recs) else memoryview(b"")
-        fd = os.open(span.out, os.O_WRONLY)
-        try:
-            done = 0
-            while done < len(view):
-                done += os.pwrite(fd, view[done:], offset + done)
-        finally:
-            os.close(fd)
-        return done
 
     def _no_key(
         self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray, sc: Scan
@@ -819,9 +781,6 @@ def _make_actor():  # Ray is imported only where actors are made, never by the p
                 return self.core.process_views(batch, roles, rows)
             finally:
                 self.core.fmt = own
-
-        def write_span(self, span: FileSpan, offset: int) -> int:
-            return self.core.write_span(span, offset)
 
         def node_id(self) -> str:
             """The Ray node this worker runs on (the driver sends file spans only to its own)."""

@@ -28,7 +28,7 @@ from raymask.actors.metrics import PipelineMetrics
 from raymask.actors.router import DeadLetter, FileSpan, Routed, RouterCore, SpanChunk, span_cuts
 from raymask.actors.sinks.deadletters import DEFAULT_KEY_ID, DeadLetterWriter
 from raymask.actors.sources.files import FileSource
-from raymask.actors.worker import MaskCore, MaskOutput, SpanLost, merge_outputs
+from raymask.actors.worker import MaskCore, MaskOutput, merge_outputs
 from raymask.errors import InputError, PipelineError, PolicyError
 from raymask.memory import tune_malloc
 from raymask.policy.compile import StreamPlan, compile_stream
@@ -69,7 +69,6 @@ class RunSummary:
     resent: int = 0  # batches sent again after their worker died
     resizes: list = field(default_factory=list)  # (records in before the resize, new pool size)
     span_chunks: int = 0  # chunks sent to the workers as file spans, not routed by key
-    spans_written: int = 0  # spans whose workers wrote their masked records themselves
     # local DP: records carrying noised values, records whose subject's allowance was used up
     # (noised fields written null), and the largest epsilon one record spent in this view
     dp_records: int = 0
@@ -140,11 +139,10 @@ def _collect(
     summary: RunSummary,
     version: int,
     fmt: Any = None,
-) -> tuple[int, list[DeadLetter], Any]:
-    """(masked records out, dead letters, what the driver writes: the records, for XML with the
-    tails of the dead records in their places, or None when the workers hold them to write
-    themselves). A chunk sent as file spans (`SpanChunk`) gets its record count here, and its
-    dead letters' lines from where each span starts."""
+) -> tuple[Any, list[DeadLetter], Any]:
+    """(masked records, dead letters, what to write: the records, and for XML the tails of the
+    dead records in their places). A chunk sent as file spans (`SpanChunk`) gets its record
+    count here, and its dead letters' lines from where each span starts."""
     spans = isinstance(routed, SpanChunk)
     dead = list(routed.dead)
     line = routed.base_line if spans else 0
@@ -172,17 +170,14 @@ def _collect(
             raise PipelineError(
                 f"a worker masked a batch with policy version {o.policy_version}, not {version}"
             )
-    dead.sort(key=lambda d: d.line)
-    if spans and outputs and outputs[0].held:  # the workers write their spans themselves
-        return sum(o.held_records for o in outputs), dead, None
     if spans:  # one span per worker, in input order: the records are in order already
         records = pa.chunked_array([o.records for o in outputs], pa.large_binary())
-        return len(records), dead, records
+        return records, sorted(dead, key=lambda d: d.line), records
     records, rows = merge_outputs(list(outputs))
     written = records
     if fmt is not None and fmt.keeps_tails and len(rows) < routed.records:
         written = _with_tails(fmt, routed, data, records, rows)
-    return len(records), dead, written
+    return records, sorted(dead, key=lambda d: d.line), written
 
 
 def _with_tails(
@@ -197,15 +192,6 @@ def _with_tails(
     both = pa.concat_arrays([records.cast(pa.large_binary()), pa.array(tails, pa.large_binary())])
     order = np.argsort(np.concatenate([rows, dead_rows]), kind="stable")
     return both.take(pa.array(order))
-
-
-def _regular_file(out: IO[bytes]) -> bool:
-    import stat
-
-    try:
-        return isinstance(out.name, str) and stat.S_ISREG(os.fstat(out.fileno()).st_mode)
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def _write_records(out: IO[bytes], records: pa.Array | pa.ChunkedArray) -> None:
@@ -271,8 +257,6 @@ def run_pipeline(
     vault: VaultWriter | None = None,
     leak_audit: Any | None = None,
     spans: Callable[[], bool] | None = None,
-    write_span: Callable[[Any, FileSpan, int], Any] | None = None,
-    settle: Callable[[list[tuple]], None] = lambda writes: None,
 ) -> RunSummary:
     """Stream `source` through `workers`; `submit(worker, chunk, rows, role)` starts one worker's
     share of a chunk, `fetch` waits for a chunk's results. `share(batch)` turns a routed chunk into
@@ -303,13 +287,6 @@ def run_pipeline(
     output is written in input order, as it is when routing by key. What it saves is the
     router's key scan, the chunk's trip through the object store and the merge by row (on 2
     cores, most of the driver's work; docs/benchmarks.md).
-
-    With `write_span(worker, span, offset)` and a plain output file, the workers also keep a
-    span's masked records and write them into the output themselves: once a chunk's spans are
-    back, their sizes give each one its offset (after everything before it, in input order),
-    and the driver only moves its own file position past them. `settle(writes)` waits for
-    those writes (before a resize and at the end), writing again, on a restarted worker, a
-    span whose worker died holding it.
     """
     tune_malloc()
     router = RouterCore(plan, source.format, len(workers))
@@ -317,19 +294,13 @@ def run_pipeline(
     pending: deque[tuple] = deque()  # routed, data, futures, version, started, bytes, jobs
     t0 = time.perf_counter()
     version = plan.version
-    # spans whose workers write their masked records into the output file themselves: a plain
-    # file the workers can open (they run on this machine whenever spans go out at all)
-    held = ""
-    if write_span is not None and not source.follow and _regular_file(out):
-        held = os.path.abspath(out.name)
-    writes: list[tuple] = []  # (write result, worker, span, offset, bytes, policy version)
 
     def drain_one() -> None:
         routed, data, futures, v, started, nbytes, jobs = pending.popleft()
         outputs = recover(futures, jobs, v) if recover is not None else fetch(futures)
         before = dict(summary.changed)
-        n_out, dead, written = _collect(routed, data, outputs, summary, v, source.format)
-        summary.versions[v] += n_out
+        records, dead, written = _collect(routed, data, outputs, summary, v, source.format)
+        summary.versions[v] += len(records)
         for k, sec in routed.seconds.items():
             summary.stage_seconds[k] += sec
         for o in outputs:
@@ -338,7 +309,7 @@ def run_pipeline(
         summary.latencies.append(time.perf_counter() - started)
         if metrics is not None:
             metrics.chunk(
-                records_in=routed.records, records_out=n_out, dead=len(dead), nbytes=nbytes,
+                records_in=routed.records, records_out=len(records), dead=len(dead), nbytes=nbytes,
                 seconds=time.perf_counter() - started, in_flight=len(pending),
                 changed={k: n - before.get(k, 0) for k, n in summary.changed.items()},
                 techniques=summary.techniques, version=v,
@@ -355,16 +326,7 @@ def run_pipeline(
                     detected.update(o.detected)
                 metrics.leak_events(events, detected)
         tw = time.perf_counter()
-        if written is None:  # each worker writes its span where the spans before it end
-            out.flush()
-            at = out.tell()
-            for (wi, span, _), o in zip(jobs, outputs, strict=True):
-                writes.append((write_span(workers[wi], span, at), wi, span, at, o.held_bytes, v))
-                at += o.held_bytes
-                summary.spans_written += 1
-            out.seek(at)
-        else:
-            _write_records(out, written)
+        _write_records(out, written)
         if source.follow:
             out.flush()
         summary.stage_seconds["write"] += time.perf_counter() - tw
@@ -375,7 +337,7 @@ def run_pipeline(
             audit("dead_letters", stream=plan.stream, count=len(dead), policy_version=v,
                   first_line=int(dead[0].line))  # fmt: skip
         summary.records_in += routed.records
-        summary.records_out += n_out
+        summary.records_out += len(records)
         summary.dead_letters += len(dead)
         for d in dead:
             summary.dead_reasons[d.reason] += 1
@@ -392,8 +354,6 @@ def run_pipeline(
         if resize is not None and n and n != len(workers):
             while pending:
                 drain_one()
-            settle(writes)  # a worker stopped by the resize must have written what it holds
-            writes.clear()
             workers = resize(n, version)
             router = RouterCore(router.plan, source.format, len(workers))
             summary.resizes.append((summary.records_in, len(workers)))
@@ -412,7 +372,7 @@ def run_pipeline(
             cuts = span_cuts(source.format, chunk.data, len(workers))
             path = os.path.abspath(source.path)
             jobs = [
-                (wi, FileSpan(path, chunk.offset + a, b - a, held), None)
+                (wi, FileSpan(path, chunk.offset + a, b - a), None)
                 for wi, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False))
                 if b > a
             ]
@@ -429,7 +389,6 @@ def run_pipeline(
             drain_one()
     while pending:
         drain_one()
-    settle(writes)
     summary.seconds = time.perf_counter() - t0
     if not summary.balanced:
         raise PipelineError(
@@ -759,7 +718,6 @@ def _run_locked(
                 plan, src, cores, lambda w, b, i, r: w.process(b, r, i), lambda fs: list(fs), out_f, writer,
                 role, summary, progress=progress, poll=poll, switch=switch, tap=tap, audit=emit,
                 vault=vault_writer, leak_audit=leak_audit, spans=lambda: in_process,
-                write_span=lambda w, span, at: w.write_span(span, at),
             )  # fmt: skip
         else:
             import ray
@@ -836,40 +794,6 @@ def _run_locked(
                             f = a.process.remote(batch, role, idx)
                 return outs
 
-            def settle(writes: list[tuple]) -> None:
-                """Wait for the workers' span writes; a span whose worker died holding it is
-                masked again on the restarted worker (with the chunk's policy version) and
-                written. Its size must come out the same: a view with random techniques (local
-                DP) would not, and its output could not be completed in place."""
-                for f, wi, span, at, size, v in writes:
-                    deaths, first = 0, time.monotonic()
-                    while True:
-                        try:
-                            ray.get(f)
-                            break
-                        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
-                            if isinstance(exc, ray.exceptions.RayTaskError) and not isinstance(
-                                exc.cause, SpanLost
-                            ):
-                                raise
-                            deaths += 1
-                            resend_backoff(deaths, first)
-                            summary.resent += 1
-                            a = actors[wi]
-                            try:
-                                ray.get([a.set_policy.remote(policies[v]),
-                                         a.set_layout.remote(wi, len(actors))])  # fmt: skip
-                                o = ray.get(a.process.remote(span, role, None))
-                            except ray.exceptions.RayActorError:
-                                continue  # still restarting: try again
-                            if o.held_bytes != size:
-                                raise PipelineError(
-                                    "a worker died holding masked records of a view with random "
-                                    "techniques; masked again they differ in size, so the output "
-                                    "cannot be completed in place: run again"
-                                ) from None
-                            f = a.write_span.remote(span, at)
-
             here = ray.get_runtime_context().get_node_id()
 
             def all_here(pool: list) -> bool:
@@ -887,7 +811,6 @@ def _run_locked(
                     resize=resize, share=ray.put, tap=tap, audit=emit, vault=vault_writer,
                     leak_audit=leak_audit, spans=lambda: near[0],
                     max_in_flight=SPAN_IN_FLIGHT if near[0] else 2,
-                    write_span=lambda w, span, at: w.write_span.remote(span, at), settle=settle,
                 )  # fmt: skip
             except ray.exceptions.RayActorError:
                 raise PipelineError("a mask worker died; see the Ray logs") from None

@@ -68,7 +68,6 @@ def test_spans_in_process_give_what_routing_by_key_gives(tmp_path, keyring):
     a, out_a, dead_a = _run(src, tmp_path / "key.ndjson", keyring, "key", local=True, workers=3)
     b, out_b, dead_b = _run(src, tmp_path / "span.ndjson", keyring, "span", local=True, workers=3)
     assert a.span_chunks == 0 and b.span_chunks > 10  # 64 KiB chunks of a 1.4 MB file
-    assert b.spans_written == 3 * b.span_chunks  # the workers wrote their spans themselves
     assert out_b == out_a
     assert dead_b == dead_a
     assert len(dead_a) > 100 and {r.split(":")[0] for _, r, _, _ in dead_a} >= {
@@ -116,7 +115,6 @@ def test_spans_on_ray_give_what_routing_by_key_gives(ray_session, tmp_path, keyr
     a, out_a, dead_a = _run(src, tmp_path / "key.ndjson", keyring, "key", workers=2)
     b, out_b, dead_b = _run(src, tmp_path / "auto.ndjson", keyring, "auto", workers=2)
     assert a.span_chunks == 0 and b.span_chunks > 20
-    assert b.spans_written == 2 * b.span_chunks
     assert out_b == out_a and dead_b == dead_a
     assert b.balanced and (b.records_out, b.dead_letters) == (a.records_out, a.dead_letters)
 
@@ -137,17 +135,4 @@ def test_a_named_pipe_is_routed_by_key(tmp_path, keyring):
     plain = tmp_path / "in.ndjson"
     plain.write_bytes(body)
     _, ref, _ = _run(plain, tmp_path / "ref.ndjson", keyring, "span", local=True, workers=2)
-    assert out == ref
-
-
-def test_spans_to_stdout_come_back_to_the_driver(tmp_path, keyring, capfdbinary):
-    """A worker cannot write the driver's stdout: the driver writes what the workers send."""
-    src = tmp_path / "in.ndjson"
-    src.write_bytes(generate_bytes("payments", 400, seed=7))
-    s = mask_file(EXAMPLES / "payments.yaml", "payments", src, "-", keyring=keyring, local=True,
-                  workers=2, routing="span", chunk_bytes=32 << 10,
-                  dead_letters=tmp_path / "dl.ndjson")  # fmt: skip
-    out = capfdbinary.readouterr().out
-    assert s.span_chunks > 3 and s.spans_written == 0
-    _, ref, _ = _run(src, tmp_path / "ref.ndjson", keyring, "key", local=True, workers=2)
     assert out == ref

@@ -90,8 +90,9 @@ class MaskOutput:
     detected: dict[str, int] = field(default_factory=dict)  # unknown fields: spans masked per type
     leaks: list[tuple[str, str, int]] = field(default_factory=list)  # (field, type, count) found
     leak_sampled: int = 0  # records the leak monitor scanned
-    # a FileSpan's results (see MaskCore.process): rows count within the span, the records that
-    # failed as dead letters (lines from the span's first line, 0), its records and lines
+    # a FileSpan's results (see MaskCore._span; rows are numbered within the span): the records
+    # that failed, as dead letters with lines counted from 0 at the span's start, and how many
+    # records and lines the span holds
     span_dead: list[DeadLetter] | None = None
     span_records: int = 0
     span_lines: int = 0
@@ -210,7 +211,7 @@ class MaskCore:
         the router checks (a usable key) is checked here, on the worker's own scan, with the
         router's reason; the records that fail come back as whole dead letters, their lines
         counted from the span's first line (0): the driver adds where the span starts."""
-        if self.ledger is not None:  # the driver never sends spans then; a guard, not a path
+        if self.plan.budget is not None:  # the driver never sends spans then: a guard
             raise PipelineError("a stream with per-subject budgets is routed by key, not by span")
         t0 = time.perf_counter()
         with open(span.path, "rb") as f:

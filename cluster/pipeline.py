@@ -368,7 +368,13 @@ def run_pipeline(
         if tap is not None:  # e.g. the stream's DP aggregates, on the same chunks
             tap(chunk)
         t_route = time.perf_counter()
-        if chunk.offset is not None and spans is not None and spans():
+        # a version pushed mid-run may bring per-subject budgets: from then on, by key
+        if (
+            chunk.offset is not None
+            and spans is not None
+            and router.plan.budget is None
+            and spans()
+        ):
             cuts = span_cuts(source.format, chunk.data, len(workers))
             path = os.path.abspath(source.path)
             jobs = [

@@ -136,3 +136,48 @@ def test_a_named_pipe_is_routed_by_key(tmp_path, keyring):
     plain.write_bytes(body)
     _, ref, _ = _run(plain, tmp_path / "ref.ndjson", keyring, "span", local=True, workers=2)
     assert out == ref
+
+
+def test_a_span_of_blank_lines_only_is_no_records(tmp_path, keyring):
+    recs = generate_bytes("payments", 40, seed=12)
+    src = tmp_path / "in.ndjson"
+    src.write_bytes(recs + b"\n" * 50_000 + recs)  # spans of blank lines only
+    _, out_a, dead_a = _run(src, tmp_path / "key.ndjson", keyring, "key", local=True, workers=4)
+    b, out_b, dead_b = _run(src, tmp_path / "span.ndjson", keyring, "span", local=True, workers=4)
+    assert b.span_chunks >= 1 and b.records_in == 80 and b.balanced
+    assert out_b == out_a and dead_b == dead_a == []
+
+
+def test_a_pushed_version_with_budgets_is_routed_by_key_from_then_on(tmp_path, keyring):
+    """Spans stop at the batch boundary where a version with per-subject budgets takes over:
+    from then on the workers keep each subject's spend, so every record of it must reach them."""
+    from raymask.actors.control import ControlCore, key_shapes
+    from raymask.cluster.pipeline import prepare, run_job
+    from raymask.policy.loader import load_policy
+
+    base = load_policy(EXAMPLES / "payments.yaml").model_dump(mode="json")
+    v2 = json.loads(json.dumps(base))
+    v2["version"] = 2
+    s2 = v2["streams"]["payments"]
+    s2["fields"]["amount"] = {"technique": "noise", "epsilon": 1.0, "lo": 0, "hi": 1000}
+    s2["budget"] = {"epsilon": 3, "period": "day", "exhausted": "suppress", "key": "ledger"}
+
+    class PushAfter(ControlCore):
+        calls = 0
+
+        def current_version(self) -> int:
+            self.calls += 1
+            if self.calls == 4:
+                self.push(v2)
+            return super().current_version()
+
+    src = tmp_path / "in.ndjson"
+    src.write_bytes(generate_bytes("payments", 3000, seed=14))
+    control = PushAfter(base, "payments", key_shapes(keyring))
+    job = prepare(EXAMPLES / "payments.yaml", "payments", src, keyring=keyring,
+                  chunk_bytes=64 << 10)  # fmt: skip
+    s = run_job(job, tmp_path / "out.ndjson", workers=2, local=True, control=control,
+                routing="span", state=tmp_path / "state")  # fmt: skip
+    assert s.balanced and s.records_in == 3000 and set(s.versions) == {1, 2}
+    assert s.span_chunks == 3  # the chunks before the push
+    assert s.dp_records + s.dp_suppressed == s.versions[2]  # every v2 record was charged

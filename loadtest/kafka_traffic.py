@@ -118,10 +118,10 @@ def produce_traffic(
 
 def read_topic(
     bootstrap: str, topic: str, partitions: int, *, expect: int | None = None, idle_s: float = 3.0,
-    only: int | None = None, fetch_max_wait_ms: int = 100,
+    only: int | None = None, fetch_max_wait_ms: int = 100, least: int = 0,
 ) -> list[Message]:  # fmt: skip
-    """Every message of `topic` (stops when `expect` are read, or nothing came for `idle_s`);
-    with `only`, of that one partition. `fetch_max_wait_ms`: see read_all."""
+    """Every message of `topic` (stops when `expect` are read, or nothing came for `idle_s` once
+    `least` are read); with `only`, of that one partition. `fetch_max_wait_ms`: see read_all."""
     from raymask.actors.sources.kafka import read_all
 
     parts = [only] if only is not None else list(range(partitions))
@@ -141,5 +141,6 @@ def read_topic(
             expect=expect,
             idle_s=idle_s,
             fetch_max_wait_ms=fetch_max_wait_ms,
+            least=least,
         )  # fmt: skip
     ]

@@ -388,7 +388,7 @@ def with_ssl_context(options: Mapping[str, Any]) -> dict[str, Any]:
 def read_all(
     bootstrap: str, topic: str, *, partitions: Sequence[int] | None = None,
     expect: int | None = None, idle_s: float = 2.0, max_fetch_bytes: int = 8 << 20,
-    fetch_max_wait_ms: int = 100,
+    fetch_max_wait_ms: int = 100, least: int = 0, timeout_s: float = 120.0,
 ) -> list[Any]:  # fmt: skip
     """Every message of `topic` from offset 0, in offset order per partition (aiokafka's
     ConsumerRecords), without a consumer group: for readers of a whole topic (a vault, an audit
@@ -396,7 +396,9 @@ def read_all(
     `idle_s`. `partitions` defaults to all of the topic's; a topic the broker does not know
     raises InputError. Keep `fetch_max_wait_ms` well under `idle_s`: a fetch in flight holds back
     the next one to the same broker, so a long wait can end the read early. A large topic on
-    tansu's S3 storage needs a long one (READ_BACK_WAIT_MS) with a long `idle_s`."""
+    tansu's S3 storage needs a long one (READ_BACK_WAIT_MS) with a long `idle_s`. Until `least`
+    messages are read, a pause longer than `idle_s` does not end the read (a slow broker on a
+    busy machine); `timeout_s` from the start does then."""
     import time
 
     from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -421,8 +423,11 @@ def read_all(
             for tp in tps:
                 c.seek(tp, 0)
             out: list[Any] = []
-            last = time.monotonic()
-            while time.monotonic() - last < idle_s and (expect is None or len(out) < expect):
+            start = last = time.monotonic()
+            while expect is None or len(out) < expect:
+                now = time.monotonic()
+                if (now - last >= idle_s) if len(out) >= least else (now - start >= timeout_s):
+                    break
                 got = await c.getmany(timeout_ms=200, max_records=50_000)
                 for msgs in got.values():
                     out += msgs

@@ -447,3 +447,35 @@ def test_the_sink_turns_off_aiokafkas_own_resends_unless_idempotent():
         return before, prod._message_accumulator._batch_ttl
 
     assert asyncio.run(run()) == (30.0, 0.0)
+
+
+def test_read_all_waits_past_a_pause_for_least_messages_then_stops_at_its_deadline(kafka_broker):
+    """A read-back that must see `least` messages is not ended by a pause longer than `idle_s`
+    (a slow broker under load); without them, `timeout_s` ends it."""
+    import time
+
+    from raymask.actors.sources.kafka import read_all
+
+    topic = _topic("least")
+
+    async def first() -> None:
+        await _create(kafka_broker, topic, 1)
+        await _produce(kafka_broker, topic, {0: [b"a%d" % i for i in range(10)]})
+
+    asyncio.run(first())
+
+    def later() -> None:  # 1.5 s after the read starts: longer than its idle_s
+        time.sleep(1.5)
+        asyncio.run(_produce(kafka_broker, topic, {0: [b"b%d" % i for i in range(5)]}))
+
+    import threading
+
+    t = threading.Thread(target=later)
+    t.start()
+    got = read_all(kafka_broker, topic, expect=16, idle_s=0.5, least=15)
+    t.join()
+    assert [m.value for m in got][-5:] == [b"b%d" % i for i in range(5)] and len(got) == 15
+    t0 = time.monotonic()
+    got = read_all(kafka_broker, topic, expect=17, idle_s=0.2, least=16, timeout_s=1.5)
+    assert len(got) == 15 and 1.4 <= time.monotonic() - t0 < 10
+    assert len(read_all(kafka_broker, topic, expect=16, idle_s=0.3)) == 15  # least 0: as before

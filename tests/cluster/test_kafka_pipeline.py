@@ -138,7 +138,7 @@ def test_a_second_run_over_the_same_input_writes_nothing_twice(kafka_broker, ray
     second = run_kafka(EXAMPLES / "iot.yaml", "telemetry", topic, group_id="g2", **common)
     assert first.written["analyst"] == n and first.skipped["analyst"] == 0
     assert second.written["analyst"] == 0 and second.skipped["analyst"] == n
-    msgs = read_topic(kafka_broker, first.topics["analyst"], PARTS, expect=n + 1, idle_s=2)
+    msgs = read_topic(kafka_broker, first.topics["analyst"], PARTS, expect=n + 1, least=n, idle_s=2)
     assert len(msgs) == n
 
 
@@ -190,7 +190,7 @@ def test_kills_of_workers_sources_and_sinks_lose_and_double_nothing(
         killer.join()
     assert len(log) == 4 * cycles, log
     assert s.balanced
-    msgs = read_topic(kafka_broker, s.topics["ops"], PARTS, expect=n + 1, idle_s=3)
+    msgs = read_topic(kafka_broker, s.topics["ops"], PARTS, expect=n + 1, least=n, idle_s=3)
     src = [
         (int(m.headers["raymask.src.partition"]), int(m.headers["raymask.src.offset"]))
         for m in msgs
@@ -232,7 +232,7 @@ def test_cli_run_masks_a_topic_into_its_view_topics(kafka_broker, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     assert f"{topic}.masked.sre" in r.stderr and "yes" in r.stderr
-    msgs = read_topic(kafka_broker, f"{topic}.masked.sre", PARTS, expect=n + 1, idle_s=2)
+    msgs = read_topic(kafka_broker, f"{topic}.masked.sre", PARTS, expect=n + 1, least=n, idle_s=2)
     assert len(msgs) == n
 
 
@@ -330,7 +330,7 @@ def test_a_broker_restart_mid_run_on_s3_storage_loses_and_doubles_nothing(
                 # and answers a fetch only after listing the partition's objects (a fetch wait
                 # long enough for that, and an idle limit well over the wait: read_all)
                 idle = 3 if n <= 50_000 else 30
-                msgs = read_topic(again.bootstrap, s.topics[role], PARTS, expect=n + 1,
+                msgs = read_topic(again.bootstrap, s.topics[role], PARTS, expect=n + 1, least=n,
                                   idle_s=idle, fetch_max_wait_ms=1000 if idle < 30 else 5000)  # fmt: skip
                 _exactly_once_in_order(msgs, n, lambda r: r["device"]["id"])
 
@@ -402,7 +402,7 @@ def test_two_sources_on_four_partitions_write_every_record_once_per_view_headers
     )
     assert sum(s.source_records.values()) == s.records_in
     for role in roles:
-        msgs = read_topic(kafka_broker, s.topics[role], 4, expect=n + 1, idle_s=2)
+        msgs = read_topic(kafka_broker, s.topics[role], 4, expect=n + 1, least=n, idle_s=2)
         _exactly_once_in_order(msgs, n, lambda r: r["device"]["id"])
         for m in msgs:
             i = int(m.headers["raymask.src.offset"])
@@ -424,7 +424,7 @@ def test_local_dp_records_carry_their_epsilon_and_budgets_hold(
     s = run_kafka(EXAMPLES / "iot.yaml", "telemetry_dp", topic, bootstrap=kafka_broker,
                   keyring=keyring, idle_s=2, consumer_options=FAST, state=tmp_path / "state")  # fmt: skip
     assert s.written["default"] == n
-    msgs = read_topic(kafka_broker, s.topics["default"], PARTS, expect=n + 1, idle_s=2)
+    msgs = read_topic(kafka_broker, s.topics["default"], PARTS, expect=n + 1, least=n, idle_s=2)
     assert len(msgs) == n
     pol = load_policy(EXAMPLES / "iot.yaml").streams["telemetry_dp"]
     per_record = pol.fields["temperature_c"].epsilon + pol.fields["battery_pct"].epsilon

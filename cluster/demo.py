@@ -225,8 +225,9 @@ def run_demo(n: int = 100_000, workers: int = 2, out_dir: Path = Path("demo-out"
     console.print(
         "raymask masks sensitive fields in machine-to-machine streams. This demo generates "
         f"{n:,} records for each traffic profile, masks them with the example policies in "
-        "examples/policies/ on a local Ray (records sharded by key across "
-        f"{workers} MaskWorker actors), and shows records before and after."
+        f"examples/policies/ on a local Ray ({workers} MaskWorker actors: records sharded by "
+        "key, or for an NDJSON file with no per-key state one span of it per worker), and "
+        "shows records before and after."
     )
     if not DEMO_KEYS.exists():
         generate_key_file(DEMO_KEYS, DEMO_KEY_IDS)

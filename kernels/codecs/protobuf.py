@@ -1032,8 +1032,8 @@ def _field_end(data, p, end):
         return p, q, q, q + 4, fno, wt
     if wt == 2:
         m, r = _varint(data, q, end)
-        if r < 0:
-            return p, q, -1, -1, fno, wt
+        if r < 0 or m > np.uint64(end - r):  # a length past the end (or one that would be < 0
+            return p, q, -1, -1, fno, wt  # as int64, which once walked a frame backwards)
         return p, q, r, r + np.int64(m), fno, wt
     return p, q, -1, -1, fno, wt
 
@@ -1083,7 +1083,7 @@ def _drop(data, offsets, parent, fieldno, ftype, leaf, ch_start, ch_count, child
                     d -= 1
                     continue
                 ts, q, vs, ve, fno, wt = _field_end(data, p, send[d])
-                if ve < 0 or ve > send[d]:
+                if ve <= p or ve > send[d]:
                     break  # cannot happen for an emitted record; stop rather than loop
                 node = snode[d]
                 c = -1

@@ -557,3 +557,25 @@ def test_fuzz_packed_fields_no_crash_no_loss_and_every_element_masked(blob):
         m = cls.FromString(rec)
         assert set(m.i32) <= {-7} and not m.readings and set(m.f64) <= {2**64 - 1}
         assert all(set(x.deltas) <= {0} for x in m.series)
+
+
+def test_a_length_past_the_end_or_over_2_63_cannot_be_read():
+    """A length-delimited field whose length does not fit what follows is unreadable (-1); a
+    length of 2^64 - 5 once read as -5, which walked `_drop` backwards without end."""
+    from raymask.kernels.codecs.protobuf import _field_end
+
+    def frame(length: int) -> np.ndarray:
+        v, out = length, bytearray([0x0A])  # field 1, wire type 2
+        while True:
+            b = v & 0x7F
+            v >>= 7
+            out.append(b | (0x80 if v else 0))
+            if not v:
+                break
+        return np.frombuffer(bytes(out) + b"abcdef", np.uint8)
+
+    d = frame(3)
+    assert _field_end(d, 0, len(d))[3] == 2 + 3  # tag, length, then 3 bytes
+    for length in (7, 2**63, 2**64 - 5):
+        d = frame(length)
+        assert _field_end(d, 0, len(d))[2:4] == (-1, -1), length

@@ -219,7 +219,7 @@ class MaskCore:
         if len(buf) != span.length:
             raise PipelineError(f"{span.path}: shorter than the span the driver read")
         data = np.frombuffer(buf, np.uint8)
-        starts, ends, lines = self.fmt.split(data, 0)
+        starts, ends, lines, units = self.fmt.split_counted(data, 0)
         batch = make_batch(data, starts, ends, lines, np.zeros(len(starts), np.uint64))
         read_s = time.perf_counter() - t0
         out = self.process_views(batch, [role], None, check_key=True)[0]
@@ -230,7 +230,7 @@ class MaskCore:
         ]  # error path only: one per dead record
         out.dead_rows = out.dead_rows[:0]
         out.dead_reasons, out.dead_fields = [], []
-        out.span_records, out.span_lines = len(starts), self.fmt.units(data)
+        out.span_records, out.span_lines = len(starts), units
         return out
 
     def _no_key(

@@ -41,6 +41,12 @@ class Format:
         """How far `data` moves the line counter (lines; records for binary formats)."""
         return int(np.count_nonzero(data == 10))
 
+    def split_counted(
+        self, data: np.ndarray, base_line: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """`split` and `units` of the same data (a format may do both in one pass)."""
+        return (*self.split(data, base_line), self.units(data))
+
     def tail(self, raw: bytes) -> bytes:
         """What of a dead record's bytes stays in the output (XML: the markup after its element,
         so the document stays whole); nothing for line formats."""
@@ -86,6 +92,12 @@ class NdjsonFormat(Format):
 
     def split(self, data, base_line):
         return ndjson.split_records(data, base_line)
+
+    def split_counted(self, data, base_line):
+        return ndjson.split_counted(data, base_line)
+
+    def units(self, data):
+        return ndjson.count_lines(np.ascontiguousarray(data))
 
     def scan(self, data, starts, ends, tree, locate_only=False):
         return ndjson.scan(data, starts, ends, tree, locate_only)

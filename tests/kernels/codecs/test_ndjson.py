@@ -72,6 +72,44 @@ def test_split_records_skips_blank_lines_and_counts_from_one(buf, records, lines
     assert nums10.tolist() == [n + 9 for n in lines]
 
 
+def _ref_split(buf: bytes, base: int) -> tuple[list[bytes], list[int], int]:
+    """Records (non-blank lines), their line numbers, and the newlines, by bytes.split."""
+    parts = buf.split(b"\n")
+    recs = [(p, base + i) for i, p in enumerate(parts) if p.strip(b" \t\r")]
+    return [p for p, _ in recs], [n for _, n in recs], buf.count(b"\n")
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [b"\n", b" ", b"\t", b"\r", b"{}", b"x", b"\xff", b"\n\n", b'{"a": "0123456789abcdef"}']
+        ),
+        max_size=60,
+    ),
+    st.integers(0, 9),
+    st.integers(0, 3),
+)
+def test_split_counted_matches_bytes_split_at_every_alignment(pieces, pad, base):
+    # words of 8 bytes straddle newlines at every offset; `pad` shifts the data in memory
+    buf = b"".join(pieces)
+    data = np.frombuffer(b"#" * pad + buf, np.uint8)[pad:]
+    starts, ends, nums, newlines = ndjson.split_counted(data, base)
+    records, lines, want_newlines = _ref_split(buf, base)
+    assert [buf[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)] == records
+    assert nums.tolist() == lines
+    assert newlines == want_newlines == ndjson.count_lines(data)
+    assert [a.tolist() for a in ndjson.split_records(data, base)] == [
+        starts.tolist(), ends.tolist(), nums.tolist()]  # fmt: skip
+
+
+def test_split_counted_grows_past_its_first_guess():
+    # the kernel's first guess is one record per 128 bytes: 5,000 two-byte records outgrow it
+    buf = b"{}\n" * 5000
+    starts, _, nums, newlines = ndjson.split_counted(np.frombuffer(buf, np.uint8), 1)
+    assert len(starts) == 5000 and nums[-1] == 5000 and newlines == 5000
+
+
 # --- scan + extract against json.loads -------------------------------------------------------
 
 _KEYS = st.sampled_from(

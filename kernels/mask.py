@@ -59,60 +59,48 @@ def _is_alpha(c):
     return (65 <= c <= 90) or (97 <= c <= 122)
 
 
-@njit(cache=True)
-def _check(data, s, e, check):
-    """0 when data[s:e] has the shape `check` asks for, else the error code."""
-    if check == CHECK_EMAIL:
-        at = -1
-        for p in range(s, e):
-            if data[p] == 64:
-                at = p
-        if at <= s or at >= e - 1:
-            return 1
-        return 0
-    if check == CHECK_CARD:
-        nd = 0
-        for p in range(s, e):
-            c = data[p]
-            if _is_digit(c):
-                nd += 1
-            elif c != 32 and c != 45:
-                return 2
-        return 0 if 12 <= nd <= 19 else 2
-    if check == CHECK_PHONE:
-        nd = 0
-        for p in range(s, e):
-            c = data[p]
-            if _is_digit(c):
-                nd += 1
-            elif c == 43:
-                if p != s:
-                    return 3
-            elif c != 32 and c != 45 and c != 46 and c != 40 and c != 41:
-                return 3
-        return 0 if 4 <= nd <= 20 else 3
-    if check == CHECK_IBAN:
-        na = 0
-        for p in range(s, e):
-            c = data[p]
-            if _is_alpha(c) or _is_digit(c):
-                if na < 2 and not _is_alpha(c):
-                    return 4
-                na += 1
-            elif c != 32:
-                return 4
-        return 0 if 15 <= na <= 34 else 4
-    return 0
+def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per byte value: whether it is a maskable code point's first byte, per mode; whether it
+    counts towards a check's length (digits, or letters and digits for an IBAN) and whether a
+    check allows it at all (the phone's '+' is allowed here, and only first by the kernel)."""
+    b = np.arange(256)
+    digit = (b >= 48) & (b <= 57)
+    alpha = ((b >= 65) & (b <= 90)) | ((b >= 97) & (b <= 122))
+    lead = (b & 0xC0) != 0x80  # not a UTF-8 continuation byte
+    maskable = np.zeros((4, 256), np.uint8)
+    maskable[MODE_ALL] = maskable[MODE_EMAIL] = lead
+    maskable[MODE_DIGITS] = digit
+    maskable[MODE_ALNUM] = digit | alpha
+    counts = np.zeros((5, 256), np.uint8)
+    allowed = np.ones((5, 256), np.uint8)
+    counts[CHECK_CARD] = counts[CHECK_PHONE] = digit
+    counts[CHECK_IBAN] = digit | alpha
+    allowed[CHECK_CARD] = digit | np.isin(b, [32, 45])
+    allowed[CHECK_PHONE] = digit | np.isin(b, [32, 45, 46, 40, 41, 43])
+    allowed[CHECK_IBAN] = digit | alpha | (b == 32)
+    return maskable, counts, allowed
+
+
+_MASKABLE, _COUNTS, _ALLOWED = _tables()
+_LIMITS = np.array([[0, 0], [0, 0], [12, 19], [4, 20], [15, 34]], np.int64)  # counted, per check
 
 
 @njit(cache=True)
 def _mask_kernel(offsets, data, valid, mode, keep_first, keep_last, mchar, check):
+    """Two passes per value: one reads it (its shape check, last '@', maskable code points and
+    whether it is all ASCII), one writes it. An ASCII value with a one-byte mask character (the
+    usual case) is written byte for byte by table look-ups; any other value by code points."""
     n = offsets.shape[0] - 1
     err = np.zeros(n, dtype=np.int8)
     base = offsets[0]
-    cap = (offsets[n] - base) * max(1, mchar.shape[0]) + 1
+    ml = mchar.shape[0]
+    cap = (offsets[n] - base) * max(1, ml) + 1
     out = np.empty(cap, dtype=np.uint8)
     out_off = np.zeros(n + 1, dtype=np.int64)
+    tab = _MASKABLE[mode]
+    counts = _COUNTS[check]
+    allowed = _ALLOWED[check]
+    lo_n, hi_n = _LIMITS[check, 0], _LIMITS[check, 1]
     o = 0
     for i in range(n):
         out_off[i] = o
@@ -120,36 +108,58 @@ def _mask_kernel(offsets, data, valid, mode, keep_first, keep_last, mchar, check
             continue
         s = offsets[i]
         e = offsets[i + 1]
-        if check != 0:
-            code = _check(data, s, e, check)
-            if code != 0:
-                err[i] = code
+        m = 0  # maskable code points
+        m_at = 0  # ... before the last '@'
+        at = -1
+        cnt = 0  # what the check counts
+        bad = 0
+        high = 0
+        for p in range(s, e):
+            c = data[p]
+            if c == 64:
+                at = p
+                m_at = m
+            if check == CHECK_IBAN and cnt < 2 and counts[c] != 0 and not _is_alpha(c):
+                bad = 1  # an IBAN starts with two letters
+            high |= c
+            m += tab[c]
+            cnt += counts[c]
+            bad |= allowed[c] ^ 1
+        if check == CHECK_PHONE and e > s:  # '+' only first
+            for p in range(s + 1, e):
+                if data[p] == 43:
+                    bad = 1
+        if check == CHECK_EMAIL:
+            if at <= s or at >= e - 1:
+                err[i] = 1
                 continue
+        elif check != CHECK_NONE and (bad != 0 or cnt < lo_n or cnt > hi_n):
+            err[i] = check
+            continue
         # the maskable region ends at the last '@' for emails
         region_end = e
-        if mode == MODE_EMAIL:
-            for p in range(s, e):
-                if data[p] == 64:
-                    region_end = p
-        # count maskable code points
-        m = 0
-        for p in range(s, region_end):
-            c = data[p]
-            if (c & 0xC0) == 0x80:
-                continue
-            if mode == MODE_DIGITS:
-                if _is_digit(c):
-                    m += 1
-            elif mode == MODE_ALNUM:
-                if _is_digit(c) or _is_alpha(c):
-                    m += 1
-            else:
-                m += 1
+        if mode == MODE_EMAIL and at >= 0:
+            region_end = at
+            m = m_at
         kf = keep_first
         kl = keep_last
         if m <= kf + kl:
             kf = 0
             kl = 0
+        if high < 128 and ml == 1:
+            mc = mchar[0]
+            last = m - kl
+            idx = 0
+            for p in range(s, region_end):
+                c = data[p]
+                t = tab[c]
+                out[o] = mc if (t != 0 and idx >= kf and idx < last) else c
+                idx += t
+                o += 1
+            for p in range(region_end, e):
+                out[o] = data[p]
+                o += 1
+            continue
         idx = 0  # index of the current maskable code point
         p = s
         while p < e:
@@ -164,21 +174,13 @@ def _mask_kernel(offsets, data, valid, mode, keep_first, keep_last, mchar, check
                 ln = 2
             if p + ln > e:
                 ln = e - p
-            maskable = False
-            if p < region_end:
-                if mode == MODE_DIGITS:
-                    maskable = _is_digit(c)
-                elif mode == MODE_ALNUM:
-                    maskable = _is_digit(c) or _is_alpha(c)
-                else:
-                    maskable = True
-            if maskable:
+            if p < region_end and tab[c] != 0:
                 if idx < kf or idx >= m - kl:
                     for j in range(ln):
                         out[o] = data[p + j]
                         o += 1
                 else:
-                    for j in range(mchar.shape[0]):
+                    for j in range(ml):
                         out[o] = mchar[j]
                         o += 1
                 idx += 1

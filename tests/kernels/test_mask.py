@@ -162,6 +162,94 @@ def test_mask_all_matches_reference_on_random_unicode(values, kf, kl, ch, large)
     assert out.to_pylist() == [_ref_mask_all(v, kf, kl, ch) for v in values]
 
 
+# --- property: every mode and preset against a pure-Python reference ------------------------
+
+DIGITS = set("0123456789")
+LETTERS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# (mode, keep_first, keep_last, shape check) of each preset, as the module documents them
+PRESET_RULES = {
+    "email": ("email", 1, 0, "email"), "card": ("digits", 0, 4, "card"),
+    "phone": ("digits", 0, 2, "phone"), "iban": ("alnum", 2, 4, "iban"),
+}  # fmt: skip
+
+
+def _shape_error(v: str, check: str | None) -> int:
+    """The preset's shape check, written from its error message (0: the value passes)."""
+    if check == "email":
+        at = v.rfind("@")
+        return OK if 0 < at < len(v) - 1 else E_EMAIL
+    if check == "card":
+        ok = set(v) <= DIGITS | {" ", "-"} and 12 <= sum(c in DIGITS for c in v) <= 19
+        return OK if ok else E_CARD
+    if check == "phone":
+        ok = (
+            set(v) <= DIGITS | set(" -.()+") and "+" not in v[1:]
+            and 4 <= sum(c in DIGITS for c in v) <= 20
+        )  # fmt: skip
+        return OK if ok else E_PHONE
+    if check == "iban":
+        alnum = [c for c in v if c in DIGITS | LETTERS]
+        ok = (
+            set(v) <= DIGITS | LETTERS | {" "} and all(c in LETTERS for c in alnum[:2])
+            and 15 <= len(alnum) <= 34
+        )  # fmt: skip
+        return OK if ok else E_IBAN
+    return OK
+
+
+def _ref_mask(v: str | None, mode: str, kf: int, kl: int, ch: str, check: str | None):
+    """(masked value or None, error code), code point by code point."""
+    if v is None:
+        return None, OK
+    if (code := _shape_error(v, check)) != OK:
+        return None, code
+    region, rest = v, ""
+    if mode == "email" and "@" in v:
+        at = v.rfind("@")
+        region, rest = v[:at], v[at:]
+
+    def maskable(c: str) -> bool:
+        return {"digits": c in DIGITS, "alnum": c in DIGITS | LETTERS}.get(mode, True)
+
+    m = sum(maskable(c) for c in region)
+    if m <= kf + kl:
+        kf = kl = 0
+    out, idx = [], 0
+    for c in region:
+        if maskable(c):
+            out.append(c if idx < kf or idx >= m - kl else ch)
+            idx += 1
+        else:
+            out.append(c)
+    return "".join(out) + rest, OK
+
+
+# the characters the presets and modes tell apart, and a few that are none of them
+SHAPES = st.text(alphabet=st.sampled_from(list("0123456789 -+.()@aZqx\u00e9\u20ac\U0001f600")),
+                 max_size=30)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(st.none() | SHAPES | st.from_regex(r"[A-Z]{2}[0-9 ]{13,34}", fullmatch=True)
+                    | st.from_regex(r"\+?[0-9 ().-]{4,24}", fullmatch=True), max_size=20),
+    preset=st.sampled_from([None, *PRESET_RULES]),
+    mode=st.sampled_from(["all", "digits", "alnum", "email"]),
+    kf=st.integers(0, 5),
+    kl=st.integers(0, 5),
+    ch=st.sampled_from(["*", "\u2022", "\U0001f600"]),
+)  # fmt: skip
+def test_every_mode_and_preset_matches_reference(values, preset, mode, kf, kl, ch):
+    check = None
+    if preset is not None:
+        mode, kf, kl, check = PRESET_RULES[preset]
+    out, err = mask(pa.array(values, pa.string()), keep_first=kf, keep_last=kl, char=ch,
+                    mode=mode, preset=preset)  # fmt: skip
+    want = [_ref_mask(v, mode, kf, kl, ch, check) for v in values]
+    assert out.to_pylist() == [w for w, _ in want]
+    assert err.tolist() == [c for _, c in want]
+
+
 # --- redact ----------------------------------------------------------------------------------
 
 

@@ -163,6 +163,10 @@ def test_serve_masks_ndjson_and_arrays_from_concurrent_callers(served):
     for i, r in enumerate(res):
         assert r.status_code == 200, r.text
         assert r.headers["raymask-records"] == "100" and r.headers["raymask-error-count"] == "0"
+        timing = dict(t.strip().split(";dur=") for t in r.headers["server-timing"].split(","))
+        assert set(timing) == {"body", "mask", "cpu"} and all(
+            float(v) >= 0 for v in timing.values()
+        )
         out = r.content
         if i % 2:
             out = b"".join(json.dumps(x, ensure_ascii=False).encode() + b"\n" for x in r.json())

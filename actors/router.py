@@ -43,6 +43,7 @@ __all__ = [
     "make_batch",
     "scan_reason",
     "span_cuts",
+    "unrouted",
 ]
 
 
@@ -158,6 +159,19 @@ class RouterCore:
         dead.sort(key=lambda d: d.line)
         t2 = time.perf_counter()
         return Routed(batch, shards, dead, n, starts, ends, lines, {"route": t2 - t0})
+
+
+def unrouted(fmt: Format, data: np.ndarray, base_line: int = 0) -> Routed:
+    """A buffer's records as one shard, split but not routed: for a MaskCore that checks the
+    key itself (`process_views(check_key=True)`, the router's reasons) and keeps no per-key
+    state, so nothing is hashed and no record is read twice."""
+    t0 = time.perf_counter()
+    starts, ends, lines = fmt.split(data, base_line)
+    n = len(starts)
+    batch = make_batch(data, starts, ends, lines, np.zeros(n, np.uint64))
+    rows = np.arange(n, dtype=np.int64) if n else None
+    seconds = {"route": time.perf_counter() - t0}
+    return Routed(batch, [rows], [], n, starts, ends, lines, seconds)
 
 
 def make_batch(

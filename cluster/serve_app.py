@@ -48,7 +48,8 @@ from raymask.policy.compile import compile_stream
 from raymask.policy.schema import Policy
 
 __all__ = [
-    "Request", "Answer", "Masked", "IngressCore", "masked_from", "build_app", "app_builder",
+    "Request", "Answer", "Masked", "IngressCore", "masked_from", "route_here", "build_app",
+    "app_builder",
     "MAX_BODY_BYTES",
 ]  # fmt: skip
 
@@ -114,6 +115,20 @@ def masked_from(routed: Any, outputs: list) -> Masked:
         reasons += list(o.dead_reasons)
     version = outputs[0].policy_version if outputs else 0
     return Masked(recs, routed.lines[rows], np.asarray(dead_lines, np.int64), reasons, version)
+
+
+def route_here(router: Any, data: np.ndarray) -> tuple[Any, bool]:
+    """A buffer for a MaskCore in this process (a stream without per-key state) and whether
+    the core checks the keys (`process_views(check_key=)`). NDJSON is split only: the core's
+    own scan finds the key, with the router's reasons, so each record is scanned once, not
+    twice (0.1-0.15 ms, 6-9% of a 100-record request in process here). Other formats are
+    routed."""
+    from raymask.actors.router import unrouted
+    from raymask.kernels.codecs.formats import NdjsonFormat
+
+    if type(router.fmt) is NdjsonFormat:
+        return unrouted(router.fmt, data), True
+    return router.route(data, 0), False
 
 
 def _error(status: int, message: str) -> Answer:
@@ -474,18 +489,20 @@ def _make_deployment(max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
             router, core = self.routers.get(stream), self.local.get(stream)
             if fmt is not None:  # a format that comes with the body (CSV)
                 router, core = self._for_format(stream, fmt)
-            routed = router.route(data, 0)
             role = view or "default"
             if core is not None:
+                routed, check_key = route_here(router, data)
                 rows = routed.shards[0]
                 if rows is None:
                     return masked_from(routed, [])
+                args = (routed.batch, [role], rows, check_key)
                 if routed.records <= INLINE_RECORDS:
-                    outs = core.process_views(routed.batch, [role], rows)
+                    outs = core.process_views(*args)
                 else:
-                    outs = await asyncio.to_thread(core.process_views, routed.batch, [role], rows)
+                    outs = await asyncio.to_thread(core.process_views, *args)
                 self._keep_vault(outs)
                 return masked_from(routed, outs)
+            routed = router.route(data, 0)
             pool = self.pools[stream]
             futs = []
             if routed.records:

@@ -12,7 +12,7 @@ import pytest
 
 from raymask.actors.router import RouterCore
 from raymask.actors.worker import MaskCore
-from raymask.cluster.serve_app import IngressCore, Request, masked_from
+from raymask.cluster.serve_app import IngressCore, Request, masked_from, route_here
 from raymask.kernels.codecs.formats import format_for
 from raymask.loadtest.traffic import generate_bytes
 from raymask.policy.compile import compile_stream
@@ -99,6 +99,54 @@ AGG_LINES = [
     {"continual": "so_far", "step_start": "2026-11-23T08:00:00.000Z", "value": 3.0},
     {"continual": "so_far", "step_start": "2026-11-23T08:01:00.000Z", "value": 8.0},
 ]
+
+
+def _broken_body(n: int, seed: int) -> bytes:
+    """Payments records with every kind of bad record a router or a masking core catches."""
+    lines = generate_bytes("payments", n, seed=seed).decode().splitlines()
+    for i in range(5, n, 37):
+        rec = json.loads(lines[i])
+        rec["card"]["number"] = "1234"  # a technique refuses it
+        lines[i] = json.dumps(rec)
+    for i in range(3, n, 41):
+        lines[i] = lines[i][:40]  # truncated before the key
+    for i in range(11, n, 43):
+        lines[i] = lines[i].replace('"account":{"id":', '"account":{"ref":')  # no key
+    for i in range(17, n, 47):
+        lines[i] = lines[i].replace('"account":{"id":', '"account":{"id":[1],"old":')  # not a key
+    for i in range(19, n, 53):
+        lines[i] = lines[i].replace('"account":{"id":', '"account":{"id":{"x":1},"old":')[:-1] + ",}"
+    for i in range(29, n, 31):
+        lines[i] = lines[i][:-1] + ',"x":}'  # broken after the key
+    for i in range(7, n, 59):
+        lines.insert(i, "  ")  # a blank line is not a record
+    return "\n".join(lines).encode() + b"\n"
+
+
+@pytest.mark.parametrize("view", ["default", "fraud", "research"])
+def test_a_stream_masked_in_the_replica_is_split_not_routed_and_answers_as_if_routed(
+    keyring, view
+):
+    fmt = format_for("ndjson")
+    core = MaskCore(POLICY, "payments", keyring, fmt)
+    router = RouterCore(compile_stream(POLICY, "payments"), fmt, 1)
+    data = np.frombuffer(_broken_body(400, seed=21), np.uint8)
+    routed = router.route(data, 0)
+    want = masked_from(routed, core.process_views(routed.batch, [view], routed.shards[0]))
+    here, check_key = route_here(router, data)
+    assert check_key and here.dead == [] and here.records == routed.records
+    got = masked_from(here, core.process_views(here.batch, [view], here.shards[0], check_key))
+    assert got.records.to_pylist() == want.records.to_pylist()
+    assert got.lines.tolist() == want.lines.tolist()
+    dead = sorted(zip(got.dead_lines.tolist(), got.dead_reasons, strict=True))
+    assert dead == sorted(zip(want.dead_lines.tolist(), want.dead_reasons, strict=True))
+    assert len(dead) > 40 and {r.split(":")[0] for _, r in dead} >= {
+        "key field account.id", "field card.number"
+    }  # fmt: skip
+    # an empty body and a body of blank lines: nothing to mask either way
+    for empty in (b"", b"\n \n"):
+        e, _ = route_here(router, np.frombuffer(empty, np.uint8))
+        assert e.records == 0 and e.shards == [None]
 
 
 def test_latest_releases_keeps_each_aggregates_newest_window(tmp_path):

@@ -115,7 +115,9 @@ def _broken_body(n: int, seed: int) -> bytes:
     for i in range(17, n, 47):
         lines[i] = lines[i].replace('"account":{"id":', '"account":{"id":[1],"old":')  # not a key
     for i in range(19, n, 53):
-        lines[i] = lines[i].replace('"account":{"id":', '"account":{"id":{"x":1},"old":')[:-1] + ",}"
+        lines[i] = (
+            lines[i].replace('"account":{"id":', '"account":{"id":{"x":1},"old":')[:-1] + ",}"
+        )
     for i in range(29, n, 31):
         lines[i] = lines[i][:-1] + ',"x":}'  # broken after the key
     for i in range(7, n, 59):
@@ -124,9 +126,7 @@ def _broken_body(n: int, seed: int) -> bytes:
 
 
 @pytest.mark.parametrize("view", ["default", "fraud", "research"])
-def test_a_stream_masked_in_the_replica_is_split_not_routed_and_answers_as_if_routed(
-    keyring, view
-):
+def test_a_stream_masked_in_the_replica_is_split_not_routed_and_answers_as_if_routed(keyring, view):
     fmt = format_for("ndjson")
     core = MaskCore(POLICY, "payments", keyring, fmt)
     router = RouterCore(compile_stream(POLICY, "payments"), fmt, 1)

@@ -25,6 +25,7 @@ import pyarrow as pa
 from numba import njit
 
 from raymask.kernels._arrow import string_array, string_buffers, string_columns
+from raymask.kernels._mem import borrow
 from raymask.kernels.codecs._swar import (
     LITTLE_ENDIAN,
     byte_stop,
@@ -742,6 +743,9 @@ def _scan_fast(
     no error bookkeeping."""
     n = starts.shape[0]
     nd = data.shape[0] if LITTLE_ENDIAN else 0  # 0: no word loads
+    data = borrow(data)  # no reference counts per helper call (see borrow)
+    ch_start, ch_count, children = borrow(ch_start), borrow(ch_count), borrow(children)
+    key_start, key_len, keybytes = borrow(key_start), borrow(key_len), borrow(keybytes)
     vstart = np.zeros((n, nleaves), np.int64)
     vend = np.zeros((n, nleaves), np.int64)
     vkind = np.zeros((n, nleaves), np.int8)

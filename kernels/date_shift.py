@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 from numba import njit
 
 from raymask.kernels._arrow import string_array, string_buffers, validity
+from raymask.kernels._mem import borrow
 from raymask.kernels.generalize import (
     _civil_from_days,
     _days_from_civil,
@@ -94,6 +95,7 @@ def _shift_text_kernel(offsets, data, valid, subject_ok, days):
     err = np.zeros(n, dtype=np.int8)
     out_off = np.zeros(n + 1, dtype=np.int64)
     out = np.empty(offsets[n] - offsets[0], dtype=np.uint8)
+    data = borrow(data)  # _parse_iso takes it once per value: no reference counts (see borrow)
     o = 0
     for i in range(n):
         out_off[i] = o

@@ -51,6 +51,7 @@ import pyarrow.compute as pc
 from numba import njit
 
 from raymask.kernels._arrow import string_array, string_buffers, validity
+from raymask.kernels._mem import borrow
 
 __all__ = [
     "ERRORS",
@@ -272,6 +273,7 @@ def _round_text_kernel(offsets, data, valid, S, F, nearest):
     rb = np.zeros(width + 24, dtype=np.int64)
     dec = max(0, -F)
     out = np.empty(max(64, 2 * (offsets[n] - offsets[0]) + 8 * n), dtype=np.uint8)
+    data = borrow(data)  # _scan_number takes it once per value: no reference counts
     o = 0
     for i in range(n):
         out_off[i] = o

@@ -966,6 +966,7 @@ def _extract(data, vstart, vend, vkind):
     off = np.zeros((m, n + 1), np.int64)
     valid = np.zeros((m, n), np.bool_)
     pos = base[:m].copy()
+    data, ob = borrow(data), borrow(out)  # no reference counts per copy; `out` is returned
     for i in range(n):
         for f in range(m):
             k = vkind[i, f]
@@ -974,13 +975,13 @@ def _extract(data, vstart, vend, vkind):
                 s = vstart[i, f] + 1
                 e = vend[i, f] - 1
                 if not has_byte(data, s, e, 92):
-                    copy(out, o, data, s, e - s)
+                    copy(ob, o, data, s, e - s)
                     o += e - s
                 else:
-                    o = _unescape(data, s, e, out, o)
+                    o = _unescape(data, s, e, ob, o)
                 valid[f, i] = True
             elif k != K_MISSING and k != K_NULL:
-                copy(out, o, data, vstart[i, f], vend[i, f] - vstart[i, f])
+                copy(ob, o, data, vstart[i, f], vend[i, f] - vstart[i, f])
                 o += vend[i, f] - vstart[i, f]
                 valid[f, i] = True
             pos[f] = o
@@ -1013,6 +1014,7 @@ def _quote(offsets, data, valid, raw):
     out = np.empty(cap + 8, np.uint8)  # 8 bytes of slack for `copy_ahead`
     off = np.zeros(n + 1, np.int64)
     hexd = np.array([48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 97, 98, 99, 100, 101, 102], np.uint8)
+    data, ob = borrow(data), borrow(out)  # no reference counts per copy; `out` is returned
     o = 0
     for i in range(n):
         if not valid[i]:
@@ -1023,7 +1025,7 @@ def _quote(offsets, data, valid, raw):
             o += 4
         elif raw[i]:
             ln = offsets[i + 1] - offsets[i]
-            copy_ahead(out, o, data, offsets[i], ln)
+            copy_ahead(ob, o, data, offsets[i], ln)
             o += ln
         else:
             out[o] = 34
@@ -1036,7 +1038,7 @@ def _quote(offsets, data, valid, raw):
                 q += 8
             while q < e and _ESCAPE[data[q]] == 0:
                 q += 1
-            copy_ahead(out, o, data, s, q - s)
+            copy_ahead(ob, o, data, s, q - s)
             o += q - s
             for t in range(q, e):
                 c = data[t]

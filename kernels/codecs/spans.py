@@ -13,6 +13,7 @@ import pyarrow as pa
 from numba import njit
 
 from raymask.kernels._arrow import string_array
+from raymask.kernels._mem import borrow
 from raymask.kernels.codecs._swar import copy_ahead
 
 __all__ = ["Scan", "splice", "pack_replacements", "KIND_NAMES"]
@@ -49,6 +50,8 @@ def _splice(data, starts, ends, emit, vstart, vend, edit, rep_off, rep_data, nre
     out = np.empty(total + 8, np.uint8)  # 8 bytes of slack for `copy_ahead`
     off = np.zeros(n + 1, np.int64)
     order = np.empty(nrep_fields, np.int64)
+    # no reference counts per copy (see borrow); `out` itself is returned, so it lives on
+    data, rep_data, ob = borrow(data), borrow(rep_data), borrow(out)
     o = 0
     for i in range(n):
         if not emit[i]:
@@ -68,15 +71,15 @@ def _splice(data, starts, ends, emit, vstart, vend, edit, rep_off, rep_data, nre
         for k in range(m):
             f = order[k]
             ln = vstart[i, f] - p
-            copy_ahead(out, o, data, p, ln)
+            copy_ahead(ob, o, data, p, ln)
             o += ln
             a = rep_off[f, i]
             ln = rep_off[f, i + 1] - a
-            copy_ahead(out, o, rep_data, a, ln)
+            copy_ahead(ob, o, rep_data, a, ln)
             o += ln
             p = vend[i, f]
         ln = ends[i] - p
-        copy_ahead(out, o, data, p, ln)
+        copy_ahead(ob, o, data, p, ln)
         o += ln
         if o == off[i]:  # an empty record would read back as a blank line, i.e. no record
             for q in range(empty_as.shape[0]):

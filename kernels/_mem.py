@@ -51,9 +51,11 @@ def borrow(typingctx, arr):  # noqa: ANN001, ANN201 (Numba intrinsic)
     increment and decrement around the call, which its reference-count pruning does not
     remove inside loops): in the NDJSON scanner that was about 45% of the time (perf: the
     atomics in NRT_incref/NRT_decref). On a borrowed array those calls find no owner and
-    return at once. Only for a kernel's *argument*, read inside that call: the caller keeps
-    it alive; never for an array the kernel allocates (Numba frees that after its last use)
-    and never returned or stored."""
+    return at once. Safe only while something else owns the array: a kernel's *argument* (the
+    caller keeps it alive for the call), or an array the kernel allocates and uses again after
+    the last borrowed use (the output buffer it returns, say); Numba frees an allocated array
+    right after its own last use, so a borrow of it alone would dangle. A borrowed array is
+    never returned or stored."""
     if not isinstance(arr, types.Array):
         return None
     sig = arr(arr)

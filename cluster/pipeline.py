@@ -130,11 +130,6 @@ ROUTINGS = ("auto", "key", "span")
 # queued while the driver writes (2 in flight: 350k records/s on 2 workers here, 4: 384k; by key
 # 2, for latency; docs/benchmarks.md)
 SPAN_IN_FLIGHT = 4
-# with file spans, a chunk is read per `chunk_bytes` of each worker, so each span keeps about
-# `chunk_bytes` (4 MiB, ~9,000 records here) whatever the pool's size: a span costs its worker
-# ~6 ms beyond the masking (its answer into the object store, the next task), and 4 MiB chunks
-# cut for 2 workers made spans of half that (8 MiB chunks: 428k against 371k records/s,
-# alternating runs; docs/benchmarks.md)
 
 
 def _collect(
@@ -776,7 +771,7 @@ def _run_locked(
                     actors.append(a)
                 summary.workers = n
                 near[0] = by_span and all_here(actors)
-                src.chunk_bytes = base_chunk * (len(actors) if near[0] else 1)
+                size_chunks()
                 return list(actors)
 
             def recover(futures: list, jobs: list, v: int) -> list:
@@ -806,6 +801,16 @@ def _run_locked(
                             f = a.process.remote(batch, role, idx)
                 return outs
 
+            base_chunk = src.chunk_bytes
+
+            def size_chunks() -> None:
+                """With file spans, a chunk is read per `chunk_bytes` of each worker, so each
+                span keeps about `chunk_bytes` (4 MiB, ~9,000 records here) whatever the pool's
+                size: a span costs its worker ~6 ms beyond the masking (its answer into the
+                object store, the next task), and 4 MiB chunks cut for 2 workers made spans of
+                half that (8 MiB chunks: 428k against 371k records/s; docs/benchmarks.md)."""
+                src.chunk_bytes = base_chunk * (len(actors) if near[0] else 1)
+
             here = ray.get_runtime_context().get_node_id()
 
             def all_here(pool: list) -> bool:
@@ -815,8 +820,7 @@ def _run_locked(
             try:
                 ray.get([a.warm.remote() for a in actors])
                 near = [by_span and all_here(actors)]
-                base_chunk = src.chunk_bytes
-                src.chunk_bytes = base_chunk * (len(actors) if near[0] else 1)
+                size_chunks()
                 run_pipeline(
                     plan, src, actors, lambda w, b, i, r: w.process.remote(b, r, i), ray.get, out_f, writer,
                     role, summary, progress=progress,

@@ -143,13 +143,20 @@ def escape_stop(x):
 
 
 @njit(cache=True, inline="always")
+def byte_stop(x, pat):
+    """Bytes of x equal to the byte repeated in `pat` (= byte * 0x0101010101010101); exact at
+    the lowest flagged byte, like the other stops."""
+    y = x ^ pat
+    return (y - _ONES) & ~y & _HIGH
+
+
+@njit(cache=True, inline="always")
 def has_byte(data, s, e, byte):
     """Whether data[s:e] holds `byte`, eight bytes per step."""
     pat = np.uint64(byte) * _ONES
     q = s
     while q + 8 <= e:
-        x = load_u64(data, q) ^ pat
-        if ((x - _ONES) & ~x & _HIGH) != 0:
+        if byte_stop(load_u64(data, q), pat) != 0:
             return True
         q += 8
     while q < e:
@@ -157,14 +164,6 @@ def has_byte(data, s, e, byte):
             return True
         q += 1
     return False
-
-
-@njit(cache=True, inline="always")
-def byte_stop(x, pat):
-    """Bytes of x equal to the byte repeated in `pat` (= byte * 0x0101010101010101); exact at
-    the lowest flagged byte, like the other stops."""
-    y = x ^ pat
-    return (y - _ONES) & ~y & _HIGH
 
 
 @njit(cache=True, inline="always")

@@ -114,7 +114,8 @@ def ref_token(value: str, spec, ring: Keyring) -> str:
 
 
 def ref_fpe(value: str, spec, ring: Keyring) -> str | None:
-    """FF1 through libffx, one value at a time, with keep_last and Luhn cycle walking."""
+    """FF1 through libffx, one value at a time, with keep_last; with Luhn, the last encrypted
+    numeral is not enciphered but set to the digit that makes the number pass Luhn."""
     import ffx
 
     from raymask.kernels.fpe import ALPHABETS
@@ -124,17 +125,17 @@ def ref_fpe(value: str, spec, ring: Keyring) -> str | None:
     key = ring.resolve(spec.key).material
     nums = [c for c in value if c in alph]
     head, tail = nums[: len(nums) - spec.keep_last], "".join(nums[len(nums) - spec.keep_last :])
+    if spec.luhn:
+        if not luhn_valid("".join(head) + tail):
+            return None
+        head = head[:-1]
     if spec.radix ** len(head) < 1_000_000:
         return None
-    if spec.luhn and not luhn_valid("".join(head) + tail):
-        return None
     cipher = ffx.FF1(key, alphabet=alph)
-    tweak = (spec.tweak or "").encode()
-    h = "".join(head)
-    while True:
-        h = cipher.encrypt(h, tweak=tweak)
-        if not spec.luhn or luhn_valid(h + tail):
-            break
+    h = cipher.encrypt("".join(head), tweak=(spec.tweak or "").encode())
+    if spec.luhn:
+        (d,) = [d for d in "0123456789" if luhn_valid(h + d + tail)]
+        h += d
     it = iter(h + tail)
     return "".join(next(it) if c in alph else c for c in value)
 

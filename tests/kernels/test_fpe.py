@@ -136,32 +136,71 @@ def test_luhn_option_gives_valid_cards_and_decrypts():
     assert back.to_pylist() == cards.to_pylist()
 
 
-def _walk_reference(card: str, key: bytes, keep_last: int, decrypt: bool = False) -> str:
-    """Cycle walking by its definition, one value at a time, with libffx's FF1: encipher the
-    head again until head + kept tail passes Luhn; the separators stay where they are."""
+def _luhn_reference(card: str, key: bytes, keep_last: int, decrypt: bool = False) -> str:
+    """The Luhn option by its definition, one value at a time, with libffx's FF1: the encrypted
+    numerals but the last go through FF1, and the last is the digit (found by trying all ten)
+    that makes the whole number pass Luhn; the separators stay where they are."""
     digits = [c for c in card if c.isdigit()]
-    head, tail = "".join(digits[: len(digits) - keep_last]), "".join(digits[-keep_last:])
+    cut = len(digits) - keep_last
+    head, tail = "".join(digits[: cut - 1]), "".join(digits[cut:])
     f = ffx.FF1(key, radix=10)
     head = f.decrypt(head, tweak=b"") if decrypt else f.encrypt(head, tweak=b"")
-    while not luhn_valid(head + tail):
-        head = f.decrypt(head, tweak=b"") if decrypt else f.encrypt(head, tweak=b"")
-    it = iter(head + tail)
+    (fixed,) = [d for d in "0123456789" if luhn_valid(head + d + tail)]
+    it = iter(head + fixed + tail)
     return "".join(next(it) if c.isdigit() else c for c in card)
 
 
-@pytest.mark.parametrize("keep_last", [0, 4])
-def test_luhn_cycle_walk_matches_libffx_walked_one_value_at_a_time(keep_last):
+@pytest.mark.parametrize("keep_last", [0, 1, 4, 5])
+def test_luhn_option_matches_libffx_with_the_digit_derived(keep_last):
     rng = np.random.default_rng(11)
     from raymask.loadtest.traffic import _cards
 
     cards = _cards(rng, 300).to_pylist()
     out, err = fpe_encrypt(pa.array(cards), KEY, keep_last=keep_last, luhn=True)
     assert not err.any()
-    assert out.to_pylist() == [_walk_reference(c, KEY, keep_last) for c in cards]
+    assert out.to_pylist() == [_luhn_reference(c, KEY, keep_last) for c in cards]
     back, _ = fpe_decrypt(out, KEY, keep_last=keep_last, luhn=True)
     assert back.to_pylist() == cards
-    walked_back = [_walk_reference(c, KEY, keep_last, decrypt=True) for c in out.to_pylist()]
-    assert walked_back == cards
+    assert [_luhn_reference(c, KEY, keep_last, decrypt=True) for c in out.to_pylist()] == cards
+
+
+def _all_luhn_valid(tail: str) -> list[str]:
+    """Every Luhn-valid number of 6 free digits, one more digit, then `tail` (NumPy, by trying
+    each of the ten digits for the seventh: independent of the kernel's digit table)."""
+
+    def share(d: np.ndarray, pos: int) -> np.ndarray:
+        return d if pos % 2 == 0 else np.where(d > 4, 2 * d - 9, 2 * d)
+
+    k = len(tail)
+    heads = np.arange(10**6)
+    total = sum(share(np.full(1, int(c)), k - 1 - j) for j, c in enumerate(tail)) if k else 0
+    for j in range(6):  # head digit j (from the left) sits k + 6 - j places from the right
+        total = total + share(heads // 10 ** (5 - j) % 10, k + 6 - j)
+    fixed = np.zeros(10**6, np.int64)
+    for d in range(10):
+        fixed[(total + share(np.full(1, d), k)) % 10 == 0] = d
+    return [f"{h:06d}{d}{tail}" for h, d in zip(heads.tolist(), fixed.tolist(), strict=True)]
+
+
+@pytest.mark.parametrize("tail", ["", "3"])
+def test_luhn_option_is_a_permutation_of_the_luhn_valid_numbers(tail):
+    """All 10^6 Luhn-valid numbers of 6 enciphered digits (the domain's minimum), the derived
+    digit (not doubled, then doubled) and the tail map onto themselves, one to one."""
+    nums = _all_luhn_valid(tail)
+    assert all(luhn_valid("00000" + x) for x in nums[::997])  # (luhn_valid wants >= 12 digits)
+    out, err = fpe_encrypt(pa.array(nums), KEY, keep_last=len(tail), luhn=True)
+    assert not err.any()
+    assert sorted(out.to_pylist()) == nums
+
+
+def test_luhn_option_decrypts_only_luhn_valid_numbers():
+    out, err = fpe_decrypt(pa.array(["4111 1111 1111 1112", "4111 1111 1111 1111"]), KEY, luhn=True)
+    assert err.tolist() == [E_LUHN, 0] and out.to_pylist()[0] is None
+
+
+def test_luhn_option_needs_the_domain_without_the_derived_digit():
+    out, err = fpe_encrypt(pa.array(["1234566", "123455"]), KEY, luhn=True)  # both Luhn-valid
+    assert err.tolist() == [0, E_SHORT]
 
 
 def test_luhn_option_refuses_an_invalid_card():

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from raymask.kernels._arrow import string_array
+from raymask.kernels._arrow import arrow_numbers, numbers, string_array
 from raymask.kernels.codecs.formats import Format
 from raymask.kernels.codecs.paths import build_tree
 from raymask.kernels.codecs.spans import K_NUMBER, K_STRING, KIND_NAMES, Scan
@@ -185,11 +185,11 @@ def make_batch(
     return pa.RecordBatch.from_pydict(
         {
             "raw": raw,
-            "len": pa.array(ends - starts),
-            "line": pa.array(lines),
-            "row": pa.array(np.arange(n, dtype=np.int64)),
+            "len": arrow_numbers(ends - starts),
+            "line": arrow_numbers(np.asarray(lines, np.int64)),
+            "row": arrow_numbers(np.arange(n, dtype=np.int64)),
             # the routing key's stable hash: workers key per-subject budgets by it
-            "key_hash": pa.array(hashes, pa.uint64()),
+            "key_hash": arrow_numbers(np.asarray(hashes, np.uint64)),
         }
     )
 
@@ -202,5 +202,5 @@ def batch_records(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.nda
     offsets = np.frombuffer(bufs[1], np.int64)[raw.offset : raw.offset + n + 1]
     data = np.frombuffer(bufs[2], np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
     starts = np.ascontiguousarray(offsets[:n])
-    ends = starts + batch.column("len").to_numpy()
+    ends = starts + numbers(batch.column("len"))
     return data, starts, ends

@@ -29,7 +29,7 @@ from raymask.actors.router import (
     scan_reason,
 )
 from raymask.errors import PipelineError
-from raymask.kernels._arrow import string_array, string_buffers
+from raymask.kernels._arrow import null_strings, numbers, string_array, string_buffers, take_strings
 from raymask.kernels.codecs import csv as csv_codec
 from raymask.kernels.codecs import json_values, ndjson
 from raymask.kernels.codecs import xml as xml_codec
@@ -265,7 +265,7 @@ class MaskCore:
         plan, fmt = self.plan, self.fmt
         data, starts, ends = batch_records(batch)
         if rows is None:
-            rows = batch.column("row").to_numpy()
+            rows = numbers(batch.column("row"))
         else:
             starts, ends = starts[rows], ends[rows]
         sc = fmt.scan(data, starts, ends, plan.tree)
@@ -308,7 +308,7 @@ class MaskCore:
         subjects = None
         if self.ledger is not None:  # the router hashed the subject (its routing key) already
             if "key_hash" in batch.schema.names:
-                subjects = batch.column("key_hash").to_numpy()[rows]
+                subjects = numbers(batch.column("key_hash"))[rows]
             else:
                 subjects = key_hash(column(plan.route_path))
         decode_s = time.perf_counter() - t0
@@ -349,7 +349,7 @@ class MaskCore:
         for oi, op in enumerate(ops):
             tech = REGISTRY[op.technique]
             kinds = sc.vkind[:, op.index]
-            values = column(op.path) if tech.needs_values else pa.nulls(n, pa.large_string())
+            values = column(op.path) if tech.needs_values else null_strings(n)
             ctx = FieldContext(column, op.path, plan.key_path, self.rng)
             applied = tech.apply(values, kinds, op.spec, self.keyring, ctx)  # type: ignore[misc]
             first = (applied.err != 0) & (err_code == 0)
@@ -460,7 +460,7 @@ class MaskCore:
             policy_version=plan.version,
             role=view.role,
             rows=rows[keep],
-            records=out if len(keep) == n else out.take(pa.array(keep)),
+            records=out if len(keep) == n else take_strings(out, keep),
             dead_rows=rows[dead],
             dead_reasons=reasons,
             dead_fields=fields,
@@ -712,12 +712,12 @@ def merge_outputs(outputs: list[MaskOutput]) -> tuple[pa.Array, np.ndarray]:
     their rows."""
     if not outputs:
         return pa.array([], pa.large_binary()), np.zeros(0, np.int64)
+    if len(outputs) == 1:  # one worker's rows are in order already
+        return outputs[0].records, outputs[0].rows
     rows = np.concatenate([o.rows for o in outputs])
     recs = pa.concat_arrays([o.records for o in outputs])
-    if len(outputs) == 1:  # one worker's rows are in order already
-        return recs, rows
     order = np.argsort(rows, kind="stable")
-    return recs.take(pa.array(order)), rows[order]
+    return take_strings(recs, order), rows[order]
 
 
 def _rss_bytes() -> int:

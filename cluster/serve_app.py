@@ -42,7 +42,9 @@ from starlette.requests import ClientDisconnect
 from raymask.actors.warm import warm_up
 from raymask.cluster.http_formats import MEDIA_KINDS, MEDIA_TYPES, BodyError, body_codec
 from raymask.errors import InputError, RaymaskError
+from raymask.kernels._arrow import take_strings
 from raymask.kernels.codecs.jsonarray import ArrayError, array_to_lines, join_lines
+from raymask.kernels.codecs.ndjson import count_lines
 from raymask.policy.access import Authenticator, Caller, Denied, allowed_view
 from raymask.policy.compile import compile_stream
 from raymask.policy.schema import Policy
@@ -303,7 +305,7 @@ class IngressCore:
             lines = (
                 data if body.endswith(b"\n") or not body else np.frombuffer(body + b"\n", np.uint8)
             )
-            n = int(np.count_nonzero(lines == 10))
+            n = int(count_lines(lines))  # a kernel: NumPy lets go of the GIL on 40 kB (below)
         return Request(stream, view, lines, n, kind == "array")
 
     async def answer(self, requests: Sequence[Request]) -> list[Answer]:
@@ -324,7 +326,10 @@ class IngressCore:
             dead_owner = np.searchsorted(bounds, m.dead_lines, side="right") - 1
             for k, (i, p) in enumerate(zip(idx, parts, strict=True)):
                 sel = np.flatnonzero(owner == k)
-                recs = m.records.take(pa.array(sel)) if len(sel) else m.records.slice(0, 0)
+                if len(sel) == len(m.records):  # all of them, in order (one request)
+                    recs = m.records
+                else:
+                    recs = take_strings(m.records, sel)
                 errs = [
                     {"index": int(m.dead_lines[j] - bounds[k]), "reason": m.dead_reasons[j]}
                     for j in np.flatnonzero(dead_owner == k)

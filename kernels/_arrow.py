@@ -2,16 +2,32 @@
 
 Every kernel works on the three buffers of an Arrow variable-length array (validity, offsets,
 data) through these helpers, so no kernel ever materialises a Python object per value.
+
+The helpers also keep the GIL. Arrow's compute functions (`take`, `cast`, `is_valid`) and its
+NumPy conversions (`pa.array`, `to_numpy`) let go of it even for 100 values, and in a process
+where other threads wait for it (a Serve replica with requests in flight) each let-go can hand
+it over: the masking thread then waits and comes back to a cold cache. So what the masking
+path needs of them is done here on the buffers: `validity` unpacks the bitmap, `numbers` and
+`arrow_numbers` view primitive arrays both ways, `take_strings` gathers values with a kernel,
+`large_strings` widens offsets, `null_strings` is made once per length.
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pyarrow as pa
+from numba import njit
 
 __all__ = [
     "StringBuffers",
+    "arrow_numbers",
     "as_text",
+    "large_strings",
+    "null_strings",
+    "numbers",
+    "take_strings",
     "string_buffers",
     "string_array",
     "string_columns",
@@ -34,10 +50,84 @@ class StringBuffers:
 
 
 def validity(arr: pa.Array) -> np.ndarray:
-    """Validity of `arr` as a bool array (True = value present)."""
+    """Validity of `arr` as a bool array (True = value present), unpacked from its bitmap."""
+    n = len(arr)
     if arr.null_count == 0:
-        return np.ones(len(arr), dtype=np.bool_)
-    return np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
+        return np.ones(n, dtype=np.bool_)
+    bitmap = arr.buffers()[0]
+    if bitmap is None:  # no bitmap, yet nulls: a null-type array
+        return np.zeros(n, dtype=np.bool_)
+    first = arr.offset // 8
+    bits = np.frombuffer(bitmap, np.uint8)[first : (arr.offset + n + 7) // 8]
+    skip = arr.offset - 8 * first
+    return np.unpackbits(bits, bitorder="little")[skip : skip + n].view(np.bool_)
+
+
+def numbers(arr: pa.Array) -> np.ndarray:
+    """The values of a primitive (numeric) array without nulls, as a NumPy view."""
+    if arr.null_count:
+        raise ValueError("numbers() takes an array without nulls")
+    dtype = arr.type.to_pandas_dtype()
+    return np.frombuffer(arr.buffers()[1], dtype)[arr.offset : arr.offset + len(arr)]
+
+
+def arrow_numbers(a: np.ndarray, type: pa.DataType | None = None) -> pa.Array:
+    """A 1-d NumPy array of numbers as an Arrow array without nulls (sharing its memory)."""
+    a = np.ascontiguousarray(a)
+    typ = type if type is not None else pa.from_numpy_dtype(a.dtype)
+    return pa.Array.from_buffers(typ, len(a), [None, pa.py_buffer(a)], null_count=0)
+
+
+@functools.lru_cache(maxsize=64)
+def null_strings(n: int) -> pa.Array:
+    """n nulls as a large_string array (immutable, so one per length is kept)."""
+    off = pa.py_buffer(np.zeros(n + 1, np.int64))
+    bitmap = pa.py_buffer(np.zeros((n + 7) // 8, np.uint8))
+    return pa.Array.from_buffers(
+        pa.large_string(), n, [bitmap, off, pa.py_buffer(b"")], null_count=n
+    )
+
+
+def large_strings(arr: pa.Array) -> pa.Array:
+    """A string (or binary) array as large_string (large_binary): its offsets widened."""
+    t = arr.type
+    if pa.types.is_large_string(t) or pa.types.is_large_binary(t):
+        return arr
+    if not (pa.types.is_string(t) or pa.types.is_binary(t)):
+        return arr.cast(pa.large_string())
+    buf = string_buffers(arr)
+    return string_array(buf.offsets - buf.offsets[0], buf.data[buf.offsets[0] : buf.offsets[-1]],
+                        buf.valid, binary=pa.types.is_binary(t))  # fmt: skip
+
+
+@njit(cache=True)
+def _take(offsets, data, valid, idx):
+    """Values idx[i] of (offsets, data, valid) (idx[i] < 0: null) as new offsets, data, validity."""
+    n = idx.shape[0]
+    off = np.empty(n + 1, np.int64)
+    ok = np.empty(n, np.bool_)
+    off[0] = 0
+    for i in range(n):
+        j = idx[i]
+        ok[i] = j >= 0 and valid[j]
+        off[i + 1] = off[i] + (offsets[j + 1] - offsets[j] if ok[i] else 0)
+    out = np.empty(off[n], np.uint8)
+    for i in range(n):
+        if ok[i]:
+            j = idx[i]
+            out[off[i] : off[i + 1]] = data[offsets[j] : offsets[j + 1]]
+    return off, out, ok
+
+
+def take_strings(arr: pa.Array, idx: np.ndarray) -> pa.Array:
+    """`arr.take(idx)` for a string or binary array (a negative index gives a null), of the
+    same type family, without Arrow's compute (see the module's note on the GIL)."""
+    buf = string_buffers(arr)
+    t = arr.type
+    off, out, ok = _take(buf.offsets, buf.data, buf.valid, np.ascontiguousarray(idx, np.int64))
+    return string_array(
+        off, out, ok, like=t, binary=pa.types.is_binary(t) or pa.types.is_large_binary(t)
+    )
 
 
 def string_buffers(arr: pa.Array | pa.ChunkedArray) -> StringBuffers:

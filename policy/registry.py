@@ -27,7 +27,7 @@ from raymask.kernels import noise as noise_kernel
 from raymask.kernels import rr as rr_kernel
 from raymask.kernels import siv as siv_kernel
 from raymask.kernels import tokenize as tok_kernel
-from raymask.kernels._arrow import as_text, validity
+from raymask.kernels._arrow import as_text, large_strings, null_strings, take_strings, validity
 from raymask.kernels.codecs.spans import (
     K_ARRAY,
     K_FALSE,
@@ -117,13 +117,12 @@ def _apply_redact(
 ) -> Applied:
     n = len(values)
     if spec.replacement is None:
-        return Applied(pa.nulls(n, pa.large_string()), None, np.zeros(n, np.int16))
+        return Applied(null_strings(n), None, np.zeros(n, np.int16))
     num = spec.number_replacement
     num_text = repr(num) if isinstance(num, float) else str(num)
     dictionary = _redact_values(spec.replacement, num_text)
     idx = _REDACT_INDEX[kinds.view(np.uint8)]  # 0 string, 1 number, 2 boolean, -1 none
-    present = idx >= 0
-    out = dictionary.take(pa.array(idx, pa.int8(), mask=~present))
+    out = take_strings(dictionary, idx)
     raw = idx > 0
     return Applied(out, raw, np.zeros(n, np.int16))
 
@@ -323,7 +322,7 @@ def _apply_generalize(
     else:
         out, kerr = gen_kernel.ip_prefix(vals, spec.v4_bits, spec.v6_bits)
     err = np.where(err != 0, err, kerr.astype(np.int16))
-    return Applied(out.cast(pa.large_string()), raw, err)
+    return Applied(large_strings(out), raw, err)
 
 
 def _apply_date_shift(
@@ -339,12 +338,18 @@ def _apply_date_shift(
     subjects = ctx.column(spec.subject_field or ctx.key_path)
     # A sub-key for this purpose only: with the key itself, HMAC(key, subject) would be the very
     # digest that tokenize publishes for the subject under the same key, and offsets would leak.
-    sub_key = hmac.digest(keyring.resolve(spec.key).material, DATE_SHIFT_CONTEXT, "sha256")
+    sub_key = _date_shift_key(keyring.resolve(spec.key).material)
     out, kerr = shift_kernel.date_shift(_only_ok(values, err), subjects, sub_key, spec.max_days)
     # a null subject is an error only where there is a date to shift
     kerr = np.where(err != 0, 0, kerr)
     err = np.where(err != 0, err, kerr.astype(np.int16))
-    return Applied(out.cast(pa.large_string()), None, err)
+    return Applied(large_strings(out), None, err)
+
+
+@functools.lru_cache(maxsize=64)
+def _date_shift_key(material: bytes) -> bytes:
+    """date_shift's sub-key of a key (derived once per key, not per batch)."""
+    return hmac.digest(material, DATE_SHIFT_CONTEXT, "sha256")
 
 
 # a JSON number, also accepted inside a string (CSV cells, numbers sent as text)

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from raymask.kernels._arrow import arrow_numbers, numbers, string_array
+from raymask.kernels._keepgil import iota
 from raymask.kernels.codecs.formats import Format
 from raymask.kernels.codecs.paths import build_tree
 from raymask.kernels.codecs.spans import K_NUMBER, K_STRING, KIND_NAMES, Scan
@@ -169,7 +170,7 @@ def unrouted(fmt: Format, data: np.ndarray, base_line: int = 0) -> Routed:
     starts, ends, lines = fmt.split(data, base_line)
     n = len(starts)
     batch = make_batch(data, starts, ends, lines, np.zeros(n, np.uint64))
-    rows = np.arange(n, dtype=np.int64) if n else None
+    rows = iota(n) if n else None
     seconds = {"route": time.perf_counter() - t0}
     return Routed(batch, [rows], [], n, starts, ends, lines, seconds)
 
@@ -187,7 +188,7 @@ def make_batch(
             "raw": raw,
             "len": arrow_numbers(ends - starts),
             "line": arrow_numbers(np.asarray(lines, np.int64)),
-            "row": arrow_numbers(np.arange(n, dtype=np.int64)),
+            "row": arrow_numbers(iota(n)),
             # the routing key's stable hash: workers key per-subject budgets by it
             "key_hash": arrow_numbers(np.asarray(hashes, np.uint64)),
         }

@@ -30,6 +30,7 @@ from raymask.actors.router import (
 )
 from raymask.errors import PipelineError
 from raymask.kernels._arrow import null_strings, numbers, string_array, string_buffers, take_strings
+from raymask.kernels._keepgil import take_rows
 from raymask.kernels.codecs import csv as csv_codec
 from raymask.kernels.codecs import json_values, ndjson
 from raymask.kernels.codecs import xml as xml_codec
@@ -267,7 +268,7 @@ class MaskCore:
         if rows is None:
             rows = numbers(batch.column("row"))
         else:
-            starts, ends = starts[rows], ends[rows]
+            starts, ends = take_rows(starts, rows), take_rows(ends, rows)
         sc = fmt.scan(data, starts, ends, plan.tree)
         no_key = None
         if check_key:

@@ -43,6 +43,7 @@ from raymask.actors.warm import warm_up
 from raymask.cluster.http_formats import MEDIA_KINDS, MEDIA_TYPES, BodyError, body_codec
 from raymask.errors import InputError, RaymaskError
 from raymask.kernels._arrow import take_strings
+from raymask.kernels._keepgil import take_rows
 from raymask.kernels.codecs.jsonarray import ArrayError, array_to_lines, join_lines
 from raymask.kernels.codecs.ndjson import count_lines
 from raymask.policy.access import Authenticator, Caller, Denied, allowed_view
@@ -116,7 +117,8 @@ def masked_from(routed: Any, outputs: list) -> Masked:
         dead_lines += routed.lines[o.dead_rows].tolist()
         reasons += list(o.dead_reasons)
     version = outputs[0].policy_version if outputs else 0
-    return Masked(recs, routed.lines[rows], np.asarray(dead_lines, np.int64), reasons, version)
+    lines = take_rows(routed.lines, rows)
+    return Masked(recs, lines, np.asarray(dead_lines, np.int64), reasons, version)
 
 
 def route_here(router: Any, data: np.ndarray) -> tuple[Any, bool]:

@@ -189,7 +189,18 @@ def string_columns(
 ) -> list[pa.Array]:
     """The m string columns a multi-column extraction kernel wrote into one buffer: column f has
     offsets off[f] (from 0), bytes out[base[f]:pos[f]] and validity valid[f]."""
-    return [string_array(off[f], out[base[f] : pos[f]], valid[f]) for f in range(off.shape[0])]
+    m = off.shape[0]
+    if m <= 1:
+        return [string_array(off[f], out[base[f] : pos[f]], valid[f]) for f in range(m)]
+    # one array of m columns of n values, each followed by one null value over the bytes its
+    # column did not use (an unescaped string is shorter than its JSON), cut into m slices:
+    # one from_buffers (whose validation lets go of the GIL) instead of m
+    n = off.shape[1] - 1
+    flat = (off + base[:m, None]).reshape(-1)  # column f's offsets from where its bytes start
+    ok = np.zeros((m, n + 1), np.bool_)
+    ok[:, :n] = valid
+    whole = string_array(flat, out, ok.reshape(-1)[:-1], like=pa.large_string())
+    return [whole.slice(f * (n + 1), n) for f in range(m)]
 
 
 def as_text(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:

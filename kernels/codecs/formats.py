@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from raymask.kernels._keepgil import take_cols
 from raymask.kernels.codecs import csv as csv_codec
 from raymask.kernels.codecs import ndjson
 from raymask.kernels.codecs import protobuf as pb
@@ -103,8 +104,9 @@ class NdjsonFormat(Format):
         return ndjson.scan(data, starts, ends, tree, locate_only)
 
     def extract_many(self, data, sc, leaves):
+        cols = np.asarray(leaves, np.int64)
         return ndjson.extract_columns(
-            data, sc.vstart[:, leaves], sc.vend[:, leaves], sc.vkind[:, leaves]
+            data, take_cols(sc.vstart, cols), take_cols(sc.vend, cols), take_cols(sc.vkind, cols)
         )
 
     def write_values(self, values, raw):

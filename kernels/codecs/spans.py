@@ -13,6 +13,7 @@ import pyarrow as pa
 from numba import njit
 
 from raymask.kernels._arrow import string_array
+from raymask.kernels._keepgil import take_cols
 from raymask.kernels._mem import borrow
 from raymask.kernels.codecs._swar import copy_ahead
 
@@ -124,8 +125,8 @@ def splice(
     """
     n = len(sc.starts)
     cols = np.array(edited, dtype=np.int64)
-    vs = np.ascontiguousarray(sc.vstart[:, cols]) if len(cols) else np.zeros((n, 1), np.int64)
-    ve = np.ascontiguousarray(sc.vend[:, cols]) if len(cols) else np.zeros((n, 1), np.int64)
+    vs = take_cols(sc.vstart, cols) if len(cols) else np.zeros((n, 1), np.int64)
+    ve = take_cols(sc.vend, cols) if len(cols) else np.zeros((n, 1), np.int64)
     ed = np.ascontiguousarray(edit) if len(cols) else np.zeros((n, 1), np.bool_)
     rep_off, rep_data = pack_replacements(reps, n)
     empty = np.frombuffer(empty_as, np.uint8) if empty_as else np.zeros(0, np.uint8)

@@ -16,7 +16,11 @@ Each phase is a run folder under --out:
   100-record requests, closed loop (every user sends its next request when the answer is in),
   the steady shape, against a trivial Serve echo deployment (loadtest/echo_app.py, at /echo)
   and against raymask, alternating which goes first; `compare.json` and `compare.md` hold the
-  requests/s ratio (over all rounds and per round) and the p99s.
+  requests/s ratio (over all rounds and per round) and the p99s. Both deployments have the same
+  fixed replica count here and in the `--find-max` search (--compare-replicas, one per core):
+  with the autoscaler, the server that goes second in a round started at one replica (scaled
+  down while the other ran) and spent its first 10-14 s scaling up, so the order, not the
+  masking, decided most of the ratio (docs/benchmarks.md). raymask autoscales for `http/`.
 - `http/`: 1- and 100-record users (3:1), views drawn per request, the day-in-the-life shape
   (ramp, steady, a spike to 5x, recovery), each user at --http-rate requests/s.
 - `kafka/`: producer users at --kafka-rate records/s each, the same shape; end-to-end latency
@@ -501,6 +505,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=2, help="MaskWorker actors (local stack)")
     ap.add_argument("--replicas", type=int, default=None,
                     help="fixed Serve replicas, raymask and echo alike (default: autoscale)")  # fmt: skip
+    ap.add_argument("--compare-replicas", type=int, default=min(4, os.cpu_count() or 1),
+                    help="fixed replicas of both deployments during the echo comparison and the "
+                    "open-loop search, default one per core up to 4 (then raymask autoscales "
+                    "again for the day-shaped run): with the autoscaler, whichever server goes "
+                    "second in a round starts at its floor of 1, scaled down while the other ran "
+                    "(docs/benchmarks.md); 0: autoscale there too")  # fmt: skip
     ap.add_argument("--partitions", type=int, default=3)
     ap.add_argument("--host", default=None, help="a remote raymask HTTP app: nothing is started")
     ap.add_argument("--bootstrap-servers", default=None,
@@ -621,7 +631,11 @@ def main(argv: list[str] | None = None) -> int:
         if "http" in scenarios:
             host = args.host or stack.host  # type: ignore[union-attr]
             echo = args.compare_echo and stack is not None and local_http
+            fixed = (args.replicas is None and args.compare_replicas > 0 and local_http
+                     and (echo or args.find_max))  # fmt: skip
             if stack is not None and local_http:
+                if fixed:  # the comparison and the search at equal, fixed replica counts
+                    stack.replicas = args.compare_replicas
                 stack.deploy(views, echo=echo)
             if echo:
                 assert stack is not None
@@ -657,6 +671,9 @@ def main(argv: list[str] | None = None) -> int:
                             f"**{ratio:.2f}x**\n")  # fmt: skip
                     (out / "max-compare.md").write_text(text)
                     print(text)
+            if fixed and stack is not None:
+                stack.replicas = None  # the day-shaped run with the autoscaler
+                stack.deploy(views)
             runs["http"] = http_phase(
                 out / "http", host, args, classes=["MaskOneRecord", "MaskHundredRecords"],
                 shape=args.shape, seconds=args.seconds, rate=args.http_rate, check_every=10,

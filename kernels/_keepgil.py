@@ -13,16 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["iota", "lut", "take_cols", "take_rows"]
-
-
-@njit(cache=True)
-def lut(table, keys):
-    """`table[keys]` for uint8 keys (a table of 256 entries)."""
-    out = np.empty(keys.shape[0], table.dtype)
-    for i in range(keys.shape[0]):
-        out[i] = table[keys[i]]
-    return out
+__all__ = ["iota", "take_cols", "take_rows"]
 
 
 @njit(cache=True)
@@ -38,7 +29,7 @@ def take_cols(a, cols):
 
 @njit(cache=True)
 def take_rows(a, rows):
-    """`a[rows]` of a 1-d array (rows in range)."""
+    """`a[rows]` of a 1-d array (rows in range; also a table lookup, `table[uint8 keys]`)."""
     out = np.empty(rows.shape[0], a.dtype)
     for i in range(rows.shape[0]):
         out[i] = a[rows[i]]

@@ -28,7 +28,7 @@ from raymask.kernels import rr as rr_kernel
 from raymask.kernels import siv as siv_kernel
 from raymask.kernels import tokenize as tok_kernel
 from raymask.kernels._arrow import as_text, large_strings, null_strings, take_strings, validity
-from raymask.kernels._keepgil import lut
+from raymask.kernels._keepgil import take_rows
 from raymask.kernels.codecs.spans import (
     K_ARRAY,
     K_FALSE,
@@ -106,7 +106,7 @@ def _kind_check(kinds: np.ndarray, accepts: tuple[int, ...]) -> np.ndarray:
         table = np.array([0 if k in (K_MISSING, K_NULL) or k in accepts else KIND_ERROR_BASE + k
                           for k in range(256)], np.int16)  # fmt: skip
         _REFUSED[accepts] = table
-    return lut(table, kinds.view(np.uint8))
+    return take_rows(table, kinds.view(np.uint8))
 
 
 def _apply_redact(
@@ -122,7 +122,7 @@ def _apply_redact(
     num = spec.number_replacement
     num_text = repr(num) if isinstance(num, float) else str(num)
     dictionary = _redact_values(spec.replacement, num_text)
-    idx = lut(_REDACT_INDEX, kinds.view(np.uint8))  # 0 string, 1 number, 2 boolean, -1 none
+    idx = take_rows(_REDACT_INDEX, kinds.view(np.uint8))  # 0 string, 1 number, 2 boolean, -1 none
     out = take_strings(dictionary, idx)
     raw = idx > 0
     return Applied(out, raw, np.zeros(n, np.int16))

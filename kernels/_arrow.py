@@ -71,10 +71,10 @@ def numbers(arr: pa.Array) -> np.ndarray:
     return np.frombuffer(arr.buffers()[1], dtype)[arr.offset : arr.offset + len(arr)]
 
 
-def arrow_numbers(a: np.ndarray, type: pa.DataType | None = None) -> pa.Array:
+def arrow_numbers(a: np.ndarray) -> pa.Array:
     """A 1-d NumPy array of numbers as an Arrow array without nulls (sharing its memory)."""
     a = np.ascontiguousarray(a)
-    typ = type if type is not None else pa.from_numpy_dtype(a.dtype)
+    typ = pa.from_numpy_dtype(a.dtype)
     return pa.Array.from_buffers(typ, len(a), [None, pa.py_buffer(a)], null_count=0)
 
 

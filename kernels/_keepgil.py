@@ -37,13 +37,9 @@ def take_rows(a, rows):
 
 
 @njit(cache=True)
-def _iota(n):
+def iota(n):
+    """`np.arange(n, dtype=np.int64)`."""
     out = np.empty(n, np.int64)
     for i in range(n):
         out[i] = i
     return out
-
-
-def iota(n: int) -> np.ndarray:
-    """`np.arange(n, dtype=np.int64)`."""
-    return _iota(n)

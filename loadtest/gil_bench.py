@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import threading
 import time
 
@@ -34,12 +33,11 @@ def _ingress():  # noqa: ANN202
     from raymask.actors.worker import MaskCore
     from raymask.cluster.serve_app import IngressCore, masked_from, route_here
     from raymask.kernels.codecs.formats import format_for
-    from raymask.loadtest.load import DEFAULT_POLICY
-    from raymask.policy.keys import Key, Keyring
+    from raymask.loadtest.load import DEFAULT_POLICY, _keyring
     from raymask.policy.loader import load_policy
 
     pol = load_policy(str(DEFAULT_POLICY))
-    ring = Keyring([Key(k, 1, os.urandom(32)) for k in ("tok", "fpe", "sealed", "shift", "dl")])
+    ring = _keyring(None)  # random keys for the run, as `make load` uses
     fmt = format_for("ndjson")
     core = MaskCore(pol, "payments", ring, fmt)
     router: list = []

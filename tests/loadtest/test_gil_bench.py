@@ -9,7 +9,10 @@ import pytest
 from raymask.loadtest.gil_bench import VIEWS, main
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc")
+@pytest.mark.skipif(
+    not os.path.exists("/proc/self/status"),
+    reason="gil_bench counts context switches in /proc (Linux only)",
+)
 def test_gil_bench_runs_every_view_alone_and_beside_a_busy_thread(capsys):
     res = main(["--requests", "2", "--repeat", "1"])
     assert set(res) == {"alone", "beside a busy thread"}

@@ -4,7 +4,13 @@ Every record of a subject goes to one worker (the router shards by the budget's 
 worker's ledger is the whole truth for its subjects. `SubjectLedger` is plain logic (no Ray):
 it charges a batch's costs against the allowance (raymask.kernels.ledger does the table) and,
 before the worker hands the batch back, appends the rows it changed to a log under a storage
-URI; every `snapshot_every` logs it writes a Parquet snapshot and drops the logs it covers.
+URI; now and then it writes a Parquet snapshot of the whole table and drops the logs it covers.
+
+When to snapshot: a log costs what its batch changed, a snapshot what the whole table holds (69 ms
+at a million subjects, against 0.2 ms for the log of a 1,000-record batch). A snapshot is written
+once there are `snapshot_every` logs since the last one and they hold at least as many rows as
+the table (so it never costs more than the logs it replaces, whatever the batch size), and in any
+case at `16 * snapshot_every` logs (which bounds the files a reload reads).
 
 Why spent budget never goes down across a restart: a batch's output leaves the worker only after
 its log is written, so every released record's charge is on storage. A worker killed before that
@@ -245,7 +251,8 @@ class SubjectLedger:
         self.table = LedgerTable()
         self.store: LedgerStore | None = None
         self.seq = 0
-        self._since_snapshot = 0
+        self._since_snapshot = 0  # logs written since the last snapshot
+        self._logged = 0  # rows in them
         self.shard, self.shards = shard, shards
         self.configure(budget)
         if root is not None:
@@ -284,7 +291,7 @@ class SubjectLedger:
         # Logged into this shard's own files at once (a log prunes nothing, and other shards may
         # be reading these files now): from here on the old owner may prune its copies.
         self.table = table
-        self._since_snapshot = 0
+        self._since_snapshot = self._logged = 0
         rows = self.table.take_dirty()
         if len(rows[0]):
             self.seq += 1
@@ -334,9 +341,13 @@ class SubjectLedger:
             return
         self.seq += 1
         self._since_snapshot += 1
-        if self._since_snapshot >= self.snapshot_every:
+        self._logged += len(rows[0])
+        k = self.snapshot_every
+        if self._since_snapshot >= 16 * k or (
+            self._since_snapshot >= k and self._logged >= self.table.used
+        ):
             self.store.write_snapshot(self.seq, self.table.rows())
-            self._since_snapshot = 0
+            self._since_snapshot = self._logged = 0
         else:
             self.store.write_log(self.seq, rows)
 
@@ -344,7 +355,7 @@ class SubjectLedger:
         if self.store is not None:
             self.seq += 1
             self.store.write_snapshot(self.seq, self.table.rows())
-            self._since_snapshot = 0
+            self._since_snapshot = self._logged = 0
         self.table.take_dirty()
 
     def spent(self, hashes: np.ndarray) -> dict[str, np.ndarray]:

@@ -162,6 +162,37 @@ def test_snapshots_replace_logs_and_reload_equal(tmp_path):
         assert (x[order_a] == y[order_b]).all()
 
 
+def _commits(led, subjects: int, times: int, start: int = 1) -> None:  # noqa: ANN001
+    """`times` batches that each charge `subjects` subjects (from `start` on) once, committed."""
+    for _ in range(times):
+        h = np.arange(start, start + subjects, dtype=np.uint64)
+        c = np.full(subjects, 10**6, np.int64)
+        led.charge(h, c, 0 * c, 0 * c)
+        led.commit()
+
+
+def test_a_snapshot_waits_until_its_logs_hold_the_table(tmp_path):
+    # a snapshot costs the whole table: with small batches on a large table it waits for logs
+    # holding as many rows as the table, or at most for 16 * snapshot_every logs
+    budget = Budget(epsilon=100.0, key="ledger")
+    led = SubjectLedger(budget, str(tmp_path), b"k" * 32, snapshot_every=2)
+    store = LedgerStore(str(tmp_path / "shard-0"), b"k" * 32)
+    _commits(led, 1000, 1)
+    led.snapshot()
+    _commits(led, 10, 31)
+    snaps, logs = store.files()
+    assert len(snaps) == 1 and len(logs) == 31 and min(logs) > snaps[0]
+    _commits(led, 10, 1)  # the 32nd log: a snapshot instead
+    snaps, logs = store.files()
+    assert len(snaps) == 1 and logs == [] and snaps[0] == led.seq
+    # batches as large as the table: one every snapshot_every logs
+    small = SubjectLedger(budget, str(tmp_path / "small"), b"k" * 32, snapshot_every=2)
+    _commits(small, 100, 1)
+    assert small.store.files() == ([], [1])
+    _commits(small, 100, 1)
+    assert small.store.files() == ([2], [])
+
+
 def test_budgets_move_with_their_keys_when_the_pool_resizes(tmp_path):
     pol = _policy({"epsilon": 4.0})
     users = [f"user-{i}" for i in range(300)]
@@ -194,7 +225,7 @@ def test_ledger_memory_is_fixed_width_per_subject():
     z = np.zeros(n, np.int64)
     assert led.charge(h, c, z, z).all()
     assert led.table.used == n
-    assert led.table.nbytes <= 192 * n  # 48-byte rows at a load of 1/4 to 1/2
+    assert led.table.nbytes <= 200 * n  # 48-byte rows + 2 bytes of list, at a load of 1/4-1/2
 
 
 def test_one_run_at_a_time_holds_a_streams_ledger(tmp_path):

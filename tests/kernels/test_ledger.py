@@ -9,28 +9,37 @@ import pytest
 from raymask.kernels.ledger import BASIC, DELTA_UNIT, EPS_UNIT, ZCDP, LedgerTable, units
 
 
+def _step(book, h, ce, cr, cd, now, mode, b_eps, b_rho, b_delta):  # noqa: ANN001, ANN202
+    """One event on the reference book: (granted, whether the subject's row changed)."""
+    if ce == cr == cd == 0:
+        return True, False
+    h = h or 1
+    row = book.get(h)
+    fresh = row is None or row[0] != now
+    if fresh:
+        book[h] = row = [now, 0, 0, 0]
+    ok = row[1] + ce <= b_eps and row[3] + cd <= b_delta if mode == BASIC else row[2] + cr <= b_rho
+    if ok:
+        row[1] += ce
+        row[2] += cr
+        row[3] += cd
+    return ok, fresh or ok
+
+
 def _reference(events, mode, b_eps, b_rho, b_delta):
     book: dict[int, list[int]] = {}
-    granted = []
-    for h, ce, cr, cd, now in events:
-        if ce == cr == cd == 0:
-            granted.append(True)
-            continue
-        h = h or 1
-        row = book.setdefault(h, [now, 0, 0, 0])
-        if row[0] != now:
-            book[h] = row = [now, 0, 0, 0]
-        ok = (
-            row[1] + ce <= b_eps and row[3] + cd <= b_delta
-            if mode == BASIC
-            else row[2] + cr <= b_rho
-        )
-        if ok:
-            row[1] += ce
-            row[2] += cr
-            row[3] += cd
-        granted.append(ok)
+    granted = [_step(book, *e, mode, b_eps, b_rho, b_delta)[0] for e in events]
     return granted, book
+
+
+def _events(rng, batch):  # noqa: ANN001, ANN202
+    n = 500
+    h = rng.integers(0, 3000, n).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    ce = rng.integers(0, 4, n).astype(np.int64) * 10**11
+    cr = ce // 7
+    cd = rng.integers(0, 2, n).astype(np.int64) * 10**6
+    now = batch // 10  # three periods
+    return h, ce, cr, cd, now
 
 
 @pytest.mark.parametrize("mode", [BASIC, ZCDP])
@@ -40,14 +49,9 @@ def test_matches_python_reference_through_growth_and_periods(mode):
     events = []
     got = []
     for batch in range(30):
-        n = 500
-        h = rng.integers(0, 3000, n).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-        ce = rng.integers(0, 4, n).astype(np.int64) * 10**11
-        cr = ce // 7
-        cd = rng.integers(0, 2, n).astype(np.int64) * 10**6
-        now = batch // 10  # three periods
+        h, ce, cr, cd, now = _events(rng, batch)
         events += list(
-            zip(h.tolist(), ce.tolist(), cr.tolist(), cd.tolist(), [now] * n, strict=True)
+            zip(h.tolist(), ce.tolist(), cr.tolist(), cd.tolist(), [now] * len(h), strict=True)
         )
         got += t.charge(h, ce, cr, cd, now, mode, 2 * 10**12, 10**11, 10**7).tolist()
     want, book = _reference(events, mode, 2 * 10**12, 10**11, 10**7)
@@ -56,7 +60,40 @@ def test_matches_python_reference_through_growth_and_periods(mode):
     assert t.used == len(book) == len(keys)
     for k, p, e, r, d in zip(keys.tolist(), period, eps, rho, delta, strict=True):
         assert book[k] == [p, e, r, d]
-    assert t.nbytes <= 192 * len(book)  # 48-byte rows at a load of 1/4 to 1/2
+    assert t.nbytes <= 200 * len(book)  # 48-byte rows + 2 bytes of list, at a load of 1/4-1/2
+
+
+@pytest.mark.parametrize("mode", [BASIC, ZCDP])
+def test_take_dirty_gives_exactly_what_each_batch_changed(mode):
+    """New subjects, period resets and granted charges are listed, each once; refused charges
+    change nothing and are not; the list survives the table's growth."""
+    rng = np.random.default_rng(6)
+    t = LedgerTable(capacity=16)
+    book: dict[int, list[int]] = {}
+    for batch in range(30):
+        h, ce, cr, cd, now = _events(rng, batch)
+        changed = set()
+        for e in zip(h.tolist(), ce.tolist(), cr.tolist(), cd.tolist(), strict=True):
+            if _step(book, *e, now, mode, 2 * 10**12, 10**11, 10**7)[1]:
+                changed.add(e[0] or 1)
+        t.charge(h, ce, cr, cd, now, mode, 2 * 10**12, 10**11, 10**7)
+        keys, period, eps, rho, delta = t.take_dirty()
+        assert len(keys) == len(changed) and set(keys.tolist()) == changed
+        for k, p, e, r, d in zip(keys.tolist(), period, eps, rho, delta, strict=True):
+            assert book[k] == [p, e, r, d]
+
+
+def test_merge_lists_each_changed_row_once():
+    t = LedgerTable(capacity=16)
+    keys = np.arange(1, 41, dtype=np.uint64)
+    one = np.ones(40, np.int64)
+    t.merge(keys, one, one, one, one)
+    t.merge(keys[:10], one[:10], 2 * one[:10], one[:10], one[:10])  # grows before this one
+    got = t.take_dirty()
+    assert sorted(got[0].tolist()) == keys.tolist()
+    assert got[2].tolist() == [2 if k <= 10 else 1 for k in got[0].tolist()]
+    t.merge(keys[:5], one[:5], one[:5], one[:5], one[:5])  # lower spends: kept, still listed
+    assert sorted(t.take_dirty()[0].tolist()) == [1, 2, 3, 4, 5]
 
 
 def test_exactly_n_grants_for_an_allowance_of_n_costs():

@@ -7,14 +7,18 @@ exactly ten. Costs are rounded up and allowances down (`units`), so rounding nev
 subject more than its allowance.
 
 Memory: one row of six int64 (48 bytes) per slot, in one array so a lookup touches one or two
-cache lines, and an int32 list of the rows changed since the last commit with room for half the
-slots (2 bytes per slot); the table doubles when it is half full, so a subject costs 100 to 200
-bytes (at most 20 MB per 100k subjects, right after a doubling), with no Python object per
-subject.
+cache lines; the table doubles when it is half full, so a subject costs 96 to 192 bytes (at most
+19 MB per 100k subjects, right after a doubling), with no Python object per subject. Until the
+next `take_dirty`, each charged record may also leave its row's index (4 bytes).
 
-The list of changed rows is what keeps a commit proportional to the batch: a row is listed the
-first time it changes after a commit, and `take_dirty` reads only the listed rows. (A scan of the
-whole table per commit cost 6.6 ms per batch at a million subjects, whatever the batch's size.)
+Those indices keep a commit proportional to its batch: `take_dirty` reads the rows that the
+records since the last call touched, not the whole table (a scan of the table cost 6.6 ms per
+commit at a million subjects, whatever the batch's size). The charge kernel writes them in
+order, one store per record. (A list appended to only on a row's first change made each record's
+store address wait on the previous record's row, and the kernel lost a third of its speed.)
+When the records since the last call outnumber a quarter of the table's slots, reading their
+rows at random costs more than one sequential scan, so the kernel records nothing and
+`take_dirty` scans.
 
 Two subjects whose digests collide share one row: both are charged for both, which is
 conservative (a collision can only lower what a subject gets); with 64-bit digests and a
@@ -76,22 +80,13 @@ def _slot(t, h):
 AHEAD = 16  # rows ahead whose table slot `_charge` prefetches (best of 8, 16, 32 measured)
 
 
-@njit(cache=True, inline="always")
-def _listed(T, b, i, dl, nd):
-    """Flag row i (at flat offset b) changed, listing it if it was not yet; returns the count."""
-    if T[b + np.uint64(DIRTY)] == 0:
-        T[b + np.uint64(DIRTY)] = 1
-        dl[nd] = np.int32(i)
-        nd += 1
-    return nd
-
-
 @njit(cache=True)
 def _charge(T, hashes, cls, ce_t, cr_t, cd_t, now, mode, b_eps, b_rho, b_delta, granted, room,
-            dl, nd):  # fmt: skip
+            touched):  # fmt: skip
     """Charge row r's cost to its subject if it fits the allowance, in row order, until the
-    rows end or `room` new subjects were inserted; returns (rows done, new subjects, length of
-    the changed-row list `dl`, which it appends to from `nd`).
+    rows end or `room` new subjects were inserted; returns (rows done, new subjects). A row
+    that changes is flagged dirty; touched[r] is the table row record r was charged to (-1 for
+    none), unless `touched` is None (compiled apart, like `cls`).
 
     T is the table flattened (WIDTH int64 per slot). Row r costs (ce_t[k], cr_t[k], cd_t[k])
     with k = cls[r], the row's cost class, or k = r when `cls` is None (a cost per row: Numba
@@ -103,8 +98,7 @@ def _charge(T, hashes, cls, ce_t, cr_t, cd_t, now, mode, b_eps, b_rho, b_delta, 
     and table indices are unsigned, so Numba knows every index is >= 0 and emits no
     negative-index fix-ups (a `range(start, n)` alone cost 1 ms per 1M rows); the probe for a
     displaced or new subject is inline (a call to another kernel costs a reference count on
-    the table each time); a granted row is listed as changed without a branch (the list has a
-    spare entry, so its next entry may always be written)."""
+    the table each time)."""
     cap = np.uint64(T.shape[0] // WIDTH)
     mask = cap - np.uint64(1)
     w = np.uint64(WIDTH)
@@ -112,13 +106,15 @@ def _charge(T, hashes, cls, ce_t, cr_t, cd_t, now, mode, b_eps, b_rho, b_delta, 
     added = 0
     for r in range(n):
         if added == room:
-            return r, added, nd
+            return r, added
         if r + AHEAD < n:
             prefetch(T, np.int64(_home(hashes[r + AHEAD], mask) * w))
         k = r if cls is None else np.int64(cls[r])
         ce, cr, cd = ce_t[k], cr_t[k], cd_t[k]
         if ce == 0 and cr == 0 and cd == 0:
             granted[r] = True
+            if touched is not None:
+                touched[r] = -1
             continue
         h = hashes[r]
         if h == 0:
@@ -137,7 +133,7 @@ def _charge(T, hashes, cls, ce_t, cr_t, cd_t, now, mode, b_eps, b_rho, b_delta, 
                 T[b + np.uint64(EPS)] = 0
                 T[b + np.uint64(RHO)] = 0
                 T[b + np.uint64(DELTA)] = 0
-                nd = _listed(T, b, i, dl, nd)
+                T[b + np.uint64(DIRTY)] = 1
         e = T[b + np.uint64(EPS)] + ce
         q = T[b + np.uint64(RHO)] + cr
         d = T[b + np.uint64(DELTA)] + cd
@@ -146,23 +142,23 @@ def _charge(T, hashes, cls, ce_t, cr_t, cd_t, now, mode, b_eps, b_rho, b_delta, 
             T[b + np.uint64(EPS)] = e
             T[b + np.uint64(RHO)] = q
             T[b + np.uint64(DELTA)] = d
-        dv = T[b + np.uint64(DIRTY)]
-        dl[nd] = np.int32(i)
-        nd += np.int64(ok & (dv == 0))
-        T[b + np.uint64(DIRTY)] = dv | np.int64(ok)
+            T[b + np.uint64(DIRTY)] = 1
         granted[r] = ok
-    return n, added, nd
+        if touched is not None:
+            touched[r] = np.int32(i)
+    return n, added
 
 
 @njit(cache=True)
-def _merge(t, k2, p2, e2, r2, d2, start, room, dl, nd):
+def _merge(t, k2, p2, e2, r2, d2, start, room):
     """Upsert rows keeping, per subject, the newest period and within it the larger spend (replay
     of checkpoints and logs is idempotent and never lowers a spend), from row `start` until
-    `room` subjects were inserted; returns (next row, subjects inserted, changed-list length)."""
+    `room` subjects were inserted; returns (next row, subjects inserted). Every row it reaches
+    comes out dirty."""
     added = 0
     for r in range(start, k2.shape[0]):
         if added == room:
-            return r, added, nd
+            return r, added
         i = _slot(t, k2[r])
         if t[i, 0] == 0:
             t[i, 0] = k2[r]
@@ -180,11 +176,8 @@ def _merge(t, k2, p2, e2, r2, d2, start, room, dl, nd):
             t[i, 2] = max(t[i, 2], e2[r])
             t[i, 3] = max(t[i, 3], r2[r])
             t[i, 4] = max(t[i, 4], d2[r])
-        if t[i, DIRTY] == 0:
-            t[i, DIRTY] = 1
-            dl[nd] = np.int32(i)
-            nd += 1
-    return k2.shape[0], added, nd
+        t[i, DIRTY] = 1
+    return k2.shape[0], added
 
 
 @njit(cache=True)
@@ -209,8 +202,9 @@ class LedgerTable:
         cap = 1 << max(4, math.ceil(math.log2(max(capacity, 16))))
         self.t = np.zeros((cap, WIDTH), np.int64)
         self.used = 0
-        self.dl = np.empty(cap // 2 + 1, np.int32)  # rows changed since take_dirty, in order
-        self.nd = 0
+        self.touched: list[np.ndarray] = []  # rows charged since take_dirty (-1: none)
+        self.n_touched = 0
+        self.scan = False  # take_dirty scans the table instead
 
     @property
     def capacity(self) -> int:
@@ -218,7 +212,7 @@ class LedgerTable:
 
     @property
     def nbytes(self) -> int:
-        return self.t.nbytes + self.dl.nbytes
+        return self.t.nbytes
 
     def _grow(self, need_rows: int) -> None:
         """Double until `need_rows` subjects fit at a load of at most one half."""
@@ -228,9 +222,9 @@ class LedgerTable:
         if cap == self.capacity:
             return
         new = np.zeros((cap, WIDTH), np.int64)
-        self.dl = np.empty(cap // 2 + 1, np.int32)
-        self.nd = _rehash(self.t, new, self.dl)
+        _rehash(self.t, new)
         self.t = new
+        self._forget()  # the rows moved, and their dirty flags with them
 
     def charge(
         self, hashes: np.ndarray, c_eps: np.ndarray, c_rho: np.ndarray, c_delta: np.ndarray,
@@ -259,39 +253,53 @@ class LedgerTable:
     def _charge(self, hashes, cls, ce, cr, cd, now, mode, b_eps, b_rho, b_delta) -> np.ndarray:  # noqa: ANN001
         granted = np.zeros(len(hashes), np.bool_)
         h = np.ascontiguousarray(hashes, np.uint64).view(np.int64)
+        touched = None if self._forgets(len(h)) else np.empty(len(h), np.int32)
 
         def run(r: int, room: int) -> tuple[int, int]:  # rows r.. as views from 0
             # costs per row are sliced with the rows; a class's cost is not
             k, costs = (None, (ce[r:], cr[r:], cd[r:])) if cls is None else (cls[r:], (ce, cr, cd))
-            done, added, self.nd = _charge(self.t.reshape(-1), h[r:], k, *costs, now, mode, b_eps,
-                                           b_rho, b_delta, granted[r:], room, self.dl, self.nd)  # fmt: skip
+            tr = None if touched is None else touched[r:]
+            done, added = _charge(self.t.reshape(-1), h[r:], k, *costs, now, mode, b_eps, b_rho,
+                                  b_delta, granted[r:], room, tr)  # fmt: skip
             return r + done, added
 
-        self._in_passes(len(h), run)
+        since = self._in_passes(len(h), run)
+        if touched is not None and not self.scan:  # (a doubling on the way sets `scan`)
+            self.touched.append(touched[since:])
         return granted
 
-    def _in_passes(self, n: int, run) -> None:  # noqa: ANN001
+    def _in_passes(self, n: int, run) -> int:  # noqa: ANN001
         """Run a kernel pass `run(start, room) -> (next row, inserted)` over n rows, doubling the
-        table whenever it reaches half load, until every row is done."""
-        r = 0
+        table whenever it reaches half load, until every row is done; returns the first row
+        done since the last doubling (the rows before it point into the old table)."""
+        r = since = 0
         while r < n:
             room = self.capacity // 2 - self.used
             if room <= 0:
                 self._grow(self.used + 1)
+                since = r
                 continue
             r, added = run(r, room)
             self.used += added
+        return since
+
+    def _forgets(self, n: int) -> bool:
+        """Whether the next n records go unrecorded: past a quarter of the slots since the last
+        `take_dirty`, one scan of the table costs less than reading the touched rows."""
+        self.n_touched += n
+        if self.n_touched > self.capacity // 4:
+            self._forget()
+        return self.scan
+
+    def _forget(self) -> None:
+        self.touched, self.scan = [], True
 
     def merge(self, keys, period, eps, rho, delta) -> None:  # noqa: ANN001
         """Upsert rows (see `_merge`); they come out dirty."""
         keys = np.ascontiguousarray(keys, np.uint64).view(np.int64)
         cols = [np.ascontiguousarray(c, np.int64) for c in (period, eps, rho, delta)]
-
-        def run(r: int, room: int) -> tuple[int, int]:
-            r, added, self.nd = _merge(self.t, keys, *cols, r, room, self.dl, self.nd)
-            return r, added
-
-        self._in_passes(len(keys), run)
+        self._forget()  # (merges are reloads: large and rare)
+        self._in_passes(len(keys), lambda r, room: _merge(self.t, keys, *cols, r, room))
 
     def rows(self) -> tuple[np.ndarray, ...]:
         """(subject uint64, period, eps, rho, delta) of the occupied slots."""
@@ -299,10 +307,16 @@ class LedgerTable:
         return k.view(np.uint64), p, e, r, d
 
     def take_dirty(self) -> tuple[np.ndarray, ...]:
-        """Rows changed since the last call, as `rows` gives them, and clears their flags: the
-        listed rows only, so each batch's commit costs what the batch changed, not the table."""
-        k, p, e, r, d = _take(self.t, self.dl[: self.nd])
-        self.nd = 0
+        """Rows changed since the last call, as `rows` gives them, and clears their flags. It
+        reads the rows that the records since the last call touched, so a commit costs what its
+        batch changed, not the table (or one scan of the table, when that costs less)."""
+        if self.scan:
+            k, p, e, r, d = _take(self.t, _dirty_rows(self.t))
+        elif len(self.touched) == 1:
+            k, p, e, r, d = _take(self.t, self.touched[0])
+        else:
+            k, p, e, r, d = _take(self.t, np.concatenate([np.empty(0, np.int32), *self.touched]))
+        self.touched, self.n_touched, self.scan = [], 0, False
         return k.view(np.uint64), p, e, r, d
 
     def spent(self, hashes: np.ndarray, now: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -327,28 +341,38 @@ def _rows(t):
 
 
 @njit(cache=True)
-def _take(t, listed):
-    """The listed rows' columns (five contiguous views of one buffer), clearing their flags."""
-    out = np.empty((5, listed.shape[0]), np.int64)
-    for m in range(listed.shape[0]):
-        j = listed[m]
-        for c in range(5):
-            out[c, m] = t[j, c]
-        t[j, DIRTY] = 0
-    return out[0], out[1], out[2], out[3], out[4]
+def _take(t, touched):
+    """The columns of the dirty rows among `touched` (-1: none), each once, clearing their flags
+    (five contiguous views of one buffer)."""
+    out = np.empty((5, touched.shape[0]), np.int64)
+    m = 0
+    for x in range(touched.shape[0]):
+        j = touched[x]
+        if j >= 0 and t[j, DIRTY] != 0:
+            for c in range(5):
+                out[c, m] = t[j, c]
+            t[j, DIRTY] = 0
+            m += 1
+    return out[0, :m], out[1, :m], out[2, :m], out[3, :m], out[4, :m]
 
 
 @njit(cache=True)
-def _rehash(old, new, dl):
-    """Every occupied row of `old` into `new` (a larger table), dirty flags and all, listing the
-    dirty ones in `dl`; returns how many."""
-    nd = 0
+def _dirty_rows(t):
+    """Indices of the dirty rows (a whole-table scan)."""
+    out = np.empty(t.shape[0], np.int32)
+    m = 0
+    for j in range(t.shape[0]):
+        if t[j, KEY] != 0 and t[j, DIRTY] != 0:
+            out[m] = j
+            m += 1
+    return out[:m]
+
+
+@njit(cache=True)
+def _rehash(old, new):
+    """Every occupied row of `old` into `new` (a larger table), dirty flags and all."""
     for j in range(old.shape[0]):
         if old[j, 0] != 0:
             i = _slot(new, old[j, 0])
             for c in range(old.shape[1]):
                 new[i, c] = old[j, c]
-            if old[j, DIRTY] != 0:
-                dl[nd] = np.int32(i)
-                nd += 1
-    return nd

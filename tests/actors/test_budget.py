@@ -225,7 +225,7 @@ def test_ledger_memory_is_fixed_width_per_subject():
     z = np.zeros(n, np.int64)
     assert led.charge(h, c, z, z).all()
     assert led.table.used == n
-    assert led.table.nbytes <= 200 * n  # 48-byte rows + 2 bytes of list, at a load of 1/4-1/2
+    assert led.table.nbytes <= 192 * n  # 48-byte rows at a load of 1/4 to 1/2
 
 
 def test_one_run_at_a_time_holds_a_streams_ledger(tmp_path):

@@ -343,10 +343,14 @@ def _rows(t):
 @njit(cache=True)
 def _take(t, touched):
     """The columns of the dirty rows among `touched` (-1: none), each once, clearing their flags
-    (five contiguous views of one buffer)."""
+    (five contiguous views of one buffer); rows a fixed distance ahead are prefetched."""
     out = np.empty((5, touched.shape[0]), np.int64)
+    flat = t.reshape(-1)
+    n = touched.shape[0]
     m = 0
-    for x in range(touched.shape[0]):
+    for x in range(n):
+        if x + AHEAD < n and touched[x + AHEAD] >= 0:
+            prefetch(flat, np.int64(touched[x + AHEAD]) * WIDTH)
         j = touched[x]
         if j >= 0 and t[j, DIRTY] != 0:
             for c in range(5):

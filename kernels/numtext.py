@@ -32,15 +32,19 @@ from raymask.kernels._arrow import string_array, validity
 __all__ = ["number_text"]
 
 _BITS = 28  # fractional bits kept exact: |v| < 1e10 < 2**34, so v * 2**28 < 2**62
-_WIDEST = 40  # bytes a value can take: sign, 20 digits, point, 28 fraction digits, or less
+_SCALE = float(1 << _BITS)
+# bytes a value may take: a float on the fast path "-0.00000" and 15 digits, or one digit more
+# on the value that leaves it (the kernel stops there); an int64 "-9223372036854775808"
+_WIDEST_FLOAT, _WIDEST_INT = 24, 20
 
 
 @njit(cache=True, inline="always")
 def _digits(u):
-    """Decimal digits of u >= 1."""
-    d = 0
-    while u > 0:
-        u //= 10
+    """Decimal digits of u >= 1 (no division)."""
+    d = 1
+    p = 10
+    while u >= p and d < 19:
+        p *= 10
         d += 1
     return d
 
@@ -65,7 +69,7 @@ def _float_text(x, valid, out, offsets):
         a = abs(v)
         if not (a >= 1e-6 and a < 1e10):  # (NaN fails both)
             return False
-        t = math.ldexp(a, _BITS)
+        t = a * _SCALE  # exact: a power of two
         m = np.int64(t)
         if np.float64(m) != t:
             return False
@@ -95,8 +99,8 @@ def _float_text(x, valid, out, offsets):
             pos += 1
             if sig or d:  # zeros right after the point are not significant digits
                 sig += 1
-        if sig > 15:
-            return False
+                if sig > 15:
+                    return False
     offsets[x.shape[0]] = pos
     return True
 
@@ -142,7 +146,7 @@ def number_text(values: pa.Array) -> pa.Array:
         return pc.cast(values, pa.large_string())
     valid = validity(values) if values.null_count else np.zeros(0, np.bool_)
     x = np.frombuffer(buf, np.float64 if is_float else np.int64)[values.offset : values.offset + n]
-    out = np.empty(n * _WIDEST, np.uint8)
+    out = np.empty(n * (_WIDEST_FLOAT if is_float else _WIDEST_INT), np.uint8)
     offsets = np.zeros(n + 1, np.int64)
     if is_float:
         if not _float_text(x, valid, out, offsets):

@@ -25,7 +25,7 @@ def _fast(arr: pa.Array) -> bool:
     valid = np.zeros(0, np.bool_)
     x = arr.to_numpy(zero_copy_only=False)
     return numtext._float_text(
-        x, valid, np.empty(n * numtext._WIDEST, np.uint8), np.zeros(n + 1, np.int64)
+        x, valid, np.empty(n * numtext._WIDEST_FLOAT, np.uint8), np.zeros(n + 1, np.int64)
     )
 
 

@@ -63,9 +63,10 @@ def validity(arr: pa.Array) -> np.ndarray:
     return np.unpackbits(bits, bitorder="little")[skip : skip + n].view(np.bool_)
 
 
-def numbers(arr: pa.Array) -> np.ndarray:
-    """The values of a primitive (numeric) array without nulls, as a NumPy view."""
-    if arr.null_count:
+def numbers(arr: pa.Array, *, nulls: bool = False) -> np.ndarray:
+    """The values of a primitive (numeric) array without nulls, as a NumPy view. `nulls=True`
+    takes an array with nulls too: their slots hold whatever the buffer holds (see `validity`)."""
+    if arr.null_count and not nulls:
         raise ValueError("numbers() takes an array without nulls")
     dtype = arr.type.to_pandas_dtype()
     return np.frombuffer(arr.buffers()[1], dtype)[arr.offset : arr.offset + len(arr)]

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numba import njit
 
-from raymask.kernels._arrow import string_array, validity
+from raymask.kernels._arrow import numbers, string_array, validity
 
 __all__ = ["number_text"]
 
@@ -39,14 +39,17 @@ _WIDEST_FLOAT, _WIDEST_INT = 24, 20
 
 
 @njit(cache=True, inline="always")
-def _digits(u):
-    """Decimal digits of u >= 1 (no division)."""
+def _put(out, pos, u):
+    """u (uint64) in decimal at out[pos:]; returns (end, digits written)."""
     d = 1
-    p = 10
-    while u >= p and d < 19:
-        p *= 10
+    p = np.uint64(10)
+    while d < 20 and u >= p:  # digits counted without division (10**19 < 2**64)
+        p *= np.uint64(10)
         d += 1
-    return d
+    for k in range(d - 1, -1, -1):
+        out[pos + k] = np.uint8(48 + u % np.uint64(10))
+        u //= np.uint64(10)
+    return pos + d, d
 
 
 @njit(cache=True)
@@ -77,16 +80,9 @@ def _float_text(x, valid, out, offsets):
             out[pos] = 45
             pos += 1
         ip = m >> _BITS
-        sig = 0
-        if ip > 0:
-            sig = _digits(ip)
-            for k in range(sig - 1, -1, -1):
-                out[pos + k] = 48 + ip % 10
-                ip //= 10
-            pos += sig
-        else:
-            out[pos] = 48
-            pos += 1
+        pos, sig = _put(out, pos, np.uint64(ip))
+        if ip == 0:
+            sig = 0  # "0." then the fraction: that zero is not a significant digit
         f = m & mask  # the fraction, f / 2**28: each digit exact in int64 (f * 10 < 2**32)
         if f:
             out[pos] = 46
@@ -118,20 +114,7 @@ def _int_text(x, valid, out, offsets):
             out[pos] = 45
             pos += 1
             u = np.uint64(0) - u  # two's complement: right for the most negative value too
-        if u == 0:
-            out[pos] = 48
-            pos += 1
-        else:
-            d = 0
-            w = u
-            while w > 0:
-                w //= np.uint64(10)
-                d += 1
-            for k in range(d - 1, -1, -1):
-                out[pos + k] = np.uint8(48 + u % np.uint64(10))
-                u //= np.uint64(10)
-            pos += d
-        offsets[i + 1] = pos
+        offsets[i + 1] = _put(out, pos, u)[0]
 
 
 def number_text(values: pa.Array) -> pa.Array:
@@ -141,11 +124,10 @@ def number_text(values: pa.Array) -> pa.Array:
         values = values.combine_chunks()
     n = len(values)
     is_float = values.type == pa.float64()
-    buf = values.buffers()[1] if is_float or values.type == pa.int64() else None
-    if buf is None or n == 0:
+    if not (is_float or values.type == pa.int64()) or n == 0 or values.buffers()[1] is None:
         return pc.cast(values, pa.large_string())
     valid = validity(values) if values.null_count else np.zeros(0, np.bool_)
-    x = np.frombuffer(buf, np.float64 if is_float else np.int64)[values.offset : values.offset + n]
+    x = numbers(values, nulls=True)
     out = np.empty(n * (_WIDEST_FLOAT if is_float else _WIDEST_INT), np.uint8)
     offsets = np.zeros(n + 1, np.int64)
     if is_float:

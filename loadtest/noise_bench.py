@@ -20,7 +20,7 @@ from numba import njit
 
 from raymask.kernels import noise
 from raymask.kernels._mem import prefetch
-from raymask.kernels.ledger import AHEAD, EPS, WIDTH, _home
+from raymask.kernels.ledger import AHEAD, DELTA, DIRTY, EPS, RHO, WIDTH, _home
 from raymask.kernels.rng import SecureRandom
 from raymask.loadtest.bench import best
 
@@ -81,6 +81,31 @@ def _add_only(T, hashes, c, mask):  # noqa: ANN001, ANN202
         T[_home(hashes[r], m) * w + np.uint64(EPS)] += c
 
 
+@njit(cache=True)
+def _known_row(T, hashes, cls, ce_t, cr_t, cd_t, b_eps, b_rho, b_delta, granted):  # noqa: ANN001, ANN202
+    """What exact per-subject accounting does once it has the subject's row, and no less: as if
+    every subject's row were known without looking (the first slot its digest maps to, with no
+    key compare, no probe and no period), the three spends are added, checked against their
+    allowances, kept only if all fit, and the row flagged for the commit; no branch. A lower
+    bound on the ledger's charge, not an accountant (other subjects' rows take the adds)."""
+    m = np.uint64(T.shape[0] // WIDTH - 1)
+    w = np.uint64(WIDTH)
+    n = hashes.shape[0]
+    for r in range(n):
+        if r + AHEAD < n:
+            prefetch(T, np.int64(_home(hashes[r + AHEAD], m) * w))
+        k = np.int64(cls[r])
+        b = _home(hashes[r], m) * w
+        e0, q0, d0 = T[b + np.uint64(EPS)], T[b + np.uint64(RHO)], T[b + np.uint64(DELTA)]
+        e, q, d = e0 + ce_t[k], q0 + cr_t[k], d0 + cd_t[k]
+        ok = (e <= b_eps) & (q <= b_rho) & (d <= b_delta)
+        T[b + np.uint64(EPS)] = e if ok else e0
+        T[b + np.uint64(RHO)] = q if ok else q0
+        T[b + np.uint64(DELTA)] = d if ok else d0
+        T[b + np.uint64(DIRTY)] |= np.int64(ok)
+        granted[r] = ok
+
+
 def accounting(values: int, subjects: int, repeat: int) -> dict[str, float]:
     """Per-subject accounting beside the noise it accounts for, on `values` records of
     `subjects` subjects, seconds (best of `repeat`) per step: the Laplace kernel on the records;
@@ -131,6 +156,12 @@ def accounting(values: int, subjects: int, repeat: int) -> dict[str, float]:
     _add_only(t, h.view(np.int64), 1, warm.table.capacity - 1)  # compile
     out["(floor: one unchecked add per record into its subject's row)"] = best(
         lambda: _add_only(t, h.view(np.int64), 1, warm.table.capacity - 1), repeat
+    )
+    g = np.empty(values, np.bool_)
+    big = 2**62
+    _known_row(t, h.view(np.int64), cls, ce, cr, cd, big, big, big, g)  # compile
+    out["(bound: the three spends checked in a row known without a key or probe)"] = best(
+        lambda: _known_row(t, h.view(np.int64), cls, ce, cr, cd, big, big, big, g), repeat
     )
     tmp = tempfile.mkdtemp(prefix="raymask-bench-ledger-")
     try:  # a commit writes the rows its batch changed: all of them, then a 1,000-record batch's

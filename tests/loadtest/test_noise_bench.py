@@ -9,7 +9,7 @@ from raymask.loadtest.noise_bench import accounting, worker_overhead
 def test_accounting_steps_all_run():
     got = accounting(2_000, 300, 1)
     assert next(iter(got)) == "Laplace kernel (the reference)"
-    assert len(got) == 8 and all(t > 0 for t in got.values())
+    assert len(got) == 9 and all(t > 0 for t in got.values())
 
 
 def test_worker_overhead_runs_with_and_without_a_budget():

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from decimal import Decimal
 from fractions import Fraction
 from functools import lru_cache
 
@@ -383,7 +384,7 @@ def _finish(z, valid, nan, out_type, j, integer, round_to) -> pa.Array:
         return pa.array(out, pa.int64(), mask=mask)
     out = np.ldexp(z.astype(np.float64), j)
     if round_to is not None:
-        out = np.round(out / round_to) * round_to
+        out = round_multiple(out, round_to)
     out[nan] = np.nan
     null = ~(valid | nan)
     return pa.array(out, pa.float64(), mask=null if null.any() else None)
@@ -452,8 +453,38 @@ def _float_noise(values, lo, hi, j, integer, round_to, sample) -> pa.Array | Non
     z = sample(_count_f(x, valid))
     out = _apply_f(x, valid, z, float(lo), float(hi), j, integer)
     if round_to is not None:
-        out = np.round(out / round_to) * round_to
+        out = round_multiple(out, round_to)
     return pa.array(out, pa.float64(), mask=~valid if values.null_count else None)
+
+
+def _step(step: float) -> tuple[int, int]:
+    """step as a fraction a/b in lowest terms, from its shortest decimal (0.01 is 1/100)."""
+    q = Fraction(Decimal(repr(float(step))))
+    return q.numerator, q.denominator
+
+
+def round_multiple(x: np.ndarray, step: float) -> np.ndarray:
+    """x rounded to the nearest multiple m * step, as the double nearest to the decimal
+    m * step: m * a / b with step = a / b from its shortest decimal, one correctly rounded
+    division of exact integers (m * 0.01 would give 49.980000000000004 for m = 4998, as 0.01
+    is not a double). Falls back to m * step when m * a is not exact in float64."""
+    m = np.round(x / step)
+    a, b = _step(step)
+    if b == 1 or not (a < 2**53 and b < 2**53):  # (b == 1: step is the integer a)
+        return m * step
+    if not np.fmax.reduce(np.abs(m), initial=0.0) * a < 2**53:  # (fmax skips NaN)
+        return m * step
+    return (m * float(a)) / float(b)
+
+
+def round_decimals(step: float | None) -> int | None:
+    """Digits after the point that every multiple of `step` needs (0.01: 2, 0.25: 2, 5: 0),
+    or None when there are more than 15."""
+    if step is None:
+        return None
+    e = Decimal(repr(float(step))).normalize().as_tuple().exponent
+    d = max(0, -int(e))
+    return d if d <= 15 else None
 
 
 def _check_round(round_to: float | None, integer: bool) -> None:

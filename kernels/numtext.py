@@ -102,6 +102,57 @@ def _float_text(x, valid, out, offsets):
 
 
 @njit(cache=True)
+def _decimal_text(x, valid, d, out, offsets):
+    """The fast path for values with at most d digits after the point (outputs of `round_to`):
+    N = v * 10**d rounded, kept when N < 10**15 and N / 10**d (exact integers, one correctly
+    rounded division) is v, so the decimal N * 10**-d reads back as v and, with at most 15
+    significant digits, is its shortest form; False as soon as one value is outside it."""
+    p = 1
+    for _ in range(d):
+        p *= 10
+    fp = np.float64(p)
+    pos = 0
+    for i in range(x.shape[0]):
+        offsets[i] = pos
+        if valid.shape[0] and not valid[i]:
+            continue
+        v = x[i]
+        if v == 0.0:
+            if math.copysign(1.0, v) < 0:
+                out[pos] = 45
+                pos += 1
+            out[pos] = 48
+            pos += 1
+            continue
+        a = abs(v)
+        if not (a >= 1e-6 and a < 1e10):  # (NaN fails both)
+            return False
+        t = np.rint(a * fp)
+        if not t < 1e15:
+            return False
+        m = np.int64(t)
+        if np.float64(m) / fp != a:
+            return False
+        if v < 0:
+            out[pos] = 45
+            pos += 1
+        pos = _put(out, pos, np.uint64(m // p))[0]
+        f = m % p
+        if f:
+            out[pos] = 46
+            pos += 1
+            end = pos + d
+            for k in range(end - 1, pos - 1, -1):
+                out[k] = np.uint8(48 + f % 10)
+                f //= 10
+            while out[end - 1] == 48:  # trailing zeros are not written
+                end -= 1
+            pos = end
+    offsets[x.shape[0]] = pos
+    return True
+
+
+@njit(cache=True)
 def _int_text(x, valid, out, offsets):
     for i in range(x.shape[0]):
         pos = offsets[i]
@@ -117,9 +168,11 @@ def _int_text(x, valid, out, offsets):
         offsets[i + 1] = _put(out, pos, u)[0]
 
 
-def number_text(values: pa.Array) -> pa.Array:
+def number_text(values: pa.Array, decimals: int | None = None) -> pa.Array:
     """`values` (int64 or float64) as large_string: the text of `pc.cast(values,
-    pa.large_string())`, nulls kept; other types go to that cast."""
+    pa.large_string())`, nulls kept; other types go to that cast. `decimals` (0 to 15): the
+    float values were rounded to a step with that many digits after the point (`round_to`),
+    which is tried first (a value that turns out not to be so sends the column on)."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     n = len(values)
@@ -131,7 +184,10 @@ def number_text(values: pa.Array) -> pa.Array:
     out = np.empty(n * (_WIDEST_FLOAT if is_float else _WIDEST_INT), np.uint8)
     offsets = np.zeros(n + 1, np.int64)
     if is_float:
-        if not _float_text(x, valid, out, offsets):
+        dec = decimals is not None and 0 <= decimals <= 15
+        if not (dec and _decimal_text(x, valid, decimals, out, offsets)) and not _float_text(
+            x, valid, out, offsets
+        ):
             return pc.cast(values, pa.large_string())
     else:
         _int_text(x, valid, out, offsets)

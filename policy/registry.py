@@ -395,7 +395,9 @@ def _apply_noise(
     if spec.integer:
         out = pc.cast(out, pa.int64())
     # numbers stay numbers, numbers sent as text stay text (Arrow's text, by a faster writer)
-    return Applied(number_text(out), kinds == K_NUMBER, err)
+    return Applied(
+        number_text(out, noise_kernel.round_decimals(spec.round_to)), kinds == K_NUMBER, err
+    )
 
 
 def rr_categories(spec: RandomizedResponse) -> tuple[list[str], tuple[int, ...]]:

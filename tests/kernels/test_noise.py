@@ -230,6 +230,10 @@ def test_nulls_nan_clamp_types_and_rounding(rng):
     assert all(x % 5 == 0 for x in r.to_pylist() if x is not None)
     f = noise.laplace_noise(a, 0.0, 10.0, 1.0, integer=False, rng=rng, round_to=0.5)
     assert all(x * 2 == round(x * 2) for x in f.to_pylist()[:4] if x is not None)
+    c = noise.laplace_noise(pa.array(np.linspace(0, 50, 5000)), 0.0, 50.0, 1.0, integer=False,
+                            rng=rng, round_to=0.01)  # fmt: skip
+    assert all(len(repr(x).partition(".")[2]) <= 2 for x in c.to_pylist())  # 49.98, never
+    # 49.980000000000004
     const = noise.laplace_noise(pa.array([3.0, 9.0]), 4.0, 4.0, 1.0, integer=False, rng=rng)
     assert const.to_pylist() == [4.0, 4.0]  # no sensitivity, no noise
     with pytest.raises(ValueError, match="integer bounds"):
@@ -366,3 +370,30 @@ def test_seeded_generator_reproduces_the_noise():
     b = noise.laplace_noise(x, 0.0, 10.0, 1.0, integer=False, rng=SecureRandom._for_tests(4))
     g = noise.gaussian_noise(x, 0.0, 10.0, 1.0, 1e-6, integer=False, rng=SecureRandom._for_tests(4))
     assert a.equals(b) and not a.equals(g)
+
+
+@pytest.mark.parametrize("step", [0.01, 0.25, 2.5, 10.0, 0.1, 0.3, 1e-7, 0.125, 1 / 3, 1e20])
+def test_round_to_gives_the_double_nearest_each_decimal_multiple(step):
+    """m = round(x / step) as NumPy rounds it, then the double nearest the exact decimal
+    m * step (Python's float of a Fraction is correctly rounded): what a user reads back is
+    the multiple itself (49.98, not 49.980000000000004). A step whose shortest decimal has
+    more than 15 digits is taken as the double it is. NaN stays NaN."""
+    from decimal import Decimal
+
+    x = np.random.default_rng(7).uniform(-1e5, 1e5, 3000)
+    x[:4] = [np.nan, 0.0, -0.0, step * 0.5]
+    got = noise.round_multiple(x, step)
+    q = Fraction(Decimal(repr(step)))
+    if not q.denominator < 2**53:  # (1/3: its 16 digits are not exact; the double's value is)
+        q = Fraction(step)
+    for xv, g in zip(x[1:], got[1:], strict=True):
+        assert g == float(Fraction(float(np.round(xv / step))) * q)
+    assert math.isnan(got[0])
+
+
+DECIMALS = {0.01: 2, 0.25: 2, 2.5: 1, 10.0: 0, 0.1: 1, 0.3: 1, 1e-7: 7, 0.125: 3, 1 / 3: None}
+
+
+@pytest.mark.parametrize(("step", "digits"), DECIMALS.items())
+def test_round_decimals_counts_the_steps_digits(step, digits):
+    assert noise.round_decimals(step) == digits

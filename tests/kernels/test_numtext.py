@@ -13,8 +13,8 @@ from raymask.kernels import numtext
 from raymask.kernels.numtext import number_text
 
 
-def _same(arr: pa.Array) -> None:
-    got = number_text(arr)
+def _same(arr: pa.Array, decimals: int | None = None) -> None:
+    got = number_text(arr, decimals)
     assert got.type == pa.large_string()
     assert got.to_pylist() == pc.cast(arr, pa.large_string()).to_pylist()
 
@@ -83,6 +83,55 @@ def test_noise_outputs_take_the_fast_path():
     out = noise.laplace_noise(x, 0.0, 100.0, 0.01, integer=False, rng=SecureRandom())
     assert _fast(out)
     _same(out)
+
+
+def _fast_decimal(arr: pa.Array, d: int) -> bool:
+    n = len(arr)
+    return numtext._decimal_text(
+        arr.to_numpy(zero_copy_only=False), np.zeros(0, np.bool_), d,
+        np.empty(n * numtext._WIDEST_FLOAT, np.uint8), np.zeros(n + 1, np.int64),
+    )  # fmt: skip
+
+
+STEPS = [0.01, 0.25, 0.5, 2.5, 10.0, 1.0, 0.1, 0.001, 1e-7, 0.3, 0.125, 1e-15, 5e-6, 100.0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.one_of(st.floats(-1e12, 1e12), st.just(float("nan"))), min_size=1, max_size=60),
+    st.sampled_from(STEPS),
+    st.data(),
+)
+def test_values_rounded_to_a_step_as_arrow_writes_them(xs, step, data):
+    """`round_to` outputs with their step's digits as the hint: fast or not, Arrow's text."""
+    from raymask.kernels.noise import round_decimals, round_multiple
+
+    x = round_multiple(np.array(xs, np.float64), step)
+    nulls = data.draw(st.lists(st.booleans(), min_size=len(xs), max_size=len(xs)))
+    d = round_decimals(step)
+    _same(pa.array(x, mask=np.array(nulls)), d)
+    _same(pa.array(x).slice(len(x) // 2), d)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=1, max_size=40),
+    st.integers(0, 15),
+)
+def test_any_double_with_any_hint_as_arrow_writes_it(xs, d):
+    _same(pa.array(xs, pa.float64()), d)
+
+
+def test_the_decimal_path_is_taken_for_rounded_values_and_left_for_the_rest():
+    from raymask.kernels.noise import round_multiple
+
+    x = np.random.default_rng(3).uniform(-1e4, 1e4, 2000)
+    assert _fast_decimal(pa.array(round_multiple(x, 0.01)), 2)
+    assert _fast_decimal(pa.array([0.0, -0.0, 1.5, 9999999999.5, 0.001, 1234567890.125]), 3)
+    assert _fast_decimal(pa.array([1e-6, -0.000125, 999999999.999999]), 6)
+    for v in (0.001, 0.1 + 0.2, 1e10, 5e-7, 1e15, float("nan"), float("inf")):
+        assert not _fast_decimal(pa.array([1.0, v]), 2), v
+    assert not _fast_decimal(pa.array([1234567890.123456]), 6)  # 16 digits
 
 
 def test_other_types_and_empty_go_to_arrow():

@@ -49,6 +49,7 @@ from raymask.policy.schema import Budget
 __all__ = [
     "PERIOD_SECONDS",
     "period_index",
+    "period_start",
     "state_base",
     "LedgerStore",
     "SubjectLedger",
@@ -63,6 +64,14 @@ def period_index(period: str, now: float) -> int:
     """Which renewal period `now` falls in (UTC, from the Unix epoch; 0 for forever)."""
     p = PERIOD_SECONDS[period]
     return int(now // p) if p else 0
+
+
+def period_start(period: str, now: float) -> int:
+    """When the renewal period `now` falls in began, in whole seconds from the Unix epoch (0 for
+    forever): what the ledger stamps its rows with. Unlike an index, a start compares across
+    kinds of period, so a policy push from `day` to `forever` (or `hour` to `day`) cannot make
+    a reload prefer an older row to the one being charged."""
+    return period_index(period, now) * PERIOD_SECONDS[period]
 
 
 def state_base(state: str | os.PathLike[str] | None = None) -> str:
@@ -83,8 +92,16 @@ _SCHEMA = pa.schema(
         ("eps", pa.int64()),
         ("rho", pa.int64()),
         ("delta", pa.int64()),
-    ]
+    ],
+    metadata={"raymask.period": "start"},  # rows stamped with their period's start time
 )
+
+
+def _part(t: pa.Table) -> tuple[tuple[np.ndarray, ...], bool]:
+    """A file's rows, and whether its periods are indices (files written before the stamp was
+    the period's start time carry no marker)."""
+    indexed = (t.schema.metadata or {}).get(b"raymask.period") != b"start"
+    return tuple(t.column(c).to_numpy() for c in _SCHEMA.names), indexed
 
 
 def zcdp_allowance(epsilon: float, delta: float) -> float:
@@ -196,9 +213,9 @@ class LedgerStore:
             if s <= seq:
                 self.fs.delete_file(self._path(f"log-{s:012d}.rml"))
 
-    def load(self) -> tuple[int, list[tuple[np.ndarray, ...]]]:
-        """(last sequence number, row sets to merge in order): the newest snapshot and the logs
-        after it. The shard's owner may be writing a snapshot and pruning meanwhile; a file gone
+    def load(self) -> tuple[int, list[tuple[tuple[np.ndarray, ...], bool]]]:
+        """(last sequence number, row sets to merge in order, each with whether its periods
+        are indices): the newest snapshot and the logs after it. The shard's owner may be writing a snapshot and pruning meanwhile; a file gone
         between listing and reading means a newer snapshot exists, so the load starts over."""
         for _ in range(20):
             try:
@@ -207,17 +224,15 @@ class LedgerStore:
                 continue
         raise PipelineError(f"ledger storage {self.uri}: files keep changing; cannot load")
 
-    def _load_once(self) -> tuple[int, list[tuple[np.ndarray, ...]]]:
+    def _load_once(self) -> tuple[int, list[tuple[tuple[np.ndarray, ...], bool]]]:
         snaps, logs = self.files()
         seq = snaps[-1] if snaps else 0
         parts = []
         if snaps:
-            t = pq.read_table(io.BytesIO(self._read(f"snap-{seq:012d}.rml")))
-            parts.append(tuple(t.column(c).to_numpy() for c in _SCHEMA.names))
+            parts.append(_part(pq.read_table(io.BytesIO(self._read(f"snap-{seq:012d}.rml")))))
         for s in logs:
             if s > seq:
-                t = pa.ipc.open_stream(self._read(f"log-{s:012d}.rml")).read_all()
-                parts.append(tuple(t.column(c).to_numpy() for c in _SCHEMA.names))
+                parts.append(_part(pa.ipc.open_stream(self._read(f"log-{s:012d}.rml")).read_all()))
                 seq = s
         return seq, parts
 
@@ -274,31 +289,47 @@ class SubjectLedger:
     def _reload(self) -> None:
         assert self.root is not None and self.key is not None
         root = self.root if "://" in self.root else os.path.abspath(self.root)
-        self.store = LedgerStore(f"{root}/shard-{self.shard}", self.key)
+        own = LedgerStore(f"{root}/shard-{self.shard}", self.key)
         fs, base = pafs.FileSystem.from_uri(root)
         table = LedgerTable()
+        seq = 0
         for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
             if info.type != pafs.FileType.Directory or not _SHARD.match(info.base_name):
                 continue
-            store = (
-                self.store
-                if info.base_name == f"shard-{self.shard}"
-                else LedgerStore(f"{root}/{info.base_name}", self.key)
-            )
-            seq, parts = store.load()
-            if store is self.store:
-                self.seq = seq
-            for rows in parts:
-                mine = jump_hash(rows[0], self.shards) == self.shard
-                table.merge(*(a[mine] for a in rows))
-        # Logged into this shard's own files at once (a log prunes nothing, and other shards may
-        # be reading these files now): from here on the old owner may prune its copies.
+            mine_store = info.base_name == f"shard-{self.shard}"
+            store = own if mine_store else LedgerStore(f"{root}/{info.base_name}", self.key)
+            last, parts = store.load()
+            if mine_store:
+                seq = last
+            for rows, indexed in parts:
+                rows = self._restamp(rows) if indexed else rows
+                table.merge(*(a[self._mine(rows[0])] for a in rows))
+        # Only now is this the shard's store (a load that failed left the old one and its seq).
+        # Logged into its own files at once (a log prunes nothing, and other shards may be
+        # reading these files now): from here on the old owner may prune its copies.
+        self.store, self.seq = own, seq
         self.table = table
         self._since_snapshot = self._logged = 0
         rows = self.table.take_dirty()
         if len(rows[0]):
             self.seq += 1
             self.store.write_log(self.seq, rows)
+
+    def _mine(self, subjects: np.ndarray) -> np.ndarray:
+        """Which rows this shard owns. The table stores digest 0 as 1 (0 marks an empty slot), so
+        a row of 1 may be either subject's: it goes to both subjects' shards."""
+        mine = jump_hash(subjects, self.shards) == self.shard
+        ones = subjects == 1
+        if ones.any() and jump_hash(np.zeros(1, np.uint64), self.shards)[0] == self.shard:
+            mine |= ones
+        return mine
+
+    def _restamp(self, rows: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        """Rows from a file that stamped periods as indices, restamped as start times under the
+        current kind of period (the file does not say which it was), never later than the
+        current period's start."""
+        p = np.minimum(rows[1] * PERIOD_SECONDS[self.budget.period], self.period())
+        return (rows[0], p, *rows[2:])
 
     def configure(self, budget: Budget) -> None:
         """Set the allowance (a policy push may change it; what was spent stays)."""
@@ -313,7 +344,7 @@ class SubjectLedger:
         )
 
     def period(self) -> int:
-        return period_index(self.budget.period, self.clock())
+        return period_start(self.budget.period, self.clock())
 
     def charge(
         self, hashes: np.ndarray, c_eps: np.ndarray, c_rho: np.ndarray, c_delta: np.ndarray

@@ -1,10 +1,17 @@
 """Per-subject privacy ledger: an open-addressing hash table of fixed-width rows in NumPy arrays.
 
 One row per subject: its 64-bit digest (the stream's stable key hash, 0 = empty slot), the period
-the row belongs to, and what the subject spent in it: epsilon and rho (zCDP) in units of 1e-12,
+the row belongs to (any int64 that grows with time: the ledger passes the period's start in
+seconds), and what the subject spent in it: epsilon and rho (zCDP) in units of 1e-12,
 delta in units of 1e-18, all int64 so sums are exact and a budget of ten events' worth grants
 exactly ten. Costs are rounded up and allowances down (`units`), so rounding never gives a
 subject more than its allowance.
+
+Periods only move forward: a row is reset when the charge's period `now` is *later* than the
+row's. A row from a later period than `now` (a clock behind the one that wrote it, after a
+restart or resize on another node, or a clock stepped back) is charged as it stands and keeps
+its period, so the subject cannot get a period's allowance twice (`_merge` keeps the later
+period for the same reason).
 
 Memory: one row of six int64 (48 bytes) per slot, in one array so a lookup touches one or two
 cache lines; the table doubles when it is half full, so a subject costs 96 to 192 bytes (at most
@@ -121,11 +128,11 @@ def _charge(T, hashes, cls, ce_t, cr_t, cd_t, now, mode, b_eps, b_rho, b_delta, 
             h = 1
         i = _home(h, mask)
         b = i * w
-        if T[b] != h or T[b + np.uint64(PERIOD)] != now:  # displaced, new, or a new period
+        if T[b] != h or T[b + np.uint64(PERIOD)] < now:  # displaced, new, or a new period
             while T[b] != h and T[b] != 0:
                 i = (i + np.uint64(1)) & mask
                 b = i * w
-            if T[b] == 0 or T[b + np.uint64(PERIOD)] != now:  # the allowance starts afresh
+            if T[b] == 0 or T[b + np.uint64(PERIOD)] < now:  # the allowance starts afresh
                 if T[b] == 0:
                     added += 1
                 T[b] = h
@@ -185,7 +192,7 @@ def _lookup(t, hashes, now, out):
     for r in range(hashes.shape[0]):
         h = hashes[r] if hashes[r] != 0 else 1
         i = _slot(t, h)
-        if t[i, 0] != 0 and t[i, 1] == now:
+        if t[i, 0] != 0 and t[i, 1] >= now:
             out[r, 0] = t[i, 2]
             out[r, 1] = t[i, 3]
             out[r, 2] = t[i, 4]
@@ -245,7 +252,9 @@ class LedgerTable:
         costs = [np.ascontiguousarray(c, np.int64) for c in (ce, cr, cd)]
         if not len(costs[0]) == len(costs[1]) == len(costs[2]) <= 256:
             raise ValueError("cost classes: at most 256, each with an epsilon, rho and delta")
-        if len(cls) and int(cls.max()) >= len(costs[0]):
+        if len(cls) and (
+            int(cls.max()) >= len(costs[0]) or (cls.dtype.kind == "i" and int(cls.min()) < 0)
+        ):
             raise ValueError("a cost class has no cost")
         cls = np.ascontiguousarray(cls, np.uint8)
         return self._charge(hashes, cls, *costs, now, mode, b_eps, b_rho, b_delta)
@@ -320,7 +329,8 @@ class LedgerTable:
         return k.view(np.uint64), p, e, r, d
 
     def spent(self, hashes: np.ndarray, now: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(eps, rho, delta) units spent in period `now` by each subject (0 when unknown)."""
+        """(eps, rho, delta) units spent in period `now` (or a later one) by each subject (0
+        when unknown)."""
         out = np.zeros((len(hashes), 3), np.int64)
         _lookup(self.t, np.ascontiguousarray(hashes, np.uint64).view(np.int64), now, out)
         return out[:, 0].copy(), out[:, 1].copy(), out[:, 2].copy()

@@ -3,6 +3,7 @@ periods, views composing, checkpoints that survive a restart and move with their
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -11,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from raymask.actors.ledger import LedgerStore, SubjectLedger, zcdp_allowance
+from raymask.actors.ledger import _SCHEMA, LedgerStore, SubjectLedger, zcdp_allowance
 from raymask.actors.router import RouterCore
 from raymask.actors.worker import BUDGET_REASON, MaskCore
 from raymask.errors import PipelineError
@@ -214,6 +215,83 @@ def test_budgets_move_with_their_keys_when_the_pool_resizes(tmp_path):
         assert spent == pytest.approx(np.full(len(mine), 1.2))  # nobody's spend was forgotten
     shrunk = _core(pol, ledger_uri=str(tmp_path), shard=0, shards=1)  # back to one worker
     assert shrunk.ledger.spent(hashes)["epsilon"] == pytest.approx(np.full(300, 1.2))
+
+
+ALICE = np.full(10, 0xABCDEF, np.uint64)
+TENTH = np.full(10, 10**11, np.int64)  # epsilon 0.1
+NONE = np.zeros(10, np.int64)
+
+
+def test_a_clock_behind_after_a_restart_does_not_renew_the_allowance(tmp_path):
+    """Node A (in hour 1) spends alice's hour; the shard restarts on node B, whose clock is a
+    second behind (still hour 0), then reaches hour 1: alice gets nothing more in hour 1."""
+    b = Budget(epsilon=1.0, period="hour", key="ledger")
+    a = SubjectLedger(b, str(tmp_path), b"k" * 32, clock=lambda: 3600.5)
+    assert a.charge(ALICE, TENTH, NONE, NONE).all()
+    a.commit()
+    now = [3599.5]
+    node_b = SubjectLedger(b, str(tmp_path), b"k" * 32, clock=lambda: now[0])
+    assert not node_b.charge(ALICE, TENTH, NONE, NONE).any()
+    node_b.commit()
+    now[0] = 3600.6
+    assert not node_b.charge(ALICE, TENTH, NONE, NONE).any()
+    now[0] = 7200.0  # hour 2 renews it
+    assert node_b.charge(ALICE, TENTH, NONE, NONE).all()
+
+
+def test_a_change_of_period_kind_keeps_the_spend_across_a_reload(tmp_path):
+    """Rows are stamped with their period's start time, which compares across kinds: after a
+    push from `day` to `forever`, a reload cannot prefer the older day row to the forever
+    spend (with period indices it did: a day index is larger than forever's 0)."""
+    now = 1_700_000_000.0
+    led = SubjectLedger(Budget(epsilon=1.0, period="day", key="ledger"), str(tmp_path),
+                        b"k" * 32, clock=lambda: now)  # fmt: skip
+    led.charge(ALICE[:1], TENTH[:1], NONE[:1], NONE[:1])
+    led.commit()
+    forever = Budget(epsilon=1.0, period="forever", key="ledger")
+    led.configure(forever)
+    assert led.charge(ALICE[1:], TENTH[1:], NONE[1:], NONE[1:]).all()
+    led.commit()
+    assert led.spent(ALICE[:1])["epsilon"][0] == pytest.approx(1.0)
+    again = SubjectLedger(forever, str(tmp_path), b"k" * 32, clock=lambda: now)
+    assert again.spent(ALICE[:1])["epsilon"][0] == pytest.approx(1.0)
+    assert not again.charge(ALICE, TENTH, NONE, NONE).any()
+
+
+def test_files_stamped_with_period_indices_count_in_the_current_period(tmp_path):
+    """Ledgers written before rows were stamped with start times hold period indices: a
+    reload reads them as start times of the current kind (never later than now)."""
+    now = 1_700_000_000.0
+    day = int(now // 86400)
+    store = LedgerStore(str(tmp_path / "shard-0"), b"k" * 32)
+    rows = (np.array([0xABCDEF, 0x123], np.uint64), np.array([day, day - 1]),
+            np.array([10**12, 10**12]), np.zeros(2, np.int64), np.zeros(2, np.int64))  # fmt: skip
+    sink = io.BytesIO()  # a log as they were written then: the schema without the marker
+    schema = _SCHEMA.remove_metadata()
+    with pa.ipc.new_stream(sink, schema) as w:
+        w.write_batch(pa.RecordBatch.from_arrays(list(rows), schema=schema))
+    store._write("log-000000000001.rml", sink.getvalue())
+    led = SubjectLedger(Budget(epsilon=1.0, period="day", key="ledger"), str(tmp_path),
+                        b"k" * 32, clock=lambda: now)  # fmt: skip
+    assert sorted(led.table.rows()[1].tolist()) == [(day - 1) * 86400, day * 86400]
+    assert not led.charge(ALICE[:1], TENTH[:1], NONE[:1], NONE[:1]).any()  # today's is spent
+    other = np.array([0x123], np.uint64)
+    assert led.charge(other, TENTH[:1], NONE[:1], NONE[:1]).all()  # yesterday's renewed
+
+
+def test_the_row_of_digest_zero_goes_to_its_shard_on_a_resize(tmp_path):
+    """The table keeps digest 0 as 1 (0 marks an empty slot): on a reload that row goes to the
+    shard of digest 0 as well as to the shard of digest 1, so neither subject's spend is lost."""
+    both = np.array([0, 1], np.uint64)
+    shards = next(n for n in range(2, 64) if len(set(jump_hash(both, n).tolist())) == 2)
+    zero, one = jump_hash(both, shards).tolist()
+    b = Budget(epsilon=1.0, key="ledger")
+    led = SubjectLedger(b, str(tmp_path), b"k" * 32, shard=zero, shards=shards)
+    assert led.charge(np.zeros(10, np.uint64), TENTH, NONE, NONE).all()
+    led.commit()
+    for shard in (zero, one):
+        moved = SubjectLedger(b, str(tmp_path), b"k" * 32, shard=shard, shards=shards)
+        assert moved.spent(np.zeros(1, np.uint64))["epsilon"][0] == pytest.approx(1.0)
 
 
 def test_ledger_memory_is_fixed_width_per_subject():

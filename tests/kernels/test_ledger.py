@@ -1,5 +1,5 @@
 """The ledger table against a plain-Python reference: same grants, same spends, through growth,
-period changes and merges."""
+period changes (a clock behind included) and merges."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def _step(book, h, ce, cr, cd, now, mode, b_eps, b_rho, b_delta):  # noqa: ANN00
         return True, False
     h = h or 1
     row = book.get(h)
-    fresh = row is None or row[0] != now
+    fresh = row is None or row[0] < now  # a row from a later period is charged as it is
     if fresh:
         book[h] = row = [now, 0, 0, 0]
     ok = row[1] + ce <= b_eps and row[3] + cd <= b_delta if mode == BASIC else row[2] + cr <= b_rho
@@ -38,7 +38,7 @@ def _events(rng, batch):  # noqa: ANN001, ANN202
     ce = rng.integers(0, 4, n).astype(np.int64) * 10**11
     cr = ce // 7
     cd = rng.integers(0, 2, n).astype(np.int64) * 10**6
-    now = batch // 10  # three periods
+    now = batch // 10 - (batch % 7 == 3)  # three periods, and now and then a clock behind
     return h, ce, cr, cd, now
 
 
@@ -161,9 +161,23 @@ def test_cost_classes_charge_exactly_like_costs_per_row(mode):
 def test_a_class_without_a_cost_is_refused():
     t = LedgerTable()
     one = np.ones(1, np.int64)
-    with pytest.raises(ValueError, match="no cost"):
-        t.charge_classes(np.array([5], np.uint64), np.array([1], np.uint8), one, one, one,
-                         0, BASIC, 10, 10, 10)  # fmt: skip
+    for cls in (np.array([1], np.uint8), np.array([-1], np.int64)):
+        with pytest.raises(ValueError, match="no cost"):
+            t.charge_classes(np.array([5], np.uint64), cls, one, one, one, 0, BASIC, 10, 10, 10)
+
+
+def test_a_charge_from_an_earlier_period_does_not_reset_a_later_row():
+    """A worker whose clock is behind the one that wrote a row (period 5) charges it as it is:
+    the subject cannot spend period 5's allowance twice, and the row stays in period 5."""
+    t = LedgerTable()
+    h = np.full(10, 0xABCDEF, np.uint64)
+    c, z = np.full(10, 10**11, np.int64), np.zeros(10, np.int64)
+    assert t.charge(h, c, z, z, 5, BASIC, 10 * 10**11, 0, 0).all()
+    assert not t.charge(h, c, z, z, 4, BASIC, 10 * 10**11, 0, 0).any()
+    assert not t.charge(h, c, z, z, 5, BASIC, 10 * 10**11, 0, 0).any()
+    assert t.rows()[1].tolist() == [5]
+    assert t.spent(h[:1], 4)[0].tolist() == [10**12]  # what a later period holds counts
+    assert t.charge(h, c, z, z, 6, BASIC, 10 * 10**11, 0, 0).all()  # period 6 starts afresh
 
 
 def test_take_dirty_gives_the_rows_changed_since_the_last_call_once():

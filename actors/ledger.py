@@ -346,13 +346,19 @@ class SubjectLedger:
     def period(self) -> int:
         return period_start(self.budget.period, self.clock())
 
+    def _stale(self) -> int:
+        """Rows of periods that began before this may be dropped: a charge would renew them,
+        and the previous period stays, for a worker whose clock is behind this one's (at most
+        a period). Nothing is dropped under `forever` (a start of 0)."""
+        return self.period() - PERIOD_SECONDS[self.budget.period]
+
     def charge(
         self, hashes: np.ndarray, c_eps: np.ndarray, c_rho: np.ndarray, c_delta: np.ndarray
     ) -> np.ndarray:
         """Per row (in order): True when its subject could pay its cost, which is then charged."""
         return self.table.charge(
             hashes, c_eps, c_rho, c_delta, self.period(), self.mode, self.b_eps, self.b_rho,
-            self.b_delta,
+            self.b_delta, self._stale(),
         )  # fmt: skip
 
     def charge_classes(
@@ -362,7 +368,7 @@ class SubjectLedger:
         """`charge` with each row's cost given as its class: row r costs c_eps[cls[r]] etc."""
         return self.table.charge_classes(
             hashes, cls, c_eps, c_rho, c_delta, self.period(), self.mode, self.b_eps, self.b_rho,
-            self.b_delta,
+            self.b_delta, self._stale(),
         )  # fmt: skip
 
     def commit(self) -> None:
@@ -380,17 +386,23 @@ class SubjectLedger:
         if self._since_snapshot >= 16 * k or (
             self._since_snapshot >= k and self._logged >= self.table.used
         ):
-            self.store.write_snapshot(self.seq, self.table.rows())
-            self._since_snapshot = self._logged = 0
+            self._write_snapshot()
         else:
             self.store.write_log(self.seq, rows)
 
     def snapshot(self) -> None:
         if self.store is not None:
             self.seq += 1
-            self.store.write_snapshot(self.seq, self.table.rows())
-            self._since_snapshot = self._logged = 0
+            self._write_snapshot()
         self.table.take_dirty()
+
+    def _write_snapshot(self) -> None:
+        """The whole table as snapshot `seq`, without the rows of past periods (`_stale`):
+        they leave memory and, as the snapshot replaces the logs, storage."""
+        assert self.store is not None
+        self.table.evict(self._stale())
+        self.store.write_snapshot(self.seq, self.table.rows())
+        self._since_snapshot = self._logged = 0
 
     def spent(self, hashes: np.ndarray) -> dict[str, np.ndarray]:
         """What each subject spent in the current period (epsilon, rho, delta as floats)."""

@@ -236,15 +236,19 @@ class LedgerTable:
     def charge(
         self, hashes: np.ndarray, c_eps: np.ndarray, c_rho: np.ndarray, c_delta: np.ndarray,
         now: int, mode: int, b_eps: int, b_rho: int, b_delta: int,
+        evict_before: int | None = None,
     ) -> np.ndarray:  # fmt: skip
         """Grant (True) or refuse each row's cost, charging granted ones, in row order. The table
-        grows only as new subjects arrive (at half load it doubles and the pass goes on)."""
+        grows only as new subjects arrive: at half load it drops the rows of periods that began
+        before `evict_before` (when given, and when that frees enough) or doubles, and the pass
+        goes on."""
         costs = [np.ascontiguousarray(c, np.int64) for c in (c_eps, c_rho, c_delta)]
-        return self._charge(hashes, None, *costs, now, mode, b_eps, b_rho, b_delta)
+        return self._charge(hashes, None, *costs, now, mode, b_eps, b_rho, b_delta, evict_before)
 
     def charge_classes(
         self, hashes: np.ndarray, cls: np.ndarray, ce: np.ndarray, cr: np.ndarray,
         cd: np.ndarray, now: int, mode: int, b_eps: int, b_rho: int, b_delta: int,
+        evict_before: int | None = None,
     ) -> np.ndarray:  # fmt: skip
         """`charge` where row r costs (ce[cls[r]], cr[cls[r]], cd[cls[r]]): a record's cost is
         one of a few sums (which of the view's noised fields it released), so the kernel reads
@@ -257,9 +261,11 @@ class LedgerTable:
         ):
             raise ValueError("a cost class has no cost")
         cls = np.ascontiguousarray(cls, np.uint8)
-        return self._charge(hashes, cls, *costs, now, mode, b_eps, b_rho, b_delta)
+        return self._charge(hashes, cls, *costs, now, mode, b_eps, b_rho, b_delta, evict_before)
 
-    def _charge(self, hashes, cls, ce, cr, cd, now, mode, b_eps, b_rho, b_delta) -> np.ndarray:  # noqa: ANN001
+    def _charge(
+        self, hashes, cls, ce, cr, cd, now, mode, b_eps, b_rho, b_delta, evict_before
+    ) -> np.ndarray:  # noqa: ANN001, E501
         granted = np.zeros(len(hashes), np.bool_)
         h = np.ascontiguousarray(hashes, np.uint64).view(np.int64)
         touched = None if self._forgets(len(h)) else np.empty(len(h), np.int32)
@@ -272,20 +278,21 @@ class LedgerTable:
                                   b_delta, granted[r:], room, tr)  # fmt: skip
             return r + done, added
 
-        since = self._in_passes(len(h), run)
+        since = self._in_passes(len(h), run, evict_before)
         if touched is not None and not self.scan:  # (a doubling on the way sets `scan`)
             self.touched.append(touched[since:])
         return granted
 
-    def _in_passes(self, n: int, run) -> int:  # noqa: ANN001
-        """Run a kernel pass `run(start, room) -> (next row, inserted)` over n rows, doubling the
-        table whenever it reaches half load, until every row is done; returns the first row
-        done since the last doubling (the rows before it point into the old table)."""
+    def _in_passes(self, n: int, run, evict_before: int | None = None) -> int:  # noqa: ANN001
+        """Run a kernel pass `run(start, room) -> (next row, inserted)` over n rows, making room
+        (`_make_room`) whenever the table reaches half load, until every row is done; returns
+        the first row done since the table was last rebuilt (the rows before it point into the
+        old one)."""
         r = since = 0
         while r < n:
             room = self.capacity // 2 - self.used
             if room <= 0:
-                self._grow(self.used + 1)
+                self._make_room(evict_before)
                 since = r
                 continue
             r, added = run(r, room)
@@ -303,9 +310,41 @@ class LedgerTable:
     def _forget(self) -> None:
         self.touched, self.scan = [], True
 
+    def evict(self, before: int) -> int:
+        """Drop the rows of periods that began before `before` (a charge would renew them
+        anyway) unless dirty, and shrink the table to what is left (load at most one half);
+        returns the rows dropped. One pass over the table, or two when it drops some (the
+        ledger runs it before a snapshot, which writes the whole table anyway)."""
+        keep = _count_keep(self.t, before)
+        if keep == self.used:
+            return 0
+        cap = 16
+        while cap < 2 * keep:
+            cap *= 2
+        return self._rebuild(cap, keep, before)
+
+    def _rebuild(self, cap: int, keep: int, before: int) -> int:
+        new = np.zeros((cap, WIDTH), np.int64)
+        _keep(self.t, new, before)
+        dropped, self.t, self.used = self.used - keep, new, keep
+        self._forget()  # the rows moved
+        return dropped
+
+    def _make_room(self, evict_before: int | None) -> None:
+        """At half load: drop stale rows if that frees a quarter of them (the table keeps its
+        size, so at least an eighth of it is free again), else double. A count pass per
+        doubling, or per cap/8 new subjects: constant per subject."""
+        if evict_before is not None:
+            keep = _count_keep(self.t, evict_before)
+            if keep <= 3 * self.used // 4:
+                self._rebuild(self.capacity, keep, evict_before)
+                return
+        self._grow(self.used + 1)
+
     def merge(self, keys, period, eps, rho, delta) -> None:  # noqa: ANN001
         """Upsert rows (see `_merge`); they come out dirty."""
-        keys = np.ascontiguousarray(keys, np.uint64).view(np.int64)
+        keys = np.ascontiguousarray(keys, np.uint64)
+        keys = np.where(keys == 0, np.uint64(1), keys).view(np.int64)  # as `_charge` keeps 0
         cols = [np.ascontiguousarray(c, np.int64) for c in (period, eps, rho, delta)]
         self._forget()  # (merges are reloads: large and rare)
         self._in_passes(len(keys), lambda r, room: _merge(self.t, keys, *cols, r, room))
@@ -380,6 +419,25 @@ def _dirty_rows(t):
             out[m] = j
             m += 1
     return out[:m]
+
+
+@njit(cache=True)
+def _count_keep(t, before):
+    n = 0
+    for j in range(t.shape[0]):
+        if t[j, KEY] != 0 and (t[j, PERIOD] >= before or t[j, DIRTY] != 0):
+            n += 1
+    return n
+
+
+@njit(cache=True)
+def _keep(old, new, before):
+    """The rows of `old` that `evict` keeps, into `new`."""
+    for j in range(old.shape[0]):
+        if old[j, KEY] != 0 and (old[j, PERIOD] >= before or old[j, DIRTY] != 0):
+            i = _slot(new, old[j, KEY])
+            for c in range(old.shape[1]):
+                new[i, c] = old[j, c]
 
 
 @njit(cache=True)

@@ -380,3 +380,27 @@ def test_records_are_charged_for_the_noised_fields_they_carry(fields):
     assert out.privacy.suppressed == sum(
         1 for u, h, w in zip(users, has, want, strict=True) if h.any() and not w
     )
+
+
+def test_past_periods_leave_memory_and_storage_at_a_snapshot(tmp_path):
+    """Subjects last seen two days ago are dropped at the next snapshot (their allowance has
+    renewed anyway); yesterday's stay, for a worker whose clock is behind."""
+    now = [86400.0 * 100]
+    b = Budget(epsilon=1.0, period="day", key="ledger")
+    led = SubjectLedger(b, str(tmp_path), b"k" * 32, clock=lambda: now[0])
+    old = np.arange(1, 1001, dtype=np.uint64)
+    led.charge(old, np.full(1000, 10**11), np.zeros(1000, np.int64), np.zeros(1000, np.int64))
+    led.commit()
+    now[0] += 86400  # day 101: ten of them come back
+    led.charge(old[:10], TENTH, NONE, NONE)
+    led.commit()
+    now[0] += 86400  # day 102
+    led.charge(ALICE, TENTH, NONE, NONE)
+    led.snapshot()
+    assert led.table.used == 11 and led.table.capacity == 32
+    again = SubjectLedger(b, str(tmp_path), b"k" * 32, clock=lambda: now[0])
+    assert sorted(again.table.rows()[0].tolist()) == sorted([*range(1, 11), 0xABCDEF])
+    assert again.spent(old[:10])["epsilon"] == pytest.approx(np.zeros(10))  # renewed today
+    assert again.spent(ALICE[:1])["epsilon"][0] == pytest.approx(1.0)
+    assert again.charge(old, np.full(1000, 10**12), np.zeros(1000, np.int64),
+                        np.zeros(1000, np.int64)).all()  # fmt: skip

@@ -193,3 +193,47 @@ def test_take_dirty_gives_the_rows_changed_since_the_last_call_once():
     assert sorted(again[0].tolist()) == sorted(h[:5].tolist()) and again[2].tolist() == [14] * 5
     assert all(len(c) == 0 for c in t.take_dirty())
     assert len(t.rows()[0]) == 50  # rows() reads every occupied row and clears nothing
+
+
+def test_stale_rows_make_room_and_grants_stay_the_reference_ones():
+    """With `evict_before` (the previous period's start), a table at half load drops the rows
+    of older periods instead of doubling: grants are those of the reference (a dropped row
+    would have been renewed anyway), every row of the last two periods is there, and the
+    table stays the size two periods of subjects need."""
+    rng = np.random.default_rng(11)
+    t = LedgerTable(capacity=16)
+    events, got = [], []
+    for now in range(40):  # 300 subjects a period, most of them new
+        h = (rng.integers(0, 400, 300) + 350 * now).astype(np.uint64) * np.uint64(
+            0x9E3779B97F4A7C15
+        )
+        ce = rng.integers(0, 4, 300).astype(np.int64) * 10**11
+        z = np.zeros(300, np.int64)
+        events += [(x, c, 0, 0, now) for x, c in zip(h.tolist(), ce.tolist(), strict=True)]
+        got += t.charge(h, ce, z, z, now, BASIC, 2 * 10**12, 0, 0, evict_before=now - 1).tolist()
+        t.take_dirty()  # committed (a dirty row is never dropped)
+    want, book = _reference(events, BASIC, 2 * 10**12, 0, 0)
+    assert got == want
+    keys, period, eps, rho, delta = t.rows()
+    assert t.used == len(keys)
+    for k, p, e, r, d in zip(keys.tolist(), period, eps, rho, delta, strict=True):
+        assert book[k] == [p, e, r, d]
+    recent = {k for k, row in book.items() if row[0] >= 38}
+    assert recent <= set(keys.tolist())
+    assert t.capacity <= 2048  # 40 periods of subjects would need 32768 slots
+
+
+def test_evict_drops_old_rows_keeps_dirty_ones_and_shrinks():
+    t = LedgerTable(capacity=16)
+    h = np.arange(1, 1001, dtype=np.uint64)
+    c, z = np.full(1000, 10, np.int64), np.zeros(1000, np.int64)
+    t.charge(h, c, z, z, 1, BASIC, 100, 0, 0)
+    t.take_dirty()
+    t.charge(h[:10], c[:10], z[:10], z[:10], 5, BASIC, 100, 0, 0)  # renewed in period 5
+    t.charge(h[10:20], c[10:20], z[10:20], z[10:20], 1, BASIC, 100, 0, 0)  # dirty, period 1
+    assert t.evict(5) == 980 and t.used == 20 and t.capacity == 64
+    keys, period, eps, _, _ = t.rows()
+    assert sorted(keys.tolist()) == list(range(1, 21))
+    got = t.take_dirty()
+    assert sorted(got[0].tolist()) == list(range(1, 21))  # both kinds of change still logged
+    assert t.evict(5) == 10 and t.evict(5) == 0

@@ -51,7 +51,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from raymask.actors._lazy import LazyActor
-from raymask.actors.ledger import period_index, state_base
+from raymask.actors.ledger import PERIOD_SECONDS, period_index, state_base
 from raymask.errors import BudgetRefused, InputError
 
 __all__ = [
@@ -358,13 +358,45 @@ class Accountant:
         """Create or change a scope's allowance (what was spent stays spent)."""
         b = budget if isinstance(budget, ScopeBudget) else ScopeBudget.model_validate(budget)
         with self._lock, self._tx():
+            old = self.budget(scope)
             self._x(
                 "INSERT INTO budgets VALUES (?, ?, ?, ?, ?) ON CONFLICT (scope) DO UPDATE SET "
                 "epsilon = excluded.epsilon, delta = excluded.delta, period = excluded.period, "
                 "accounting = excluded.accounting",
                 (scope, b.epsilon, b.delta, b.period, b.accounting),
             )
+            if old is not None and old.period != b.period:
+                self._carry(scope, b)
             self._audit("budget", None, scope, None, b.epsilon, b.delta, "", None, b.period)
+
+    def _carry(self, scope: str, b: ScopeBudget) -> None:
+        """A new kind of period (day to week, hour to day, anything to forever): what was
+        spent since the new kind's current period began counts in it. Spends are kept by
+        period index, and indices of different kinds do not compare, so the grants reserved
+        since that start (every grant keeps its time) are counted again: committed ones into
+        the new period's spends, live reservations moved into it."""
+        now = self.clock()
+        period = self._period(b, now)
+        start = period * PERIOD_SECONDS[b.period]  # (0 for forever: every grant ever)
+        counts = self._x(
+            "SELECT mechanism, COUNT(*) FROM grants WHERE scope = ? AND state = 'committed' AND "
+            "created >= ? GROUP BY mechanism",
+            (scope, start),
+        ).fetchall()
+        for mech, n in counts:
+            row = self._x(
+                "SELECT count FROM spent WHERE scope = ? AND period = ? AND mechanism = ?",
+                (scope, period, mech),
+            ).fetchone()
+            self._x(
+                "INSERT INTO spent VALUES (?, ?, ?, ?) ON CONFLICT (scope, period, mechanism) "
+                "DO UPDATE SET count = excluded.count",
+                (scope, period, mech, max(n, row[0] if row else 0)),
+            )
+        self._x(
+            "UPDATE grants SET period = ? WHERE scope = ? AND state = 'reserved' AND created >= ?",
+            (period, scope, start),
+        )
 
     def budget(self, scope: str) -> ScopeBudget | None:
         row = self._x(

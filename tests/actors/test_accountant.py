@@ -175,6 +175,34 @@ def test_allowances_renew_each_period(db):
     assert acc.status("s")[0]["spent"] == 1.0
 
 
+def test_a_change_of_period_kind_keeps_what_was_spent_in_the_new_period(db):
+    """Spends are kept by period index, and a day index does not compare with an hour index:
+    on a change of kind, what the grants since the new period's start spent counts in it
+    (before, a push from `hour` to `day` started the day at zero)."""
+    now = [86400.0 * 10 + 3600 * 12 + 5]  # day 10, 12:00:05
+    acc = _acc(db, clock=lambda: now[0])
+    acc.set_budget("s", {"epsilon": 3.0, "period": "hour", "accounting": "basic"})
+    acc.commit(acc.reserve("s", M.pure(1.0)).id)  # hour 12
+    now[0] += 3600  # 13:00:05
+    for _ in range(2):
+        acc.commit(acc.reserve("s", M.pure(1.0)).id)
+    live = acc.reserve("s", M.pure(1.0))  # hour 13 is full
+    acc.set_budget("s", {"epsilon": 4.0, "period": "day", "accounting": "basic"})
+    with pytest.raises(BudgetRefused):  # the day holds all four
+        acc.reserve("s", M.pure(1.0))
+    acc.commit(live.id)
+    assert acc.status("s")[0]["spent"] == 4.0
+    acc.set_budget("s", {"epsilon": 5.0, "period": "forever", "accounting": "basic"})
+    acc.commit(acc.reserve("s", M.pure(1.0)).id)
+    with pytest.raises(BudgetRefused):
+        acc.reserve("s", M.pure(1.0))
+    now[0] += 60
+    acc.set_budget("s", {"epsilon": 3.0, "period": "hour", "accounting": "basic"})
+    assert acc.status("s")[0]["spent"] == 4.0  # hour 13: three, and the one under forever
+    now[0] += 3600  # hour 14 renews it
+    acc.commit(acc.reserve("s", M.pure(1.0)).id)
+
+
 def test_gaussian_needs_delta_room(db):
     acc = _acc(db)
     acc.set_budget("s", {"epsilon": 100.0, "delta": 0.0})

@@ -215,8 +215,9 @@ class LedgerStore:
 
     def load(self) -> tuple[int, list[tuple[tuple[np.ndarray, ...], bool]]]:
         """(last sequence number, row sets to merge in order, each with whether its periods
-        are indices): the newest snapshot and the logs after it. The shard's owner may be writing a snapshot and pruning meanwhile; a file gone
-        between listing and reading means a newer snapshot exists, so the load starts over."""
+        are indices): the newest snapshot and the logs after it. The shard's owner may be
+        writing a snapshot and pruning meanwhile; a file gone between listing and reading means
+        a newer snapshot exists, so the load starts over."""
         for _ in range(20):
             try:
                 return self._load_once()

@@ -263,9 +263,9 @@ class LedgerTable:
         cls = np.ascontiguousarray(cls, np.uint8)
         return self._charge(hashes, cls, *costs, now, mode, b_eps, b_rho, b_delta, evict_before)
 
-    def _charge(
+    def _charge(  # noqa: ANN001
         self, hashes, cls, ce, cr, cd, now, mode, b_eps, b_rho, b_delta, evict_before
-    ) -> np.ndarray:  # noqa: ANN001, E501
+    ) -> np.ndarray:
         granted = np.zeros(len(hashes), np.bool_)
         h = np.ascontiguousarray(hashes, np.uint64).view(np.int64)
         touched = None if self._forgets(len(h)) else np.empty(len(h), np.int32)

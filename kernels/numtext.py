@@ -52,6 +52,22 @@ def _put(out, pos, u):
     return pos + d, d
 
 
+@njit(cache=True, inline="always")
+def _zero(out, pos, v):
+    """0.0 or -0.0 at out[pos:] ("-0", as Arrow writes it); returns the end."""
+    if math.copysign(1.0, v) < 0:
+        out[pos] = 45
+        pos += 1
+    out[pos] = 48
+    return pos + 1
+
+
+@njit(cache=True, inline="always")
+def _fixed(a):
+    """Whether Arrow writes |v| = a in fixed notation (False for NaN too)."""
+    return a >= 1e-6 and a < 1e10
+
+
 @njit(cache=True)
 def _float_text(x, valid, out, offsets):
     """The fast path over every present value; False as soon as one value is outside it."""
@@ -63,14 +79,10 @@ def _float_text(x, valid, out, offsets):
             continue
         v = x[i]
         if v == 0.0:
-            if math.copysign(1.0, v) < 0:
-                out[pos] = 45  # "-0", as Arrow writes it
-                pos += 1
-            out[pos] = 48
-            pos += 1
+            pos = _zero(out, pos, v)
             continue
         a = abs(v)
-        if not (a >= 1e-6 and a < 1e10):  # (NaN fails both)
+        if not _fixed(a):
             return False
         t = a * _SCALE  # exact: a power of two
         m = np.int64(t)
@@ -118,14 +130,10 @@ def _decimal_text(x, valid, d, out, offsets):
             continue
         v = x[i]
         if v == 0.0:
-            if math.copysign(1.0, v) < 0:
-                out[pos] = 45
-                pos += 1
-            out[pos] = 48
-            pos += 1
+            pos = _zero(out, pos, v)
             continue
         a = abs(v)
-        if not (a >= 1e-6 and a < 1e10):  # (NaN fails both)
+        if not _fixed(a):
             return False
         t = np.rint(a * fp)
         if not t < 1e15:

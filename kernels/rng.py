@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -130,6 +131,8 @@ class SecureRandom:
         self._reseed_interval = reseed_interval
         self._drbg = CtrDrbg(entropy(SEEDLEN), personalization)
         self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._lock_pid = self._pid
         self.reseeds = 0
 
     @classmethod
@@ -158,18 +161,24 @@ class SecureRandom:
             self.reseeds += 1
 
     def random_bytes(self, n: int) -> np.ndarray:
-        """n uniform bytes as a uint8 array."""
+        """n uniform bytes as a uint8 array. Safe to call from several threads (a Serve replica
+        masks requests in threads on one core): the DRBG's state is read and advanced under a
+        lock, as the AES call lets go of the GIL, and two threads that read the same state
+        would get the same bytes (the same noise)."""
         if n < 0:
             raise ValueError("n must be >= 0")
         out = np.empty(n + SEEDLEN + 2 * BLOCKLEN, dtype=np.uint8)
         view = memoryview(out)
+        if self._lock_pid != os.getpid():  # a forked child: the parent's lock may be held
+            self._lock, self._lock_pid = threading.Lock(), os.getpid()
         pos = 0
-        while pos < n:
-            self._check_state()
-            req = min(MAX_REQUEST_BYTES, n - pos)
-            # bytes past this request's output are scratch, overwritten by the next request
-            self._drbg.generate_into(view[pos:], req)
-            pos += req
+        with self._lock:
+            while pos < n:
+                self._check_state()
+                req = min(MAX_REQUEST_BYTES, n - pos)
+                # bytes past this request's output are scratch, overwritten by the next request
+                self._drbg.generate_into(view[pos:], req)
+                pos += req
         return out[:n]
 
     def uint64(self, n: int) -> np.ndarray:

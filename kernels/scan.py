@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from raymask.errors import InputError
 from raymask.kernels import detect as detect_kernel
 from raymask.kernels._arrow import string_buffers
 from raymask.kernels.codecs import json_values, ndjson
@@ -132,7 +133,10 @@ def scan_file(
                 carry = buf
                 continue
             header = buf[: nl + 1] if nl >= 0 else buf + b"\n"
-            fmt = format_for("csv", header_line=header, delimiter=delimiter)
+            try:
+                fmt = format_for("csv", header_line=header, delimiter=delimiter)
+            except ValueError as exc:  # (UnicodeDecodeError is one too)
+                raise InputError(f"{path}:1: {exc}") from None
             buf = buf[nl + 1 :] if nl >= 0 else b""
             header_done = True
         if fmt is None:

@@ -99,6 +99,8 @@ class FileSource:
                 self.format: Format = format_for("csv", header_line=header, delimiter=delimiter)
             except (UnicodeDecodeError, StopIteration):
                 raise InputError(f"{path}:1: CSV header is not valid UTF-8 text") from None
+            except ValueError as exc:  # a column named twice
+                raise InputError(f"{path}:1: {exc}") from None
         elif fmt_name == "xml":
             self.header_line = None
             self.format = self._xml_prolog(options or {})

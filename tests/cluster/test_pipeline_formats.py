@@ -153,6 +153,24 @@ def test_xml_doctype_is_refused_before_any_data_moves(tmp_path, keyring):
             mask_file(pol, "telemetry", src, tmp_path / "o.xml", keyring=keyring, local=True)
 
 
+def test_a_csv_header_that_names_a_column_twice_is_refused_before_any_data_moves(tmp_path, keyring):
+    """Only one of two columns named `card` would be masked: the other would leave as it came
+    (42 and 42 in, one masked, one raw out). The file is refused at its header, by name."""
+    pol = tmp_path / "p.yaml"
+    pol.write_text(
+        "version: 1\nstreams:\n  s:\n    format: csv\n    key: user\n    fields:\n      card: redact\n"
+    )
+    src = tmp_path / "in.csv"
+    src.write_bytes(b"user,card,card\nalice,4111111111111111,4111111111111111\n")
+    with pytest.raises(InputError, match=r"in.csv:1: the CSV header names column 'card' twice"):
+        mask_file(pol, "s", src, tmp_path / "o.csv", keyring=keyring, local=True)
+    assert not (tmp_path / "o.csv").exists() or b"4111" not in (tmp_path / "o.csv").read_bytes()
+    from raymask.kernels.scan import scan_file
+
+    with pytest.raises(InputError, match="names column 'card' twice"):
+        scan_file(src, "csv")
+
+
 def _proto_policy(tmp_path, extra: str = "") -> str:
     p = tmp_path / "p.yaml"
     p.write_text(f"""

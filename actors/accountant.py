@@ -374,7 +374,8 @@ class Accountant:
         spent since the new kind's current period began counts in it. Spends are kept by
         period index, and indices of different kinds do not compare, so the grants reserved
         since that start (every grant keeps its time) are counted again: committed ones into
-        the new period's spends, live reservations moved into it."""
+        the new period's spends, reservations (live or expired, which a commit may still take
+        if it fits) moved into it."""
         now = self.clock()
         period = self._period(b, now)
         start = period * PERIOD_SECONDS[b.period]  # (0 for forever: every grant ever)
@@ -393,8 +394,9 @@ class Accountant:
                 "DO UPDATE SET count = excluded.count",
                 (scope, period, mech, max(n, row[0] if row else 0)),
             )
-        self._x(
-            "UPDATE grants SET period = ? WHERE scope = ? AND state = 'reserved' AND created >= ?",
+        self._x(  # (an expired one may still be committed if it fits: it must fit here)
+            "UPDATE grants SET period = ? WHERE scope = ? AND state IN ('reserved', 'expired') "
+            "AND created >= ?",
             (period, scope, start),
         )
 

@@ -203,6 +203,22 @@ def test_a_change_of_period_kind_keeps_what_was_spent_in_the_new_period(db):
     acc.commit(acc.reserve("s", M.pure(1.0)).id)
 
 
+def test_an_expired_grant_moves_with_a_change_of_period_kind(db):
+    """An expired grant may still be committed if it fits: after a change of kind it must fit
+    the new period, not the old one the new kind never reads."""
+    now = [86400.0 * 20000 + 3600 * 12]
+    acc = _acc(db, clock=lambda: now[0], ttl_s=30)
+    acc.set_budget("s", {"epsilon": 1.0, "period": "day", "accounting": "basic"})
+    late = acc.reserve("s", M.pure(1.0))
+    now[0] += 31  # its TTL runs out; the next reserve marks it expired
+    acc.release(acc.reserve("s", M.pure(1.0)).id)
+    acc.set_budget("s", {"epsilon": 1.0, "period": "week", "accounting": "basic"})
+    acc.commit(late.id)
+    assert acc.status("s")[0]["spent"] == 1.0
+    with pytest.raises(BudgetRefused):
+        acc.reserve("s", M.pure(1.0))
+
+
 def test_gaussian_needs_delta_room(db):
     acc = _acc(db)
     acc.set_budget("s", {"epsilon": 100.0, "delta": 0.0})

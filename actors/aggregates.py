@@ -262,10 +262,10 @@ def _metric(
         return _top_k(m, kept, idx, n, gc, spec, keep, rng)
     x = np.clip(kept.column(m.field).to_numpy(zero_copy_only=False).astype(np.float64), m.lo, m.hi)
     if m.op in ("sum", "mean"):
-        s = np.bincount(idx, weights=x, minlength=n)
         if rng is None:
+            s = np.bincount(idx, weights=x, minlength=n)
             return s if m.op == "sum" else s / np.maximum(counts, 1)
-        noisy_sum = _noisy_sums(s, gc * max(abs(m.lo), abs(m.hi)), m.epsilon, rng)[keep]
+        noisy_sum = _noisy_sums(x, idx, n, gc, max(abs(m.lo), abs(m.hi)), m.epsilon, rng)[keep]
         if m.op == "mean":  # noisy sum over noisy count (post-processing), kept in bounds
             return np.clip(noisy_sum / np.maximum(counts[keep], 1), m.lo, m.hi)
         return noisy_sum
@@ -402,18 +402,25 @@ def _threshold(q: float, p: float) -> int:
 
 
 def _noisy_sums(
-    sums: np.ndarray, sensitivity: float, epsilon: float, rng: SecureRandom
-) -> np.ndarray:
-    """Sums plus Laplace noise of scale >= sensitivity / epsilon, computed on a grid of step
-    g = 2^j (b/g ~ 2**20): the sum is rounded to the grid and integer noise is added there, so
-    the output is a fixed function of an exact discrete mechanism (no floating-point attack,
-    Mironov 2012). Rounding can move a sum by g/2, so the grid sensitivity is ceil(D/g) + 1."""
-    b = sensitivity / epsilon
+    x: np.ndarray, idx: np.ndarray, n: int, rows: int, vmax: float, epsilon: float,
+    rng: SecureRandom,
+) -> np.ndarray:  # fmt: skip
+    """The n groups' sums of the values x (|x| <= vmax; row i in group idx[i]) plus Laplace
+    noise of scale >= rows * vmax / epsilon (one subject brings at most `rows` rows), computed
+    on a grid of step g = 2^j (b/g ~ 2**20). Each value is rounded to the grid first (at most
+    ceil(vmax/g) steps) and the groups' sums are exact integers, so one subject moves them by
+    at most D = rows * ceil(vmax/g) steps in all, whatever the rounding, and integer noise for D
+    is added there: the output is a fixed function of an exact discrete mechanism (no
+    floating-point attack, Mironov 2012). (Rounding each group's float sum instead moved the
+    sums of max_groups groups by up to one step each beyond the calibrated sensitivity.)"""
+    b = rows * vmax / epsilon
     j = math.frexp(b)[1] - 1 - 20
-    D = math.ceil(math.ldexp(sensitivity, -j)) + 1
+    units = np.rint(np.ldexp(x, -j))  # integers, and so are their sums (exact below 2**53)
+    s = np.bincount(idx, weights=units, minlength=n).astype(np.int64)
+    D = rows * math.ceil(math.ldexp(vmax, -j))
     plan = _unit_plan(float(D), epsilon)
-    z = noise_kernel.discrete_laplace(len(sums), plan.t, plan.s, rng)
-    return np.ldexp((np.rint(np.ldexp(sums, -j)).astype(np.int64) + z).astype(np.float64), j)
+    z = noise_kernel.discrete_laplace(n, plan.t, plan.s, rng)
+    return np.ldexp((s + z).astype(np.float64), j)
 
 
 def _bound(rows: pa.Table, max_groups: int, max_rows: int) -> pa.Table:

@@ -382,6 +382,11 @@ def _apply_noise(
         )
         err[strings & ~numeric & (err == 0)] = 1
     x = pc.cast(_only_ok(text, err), pa.float64())
+    if spec.integer and x.null_count < len(x):  # a NaN (from a protobuf double) has no integer
+        nan = pc.fill_null(pc.is_nan(x), False).to_numpy(zero_copy_only=False)
+        if nan.any():
+            err[nan & (err == 0)] = 1
+            x = pc.cast(_only_ok(text, err), pa.float64())
     rng = _rng(ctx)
     if spec.mechanism == "laplace":
         out = noise_kernel.laplace_noise(

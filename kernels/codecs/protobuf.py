@@ -791,14 +791,18 @@ def _as_numbers(values: pa.Array, t: int, path: str) -> tuple[np.ndarray, np.nda
         lo, hi = _INT_RANGE[t]
         big = pa.uint64() if lo == 0 else pa.int64()
         try:
-            x = pc.cast(values, big)
-        except pa.ArrowInvalid:  # decimals or exponents (e.g. noise on an integer field): round
-            x = pc.cast(pc.round(pc.cast(values, pa.float64())), big)
-        xv = x.fill_null(0).to_numpy(zero_copy_only=False)
+            xv = pc.cast(values, big).fill_null(0).to_numpy(zero_copy_only=False)
+        except pa.ArrowInvalid:  # decimals, exponents, or below 0 for an unsigned type: round
+            f = pc.cast(values, pa.float64()).fill_null(0).to_numpy(zero_copy_only=False)
+            if np.isnan(f).any():
+                raise pa.ArrowInvalid("NaN") from None
+            top = float(hi) if float(hi) <= hi else np.nextafter(float(hi), 0.0)
+            xv = np.clip(np.rint(f), float(lo), top).astype(np.uint64 if lo == 0 else np.int64)
+        # A value out of the type's range (noise on an unsigned or 32-bit field: Laplace noise
+        # has no bounds) saturates to the nearest value of the type, a post-processing of the
+        # noised value; failing the batch lost all of its records.
         if len(xv) and (xv.min() < lo or xv.max() > hi):
-            raise EncodeError(
-                f"field {path}: a masked value is out of the range of {TYPE_NAMES[t]}"
-            )
+            xv = np.clip(xv, lo, hi)
         if t in (T_SINT32, T_SINT64):
             v = xv.astype(np.int64)
             return ((v << 1) ^ (v >> 63)).view(np.uint64), valid

@@ -16,6 +16,12 @@ max_rows * u columns of R: the counter runs at rho / (max_rows * u)^2 for unit s
 is the largest that converts to the policy's (epsilon, delta) (Bun and Steinke 2016, Prop. 1.3);
 the horizon reserves (epsilon, delta) before its first release and commits it before that
 release leaves. A new horizon is a new counter and a new charge: the accountant sees every one.
+
+The schedule is not data: every step from the first is released and every horizon (T steps back
+to back from the first step) is opened and charged, rows or none. (Opening a horizon only at a
+step with rows, and skipping idle stretches, made the released steps and the charges depend on
+whether one subject had a row there.) The first step is the configured public `start`, or,
+without one, the first row's step, which the output then shows; rows before the start are late.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ class ContinualSpec:
     hi: float = 0.0
     max_rows: int = 1  # per subject per horizon
     lateness_s: float = 0.0
+    start_s: float | None = None  # the schedule's public start (None: the first row's step)
 
     def __post_init__(self) -> None:
         if not (self.step_s > 0 and self.horizon >= 1 and self.max_rows >= 1):
@@ -116,7 +123,11 @@ class ContinualRelease:
         self.rho = zcdp_allowance(spec.epsilon, spec.delta)
         self.pending: dict[int, list[pa.Table]] = {}  # step index -> rows
         self.marks = Watermark(spec.lateness_s)
-        self.next_step: int | None = None  # the first step not yet released
+        # the schedule's first step: horizons are T steps from it, back to back
+        self.origin: int | None = (
+            None if spec.start_s is None else math.floor(spec.start_s / spec.step_s)
+        )
+        self.next_step: int | None = self.origin  # the first step not yet released
         self.horizon: _Horizon | None = None
 
     @property
@@ -136,8 +147,8 @@ class ContinualRelease:
             cuts = np.flatnonzero(np.diff(s)) + 1
             for part in np.split(order, cuts):
                 self.pending.setdefault(int(step[part[0]]), []).append(table.take(pa.array(part)))
-            if self.next_step is None:
-                self.next_step = int(s[0])
+            if self.next_step is None:  # no public start: the schedule begins here
+                self.next_step = self.origin = int(s[0])
         if len(t):
             self.marks.see(float(t.max()), source)
         return np.flatnonzero(~live)
@@ -153,14 +164,8 @@ class ContinualRelease:
             if final
             else math.floor(self.watermark / self.spec.step_s) - 1
         )
-        while self.next_step <= last:
+        while self.next_step <= last:  # every step, idle or not: the schedule is not data
             k = self.next_step
-            h = self.horizon
-            if (h is None or k - h.first >= self.spec.horizon) and k not in self.pending:
-                # no horizon runs and this step is empty: no counter (and no charge) for an idle
-                # stretch; the next horizon starts at the next step with rows
-                self.next_step = min((j for j in self.pending if j <= last), default=last + 1)
-                continue
             out.append(self._step(k, self.pending.pop(k, [])))
             self.next_step = k + 1
         return out
@@ -168,8 +173,11 @@ class ContinualRelease:
     def _step(self, k: int, parts: list[pa.Table]) -> StepRelease:
         spec = self.spec
         h = self.horizon
-        if h is None or k - h.first >= spec.horizon:
-            h = self.horizon = self._open(k)
+        if h is None or k - h.first >= spec.horizon:  # the next horizon, idle or not
+            assert self.origin is not None
+            h = self.horizon = self._open(
+                self.origin + (k - self.origin) // spec.horizon * spec.horizon
+            )
         total = self._bounded_total(h, parts)
         start = k * spec.step_s
         hs = h.first * spec.step_s

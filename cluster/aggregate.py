@@ -65,7 +65,7 @@ def spec_for(a: Aggregate | Continual) -> WindowSpec | ContinualSpec:
         return ContinualSpec(
             step_s=a.step, horizon=a.horizon, epsilon=a.epsilon, delta=a.delta,
             mechanism=a.mechanism, op=a.op, field=a.field, lo=a.lo, hi=a.hi,
-            max_rows=a.max_rows, lateness_s=a.lateness,
+            max_rows=a.max_rows, lateness_s=a.lateness, start_s=a.start,
         )  # fmt: skip
     return WindowSpec(
         size_s=a.window.size, slide_s=a.window.slide, lateness_s=a.window.lateness,

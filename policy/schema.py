@@ -495,6 +495,22 @@ def _duration(v: Any) -> Any:
 Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
 
 
+def _instant(v: Any) -> Any:
+    """ISO 8601 text (UTC unless it says otherwise) or epoch seconds."""
+    if isinstance(v, str):
+        from datetime import UTC, datetime
+
+        try:
+            d = datetime.fromisoformat(v.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError("a time like 2026-01-01T00:00:00Z or epoch seconds") from None
+        return (d if d.tzinfo else d.replace(tzinfo=UTC)).timestamp()
+    return v
+
+
+Instant = Annotated[float, BeforeValidator(_instant)]
+
+
 class Window(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -602,6 +618,11 @@ class Continual(BaseModel):
     max_rows: int = Field(1, ge=1, le=10_000, description="Rows per subject per horizon.")
     scopes: list[str] | None = Field(
         None, description="Accountant scopes charged per horizon (default: stream:NAME)."
+    )
+    start: Instant | None = Field(
+        None,
+        description="Public start of the release schedule (ISO 8601 or epoch seconds); without "
+        "it the schedule starts at the first row's step, which the output then shows.",
     )
 
     @model_validator(mode="after")

@@ -1,7 +1,7 @@
 """Continual release on the stream: exact running totals with noise off (bounding per subject over
-the horizon), empty steps released inside a horizon and skipped outside, one charge per horizon
-committed before its first release, a refused horizon released as nothing, late rows, and the
-noise at the counter's calibrated scale."""
+the horizon), every step and horizon released and charged from the first, rows or none (the
+schedule is not data), one charge per horizon committed before its first release, a refused
+horizon released as nothing, late rows, and the noise at the counter's calibrated scale."""
 
 from __future__ import annotations
 
@@ -56,17 +56,55 @@ def test_noise_off_sum_clamps_and_uses_the_grid(tmp_path):
     assert v == [round(10 / g) * g + round(100 / g) * g, round(10 / g) * g + round(100 / g) * g]
 
 
-def test_one_charge_per_horizon_and_idle_stretches_cost_nothing(tmp_path):
+def test_one_charge_per_horizon_and_every_horizon_from_the_first_idle_or_not(tmp_path):
     acc = _acc(tmp_path)
     spec = ContinualSpec(step_s=1, horizon=4, epsilon=0.5, delta=1e-6)
     c = ContinualRelease(spec, accountant=acc, scopes=["stream:t"], rng=SecureRandom._for_tests(1))
-    c.add(_rows([1, 2], [0.5, 5.5]))  # horizon 1: steps 0-3; horizon 2 starts at step 5
-    c.add(_rows([3], [1000.5]))  # a long idle stretch, then horizon 3
+    c.add(_rows([1, 2], [0.5, 5.5]))
+    c.add(_rows([3], [40.5]))  # an idle stretch is released and charged all the same
     rel = c.flush(final=True)
-    assert [r.index for r in rel] == [0, 1, 2, 3, 5, 6, 7, 8, 1000]
-    assert [r.horizon_start for r in rel] == [0.0] * 4 + [5.0] * 4 + [1000.0]
-    assert acc.status("stream:t")[0]["spent"] == pytest.approx(3 * 0.5)
+    assert [r.index for r in rel] == list(range(41))
+    assert [r.horizon_start for r in rel] == [4.0 * (k // 4) for k in range(41)]
+    assert [r.charged for r in rel] == [k % 4 == 0 for k in range(41)]
+    assert acc.status("stream:t")[0]["spent"] == pytest.approx(11 * 0.5)
     assert all(r.epsilon == 0.5 and r.refused is None for r in rel)
+
+
+def _schedule(tmp_path, rows: pa.Table, start: float | None) -> tuple[list, float]:  # noqa: ANN001
+    acc = _acc(tmp_path)
+    spec = ContinualSpec(step_s=1, horizon=4, epsilon=0.5, delta=1e-6, start_s=start)
+    c = ContinualRelease(spec, accountant=acc, scopes=["stream:t"], rng=SecureRandom._for_tests(1))
+    late = c.add(rows)
+    c.marks.see(30.0, None)  # the same end for both streams (the watermark is data too)
+    rel = c.flush()
+    return (
+        [(r.index, r.horizon_start, r.charged, r.epsilon) for r in rel],
+        acc.status("stream:t")[0]["spent"],
+        late,
+    )
+
+
+def test_what_is_released_and_charged_does_not_depend_on_one_subjects_rows(tmp_path):
+    """Two streams that differ in one subject's row, in an otherwise idle stretch: the same
+    steps, horizons and charges (before, that row opened a horizon of its own: 4 more releases
+    and one more charge). With a public start, the first row does not move the schedule either;
+    rows before it are late."""
+    base = _rows([1, 2], [2.5, 3.5])
+    plus = _rows([1, 2, 9], [2.5, 3.5, 13.5])
+    first = _rows([9, 1, 2], [0.5, 2.5, 3.5])  # one subject's row is the stream's first
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    got_a, spent_a, _ = _schedule(a, base, None)
+    got_b, spent_b, _ = _schedule(b, plus, None)
+    assert got_a == got_b and spent_a == spent_b
+    c, d = tmp_path / "c", tmp_path / "d"
+    c.mkdir()
+    d.mkdir()
+    got_c, spent_c, late_c = _schedule(c, base, 1.0)
+    got_d, spent_d, late_d = _schedule(d, first, 1.0)
+    assert got_c == got_d and spent_c == spent_d and got_c[0][:2] == (1, 1.0)
+    assert late_c.tolist() == [] and late_d.tolist() == [0]
 
 
 def test_a_horizon_the_budget_cannot_pay_releases_nothing(tmp_path):
@@ -117,3 +155,18 @@ def test_noise_has_the_counters_scale_at_the_bounded_sensitivity(tmp_path, mecha
         want = float(probe.sigma2) * bin(T).count("1")  # t = T: one node, the root
     assert 0.75 * want < err[:, -1].var() < 1.25 * want
     assert acc.status("stream:t")[0]["spent"] == pytest.approx(horizons * 1.0)
+
+
+def test_a_policy_sets_the_public_start_as_iso_text_or_epoch_seconds():
+    from pydantic import ValidationError
+
+    from raymask.cluster.aggregate import spec_for
+    from raymask.policy.schema import Continual
+
+    base = {"time": "ts", "step": "1m", "epsilon": 1.0}
+    assert spec_for(Continual.model_validate(base)).start_s is None
+    iso = Continual.model_validate({**base, "start": "2026-01-01T00:00:00Z"})
+    assert spec_for(iso).start_s == 1767225600.0
+    assert Continual.model_validate({**base, "start": 1767225600}).start == 1767225600.0
+    with pytest.raises(ValidationError, match="a time like"):
+        Continual.model_validate({**base, "start": "soon"})

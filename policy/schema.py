@@ -496,15 +496,18 @@ Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
 
 
 def _instant(v: Any) -> Any:
-    """ISO 8601 text (UTC unless it says otherwise) or epoch seconds."""
-    if isinstance(v, str):
-        from datetime import UTC, datetime
+    """ISO 8601 text (UTC unless it says otherwise), a YAML timestamp or epoch seconds."""
+    from datetime import UTC, date, datetime
 
+    if isinstance(v, date) and not isinstance(v, datetime):
+        v = datetime(v.year, v.month, v.day)
+    if isinstance(v, str):
         try:
-            d = datetime.fromisoformat(v.strip().replace("Z", "+00:00"))
+            v = datetime.fromisoformat(v.strip().replace("Z", "+00:00"))
         except ValueError:
             raise ValueError("a time like 2026-01-01T00:00:00Z or epoch seconds") from None
-        return (d if d.tzinfo else d.replace(tzinfo=UTC)).timestamp()
+    if isinstance(v, datetime):
+        return (v if v.tzinfo else v.replace(tzinfo=UTC)).timestamp()
     return v
 
 

@@ -168,5 +168,9 @@ def test_a_policy_sets_the_public_start_as_iso_text_or_epoch_seconds():
     iso = Continual.model_validate({**base, "start": "2026-01-01T00:00:00Z"})
     assert spec_for(iso).start_s == 1767225600.0
     assert Continual.model_validate({**base, "start": 1767225600}).start == 1767225600.0
+    from datetime import date, datetime
+
+    for yaml_value in (datetime(2026, 1, 1), date(2026, 1, 1)):  # what YAML makes of a time
+        assert Continual.model_validate({**base, "start": yaml_value}).start == 1767225600.0
     with pytest.raises(ValidationError, match="a time like"):
         Continual.model_validate({**base, "start": "soon"})

@@ -13,7 +13,6 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from datetime import UTC
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,7 +32,7 @@ from raymask.kernels.codecs.spans import K_NUMBER, K_STRING
 from raymask.kernels.hashing import key_hash
 from raymask.kernels.rng import SecureRandom
 from raymask.policy.keys import Keyring
-from raymask.policy.schema import Aggregate, Continual, Policy
+from raymask.policy.schema import Aggregate, Continual, Policy, iso_seconds
 
 __all__ = ["AggregateSummary", "AggregateRunner", "aggregate_file", "spec_for"]
 
@@ -98,13 +97,10 @@ def _times(values: pa.Array, kinds: np.ndarray) -> np.ndarray:
 
 
 def _one_time(v: str | None) -> float:
-    from datetime import datetime
-
     try:
-        d = datetime.fromisoformat(v.replace("Z", "+00:00"))  # type: ignore[union-attr]
+        return iso_seconds(v)  # type: ignore[arg-type]
     except (ValueError, AttributeError):
         return math.nan
-    return (d if d.tzinfo else d.replace(tzinfo=UTC)).timestamp()
 
 
 class AggregateRunner:

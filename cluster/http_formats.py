@@ -133,10 +133,10 @@ class CsvBody(BodyCodec):
         if fmt is None:
             try:
                 cols = csv_codec.parse_header(header, self.plan.delimiter)
+            except csv_codec.DuplicateColumn:
+                raise BodyError("the CSV header names a column twice") from None
             except (UnicodeDecodeError, StopIteration, ValueError):
                 raise BodyError("the CSV header line is not UTF-8 text in CSV syntax") from None
-            if len(set(cols)) != len(cols):
-                raise BodyError("the CSV header names a column twice")
             fmt = _CsvByIndex(cols, header, self.plan.delimiter)
             self.formats[header] = fmt
             if len(self.formats) > self.MAX_HEADERS:

@@ -421,11 +421,17 @@ def _dirty_rows(t):
     return out[:m]
 
 
+@njit(cache=True, inline="always")
+def _kept(t, j, before):
+    """Whether `evict` keeps slot j: occupied, and of a period from `before` on or dirty."""
+    return t[j, KEY] != 0 and (t[j, PERIOD] >= before or t[j, DIRTY] != 0)
+
+
 @njit(cache=True)
 def _count_keep(t, before):
     n = 0
     for j in range(t.shape[0]):
-        if t[j, KEY] != 0 and (t[j, PERIOD] >= before or t[j, DIRTY] != 0):
+        if _kept(t, j, before):
             n += 1
     return n
 
@@ -434,7 +440,7 @@ def _count_keep(t, before):
 def _keep(old, new, before):
     """The rows of `old` that `evict` keeps, into `new`."""
     for j in range(old.shape[0]):
-        if old[j, KEY] != 0 and (old[j, PERIOD] >= before or old[j, DIRTY] != 0):
+        if _kept(old, j, before):
             i = _slot(new, old[j, KEY])
             for c in range(old.shape[1]):
                 new[i, c] = old[j, c]

@@ -495,19 +495,25 @@ def _duration(v: Any) -> Any:
 Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
 
 
-def _instant(v: Any) -> Any:
-    """ISO 8601 text (UTC unless it says otherwise), a YAML timestamp or epoch seconds."""
-    from datetime import UTC, date, datetime
+def iso_seconds(text: str) -> float:
+    """Epoch seconds of ISO 8601 text (UTC unless it says otherwise); ValueError if it is not."""
+    from datetime import UTC, datetime
 
-    if isinstance(v, date) and not isinstance(v, datetime):
-        v = datetime(v.year, v.month, v.day)
+    d = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (d if d.tzinfo else d.replace(tzinfo=UTC)).timestamp()
+
+
+def _instant(v: Any) -> Any:
+    """ISO 8601 text, a YAML timestamp or date, or epoch seconds."""
+    from datetime import date
+
+    if isinstance(v, date):  # (a datetime is a date too)
+        v = v.isoformat()
     if isinstance(v, str):
         try:
-            v = datetime.fromisoformat(v.strip().replace("Z", "+00:00"))
+            return iso_seconds(v.strip())
         except ValueError:
             raise ValueError("a time like 2026-01-01T00:00:00Z or epoch seconds") from None
-    if isinstance(v, datetime):
-        return (v if v.tzinfo else v.replace(tzinfo=UTC)).timestamp()
     return v
 
 

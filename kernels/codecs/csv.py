@@ -18,6 +18,7 @@ from raymask.kernels.codecs.spans import K_MISSING, K_NULL, K_STRING, Scan
 __all__ = [
     "ERRORS",
     "split_records",
+    "DuplicateColumn",
     "parse_header",
     "scan",
     "extract",
@@ -178,13 +179,25 @@ def _scan(data, starts, ends, ncols, colmap, nleaves, delim, quote_char):
     return vstart, vend, vkind, err, errpos
 
 
+class DuplicateColumn(ValueError):
+    """A header names a column twice: a policy names columns, and only one of the two would be
+    masked (the other would leave as it came)."""
+
+
 def parse_header(line: bytes, delimiter: str = ",", quote_char: str = '"') -> list[str]:
-    """Column names of a header line (once per file, so plain Python)."""
+    """Column names of a header line (once per file, so plain Python); DuplicateColumn when one
+    is there twice."""
     import csv
     import io
 
     text = line.decode("utf-8").rstrip("\r\n")
-    return next(csv.reader(io.StringIO(text), delimiter=delimiter, quotechar=quote_char))
+    cols = next(csv.reader(io.StringIO(text), delimiter=delimiter, quotechar=quote_char))
+    seen: set[str] = set()
+    for c in cols:
+        if c in seen:
+            raise DuplicateColumn(f"the CSV header names column {c!r} twice")
+        seen.add(c)
+    return cols
 
 
 def scan(

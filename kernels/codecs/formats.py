@@ -372,11 +372,7 @@ def format_for(
         if header_line is None:
             raise ValueError("CSV needs its header line")
         line = header_line if header_line.endswith(b"\n") else header_line + b"\n"
-        cols = csv_codec.parse_header(line, delimiter)
-        seen = set()
-        for c in cols:  # a policy names columns: a second one of that name would leave as it came
-            if c in seen:
-                raise ValueError(f"the CSV header names column {c!r} twice")
-            seen.add(c)
-        return CsvFormat(cols, line.replace(b"\r\n", b"\n"), delimiter)
+        return CsvFormat(
+            csv_codec.parse_header(line, delimiter), line.replace(b"\r\n", b"\n"), delimiter
+        )
     raise ValueError(f"format {name} is not supported")
